@@ -1,0 +1,2 @@
+//! x86_64 backend of hybrid-shadow.
+#![no_std]
