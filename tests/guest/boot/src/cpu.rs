@@ -1,0 +1,276 @@
+//! GDT + TSS (IST1 for #DF), IDT with stubs for vectors 0..32, exception
+//! dispatch: an optional hook (for the runtime) may handle a fault and
+//! resume; otherwise print vector, error code, RIP, CR2, a backtrace, exit.
+use crate::{print, println};
+use crate::serial::{code, exit};
+use core::arch::{asm, global_asm};
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct ExceptionFrame {
+    pub r15: u64, pub r14: u64, pub r13: u64, pub r12: u64,
+    pub r11: u64, pub r10: u64, pub r9: u64, pub r8: u64,
+    pub rdi: u64, pub rsi: u64, pub rbp: u64, pub rbx: u64,
+    pub rdx: u64, pub rcx: u64, pub rax: u64,
+    pub vector: u64, pub error: u64,
+    pub rip: u64, pub cs: u64, pub rflags: u64, pub rsp: u64, pub ss: u64,
+}
+
+/// Called first for every exception; return true to resume (iretq) with the
+/// (possibly modified) frame. `cr2` is the faulting address for #PF.
+pub type FaultHook = fn(frame: &mut ExceptionFrame, cr2: u64) -> bool;
+static mut FAULT_HOOK: Option<FaultHook> = None;
+
+pub fn set_fault_hook(h: Option<FaultHook>) {
+    unsafe { FAULT_HOOK = h };
+}
+
+global_asm!(
+    r#"
+    .macro ISR_NOERR n
+    .balign 16
+isr_\n:
+    push $0
+    push $\n
+    jmp isr_common
+    .endm
+    .macro ISR_ERR n
+    .balign 16
+isr_\n:
+    push $\n
+    jmp isr_common
+    .endm
+
+    .text
+    ISR_NOERR 0
+    ISR_NOERR 1
+    ISR_NOERR 2
+    ISR_NOERR 3
+    ISR_NOERR 4
+    ISR_NOERR 5
+    ISR_NOERR 6
+    ISR_NOERR 7
+    ISR_ERR 8
+    ISR_NOERR 9
+    ISR_ERR 10
+    ISR_ERR 11
+    ISR_ERR 12
+    ISR_ERR 13
+    ISR_ERR 14
+    ISR_NOERR 15
+    ISR_NOERR 16
+    ISR_ERR 17
+    ISR_NOERR 18
+    ISR_NOERR 19
+    ISR_NOERR 20
+    ISR_ERR 21
+    ISR_NOERR 22
+    ISR_NOERR 23
+    ISR_NOERR 24
+    ISR_NOERR 25
+    ISR_NOERR 26
+    ISR_NOERR 27
+    ISR_NOERR 28
+    ISR_ERR 29
+    ISR_ERR 30
+    ISR_NOERR 31
+
+isr_common:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rbx
+    push %rbp
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    cld
+    call guest_boot_exception_dispatch
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rbp
+    pop %rbx
+    pop %rdx
+    pop %rcx
+    pop %rax
+    add $16, %rsp
+    iretq
+
+    .section .rodata
+    .balign 8
+    .global guest_boot_isr_table
+guest_boot_isr_table:
+    .quad isr_0, isr_1, isr_2, isr_3, isr_4, isr_5, isr_6, isr_7
+    .quad isr_8, isr_9, isr_10, isr_11, isr_12, isr_13, isr_14, isr_15
+    .quad isr_16, isr_17, isr_18, isr_19, isr_20, isr_21, isr_22, isr_23
+    .quad isr_24, isr_25, isr_26, isr_27, isr_28, isr_29, isr_30, isr_31
+    .text
+    "#,
+    options(att_syntax)
+);
+
+extern "C" {
+    static guest_boot_isr_table: [u64; 32];
+}
+
+#[repr(C, packed)]
+struct Tss {
+    _r0: u32,
+    rsp: [u64; 3],
+    _r1: u64,
+    ist: [u64; 7],
+    _r2: u64,
+    _r3: u16,
+    iomap: u16,
+}
+
+#[repr(C, align(16))]
+struct Stack([u8; 16384]);
+static mut DF_STACK: Stack = Stack([0; 16384]);
+static mut TSS: Tss = Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap: 104 };
+static mut GDT: [u64; 5] = [0, 0x00af9a000000ffff, 0x00cf92000000ffff, 0, 0];
+
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct Gate([u64; 2]);
+static mut IDT: [Gate; 256] = [Gate([0; 2]); 256];
+
+#[repr(C, packed)]
+struct Desc {
+    limit: u16,
+    base: u64,
+}
+
+pub unsafe fn init() {
+    // TSS with IST1 = double-fault stack.
+    let df_top = core::ptr::addr_of!(DF_STACK) as u64 + 16384;
+    TSS.ist[0] = df_top;
+    let tss = core::ptr::addr_of!(TSS) as u64;
+    let limit = (core::mem::size_of::<Tss>() - 1) as u64;
+    GDT[3] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48)
+        | (((tss >> 24) & 0xff) << 56);
+    GDT[4] = tss >> 32;
+    let gdtr = Desc { limit: (5 * 8 - 1) as u16, base: core::ptr::addr_of!(GDT) as u64 };
+    asm!(
+        "lgdt [{g}]",
+        "push 0x08",
+        "lea {t}, [rip + 2f]",
+        "push {t}",
+        "retfq",
+        "2:",
+        "mov {t:e}, 0x10",
+        "mov ds, {t:e}",
+        "mov es, {t:e}",
+        "mov ss, {t:e}",
+        "mov {t:e}, 0x18",
+        "ltr {t:x}",
+        g = in(reg) &gdtr,
+        t = out(reg) _,
+    );
+    for v in 0..32 {
+        let h = guest_boot_isr_table[v];
+        let ist = if v == 8 { 1u64 } else { 0 };
+        IDT[v] = Gate([
+            (h & 0xffff) | (0x08 << 16) | (ist << 32) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48),
+            h >> 32,
+        ]);
+    }
+    let idtr = Desc { limit: (256 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
+    asm!("lidt [{}]", in(reg) &idtr, options(nostack));
+}
+
+fn name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        4 => "#OF overflow",
+        5 => "#BR bound range",
+        6 => "#UD invalid opcode",
+        7 => "#NM device not available",
+        8 => "#DF double fault",
+        10 => "#TS invalid TSS",
+        11 => "#NP segment not present",
+        12 => "#SS stack fault",
+        13 => "#GP general protection fault",
+        14 => "#PF page fault",
+        16 => "#MF x87 error",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD error",
+        _ => "exception",
+    }
+}
+
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+static mut IN_FAULT: u32 = 0;
+
+#[no_mangle]
+extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
+    let cr2 = read_cr2();
+    unsafe {
+        if IN_FAULT == 0 {
+            if let Some(h) = FAULT_HOOK {
+                IN_FAULT += 1;
+                let handled = h(f, cr2);
+                IN_FAULT -= 1;
+                if handled {
+                    return;
+                }
+            }
+        }
+        IN_FAULT += 1;
+        if IN_FAULT > 2 {
+            exit(code::DOUBLE_FAULT);
+        }
+    }
+    println!();
+    println!("EXCEPTION: {} (vector {}) error code {:#x}", name(f.vector), f.vector, f.error);
+    if f.vector == 14 {
+        println!(
+            "  fault address {:#018x} ({} {}{})",
+            cr2,
+            if f.error & 2 != 0 { "write" } else { "read" },
+            if f.error & 1 != 0 { "protection" } else { "not-present" },
+            if f.error & 16 != 0 { ", instruction fetch" } else { "" }
+        );
+    }
+    print!("  RIP {:#018x} ", f.rip);
+    crate::ksyms::print_symbol(f.rip);
+    println!();
+    println!("  RSP {:#018x} RBP {:#018x} RFLAGS {:#x}", f.rsp, f.rbp, f.rflags);
+    println!("  RAX {:#018x} RBX {:#018x} RCX {:#018x} RDX {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    println!("  RSI {:#018x} RDI {:#018x} R8  {:#018x} R9  {:#018x}", f.rsi, f.rdi, f.r8, f.r9);
+    println!("Call Trace:");
+    println!(" {}", crate::ksyms::Sym(f.rip));
+    crate::stack::print_trace_from(f.rbp, 0);
+    let c = match f.vector {
+        14 => code::PAGE_FAULT,
+        13 => code::GP_FAULT,
+        8 => code::DOUBLE_FAULT,
+        _ => code::OTHER_EXCEPTION,
+    };
+    exit(c);
+}

@@ -1,0 +1,58 @@
+//! hybrid-shadow test guest. This crate IS instrumented with
+//! `-Zsanitizer=kernel-address`; early boot (guest-boot) and the ABI provider
+//! (asan-stub, later hybrid-shadow) are not.
+#![no_std]
+#![no_main]
+#![allow(static_mut_refs)]
+
+pub use guest_boot::{print, println};
+use guest_boot::{code, exit, BootInfo};
+
+pub mod kasan_glue;
+
+#[no_mangle]
+pub fn guest_main(info: &'static BootInfo) -> ! {
+    #[cfg(feature = "stub")]
+    asan_stub::linked();
+    kasan_glue::early_init(info);
+    let n = unsafe { guest_boot::run_init_array() };
+    println!("guest: ran {} .init_array constructors", n);
+    kasan_glue::late_init(info);
+    let suite = info.config.suite();
+    println!("guest: suite {}", suite);
+    let ok = run_suite(suite);
+    println!("guest: suite {} {}", suite, if ok { "PASSED" } else { "FAILED" });
+    exit(if ok { code::SUCCESS } else { code::FAILURE })
+}
+
+fn run_suite(name: &str) -> bool {
+    match name {
+        "smoke" | "boot" => true,
+        "panic" => panic!("requested panic (suite=panic)"),
+        "pagefault" => {
+            let p = 0xffff_a000_0000_1000u64 as *const u64;
+            let v = unsafe { core::ptr::read_volatile(p) };
+            println!("read {v}");
+            false
+        }
+        "gpfault" => {
+            let p = 0x8000_0000_0000_0000u64 as *const u64;
+            let v = unsafe { core::ptr::read_volatile(p) };
+            println!("read {v}");
+            false
+        }
+        _ => {
+            println!("guest: unknown suite '{}'", name);
+            false
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!();
+    println!("guest: PANIC: {}", info);
+    println!("Call Trace:");
+    guest_boot::stack::print_trace();
+    exit(code::PANIC)
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build and boot the hybrid-shadow test guest.
+#   tests/guest_run.sh <mode> <suite> [ram_mib]
+#     mode:  off | full | hybrid      (kasan.shadow=<mode>)
+#     suite: guest suite name (suite=<suite>)
+# Environment: GUEST_PROFILE=dev|release (default dev), GUEST_APPEND="extra cmdline words",
+#              GUEST_TIMEOUT=seconds (default 300), GUEST_FEATURES="cargo features" (e.g. runtime),
+#              GUEST_NO_BUILD=1 to reuse the last build, QEMU_MACHINE=microvm|q35.
+# Serial log: target/guest-logs/<mode>/<suite>.log. Prints "qemu exit code: N" and exits with N.
+# Guest exit codes (QEMU status = (code << 1) | 1): 33 success, 35 failure, 37 panic,
+# 39 page fault, 41 #GP, 43 double fault, 45 other exception, 47 KASAN panic,
+# 49 bad boot. 0 = triple fault (-no-reboot), 124 = timeout.
+set -euo pipefail
+
+mode=${1:?usage: guest_run.sh <off|full|hybrid> <suite> [ram_mib]}
+suite=${2:?usage: guest_run.sh <off|full|hybrid> <suite> [ram_mib]}
+ram=${3:-512}
+case "$mode" in off|full|hybrid) ;; *) echo "guest_run.sh: mode must be off|full|hybrid, got '$mode'" >&2; exit 2;; esac
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+guest="$here/guest"
+target_dir="$root/target/guest"
+profile=${GUEST_PROFILE:-dev}
+profdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+linked="$target_dir/x86_64-unknown-none/$profdir/hybrid-guest"
+elf="$linked.ksyms"   # with the symbol table written in (ksyms.sh)
+logdir="$root/target/guest-logs/$mode"
+log="$logdir/$suite.log"
+
+# A nested build must not inherit the outer cargo's environment.
+for v in $(env | sed -n 's/^\(CARGO_[A-Za-z0-9_]*\|RUSTUP_TOOLCHAIN\|RUSTFLAGS\|RUSTDOCFLAGS\|RUSTC\|RUSTC_WRAPPER\|RUSTC_WORKSPACE_WRAPPER\|__CARGO_[A-Za-z0-9_]*\)=.*/\1/p'); do
+    [ "$v" = CARGO_HOME ] || unset "$v"
+done
+
+need_tools() {
+    if ! command -v rustup >/dev/null; then
+        echo "guest_run.sh: rustup not found; install it from https://rustup.rs" >&2; exit 3
+    fi
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal >&2
+    rustup target list --installed --toolchain nightly | grep -q x86_64-unknown-none \
+        || rustup target add x86_64-unknown-none --toolchain nightly >&2
+    rustup component list --installed --toolchain nightly | grep -q '^rust-src' \
+        || rustup component add rust-src --toolchain nightly >&2
+    rustup component list --installed --toolchain nightly | grep -q '^llvm-tools' \
+        || rustup component add llvm-tools --toolchain nightly >&2
+    if ! command -v qemu-system-x86_64 >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            (apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-system-x86) >&2
+        else
+            echo "guest_run.sh: qemu-system-x86_64 missing; run: apt-get install qemu-system-x86" >&2; exit 3
+        fi
+    fi
+}
+
+build() {
+    local feats=()
+    [ -n "${GUEST_FEATURES:-}" ] && feats=(--no-default-features --features "$GUEST_FEATURES")
+    (cd "$guest" && cargo +nightly build --profile "$profile" --target-dir "$target_dir" "${feats[@]}" >&2)
+    "$here/guest/ksyms.sh" "$linked" "$elf" >&2
+}
+
+need_tools
+[ -n "${GUEST_NO_BUILD:-}" ] || build
+
+mkdir -p "$logdir"
+machine=${QEMU_MACHINE:-microvm}
+append="kasan.shadow=$mode suite=$suite ${GUEST_APPEND:-}"
+set +e
+timeout "${GUEST_TIMEOUT:-300}" qemu-system-x86_64 \
+    -M "$machine" -accel tcg -cpu max -m "$ram" -smp 1 \
+    -nographic -no-reboot -nodefaults \
+    -serial "file:$log" \
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    -kernel "$elf" -append "$append" </dev/null
+rc=$?
+set -e
+cat "$log"
+echo "qemu exit code: $rc"
+exit $rc
