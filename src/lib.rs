@@ -1,9 +1,55 @@
-//! hybrid-shadow: a kernel address sanitizer runtime with per-page shadow and
-//! lazily mapped byte shadow.
+//! hybrid-shadow: a kernel address sanitizer runtime with per-page shadow
+//! and lazily mapped byte shadow.
+//!
+//! ```text
+//!                       ┌──────────────── core (this crate, no_std) ────────────────┐
+//!  compiler ABI ──────► │ abi ─► check ─► report          hooks ◄── kernel allocators│
+//!  (__asan_load8 ...)   │          │                        │                        │
+//!                       │      shadow byte at (addr>>3)+off │ runtime: per-page array,│
+//!                       │                                   │ block backing, quarantine│
+//!                       └───────────────────────────────────┼────────────────────────┘
+//!                                 arch boundary: ShadowMapper (map shared / private, flush)
+//!                                   arch/x86_64 (page tables)  |  host (mmap, tests)
+//! ```
+//!
+//! Start with [`Kasan::new`], feed it the allocator events ([`hooks`]) and
+//! check accesses with [`Kasan::check`] (or let the compiler do it through
+//! the `abi` feature). `full` and `hybrid` modes give the same verdicts;
+//! `hybrid` keeps byte shadow only under tracked memory.
 #![no_std]
+#![warn(missing_docs)]
 
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod cache;
+pub mod check;
+pub mod config;
+pub mod depot;
+pub mod error;
+pub mod hooks;
+pub mod layout;
 pub mod mapper;
+pub mod page_state;
+pub mod platform;
+pub mod quarantine;
+pub mod report;
+pub mod runtime;
 pub mod shadow;
+pub mod stats;
+
+#[cfg(feature = "abi")]
+pub mod abi;
+#[cfg(feature = "host")]
+pub mod host;
+
+pub use cache::{CacheError, CacheId};
+pub use config::{Config, FaultAction, Mode};
+pub use error::{GlobalError, HookError, InitError};
+pub use hooks::{GlobalDesc, Released};
+pub use layout::{Layout, Region};
+pub use mapper::{MapError, ShadowMapper, SharedPage};
+pub use platform::{Platform, SlabRef, Symbol};
+pub use report::{Bug, BugType};
+pub use runtime::{Backing, Kasan};
+pub use stats::StatsSnapshot;

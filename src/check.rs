@@ -1,0 +1,191 @@
+//! Access checks.
+//!
+//! ```text
+//!  check(addr, size)
+//!   ├─ fast path: load shadow at (addr >> 3) + offset (one byte per granule
+//!   │   touched, at most 3 for size <= 16); all 0, or a partial last granule
+//!   │   covering the access ──► pass
+//!   └─ slow path (counted): wrap-around, address without shadow, CONSULT
+//!       marker (per-page shadow decides), or poison ──► pass or report
+//! ```
+//!
+//! In `hybrid`, a block of only valid pages is the shared zero page and a
+//! block of only free pages the shared 0xFF page, so those accesses stay
+//! on the fast path; only blocks mixing free and valid pages without any
+//! tracked page read the CONSULT marker.
+
+use crate::config::Mode;
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::platform::Platform;
+use crate::report::{Bug, BugType};
+use crate::runtime::Kasan;
+use crate::shadow::{self, GRANULE};
+use crate::stats::Stats;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// Bug type of a poisoned shadow value at data address `addr`.
+pub(crate) fn bug_type_of(code: u8, addr: usize, in_vmalloc: bool) -> BugType {
+    let _ = addr;
+    match code {
+        0..=7 => BugType::OutOfBounds,
+        shadow::PAGE_REDZONE | shadow::SLAB_REDZONE => BugType::SlabOutOfBounds,
+        shadow::PAGE_FREE => BugType::UseAfterFree,
+        shadow::SLAB_FREE | shadow::SLAB_FREE_META => BugType::SlabUseAfterFree,
+        shadow::GLOBAL_REDZONE => BugType::GlobalOutOfBounds,
+        shadow::VMALLOC_INVALID if in_vmalloc => BugType::VmallocOutOfBounds,
+        shadow::STACK_LEFT
+        | shadow::STACK_MID
+        | shadow::STACK_RIGHT
+        | shadow::STACK_AFTER_RETURN
+        | shadow::STACK_USE_AFTER_SCOPE => BugType::StackOutOfBounds,
+        shadow::ALLOCA_LEFT | shadow::ALLOCA_RIGHT => BugType::AllocaOutOfBounds,
+        _ => BugType::UnknownCrash,
+    }
+}
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+    /// Check an access of `size` bytes at `addr` by the code at `ip`.
+    /// `Err` carries the bug that was found (and reported, unless one-shot
+    /// mode already reported).
+    #[inline(always)]
+    pub fn check(&self, addr: usize, size: usize, write: bool, ip: usize) -> Result<(), Bug> {
+        if size == 0 || self.cfg.mode == Mode::Off || self.fast_ok(addr, size) {
+            return Ok(());
+        }
+        self.check_slow(addr, size, write, ip)
+    }
+
+    /// The fast path: true when the shadow alone proves the access valid.
+    #[inline(always)]
+    pub fn fast_ok(&self, addr: usize, size: usize) -> bool {
+        let end = addr.wrapping_add(size);
+        let c = &self.layout.covered;
+        if end < addr || addr < c.start || end > c.end {
+            return false;
+        }
+        let first = addr >> 3;
+        let last = (end - 1) >> 3;
+        if last - first > 2 {
+            return self.range_ok(addr, end);
+        }
+        let mut g = first;
+        while g <= last {
+            let v = self.shadow_byte(g << 3);
+            if v != 0 && !(g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
+                return false;
+            }
+            g += 1;
+        }
+        true
+    }
+
+    /// Fast scan of a long range, eight shadow bytes at a time.
+    fn range_ok(&self, addr: usize, end: usize) -> bool {
+        let first = addr >> 3;
+        let last = (end - 1) >> 3;
+        let mut g = first;
+        // whole granules before the last one
+        while g < last {
+            if g % 8 == 0 && g + 8 <= last {
+                let s = self.layout.mem_to_shadow(g << 3);
+                // SAFETY: covered addresses have mapped shadow, and `s` is
+                // 8-aligned because `g` is a multiple of 8 and the offset is
+                // page aligned.
+                if unsafe { core::ptr::read_volatile(s as *const u64) } != 0 {
+                    return false;
+                }
+                g += 8;
+                continue;
+            }
+            if self.shadow_byte(g << 3) != 0 {
+                return false;
+            }
+            g += 1;
+        }
+        let v = self.shadow_byte(last << 3);
+        v == 0 || ((v as i8) > 0 && ((end - 1) & 7) < v as usize)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_slow(&self, addr: usize, size: usize, write: bool, ip: usize) -> Result<(), Bug> {
+        if self.busy.load(Relaxed) != 0 {
+            return Ok(());
+        }
+        Stats::bump(&self.stats.slow_path_checks);
+        let end = addr.wrapping_add(size);
+        let found = if end < addr {
+            Some((BugType::OutOfBounds, addr))
+        } else if !self.layout.covered.contains_range(addr, size) {
+            Some((self.wild_type(addr), addr))
+        } else {
+            self.first_bad(addr, end)
+        };
+        match found {
+            None => {
+                Stats::bump(&self.stats.checks_slow_clean);
+                Ok(())
+            }
+            Some((kind, bad)) => Err(self.report_access(addr, size, write, ip, kind, bad)),
+        }
+    }
+
+    /// Bug type of an address that has no shadow (Linux's rules).
+    pub(crate) fn wild_type(&self, addr: usize) -> BugType {
+        if addr < PAGE_SIZE {
+            BugType::NullPtrDeref
+        } else if addr < self.layout.user_end {
+            BugType::UserMemoryAccess
+        } else {
+            BugType::WildMemoryAccess
+        }
+    }
+
+    /// The first inaccessible byte of `[addr, end)` and its bug type.
+    fn first_bad(&self, addr: usize, end: usize) -> Option<(BugType, usize)> {
+        let mut g = addr & !(GRANULE - 1);
+        while g < end {
+            let v = self.effective_shadow(g).unwrap_or(0);
+            if v != 0 {
+                let in_vm = self.layout.vmalloc.contains(g);
+                if (v as i8) > 0 && (v as usize) < GRANULE {
+                    let hi = end.min(g + GRANULE);
+                    if hi - g <= v as usize {
+                        g += GRANULE;
+                        continue;
+                    }
+                    let bad = addr.max(g + v as usize);
+                    let next = g + GRANULE;
+                    let code = if self.layout.covered.contains(next) {
+                        self.effective_shadow(next).unwrap_or(v)
+                    } else {
+                        v
+                    };
+                    return Some((bug_type_of(code, bad, in_vm), bad));
+                }
+                return Some((bug_type_of(v, g, in_vm), addr.max(g)));
+            }
+            g += GRANULE;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_linux_bug_types() {
+        assert_eq!(bug_type_of(0xFC, 0, false), BugType::SlabOutOfBounds);
+        assert_eq!(bug_type_of(0xFE, 0, false), BugType::SlabOutOfBounds);
+        assert_eq!(bug_type_of(0xFF, 0, false), BugType::UseAfterFree);
+        assert_eq!(bug_type_of(0xFB, 0, false), BugType::SlabUseAfterFree);
+        assert_eq!(bug_type_of(0xF9, 0, false), BugType::GlobalOutOfBounds);
+        assert_eq!(bug_type_of(0xF8, 0, true), BugType::VmallocOutOfBounds);
+        assert_eq!(bug_type_of(0xF2, 0, false), BugType::StackOutOfBounds);
+        assert_eq!(bug_type_of(0xCA, 0, false), BugType::AllocaOutOfBounds);
+        assert_eq!(bug_type_of(0x03, 0, false), BugType::OutOfBounds);
+        assert_eq!(bug_type_of(0x90, 0, false), BugType::UnknownCrash);
+    }
+}

@@ -1,0 +1,156 @@
+//! Boot-time configuration: mode, fault action, report policy.
+//!
+//! Parsed from a kernel command line with Linux's knobs plus one of ours:
+//! `kasan.shadow=off|full|hybrid`, `kasan.fault=report|panic`,
+//! `kasan_multi_shot`. Bad values are returned as [`ConfigError`]s and the
+//! default stays; parsing never fails as a whole.
+
+/// How the runtime backs the byte shadow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No checking at all: the speed and memory reference.
+    Off,
+    /// Classic KASAN: private byte shadow for all RAM from init on.
+    Full,
+    /// Per-page shadow for all RAM, byte shadow mapped only where tracked.
+    Hybrid,
+}
+
+impl Mode {
+    /// The name used on the command line and in figures.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Full => "full",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+
+    /// Parse a command-line value.
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<Mode> {
+        match s {
+            "off" => Some(Mode::Off),
+            "full" => Some(Mode::Full),
+            "hybrid" => Some(Mode::Hybrid),
+            _ => None,
+        }
+    }
+}
+
+/// What happens after a report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Print the report and go on (Linux's `kasan.fault=report`).
+    Report,
+    /// Print the report, then panic through the platform.
+    Panic,
+}
+
+/// A command-line word the parser could not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError<'a> {
+    /// `kasan.shadow=` with a value other than off/full/hybrid.
+    BadShadow(&'a str),
+    /// `kasan.fault=` with a value other than report/panic.
+    BadFault(&'a str),
+}
+
+impl core::fmt::Display for ConfigError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::BadShadow(v) => write!(
+                f,
+                "kasan: bad value '{v}' for kasan.shadow (off|full|hybrid), keeping the default"
+            ),
+            ConfigError::BadFault(v) => write!(
+                f,
+                "kasan: bad value '{v}' for kasan.fault (report|panic), keeping the default"
+            ),
+        }
+    }
+}
+
+/// Runtime configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Shadow mode.
+    pub mode: Mode,
+    /// Action after a report.
+    pub fault: FaultAction,
+    /// Report every bug (`true`) or only the first one (Linux's default).
+    pub multi_shot: bool,
+    /// Quarantine size in bytes; `None` means 1/32 of RAM, as Linux.
+    pub quarantine_bytes: Option<usize>,
+    /// Stack depot capacity in distinct stacks.
+    pub depot_stacks: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Hybrid,
+            fault: FaultAction::Report,
+            multi_shot: false,
+            quarantine_bytes: None,
+            depot_stacks: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Apply the `kasan*` words of a command line; other words are ignored.
+    /// Each unusable word is handed to `bad` and the default kept.
+    pub fn parse_cmdline<'a>(&mut self, cmdline: &'a str, mut bad: impl FnMut(ConfigError<'a>)) {
+        for word in cmdline.split_ascii_whitespace() {
+            if let Some(v) = word.strip_prefix("kasan.shadow=") {
+                match Mode::from_name(v) {
+                    Some(m) => self.mode = m,
+                    None => bad(ConfigError::BadShadow(v)),
+                }
+            } else if let Some(v) = word.strip_prefix("kasan.fault=") {
+                match v {
+                    "report" => self.fault = FaultAction::Report,
+                    "panic" => self.fault = FaultAction::Panic,
+                    _ => bad(ConfigError::BadFault(v)),
+                }
+            } else if word == "kasan_multi_shot" {
+                self.multi_shot = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_linux_knobs_and_keeps_defaults_on_bad_values() {
+        let mut c = Config::default();
+        let mut errs = [None; 4];
+        let mut n = 0;
+        c.parse_cmdline(
+            "console=ttyS0 kasan.shadow=full kasan.fault=panic kasan_multi_shot",
+            |e| {
+                errs[n] = Some(e);
+                n += 1;
+            },
+        );
+        assert_eq!(n, 0);
+        assert_eq!(c.mode, Mode::Full);
+        assert_eq!(c.fault, FaultAction::Panic);
+        assert!(c.multi_shot);
+
+        let mut c = Config::default();
+        c.parse_cmdline("kasan.shadow=bogus kasan.fault=", |e| {
+            errs[n] = Some(e);
+            n += 1;
+        });
+        assert_eq!(c.mode, Mode::Hybrid);
+        assert_eq!(c.fault, FaultAction::Report);
+        assert_eq!(errs[0], Some(ConfigError::BadShadow("bogus")));
+        assert_eq!(errs[1], Some(ConfigError::BadFault("")));
+    }
+}

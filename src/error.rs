@@ -1,0 +1,78 @@
+//! Errors of the runtime's entry points.
+
+use crate::cache::CacheError;
+use crate::layout::LayoutError;
+use crate::mapper::MapError;
+
+/// Why the runtime could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The layout breaks an invariant.
+    Layout(LayoutError),
+    /// The metadata arena is smaller than [`crate::Kasan::arena_bytes`].
+    ArenaTooSmall,
+    /// The backend could not map the initial shadow.
+    Map(MapError),
+}
+
+/// Why an allocator hook refused its input. The shadow is left unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookError {
+    /// The address is not in the direct map (not RAM).
+    NotRam,
+    /// The address is not aligned as the hook requires.
+    Unaligned,
+    /// The page order is above 20 or the range runs past RAM.
+    BadOrder,
+    /// `page_alloc` of a page that is not free.
+    PageInUse,
+    /// The pages are not in the state this hook needs (e.g. a slab page
+    /// hook on free pages).
+    WrongPageState,
+    /// A size of zero where one is needed, or larger than the object.
+    BadSize,
+    /// A cache error.
+    Cache(CacheError),
+    /// The allocator handed out a slot that is still allocated.
+    SlotInUse,
+    /// The address is outside the vmalloc window.
+    NotVmalloc,
+    /// The runtime is off.
+    Off,
+}
+
+impl From<CacheError> for HookError {
+    fn from(e: CacheError) -> Self {
+        HookError::Cache(e)
+    }
+}
+
+impl core::fmt::Display for HookError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HookError::NotRam => f.write_str("address is not RAM"),
+            HookError::Unaligned => f.write_str("address is not aligned"),
+            HookError::BadOrder => f.write_str("bad page order or range past RAM"),
+            HookError::PageInUse => f.write_str("page allocated twice"),
+            HookError::WrongPageState => f.write_str("pages are in the wrong state for this hook"),
+            HookError::BadSize => f.write_str("bad size"),
+            HookError::Cache(e) => write!(f, "cache: {e}"),
+            HookError::SlotInUse => f.write_str("slot handed out while allocated"),
+            HookError::NotVmalloc => f.write_str("address is outside the vmalloc window"),
+            HookError::Off => f.write_str("runtime is off"),
+        }
+    }
+}
+
+/// Why a global descriptor was rejected (nothing was poisoned for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalError {
+    /// `beg` is not 8-byte aligned.
+    Unaligned,
+    /// `size > size_with_redzone`, or the range wraps.
+    BadSize,
+    /// The global is not inside the kernel image.
+    OutsideImage,
+    /// Its redzone overlaps another global already registered.
+    Overlap,
+}

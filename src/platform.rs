@@ -1,0 +1,44 @@
+//! What the runtime needs from the kernel that hosts it (not the arch):
+//! a console, the current task, stack traces, symbols, and the slab's
+//! page-to-cache lookup for reports.
+
+use crate::cache::CacheId;
+
+/// The slab a direct-map address belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlabRef {
+    /// The cache that owns the slab.
+    pub cache: CacheId,
+    /// First byte of the slab (its first slot).
+    pub base: usize,
+}
+
+/// A resolved code address.
+#[derive(Clone, Copy, Debug)]
+pub struct Symbol<'a> {
+    /// Function name, already reduced to `[A-Za-z0-9_]+`.
+    pub name: &'a str,
+    /// Offset of the address inside the function.
+    pub offset: usize,
+    /// Size of the function.
+    pub size: usize,
+}
+
+/// Services of the hosting kernel.
+pub trait Platform {
+    /// Write text to the console (reports go here).
+    fn write_str(&self, s: &str);
+    /// The pid of the current task.
+    fn current_pid(&self) -> u32;
+    /// Write the name of the current task.
+    fn write_task_name(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result;
+    /// Fill `out` with return addresses of the current call stack, skipping
+    /// the runtime's own frames as far as it can; returns how many.
+    fn stack_trace(&self, out: &mut [usize]) -> usize;
+    /// Resolve a code address and pass the symbol to `f`; false if unknown.
+    fn symbolize(&self, pc: usize, f: &mut dyn FnMut(Symbol<'_>)) -> bool;
+    /// The slab containing `addr`, if it is a slab page.
+    fn slab_of(&self, addr: usize) -> Option<SlabRef>;
+    /// Stop the kernel after a report under `kasan.fault=panic`.
+    fn panic(&self, msg: &str) -> !;
+}

@@ -1,0 +1,333 @@
+//! Reports in Linux's KASAN format, so syzkaller's parser gets a clean title.
+//!
+//! ```text
+//! ==================================================================
+//! BUG: KASAN: <bug type> in <func>+0x<off>/0x<size>
+//! Read of size N at addr <addr> by task <name>/<pid>      (or "Free of addr ...")
+//!
+//! Call Trace:
+//!  <func>+0x<off>/0x<size>
+//!
+//! Allocated by task <pid>:          (slab objects)
+//!  ...  or  (stack is not available)
+//! Freed by task <pid>:
+//!
+//! The buggy address belongs to the object at <obj>
+//!  which belongs to the cache <name> of size <n>
+//! The buggy address is located <k> bytes inside of / to the right of
+//!  allocated <n>-byte region [<obj>, <obj+n>)
+//!
+//! Memory state around the buggy address:
+//!  <row>: 00 00 ...
+//! ><row>: 00 03 fc ...
+//!             ^
+//! ==================================================================
+//! ```
+//!
+//! The memory state shows the *effective* shadow (CONSULT resolved from the
+//! per-page shadow), so `full` and `hybrid` print the same bytes.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::cache::{read_meta, ObjState};
+use crate::config::FaultAction;
+use crate::depot::{StackHandle, MAX_FRAMES, NO_STACK};
+use crate::mapper::ShadowMapper;
+use crate::page_state::{PageKind, PageState};
+use crate::platform::Platform;
+use crate::runtime::Kasan;
+use crate::stats::Stats;
+
+/// Kinds of bug, named as Linux names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BugType {
+    /// Access to a slab redzone or past a large kmalloc.
+    SlabOutOfBounds,
+    /// Access to a freed slab object.
+    SlabUseAfterFree,
+    /// Access to a free page.
+    UseAfterFree,
+    /// Access to a global's redzone.
+    GlobalOutOfBounds,
+    /// Access to a stack redzone.
+    StackOutOfBounds,
+    /// Access to a dynamically sized stack buffer's redzone.
+    AllocaOutOfBounds,
+    /// Access to vmalloc space outside a live area.
+    VmallocOutOfBounds,
+    /// Range that wraps around the address space, or unclassifiable.
+    OutOfBounds,
+    /// Free of an object already freed.
+    DoubleFree,
+    /// Free of a pointer that is not an allocated object's start.
+    InvalidFree,
+    /// Access within the first page.
+    NullPtrDeref,
+    /// Access to a kernel address without shadow.
+    WildMemoryAccess,
+    /// Access to a user-space address.
+    UserMemoryAccess,
+    /// Poison the runtime does not know.
+    UnknownCrash,
+}
+
+impl BugType {
+    /// The name in `BUG: KASAN: <name> in ...`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            BugType::SlabOutOfBounds => "slab-out-of-bounds",
+            BugType::SlabUseAfterFree => "slab-use-after-free",
+            BugType::UseAfterFree => "use-after-free",
+            BugType::GlobalOutOfBounds => "global-out-of-bounds",
+            BugType::StackOutOfBounds => "stack-out-of-bounds",
+            BugType::AllocaOutOfBounds => "alloca-out-of-bounds",
+            BugType::VmallocOutOfBounds => "vmalloc-out-of-bounds",
+            BugType::OutOfBounds => "out-of-bounds",
+            BugType::DoubleFree => "double-free",
+            BugType::InvalidFree => "invalid-free",
+            BugType::NullPtrDeref => "null-ptr-deref",
+            BugType::WildMemoryAccess => "wild-memory-access",
+            BugType::UserMemoryAccess => "user-memory-access",
+            BugType::UnknownCrash => "unknown-crash",
+        }
+    }
+
+    /// Free bugs print "Free of addr", access bugs "Read/Write of size".
+    #[must_use]
+    pub const fn is_free(self) -> bool {
+        matches!(self, BugType::DoubleFree | BugType::InvalidFree)
+    }
+}
+
+impl fmt::Display for BugType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A bug the runtime found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bug {
+    /// Its type.
+    pub kind: BugType,
+    /// The accessed (or freed) address.
+    pub addr: usize,
+    /// Whether a report was printed (false: one-shot mode already reported).
+    pub printed: bool,
+}
+
+/// Writes through the platform's console.
+struct Console<'a, P: Platform>(&'a P);
+
+impl<P: Platform> Write for Console<'_, P> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write_str(s);
+        Ok(())
+    }
+}
+
+const RULE: &str = "==================================================================\n";
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+    /// Report a bad access. Returns the bug.
+    pub(crate) fn report_access(
+        &self,
+        addr: usize,
+        size: usize,
+        write: bool,
+        ip: usize,
+        kind: BugType,
+        bad: usize,
+    ) -> Bug {
+        self.emit(kind, addr, ip, Some((size, write)), bad)
+    }
+
+    /// Report a bad free of `ptr` by the code at `ip`.
+    pub(crate) fn report_free(&self, ptr: usize, kind: BugType, ip: usize) -> Bug {
+        self.emit(kind, ptr, ip, None, ptr)
+    }
+
+    /// Report an invalid free the kernel found itself (e.g. kfree of a
+    /// pointer that is neither slab nor page-backed).
+    pub fn report_invalid_free(&self, ptr: usize, ip: usize) -> Bug {
+        self.report_free(ptr, BugType::InvalidFree, ip)
+    }
+
+    fn emit(&self, kind: BugType, addr: usize, ip: usize, access: Option<(usize, bool)>, bad: usize) -> Bug {
+        if self.reported.swap(true, Relaxed) && !self.cfg.multi_shot {
+            Stats::bump(&self.stats.reports_suppressed);
+            return Bug { kind, addr, printed: false };
+        }
+        Stats::bump(&self.stats.reports);
+        self.busy.fetch_add(1, Relaxed);
+        let mut out = Console(&self.platform);
+        let _ = self.write_report(&mut out, kind, addr, ip, access, bad);
+        self.busy.fetch_sub(1, Relaxed);
+        if self.cfg.fault == FaultAction::Panic {
+            self.platform.panic("KASAN: panic_on_warn set (kasan.fault=panic)");
+        }
+        Bug { kind, addr, printed: true }
+    }
+
+    fn write_frame(&self, out: &mut dyn Write, pc: usize) -> fmt::Result {
+        let mut r = Ok(());
+        let known = self.platform.symbolize(pc, &mut |s| {
+            r = write!(out, "{}+{:#x}/{:#x}", s.name, s.offset, s.size);
+        });
+        if !known {
+            r = write!(out, "{pc:#x}");
+        }
+        r
+    }
+
+    fn write_stack(&self, out: &mut dyn Write, frames: &[usize]) -> fmt::Result {
+        if frames.is_empty() {
+            return out.write_str(" (stack is not available)\n");
+        }
+        for &pc in frames {
+            out.write_str(" ")?;
+            self.write_frame(out, pc)?;
+            out.write_str("\n")?;
+        }
+        Ok(())
+    }
+
+    fn write_track(&self, out: &mut dyn Write, what: &str, pid: u32, h: StackHandle) -> fmt::Result {
+        writeln!(out, "{what} by task {pid}:")?;
+        let frames = if h == NO_STACK { Default::default() } else { self.inner.lock().depot.fetch(h) };
+        self.write_stack(out, &frames)
+    }
+
+    fn write_report(
+        &self,
+        out: &mut dyn Write,
+        kind: BugType,
+        addr: usize,
+        ip: usize,
+        access: Option<(usize, bool)>,
+        bad: usize,
+    ) -> fmt::Result {
+        out.write_str(RULE)?;
+        write!(out, "BUG: KASAN: {} in ", kind.name())?;
+        self.write_frame(out, ip)?;
+        out.write_str("\n")?;
+        match access {
+            Some((size, write)) => write!(
+                out,
+                "{} of size {} at addr {:016x} by task ",
+                if write { "Write" } else { "Read" },
+                size,
+                addr
+            )?,
+            None => write!(out, "Free of addr {addr:016x} by task ")?,
+        }
+        let _ = self.platform.write_task_name(out);
+        writeln!(out, "/{}", self.platform.current_pid())?;
+        out.write_str("\nCall Trace:\n")?;
+        let mut frames = [0usize; MAX_FRAMES];
+        let n = self.platform.stack_trace(&mut frames);
+        let mut frames = &frames[..n.min(MAX_FRAMES)];
+        if frames.is_empty() {
+            frames = core::slice::from_ref(&ip);
+        }
+        self.write_stack(out, frames)?;
+        out.write_str("\n")?;
+        self.describe(out, addr)?;
+        if self.layout.covered.contains(bad) {
+            self.write_memory_state(out, bad)?;
+        }
+        out.write_str(RULE)
+    }
+
+    fn describe(&self, out: &mut dyn Write, addr: usize) -> fmt::Result {
+        let l = &self.layout;
+        if let Some(pfn) = self.pages.pfn(addr) {
+            let info = self.pages.get(pfn);
+            if info.kind == PageKind::Slab && info.state != PageState::Free {
+                if let Some(slab) = self.platform.slab_of(addr) {
+                    return self.describe_object(out, addr, slab);
+                }
+            }
+            let what = match (info.state, info.kind) {
+                (PageState::Free, _) => "a free page",
+                (_, PageKind::LargeKmalloc) => "a page-backed kmalloc",
+                (_, PageKind::Stack) => "a kernel stack",
+                (_, PageKind::Slab) => "a slab page",
+                (_, PageKind::Reserved) => "a reserved page",
+                _ => "an allocated page",
+            };
+            writeln!(out, "The buggy address belongs to the physical page:")?;
+            writeln!(out, "page: pfn:{pfn:#x} ({what})\n")?;
+        } else if l.vmalloc.contains(addr) {
+            writeln!(out, "The buggy address belongs to a vmalloc area\n")?;
+        } else if l.image.contains(addr) {
+            writeln!(out, "The buggy address belongs to the variable:")?;
+            out.write_str(" ")?;
+            self.write_frame(out, addr)?;
+            out.write_str("\n\n")?;
+        }
+        Ok(())
+    }
+
+    fn describe_object(&self, out: &mut dyn Write, addr: usize, slab: crate::platform::SlabRef) -> fmt::Result {
+        let Ok(cache) = self.cache_info(slab.cache) else { return Ok(()) };
+        let obj = slab.base + (addr.saturating_sub(slab.base) / cache.slot_size) * cache.slot_size;
+        // SAFETY: `obj` is a slot of the live slab the platform reported.
+        let meta = unsafe { read_meta(&cache, obj) };
+        let state = meta.state();
+        if state != ObjState::Available {
+            self.write_track(out, "Allocated", meta.alloc_pid, meta.alloc_stack)?;
+            out.write_str("\n")?;
+        }
+        if state == ObjState::Quarantined {
+            self.write_track(out, "Freed", meta.free_pid, meta.free_stack)?;
+            out.write_str("\n")?;
+        }
+        writeln!(out, "The buggy address belongs to the object at {obj:016x}")?;
+        writeln!(out, " which belongs to the cache {} of size {}", cache.name, cache.object_size)?;
+        let (label, size) = match state {
+            ObjState::Allocated => ("allocated", meta.size as usize),
+            ObjState::Quarantined => ("freed", meta.size as usize),
+            ObjState::Available => ("", cache.object_size),
+        };
+        let end = obj + size;
+        if addr < obj {
+            writeln!(out, "The buggy address is located {} bytes to the left of", obj - addr)?;
+        } else if addr >= end {
+            writeln!(out, "The buggy address is located {} bytes to the right of", addr - end)?;
+        } else {
+            writeln!(out, "The buggy address is located {} bytes inside of", addr - obj)?;
+        }
+        let sep = if label.is_empty() { "" } else { " " };
+        writeln!(out, " {label}{sep}{size}-byte region [{obj:016x}, {end:016x})\n")
+    }
+
+    fn write_memory_state(&self, out: &mut dyn Write, bad: usize) -> fmt::Result {
+        const ROW: usize = 16 * 8;
+        writeln!(out, "Memory state around the buggy address:")?;
+        let row0 = bad & !(ROW - 1);
+        for k in -2isize..=2 {
+            let row = row0.wrapping_add_signed(k * ROW as isize);
+            if !self.layout.covered.contains_range(row, ROW) {
+                continue;
+            }
+            let mark = if k == 0 { '>' } else { ' ' };
+            write!(out, "{mark}{row:016x}:")?;
+            for g in 0..16 {
+                write!(out, " {:02x}", self.effective_shadow(row + g * 8).unwrap_or(0))?;
+            }
+            out.write_str("\n")?;
+            if k == 0 {
+                let col = (bad - row) / 8;
+                // '>' + 16 hex digits + ':' then 3 characters per byte.
+                for _ in 0..(1 + 16 + 1 + col * 3 + 1) {
+                    out.write_str(" ")?;
+                }
+                out.write_str("^\n")?;
+            }
+        }
+        Ok(())
+    }
+}

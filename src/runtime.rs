@@ -1,0 +1,504 @@
+//! The runtime object: init, and the machinery that keeps each shadow page
+//! backed by the right page.
+//!
+//! Direct map, one shadow page per 32 KiB block of 8 data pages:
+//!
+//! ```text
+//!   per-page states of the block      backing of its shadow page
+//!   all Free                      ──► shared 0xFF page      (one load, reports UAF)
+//!   all Valid/Unchecked           ──► shared zero page      (one load, passes)
+//!   Free and Valid mixed          ──► shared CONSULT page   (slow path: per-page)
+//!   any Tracked                   ──► private page          (one load, byte precise)
+//!   full mode                     ──► private page always   (mapped at init)
+//! ```
+//!
+//! A block goes private when its first page becomes tracked and back to a
+//! shared page when its last tracked page goes (dynamic shadow free). If no
+//! frame is left for a private page, its tracked pages become `Unchecked`:
+//! they read as valid, nothing is falsely reported, and the event is counted.
+//!
+//! vmalloc window: one reference count per block; a block's shadow page is
+//! private while an area touches it and the shared 0xF8 page otherwise.
+//! Kernel image: private from init (globals, boot stack).
+
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering::Relaxed};
+
+use crate::cache::Caches;
+use crate::config::{Config, Mode};
+use crate::depot::StackDepot;
+use crate::error::InitError;
+use crate::layout::{Layout, Region, BLOCK_SIZE, PAGES_PER_BLOCK};
+use crate::mapper::{ShadowMapper, SharedPage, PAGE_SIZE};
+use crate::page_state::{PageArray, PageInfo, PageState};
+use crate::platform::Platform;
+use crate::quarantine::Quarantine;
+use crate::shadow::{GRANULE, PAGE_FREE};
+use crate::stats::{Stats, StatsSnapshot};
+
+/// How a direct-map block's shadow page is backed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Backing {
+    /// The shared zero page.
+    Zero = 0,
+    /// The shared 0xFF page.
+    Free = 1,
+    /// The shared CONSULT page.
+    Consult = 2,
+    /// A private page.
+    Private = 3,
+}
+
+impl Backing {
+    fn from_u8(v: u8) -> Backing {
+        match v {
+            0 => Backing::Zero,
+            1 => Backing::Free,
+            2 => Backing::Consult,
+            _ => Backing::Private,
+        }
+    }
+    fn shared(self) -> Option<SharedPage> {
+        match self {
+            Backing::Zero => Some(SharedPage::Zero),
+            Backing::Free => Some(SharedPage::PageFree),
+            Backing::Consult => Some(SharedPage::Consult),
+            Backing::Private => None,
+        }
+    }
+}
+
+/// A vmalloc block's reference count has this bit when its shadow could
+/// not be made private (unchecked, mapped to the zero page).
+pub(crate) const VM_UNCHECKED: u16 = 0x8000;
+
+/// State changed only under the lock.
+pub(crate) struct Inner<M> {
+    pub(crate) mapper: M,
+    pub(crate) caches: Caches,
+    pub(crate) quarantine: Quarantine,
+    pub(crate) depot: StackDepot,
+}
+
+/// The sanitizer runtime.
+pub struct Kasan<M: ShadowMapper, P: Platform> {
+    pub(crate) cfg: Config,
+    pub(crate) layout: Layout,
+    pub(crate) pages: PageArray,
+    /// [`Backing`] per direct-map block (read lock-free by shadow writers).
+    pub(crate) blocks: &'static [AtomicU8],
+    /// Reference count per vmalloc block.
+    pub(crate) vm_refs: &'static [AtomicU16],
+    pub(crate) inner: spin::Mutex<Inner<M>>,
+    pub(crate) platform: P,
+    pub(crate) stats: Stats,
+    pub(crate) reported: AtomicBool,
+    /// Non-zero while the runtime itself runs code that may be checked
+    /// (printing a report through the platform): checks then pass.
+    pub(crate) busy: AtomicUsize,
+}
+
+/// Carve `n` bytes aligned to `align` off the front of `rest`.
+fn take(rest: &mut &'static mut [u8], n: usize, align: usize) -> Option<&'static mut [u8]> {
+    let pad = (rest.as_ptr() as usize).wrapping_neg() & (align - 1);
+    if rest.len() < pad + n {
+        return None;
+    }
+    let all = core::mem::take(rest);
+    let (_, all) = all.split_at_mut(pad);
+    let (head, tail) = all.split_at_mut(n);
+    *rest = tail;
+    Some(head)
+}
+
+fn atomics_u8(mem: &'static mut [u8], init: u8) -> &'static [AtomicU8] {
+    mem.fill(init);
+    // SAFETY: AtomicU8 has u8's layout; the exclusive borrow is given up.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU8>(), mem.len()) }
+}
+
+fn atomics_u16(mem: &'static mut [u8]) -> &'static [AtomicU16] {
+    mem.fill(0);
+    // SAFETY: `take` aligned `mem` to 2; AtomicU16 has u16's layout and
+    // all-zero bytes are a valid value; the exclusive borrow is given up.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU16>(), mem.len() / 2) }
+}
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+    /// Bytes of metadata arena [`Kasan::new`] needs for this layout and config.
+    #[must_use]
+    pub fn arena_bytes(layout: &Layout, cfg: &Config) -> usize {
+        if cfg.mode == Mode::Off {
+            return 0;
+        }
+        let pages = layout.ram_pages();
+        PageArray::bytes_for(pages)
+            + pages.div_ceil(PAGES_PER_BLOCK)
+            + 2 * (layout.vmalloc.len() / BLOCK_SIZE)
+            + StackDepot::bytes_for(cfg.depot_stacks)
+            + 64
+    }
+
+    /// Start the runtime: map the initial shadow and set every RAM page free.
+    ///
+    /// `arena` must hold [`Kasan::arena_bytes`] bytes; it becomes the
+    /// per-page array, the block tables and the stack depot. In `off` mode
+    /// nothing is mapped and every check passes.
+    pub fn new(
+        cfg: Config,
+        layout: Layout,
+        mapper: M,
+        platform: P,
+        arena: &'static mut [u8],
+    ) -> Result<Self, InitError> {
+        layout.validate().map_err(InitError::Layout)?;
+        let mut rest = arena;
+        let off = cfg.mode == Mode::Off;
+        let pages_n = if off { 0 } else { layout.ram_pages() };
+        let blocks_n = pages_n.div_ceil(PAGES_PER_BLOCK);
+        let vm_n = if off { 0 } else { layout.vmalloc.len() / BLOCK_SIZE };
+        let stacks = if off { 0 } else { cfg.depot_stacks };
+        let page_mem = take(&mut rest, pages_n, 1).ok_or(InitError::ArenaTooSmall)?;
+        let block_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
+        let vm_mem = take(&mut rest, vm_n * 2, 2).ok_or(InitError::ArenaTooSmall)?;
+        let depot_len = StackDepot::bytes_for(stacks);
+        let depot_mem = take(&mut rest, depot_len, 8).ok_or(InitError::ArenaTooSmall)?;
+        let depot = StackDepot::new(depot_mem, stacks).ok_or(InitError::ArenaTooSmall)?;
+
+        let ram = layout.direct_map.len();
+        let quarantine = Quarantine::new(cfg.quarantine_bytes.unwrap_or(ram / 32));
+        let initial = if cfg.mode == Mode::Full { Backing::Private } else { Backing::Free };
+        let kasan = Kasan {
+            cfg,
+            layout,
+            pages: PageArray::new(page_mem, layout.direct_map.start),
+            blocks: atomics_u8(block_mem, initial as u8),
+            vm_refs: atomics_u16(vm_mem),
+            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot }),
+            platform,
+            stats: Stats::default(),
+            reported: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+        };
+        kasan.stats.per_page_bytes.store(pages_n, Relaxed);
+        kasan.stats.block_table_bytes.store(blocks_n + vm_n * 2, Relaxed);
+        kasan.stats.depot_bytes.store(depot_len, Relaxed);
+        if !off {
+            kasan.map_initial_shadow()?;
+        }
+        Ok(kasan)
+    }
+
+    fn map_initial_shadow(&self) -> Result<(), InitError> {
+        let l = &self.layout;
+        let mut inner = self.inner.lock();
+        let m = &mut inner.mapper;
+        let map = InitError::Map;
+        m.map_shared_range(self.shadow_start(l.covered), self.shadow_end(l.covered), SharedPage::Zero)
+            .map_err(map)?;
+        let vm = l.shadow_of(l.vmalloc);
+        m.map_shared_range(vm.start, vm.end, SharedPage::VmallocInvalid).map_err(map)?;
+        let dm = l.shadow_of(l.direct_map);
+        let mut private = 0;
+        if self.cfg.mode == Mode::Full {
+            for page in (dm.start..dm.end).step_by(PAGE_SIZE) {
+                m.map_private(page, PAGE_FREE).map_err(map)?.flush(m);
+                private += 1;
+            }
+        } else {
+            m.map_shared_range(dm.start, dm.end, SharedPage::PageFree).map_err(map)?;
+        }
+        let img = l.shadow_of(l.image);
+        for page in (img.start..img.end).step_by(PAGE_SIZE) {
+            m.map_private(page, 0).map_err(map)?.flush(m);
+            private += 1;
+        }
+        self.stats.init_shadow_pages.store(private, Relaxed);
+        Ok(())
+    }
+
+    fn shadow_start(&self, r: Region) -> usize {
+        self.layout.mem_to_shadow(r.start) & !(PAGE_SIZE - 1)
+    }
+
+    fn shadow_end(&self, r: Region) -> usize {
+        (self.layout.mem_to_shadow(r.end - 1) | (PAGE_SIZE - 1)) + 1
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The address-space layout.
+    #[must_use]
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The platform the runtime reports through.
+    #[must_use]
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The per-page shadow.
+    #[must_use]
+    pub fn pages(&self) -> &PageArray {
+        &self.pages
+    }
+
+    /// A copy of the statistics.
+    #[must_use]
+    pub fn stats(&self) -> StatsSnapshot {
+        let tables = self.inner.lock().mapper.table_bytes();
+        self.stats.snapshot(tables)
+    }
+
+    /// Backing of the direct-map block holding frame `pfn`.
+    #[must_use]
+    pub fn backing_of_pfn(&self, pfn: usize) -> Backing {
+        Backing::from_u8(self.blocks[pfn / PAGES_PER_BLOCK].load(Relaxed))
+    }
+
+    /// Whether the shadow byte of `addr` lives in a private (writable) page.
+    #[must_use]
+    pub fn shadow_writable(&self, addr: usize) -> bool {
+        let l = &self.layout;
+        if let Some(pfn) = self.pages.pfn(addr) {
+            return self.backing_of_pfn(pfn) == Backing::Private;
+        }
+        if l.vmalloc.contains(addr) {
+            let r = self.vm_refs[(addr - l.vmalloc.start) / BLOCK_SIZE].load(Relaxed);
+            return r != 0 && r & VM_UNCHECKED == 0;
+        }
+        l.image.contains(addr)
+    }
+
+    /// Read the raw shadow byte of `addr` (must be covered).
+    #[inline(always)]
+    pub(crate) fn shadow_byte(&self, addr: usize) -> u8 {
+        let s = self.layout.mem_to_shadow(addr);
+        // SAFETY: the caller checked that `addr` is covered, and every
+        // covered address has a mapped shadow page (init mapped them all).
+        unsafe { core::ptr::read_volatile(s as *const u8) }
+    }
+
+    /// Write `value` to the shadow of the granules in `[start, end)`
+    /// (`start` granule aligned), skipping shadow pages that are not
+    /// private (unchecked memory keeps reading as valid).
+    pub(crate) fn fill_shadow(&self, start: usize, end: usize, value: u8) {
+        let mut a = start;
+        while a < end {
+            // stop at the next block (one shadow page) boundary
+            let chunk_end = ((a / BLOCK_SIZE) + 1) * BLOCK_SIZE;
+            let e = end.min(chunk_end);
+            if self.shadow_writable(a) {
+                let s = self.layout.mem_to_shadow(a);
+                let n = (e - a).div_ceil(GRANULE);
+                // SAFETY: the shadow page of [a, e) is private and mapped
+                // (shadow_writable), and [s, s + n) stays inside it.
+                unsafe { core::ptr::write_bytes(s as *mut u8, value, n) };
+            }
+            a = e;
+        }
+    }
+
+    /// Make `[addr, addr + size)` accessible (`addr` granule aligned): full
+    /// granules 0, a partial last granule its byte count.
+    pub(crate) fn unpoison(&self, addr: usize, size: usize) {
+        let full = size & !(GRANULE - 1);
+        self.fill_shadow(addr, addr + full, 0);
+        if size & (GRANULE - 1) != 0 {
+            self.fill_shadow(addr + full, addr + full + 1, (size & (GRANULE - 1)) as u8);
+        }
+    }
+
+    /// Set the per-page state of `count` frames from `pfn` and bring the
+    /// blocks' shadow in line. Frames that get no private shadow go
+    /// `Unchecked`. Returns whether every tracked frame got byte shadow.
+    pub(crate) fn set_pages(
+        &self,
+        inner: &mut Inner<M>,
+        pfn: usize,
+        count: usize,
+        info: impl Fn(usize) -> PageInfo,
+    ) -> bool {
+        for i in 0..count {
+            let old = self.pages.get(pfn + i);
+            let new = info(i);
+            if old.state == PageState::Unchecked {
+                self.stats.unchecked_pages.fetch_sub(1, Relaxed);
+            }
+            self.pages.set(pfn + i, new);
+        }
+        let mut all_ok = true;
+        let first = pfn / PAGES_PER_BLOCK;
+        let last = (pfn + count - 1) / PAGES_PER_BLOCK;
+        for b in first..=last {
+            let lo = (b * PAGES_PER_BLOCK).max(pfn);
+            let hi = ((b + 1) * PAGES_PER_BLOCK).min(pfn + count);
+            all_ok &= self.sync_block(inner, b, lo, hi);
+        }
+        all_ok
+    }
+
+    /// Desired shared backing of block `b` ignoring tracked pages.
+    fn shared_backing(&self, b: usize) -> Backing {
+        let (mut free, mut used) = (false, false);
+        for pfn in b * PAGES_PER_BLOCK..((b + 1) * PAGES_PER_BLOCK).min(self.pages.len()) {
+            match self.pages.get(pfn).state {
+                PageState::Free => free = true,
+                _ => used = true,
+            }
+        }
+        match (free, used) {
+            (true, false) => Backing::Free,
+            (false, _) => Backing::Zero,
+            (true, true) => Backing::Consult,
+        }
+    }
+
+    /// Write the shadow of frame `pfn` from its state, in a private block.
+    /// Tracked frames are left to the caller's poisoning.
+    fn write_page_shadow(&self, pfn: usize, fresh: bool) {
+        let addr = self.pages.addr(pfn);
+        match self.pages.get(pfn).state {
+            PageState::Free => self.fill_shadow(addr, addr + PAGE_SIZE, PAGE_FREE),
+            PageState::Valid | PageState::Unchecked => self.fill_shadow(addr, addr + PAGE_SIZE, 0),
+            PageState::Tracked => {
+                if fresh {
+                    self.fill_shadow(addr, addr + PAGE_SIZE, 0);
+                }
+            }
+        }
+    }
+
+    /// Bring block `b`'s backing in line after frames `[lo, hi)` changed.
+    fn sync_block(&self, inner: &mut Inner<M>, b: usize, lo: usize, hi: usize) -> bool {
+        let spage = self.layout.mem_to_shadow(self.pages.addr(b * PAGES_PER_BLOCK));
+        let cur = Backing::from_u8(self.blocks[b].load(Relaxed));
+        let range = b * PAGES_PER_BLOCK..((b + 1) * PAGES_PER_BLOCK).min(self.pages.len());
+        let tracked = range.clone().any(|p| self.pages.get(p).state == PageState::Tracked);
+        let mut ok = true;
+        if self.cfg.mode == Mode::Full || tracked {
+            if cur == Backing::Private {
+                for pfn in lo..hi {
+                    self.write_page_shadow(pfn, false);
+                }
+                return true;
+            }
+            match inner.mapper.map_private(spage, 0) {
+                Ok(f) => {
+                    f.flush(&mut inner.mapper);
+                    self.stats.ondemand_inc();
+                    self.blocks[b].store(Backing::Private as u8, Relaxed);
+                    for pfn in range {
+                        self.write_page_shadow(pfn, true);
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    // No frame: the tracked pages of this block go unchecked.
+                    for pfn in range {
+                        let mut i = self.pages.get(pfn);
+                        if i.state == PageState::Tracked {
+                            i.state = PageState::Unchecked;
+                            self.pages.set(pfn, i);
+                            self.stats.unchecked_pages.fetch_add(1, Relaxed);
+                            Stats::bump(&self.stats.unchecked_events);
+                        }
+                    }
+                    ok = false;
+                }
+            }
+        }
+        let want = self.shared_backing(b);
+        if want != cur {
+            let kind = want.shared().expect("shared backing");
+            match inner.mapper.map_shared(spage, kind) {
+                Ok(f) => {
+                    f.flush(&mut inner.mapper);
+                    if cur == Backing::Private {
+                        self.stats.ondemand_dec();
+                    }
+                    self.blocks[b].store(want as u8, Relaxed);
+                }
+                Err(_) => {
+                    // Keep the old (still consistent for the pages that did
+                    // not change) backing; a private page stays writable.
+                    if cur == Backing::Private {
+                        for pfn in lo..hi {
+                            self.write_page_shadow(pfn, false);
+                        }
+                    }
+                    return false;
+                }
+            }
+        }
+        ok
+    }
+
+    /// Take one reference on each vmalloc block of `[start, end)`, mapping
+    /// private shadow filled with `fill` where a block gets its first.
+    pub(crate) fn vm_get(&self, inner: &mut Inner<M>, start: usize, end: usize, fill: u8) -> bool {
+        let l = &self.layout;
+        let mut ok = true;
+        for b in (start - l.vmalloc.start) / BLOCK_SIZE..(end - l.vmalloc.start).div_ceil(BLOCK_SIZE) {
+            let r = self.vm_refs[b].load(Relaxed);
+            if r & !VM_UNCHECKED == 0 {
+                let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
+                match inner.mapper.map_private(spage, fill) {
+                    Ok(f) => {
+                        f.flush(&mut inner.mapper);
+                        self.stats.ondemand_inc();
+                        self.vm_refs[b].store(1, Relaxed);
+                    }
+                    Err(_) => {
+                        // The 0xF8 page would report every access: map zero.
+                        if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
+                            f.flush(&mut inner.mapper);
+                        }
+                        self.vm_refs[b].store(1 | VM_UNCHECKED, Relaxed);
+                        Stats::bump(&self.stats.unchecked_events);
+                        ok = false;
+                    }
+                }
+            } else {
+                if r & VM_UNCHECKED != 0 {
+                    ok = false;
+                }
+                self.vm_refs[b].store(r + 1, Relaxed);
+            }
+        }
+        ok
+    }
+
+    /// Drop one reference on each vmalloc block of `[start, end)`, returning
+    /// the private shadow of blocks nobody uses any more.
+    pub(crate) fn vm_put(&self, inner: &mut Inner<M>, start: usize, end: usize) {
+        let l = &self.layout;
+        for b in (start - l.vmalloc.start) / BLOCK_SIZE..(end - l.vmalloc.start).div_ceil(BLOCK_SIZE) {
+            let r = self.vm_refs[b].load(Relaxed);
+            let count = r & !VM_UNCHECKED;
+            if count == 0 {
+                continue;
+            }
+            if count > 1 {
+                self.vm_refs[b].store(r - 1, Relaxed);
+                continue;
+            }
+            let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
+            // If remapping fails the private page stays (already poisoned
+            // 0xF8 by the caller); a later map over it releases its frame.
+            if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::VmallocInvalid) {
+                f.flush(&mut inner.mapper);
+            }
+            if r & VM_UNCHECKED == 0 {
+                self.stats.ondemand_dec();
+            }
+            self.vm_refs[b].store(0, Relaxed);
+        }
+    }
+}
