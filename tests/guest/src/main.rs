@@ -9,12 +9,17 @@ pub use guest_boot::{print, println};
 use guest_boot::{code, exit, BootInfo};
 
 pub mod kasan_glue;
+pub mod mm;
+pub mod selftest;
 
 #[no_mangle]
 pub fn guest_main(info: &'static BootInfo) -> ! {
     #[cfg(feature = "stub")]
     asan_stub::linked();
     kasan_glue::early_init(info);
+    mm::buddy::init(info);
+    kasan_glue::page_allocator_ready();
+    mm::slab::init();
     let n = unsafe { guest_boot::run_init_array() };
     println!("guest: ran {} .init_array constructors", n);
     kasan_glue::late_init(info);
@@ -28,6 +33,7 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
 fn run_suite(name: &str) -> bool {
     match name {
         "smoke" | "boot" => true,
+        "mm" => selftest::mm(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

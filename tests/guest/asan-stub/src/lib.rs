@@ -48,7 +48,9 @@ sized_n!(
     __asan_report_load_n, __asan_report_store_n,
     __asan_report_load_n_noabort, __asan_report_store_n_noabort,
     __asan_register_globals, __asan_unregister_globals,
-    __asan_set_shadow_00, __asan_set_shadow_f1, __asan_set_shadow_f2,
+    __asan_set_shadow_00, __asan_set_shadow_01, __asan_set_shadow_02,
+    __asan_set_shadow_03, __asan_set_shadow_04, __asan_set_shadow_05,
+    __asan_set_shadow_06, __asan_set_shadow_07, __asan_set_shadow_f1, __asan_set_shadow_f2,
     __asan_set_shadow_f3, __asan_set_shadow_f5, __asan_set_shadow_f8,
     __asan_alloca_poison, __asan_allocas_unpoison,
 );

@@ -1,0 +1,387 @@
+//! Buddy page allocator, orders 0..=MAX_ORDER, over the RAM of the PVH memory
+//! map minus the first MiB and the kernel image. Blocks are handed out as
+//! direct-map addresses. A frame array (one `Page` per 4 KiB frame, carved
+//! from RAM at init) holds the state; `check_invariants()` verifies it.
+//! Single CPU, no interrupts: plain `static mut` state.
+use crate::kasan_glue;
+use crate::println;
+use guest_boot::paging::{phys_to_virt, virt_to_phys, DIRECT_MAP_BASE};
+
+pub const PAGE_SIZE: usize = 4096;
+pub const MAX_ORDER: usize = 10;
+const NONE: u32 = u32::MAX;
+
+pub const PG_FREE: u16 = 1 << 0; // head of a free block (order = block order)
+pub const PG_HEAD: u16 = 1 << 1; // head of an allocated block
+pub const PG_TAIL: u16 = 1 << 2; // non-head page of an allocated block (head = index of head)
+pub const PG_SLAB: u16 = 1 << 3; // allocated block is a slab (private = SlabMeta *)
+pub const PG_LARGE: u16 = 1 << 4; // allocated block is a large kmalloc (private = size)
+pub const PG_STACK: u16 = 1 << 5; // kernel stack
+pub const PG_RESERVED: u16 = 1 << 6; // not managed (holes, kernel image, frame array)
+pub const PG_META: u16 = 1 << 7; // slab metadata / page tables
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Page {
+    pub flags: u16,
+    pub order: u8,
+    _pad: u8,
+    /// Free-list links (frame indices), valid while PG_FREE.
+    next: u32,
+    prev: u32,
+    /// Index of the head frame (tails of an allocated block; heads: own index).
+    pub head: u32,
+    /// Owner data: SlabMeta pointer (PG_SLAB), requested size (PG_LARGE).
+    pub private: usize,
+}
+
+struct Buddy {
+    pages: *mut Page,
+    base_pfn: u64,
+    npages: usize,
+    free_head: [u32; MAX_ORDER + 1],
+    nfree: [usize; MAX_ORDER + 1],
+    free_pages: usize,
+    managed_pages: usize,
+}
+
+static mut B: Buddy = Buddy {
+    pages: core::ptr::null_mut(),
+    base_pfn: 0,
+    npages: 0,
+    free_head: [NONE; MAX_ORDER + 1],
+    nfree: [0; MAX_ORDER + 1],
+    free_pages: 0,
+    managed_pages: 0,
+};
+
+fn b() -> &'static mut Buddy {
+    unsafe { &mut *core::ptr::addr_of_mut!(B) }
+}
+
+impl Buddy {
+    fn page(&self, idx: u32) -> &'static mut Page {
+        debug_assert!((idx as usize) < self.npages);
+        unsafe { &mut *self.pages.add(idx as usize) }
+    }
+    fn idx_of_phys(&self, pa: u64) -> Option<u32> {
+        let pfn = pa / PAGE_SIZE as u64;
+        if pfn < self.base_pfn || pfn >= self.base_pfn + self.npages as u64 {
+            return None;
+        }
+        Some((pfn - self.base_pfn) as u32)
+    }
+    fn virt_of(&self, idx: u32) -> usize {
+        phys_to_virt((self.base_pfn + idx as u64) * PAGE_SIZE as u64) as usize
+    }
+    fn list_add(&mut self, idx: u32, order: usize) {
+        let h = self.free_head[order];
+        let p = self.page(idx);
+        p.flags = PG_FREE;
+        p.order = order as u8;
+        p.prev = NONE;
+        p.next = h;
+        p.head = idx;
+        if h != NONE {
+            self.page(h).prev = idx;
+        }
+        self.free_head[order] = idx;
+        self.nfree[order] += 1;
+        self.free_pages += 1 << order;
+    }
+    fn list_del(&mut self, idx: u32, order: usize) {
+        let (n, pv) = {
+            let p = self.page(idx);
+            (p.next, p.prev)
+        };
+        if pv != NONE {
+            self.page(pv).next = n;
+        } else {
+            self.free_head[order] = n;
+        }
+        if n != NONE {
+            self.page(n).prev = pv;
+        }
+        let p = self.page(idx);
+        p.flags = 0;
+        p.next = NONE;
+        p.prev = NONE;
+        self.nfree[order] -= 1;
+        self.free_pages -= 1 << order;
+    }
+    /// Absolute-pfn alignment decides buddies.
+    fn buddy_of(&self, idx: u32, order: usize) -> Option<u32> {
+        let pfn = self.base_pfn + idx as u64;
+        let bpfn = pfn ^ (1u64 << order);
+        if bpfn < self.base_pfn || bpfn >= self.base_pfn + self.npages as u64 {
+            return None;
+        }
+        Some((bpfn - self.base_pfn) as u32)
+    }
+    fn free_block(&mut self, mut idx: u32, mut order: usize) {
+        while order < MAX_ORDER {
+            let Some(bd) = self.buddy_of(idx, order) else { break };
+            let bp = self.page(bd);
+            if bp.flags != PG_FREE || bp.order as usize != order {
+                break;
+            }
+            self.list_del(bd, order);
+            idx = idx.min(bd);
+            order += 1;
+        }
+        self.list_add(idx, order);
+    }
+    fn alloc_block(&mut self, order: usize) -> Option<u32> {
+        let mut o = order;
+        while o <= MAX_ORDER && self.free_head[o] == NONE {
+            o += 1;
+        }
+        if o > MAX_ORDER {
+            return None;
+        }
+        let idx = self.free_head[o];
+        self.list_del(idx, o);
+        while o > order {
+            o -= 1;
+            self.list_add(idx + (1 << o), o);
+        }
+        for i in 0..(1u32 << order) {
+            let p = self.page(idx + i);
+            p.flags = if i == 0 { PG_HEAD } else { PG_TAIL };
+            p.order = order as u8;
+            p.head = idx;
+            p.private = 0;
+        }
+        Some(idx)
+    }
+}
+
+/// Initialise from the boot memory map.
+pub fn init(info: &guest_boot::BootInfo) {
+    let bb = b();
+    let mut ranges = [(0u64, 0u64); 64];
+    let n = info.free_ram(&mut ranges);
+    let ranges = &mut ranges[..n];
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let npages = ((hi - lo) / PAGE_SIZE as u64) as usize;
+    let array_bytes = (npages * core::mem::size_of::<Page>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    // Carve the frame array from the first range big enough.
+    let r = ranges.iter_mut().find(|r| r.1 - r.0 >= array_bytes as u64).expect("no room for the frame array");
+    let array_pa = r.0;
+    r.0 += array_bytes as u64;
+    bb.pages = phys_to_virt(array_pa) as *mut Page;
+    kasan_glue::mark_reserved(phys_to_virt(array_pa) as usize, array_bytes);
+    bb.base_pfn = lo / PAGE_SIZE as u64;
+    bb.npages = npages;
+    // All reserved first, then free the usable ranges in aligned blocks.
+    for i in 0..npages {
+        unsafe {
+            bb.pages.add(i).write(Page { flags: PG_RESERVED, order: 0, _pad: 0, next: NONE, prev: NONE, head: i as u32, private: 0 })
+        };
+    }
+    for &(s, e) in ranges.iter() {
+        let mut pfn = s / PAGE_SIZE as u64;
+        let end = e / PAGE_SIZE as u64;
+        while pfn < end {
+            let mut order = MAX_ORDER;
+            while order > 0 && (pfn & ((1 << order) - 1) != 0 || pfn + (1 << order) > end) {
+                order -= 1;
+            }
+            let idx = (pfn - bb.base_pfn) as u32;
+            for i in 0..(1u32 << order) {
+                bb.page(idx + i).flags = 0;
+            }
+            bb.managed_pages += 1 << order;
+            bb.free_block(idx, order);
+            pfn += 1 << order;
+        }
+    }
+    println!(
+        "buddy: {} pages managed ({} MiB), frame array {} KiB at {:#x}",
+        bb.managed_pages,
+        bb.managed_pages >> 8,
+        array_bytes >> 10,
+        phys_to_virt(array_pa)
+    );
+}
+
+/// Allocate 2^order pages; returns the direct-map address.
+pub fn alloc_pages(order: usize) -> Option<usize> {
+    alloc_pages_flags(order, 0)
+}
+
+/// Allocate with an owner flag (PG_SLAB, PG_LARGE, PG_STACK, PG_META or 0).
+pub fn alloc_pages_flags(order: usize, owner: u16) -> Option<usize> {
+    if order > MAX_ORDER {
+        return None;
+    }
+    let bb = b();
+    let idx = bb.alloc_block(order)?;
+    if owner != 0 {
+        for i in 0..(1u32 << order) {
+            bb.page(idx + i).flags |= owner;
+        }
+    }
+    let va = bb.virt_of(idx);
+    kasan_glue::page_alloc(va, order as u32);
+    Some(va)
+}
+
+pub fn alloc_page_zeroed() -> Option<usize> {
+    let p = alloc_pages(0)?;
+    unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE) };
+    Some(p)
+}
+
+/// Frame of a kernel address (direct map or any alias with a physical address).
+pub fn page_of(addr: usize) -> Option<&'static mut Page> {
+    let pa = virt_to_phys(addr as u64)?;
+    let bb = b();
+    let idx = bb.idx_of_phys(pa)?;
+    Some(bb.page(idx))
+}
+
+/// Head frame and its direct-map address for any address inside an allocated block.
+pub fn head_of(addr: usize) -> Option<(&'static mut Page, usize)> {
+    let pa = virt_to_phys(addr as u64)?;
+    let bb = b();
+    let idx = bb.idx_of_phys(pa)?;
+    let h = bb.page(idx).head;
+    Some((bb.page(h), bb.virt_of(h)))
+}
+
+/// Free 2^order pages at `addr` (direct-map address, or any alias of it).
+/// Misuse (not a block head, wrong order, already free) is reported and ignored.
+#[inline(never)]
+pub fn free_pages(addr: usize, order: usize) {
+    let ip = crate::mm::caller_ip();
+    let bb = b();
+    let Some(pa) = virt_to_phys(addr as u64) else {
+        kasan_glue::bad_free(addr, ip, "free_pages: not a kernel address");
+        return;
+    };
+    let Some(idx) = bb.idx_of_phys(pa).filter(|_| pa % PAGE_SIZE as u64 == 0) else {
+        kasan_glue::bad_free(addr, ip, "free_pages: not a managed page");
+        return;
+    };
+    let va = bb.virt_of(idx);
+    if !kasan_glue::page_free(va, order as u32, ip) {
+        return; // the runtime reported a bug; leave the block alone
+    }
+    let p = bb.page(idx);
+    if p.flags & PG_HEAD == 0 || p.order as usize != order {
+        let why = if p.flags & PG_FREE != 0 || p.flags & (PG_HEAD | PG_TAIL) == 0 {
+            "free_pages: double free"
+        } else {
+            "free_pages: not the head of an allocation of this order"
+        };
+        kasan_glue::bad_free(va, ip, why);
+        return;
+    }
+    for i in 0..(1u32 << order) {
+        let q = bb.page(idx + i);
+        q.flags = 0;
+        q.private = 0;
+        q.head = idx + i;
+    }
+    bb.free_block(idx, order);
+}
+
+/// Turn an allocated order-n block into 2^n independent order-0 allocations.
+pub fn split_page(addr: usize, order: usize) {
+    let bb = b();
+    let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
+    let owner = bb.page(idx).flags & !(PG_HEAD | PG_TAIL);
+    for i in 0..(1u32 << order) {
+        let q = bb.page(idx + i);
+        q.flags = PG_HEAD | owner;
+        q.order = 0;
+        q.head = idx + i;
+    }
+}
+
+pub fn free_page_count() -> usize {
+    b().free_pages
+}
+
+pub fn managed_pages() -> usize {
+    b().managed_pages
+}
+
+/// Whether `addr` is a direct-map address of managed RAM.
+pub fn is_direct_map(addr: usize) -> bool {
+    let a = addr as u64;
+    a >= DIRECT_MAP_BASE && a < DIRECT_MAP_BASE + guest_boot::paging::direct_map_end()
+}
+
+/// Check the allocator's invariants; returns the number of violations (each printed).
+pub fn check_invariants() -> usize {
+    let bb = b();
+    let mut bad = 0;
+    let mut total = 0usize;
+    for o in 0..=MAX_ORDER {
+        let mut idx = bb.free_head[o];
+        let mut prev = NONE;
+        let mut n = 0;
+        while idx != NONE {
+            let p = bb.page(idx);
+            if p.flags != PG_FREE || p.order as usize != o || p.prev != prev {
+                println!("buddy: bad free block {} order {} flags {:#x} order {} prev {}", idx, o, p.flags, p.order, p.prev);
+                bad += 1;
+            }
+            if (bb.base_pfn + idx as u64) & ((1 << o) - 1) != 0 || idx as usize + (1 << o) > bb.npages {
+                println!("buddy: misaligned free block {} order {}", idx, o);
+                bad += 1;
+            }
+            for i in 1..(1u32 << o) {
+                let t = bb.page(idx + i);
+                if t.flags != 0 {
+                    println!("buddy: page {} inside free block {} has flags {:#x}", idx + i, idx, t.flags);
+                    bad += 1;
+                    break;
+                }
+            }
+            if o < MAX_ORDER {
+                if let Some(bd) = bb.buddy_of(idx, o) {
+                    let q = bb.page(bd);
+                    if q.flags == PG_FREE && q.order as usize == o {
+                        println!("buddy: unmerged buddies {} {} order {}", idx, bd, o);
+                        bad += 1;
+                    }
+                }
+            }
+            n += 1;
+            total += 1 << o;
+            prev = idx;
+            idx = p.next;
+            if n > bb.npages {
+                println!("buddy: free list {} loops", o);
+                bad += 1;
+                break;
+            }
+        }
+        if n != bb.nfree[o] {
+            println!("buddy: order {} count {} != {}", o, n, bb.nfree[o]);
+            bad += 1;
+        }
+    }
+    if total != bb.free_pages {
+        println!("buddy: free pages {} != counter {}", total, bb.free_pages);
+        bad += 1;
+    }
+    // Allocated blocks: tails point to a head whose order covers them.
+    let mut i = 0u32;
+    while (i as usize) < bb.npages {
+        let p = bb.page(i);
+        if p.flags & PG_TAIL != 0 {
+            let h = bb.page(p.head);
+            if h.flags & PG_HEAD == 0 || i >= p.head + (1 << h.order) {
+                println!("buddy: tail {} has bad head {}", i, p.head);
+                bad += 1;
+            }
+        }
+        i += 1;
+    }
+    bad
+}

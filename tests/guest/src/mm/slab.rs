@@ -1,0 +1,567 @@
+//! Slab allocator: kmalloc caches (8 .. 8192 bytes), named caches, bulk
+//! alloc/free, page-backed large kmalloc, krealloc, ksize, kfree from any
+//! direct-map alias. Slot size = `kasan_glue::cache_slot_size(object_size)`
+//! rounded to the alignment. All allocator metadata lives OUTSIDE the
+//! objects (a side `SlabMeta` block per slab, found through the frame
+//! array), so this instrumented code never touches poisoned object memory.
+use super::buddy::{self, alloc_pages_flags, free_pages, head_of, PAGE_SIZE, PG_LARGE, PG_META, PG_SLAB};
+use crate::kasan_glue::{self, CacheId, FreeAction};
+use crate::println;
+
+pub const KMALLOC_SIZES: [usize; 13] = [8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192];
+pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
+const KMALLOC_NAMES: [&str; 13] = [
+    "kmalloc-8", "kmalloc-16", "kmalloc-32", "kmalloc-64", "kmalloc-96", "kmalloc-128", "kmalloc-192",
+    "kmalloc-256", "kmalloc-512", "kmalloc-1k", "kmalloc-2k", "kmalloc-4k", "kmalloc-8k",
+];
+const MAX_CACHES: usize = 64;
+const MAX_OBJS: usize = 1024;
+const META_ORDER: usize = 1;
+
+/// Per-slab metadata, in its own pages (order META_ORDER).
+struct SlabMeta {
+    cache: usize,
+    base: usize,
+    order: u8,
+    nobj: u16,
+    inuse: u16,
+    nfree: u16,
+    next: *mut SlabMeta,
+    prev: *mut SlabMeta,
+    on_partial: bool,
+    allocated: [u64; MAX_OBJS / 64],
+    free_stack: [u16; MAX_OBJS],
+    /// Requested size of each live object.
+    sizes: [u16; MAX_OBJS],
+}
+
+pub struct Cache {
+    pub name: &'static str,
+    pub object_size: usize,
+    pub slot_size: usize,
+    pub align: usize,
+    pub order: usize,
+    pub nobj: usize,
+    pub id: CacheId,
+    gen: u32,
+    live: bool,
+    partial: *mut SlabMeta,
+    full: *mut SlabMeta,
+    pub nslabs: usize,
+    pub inuse: usize,
+}
+
+const EMPTY: Cache = Cache {
+    name: "",
+    object_size: 0,
+    slot_size: 0,
+    align: 0,
+    order: 0,
+    nobj: 0,
+    id: 0,
+    gen: 0,
+    live: false,
+    partial: core::ptr::null_mut(),
+    full: core::ptr::null_mut(),
+    nslabs: 0,
+    inuse: 0,
+};
+static mut CACHES: [Cache; MAX_CACHES] = [EMPTY; MAX_CACHES];
+
+/// Handle to a named cache (index + generation, so a stale handle is detected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheRef {
+    idx: u32,
+    gen: u32,
+}
+
+fn caches() -> &'static mut [Cache; MAX_CACHES] {
+    unsafe { &mut *core::ptr::addr_of_mut!(CACHES) }
+}
+
+fn setup(idx: usize, name: &'static str, size: usize, align: usize) {
+    let c = &mut caches()[idx];
+    let align = align.max(8).next_power_of_two();
+    let slot = (kasan_glue::cache_slot_size(size).max(size) + align - 1) & !(align - 1);
+    // Smallest order with >= 4 slots (and >= 8 KiB), at most MAX_OBJS slots.
+    let mut order = 1;
+    while (PAGE_SIZE << order) < 4 * slot && order < buddy::MAX_ORDER {
+        order += 1;
+    }
+    let nobj = ((PAGE_SIZE << order) / slot).min(MAX_OBJS);
+    *c = Cache {
+        name,
+        object_size: size,
+        slot_size: slot,
+        align,
+        order,
+        nobj,
+        id: kasan_glue::cache_create(name, size, align),
+        gen: c.gen + 1,
+        live: true,
+        partial: core::ptr::null_mut(),
+        full: core::ptr::null_mut(),
+        nslabs: 0,
+        inuse: 0,
+    };
+}
+
+pub fn init() {
+    for (i, &s) in KMALLOC_SIZES.iter().enumerate() {
+        setup(i, KMALLOC_NAMES[i], s, 8);
+    }
+    println!("slab: {} kmalloc caches", KMALLOC_SIZES.len());
+}
+
+fn list_push(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
+    unsafe {
+        (*m).prev = core::ptr::null_mut();
+        (*m).next = *head;
+        if !(*head).is_null() {
+            (**head).prev = m;
+        }
+        *head = m;
+    }
+}
+
+fn list_del(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
+    unsafe {
+        if !(*m).prev.is_null() {
+            (*(*m).prev).next = (*m).next;
+        } else {
+            *head = (*m).next;
+        }
+        if !(*m).next.is_null() {
+            (*(*m).next).prev = (*m).prev;
+        }
+        (*m).next = core::ptr::null_mut();
+        (*m).prev = core::ptr::null_mut();
+    }
+}
+
+fn new_slab(ci: usize) -> Option<*mut SlabMeta> {
+    let c = &mut caches()[ci];
+    let meta = alloc_pages_flags(META_ORDER, PG_META)? as *mut SlabMeta;
+    let Some(base) = alloc_pages_flags(c.order, PG_SLAB) else {
+        free_pages(meta as usize, META_ORDER);
+        return None;
+    };
+    let m = unsafe { &mut *meta };
+    m.cache = ci;
+    m.base = base;
+    m.order = c.order as u8;
+    m.nobj = c.nobj as u16;
+    m.inuse = 0;
+    m.nfree = c.nobj as u16;
+    m.on_partial = true;
+    m.allocated = [0; MAX_OBJS / 64];
+    for i in 0..c.nobj {
+        m.free_stack[i] = (c.nobj - 1 - i) as u16; // pop lowest index first
+    }
+    for i in 0..(1usize << c.order) {
+        if let Some(p) = buddy::page_of(base + i * PAGE_SIZE) {
+            p.private = meta as usize;
+        }
+    }
+    kasan_glue::slab_page_alloc(c.id, base, c.order as u32);
+    list_push(&mut c.partial, meta);
+    c.nslabs += 1;
+    Some(meta)
+}
+
+fn release_slab(m: *mut SlabMeta) {
+    let mr = unsafe { &mut *m };
+    let c = &mut caches()[mr.cache];
+    if mr.on_partial {
+        list_del(&mut c.partial, m);
+    } else {
+        list_del(&mut c.full, m);
+    }
+    c.nslabs -= 1;
+    kasan_glue::slab_page_free(mr.base, mr.order as u32);
+    free_pages(mr.base, mr.order as usize);
+    free_pages(m as usize, META_ORDER);
+}
+
+fn cache_alloc(ci: usize, size: usize) -> *mut u8 {
+    drain_quarantine(8);
+    let c = &mut caches()[ci];
+    let m = if c.partial.is_null() {
+        match new_slab(ci) {
+            Some(m) => m,
+            None => return core::ptr::null_mut(),
+        }
+    } else {
+        c.partial
+    };
+    let c = &mut caches()[ci];
+    let mr = unsafe { &mut *m };
+    mr.nfree -= 1;
+    let i = mr.free_stack[mr.nfree as usize] as usize;
+    mr.allocated[i / 64] |= 1 << (i % 64);
+    mr.sizes[i] = size as u16;
+    mr.inuse += 1;
+    c.inuse += 1;
+    if mr.nfree == 0 {
+        list_del(&mut c.partial, m);
+        list_push(&mut c.full, m);
+        mr.on_partial = false;
+    }
+    let ptr = mr.base + i * c.slot_size;
+    kasan_glue::object_alloc(c.id, ptr, size);
+    ptr as *mut u8
+}
+
+/// Slab metadata and object index for an address inside a slab.
+fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
+    let p = buddy::page_of(ptr)?;
+    if p.flags & PG_SLAB == 0 || p.private == 0 {
+        return None;
+    }
+    let m = p.private as *mut SlabMeta;
+    let mr = unsafe { &*m };
+    let c = &caches()[mr.cache];
+    // Translate an alias to the slab's direct-map address.
+    let pa = guest_boot::paging::virt_to_phys(ptr as u64)?;
+    let off = (pa - guest_boot::paging::virt_to_phys(mr.base as u64)?) as usize;
+    Some((m, off / c.slot_size, off % c.slot_size))
+}
+
+/// The actual free of a slab object (after the runtime said "now").
+fn release_object(m: *mut SlabMeta, i: usize) {
+    let mr = unsafe { &mut *m };
+    let c = &mut caches()[mr.cache];
+    mr.allocated[i / 64] &= !(1 << (i % 64));
+    mr.free_stack[mr.nfree as usize] = i as u16;
+    mr.nfree += 1;
+    mr.inuse -= 1;
+    c.inuse -= 1;
+    if !mr.on_partial {
+        list_del(&mut c.full, m);
+        list_push(&mut c.partial, m);
+        mr.on_partial = true;
+    }
+    if mr.inuse == 0 {
+        release_slab(m);
+    }
+}
+
+/// Objects the runtime lets go from quarantine are really freed here.
+pub fn drain_quarantine(max: usize) {
+    for _ in 0..max {
+        let Some(ptr) = kasan_glue::quarantine_pop() else { break };
+        if let Some((m, i, 0)) = locate(ptr) {
+            release_object(m, i);
+        } else if let Some((h, base)) = head_of(ptr) {
+            if h.flags & PG_LARGE != 0 {
+                let order = h.order as usize;
+                h.flags &= !PG_LARGE;
+                free_pages(base, order);
+            }
+        }
+    }
+}
+
+fn free_object(ptr: usize, expect_cache: Option<usize>, ip: usize, what: &'static str) {
+    let Some((m, i, rem)) = locate(ptr) else {
+        kasan_glue::bad_free(ptr, ip, what);
+        return;
+    };
+    let mr = unsafe { &*m };
+    let c = &caches()[mr.cache];
+    if let Some(ec) = expect_cache {
+        if ec != mr.cache {
+            kasan_glue::bad_free(ptr, ip, "kmem_cache_free: object belongs to another cache");
+            return;
+        }
+    }
+    let slot = mr.base + i * c.slot_size;
+    let action = kasan_glue::object_free(c.id, mr.base, ptr, ip);
+    if action == FreeAction::Bug {
+        return;
+    }
+    if rem != 0 || i >= mr.nobj as usize {
+        kasan_glue::bad_free(ptr, ip, "invalid free: not the start of an object");
+        return;
+    }
+    if mr.allocated[i / 64] & (1 << (i % 64)) == 0 {
+        kasan_glue::bad_free(ptr, ip, "double free");
+        return;
+    }
+    let _ = slot;
+    if action == FreeAction::Now {
+        release_object(m, i);
+    }
+}
+
+fn kmalloc_index(size: usize) -> Option<usize> {
+    KMALLOC_SIZES.iter().position(|&s| s >= size)
+}
+
+fn order_for(size: usize) -> usize {
+    let pages = (size + PAGE_SIZE - 1) / PAGE_SIZE;
+    pages.next_power_of_two().trailing_zeros() as usize
+}
+
+/// kmalloc: slab caches up to 8192 bytes, page-backed above.
+#[inline(never)]
+pub fn kmalloc(size: usize) -> *mut u8 {
+    if size == 0 {
+        return 16 as *mut u8; // ZERO_SIZE_PTR
+    }
+    match kmalloc_index(size) {
+        Some(ci) => cache_alloc(ci, size),
+        None => {
+            let order = order_for(size);
+            let Some(p) = alloc_pages_flags(order, PG_LARGE) else { return core::ptr::null_mut() };
+            if let Some(pg) = buddy::page_of(p) {
+                pg.private = size;
+            }
+            kasan_glue::kmalloc_large(p, order as u32, size);
+            p as *mut u8
+        }
+    }
+}
+
+pub fn kzalloc(size: usize) -> *mut u8 {
+    let p = kmalloc(size);
+    if !p.is_null() && size > 0 {
+        unsafe { core::ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// kfree: finds the slab or large allocation from the page of `ptr` (any alias).
+#[inline(never)]
+pub fn kfree(ptr: *const u8) {
+    let ip = crate::mm::caller_ip();
+    kfree_ip(ptr, ip)
+}
+
+pub fn kfree_ip(ptr: *const u8, ip: usize) {
+    let p = ptr as usize;
+    if p <= 16 {
+        return;
+    }
+    let Some(pg) = buddy::page_of(p) else {
+        kasan_glue::bad_free(p, ip, "kfree: not a kernel heap address");
+        return;
+    };
+    if pg.flags & PG_SLAB != 0 {
+        return free_object(p, None, ip, "kfree");
+    }
+    if let Some((h, base)) = head_of(p) {
+        if h.flags & PG_LARGE != 0 {
+            let order = h.order as usize;
+            if !kasan_glue::kfree_large(p, order as u32, ip) {
+                return;
+            }
+            let base_pa = guest_boot::paging::virt_to_phys(base as u64);
+            if guest_boot::paging::virt_to_phys(p as u64) != base_pa {
+                kasan_glue::bad_free(p, ip, "kfree: invalid free inside a large kmalloc");
+                return;
+            }
+            h.flags &= !PG_LARGE;
+            h.private = 0;
+            free_pages(base, order);
+            return;
+        }
+    }
+    kasan_glue::bad_free(p, ip, "kfree: not a kmalloc object (double free of a large kmalloc?)");
+}
+
+/// Requested size and usable capacity of a live allocation.
+fn object_info(p: usize) -> Option<(usize, usize, Option<(usize, usize)>)> {
+    if let Some((m, i, 0)) = locate(p) {
+        let mr = unsafe { &*m };
+        if mr.allocated[i / 64] & (1 << (i % 64)) == 0 {
+            return None;
+        }
+        return Some((mr.sizes[i] as usize, caches()[mr.cache].object_size, Some((mr.cache, mr.base))));
+    }
+    let (h, base) = head_of(p)?;
+    if h.flags & PG_LARGE != 0 && guest_boot::paging::virt_to_phys(base as u64) == guest_boot::paging::virt_to_phys(p as u64) {
+        return Some((h.private, PAGE_SIZE << h.order, None));
+    }
+    None
+}
+
+/// krealloc: grows/shrinks in place when the object's cache allows, else
+/// allocates, copies and frees. A freed or invalid pointer is reported and
+/// null returned.
+#[inline(never)]
+pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
+    let ip = crate::mm::caller_ip();
+    let p = ptr as usize;
+    if p <= 16 {
+        return kmalloc(new_size);
+    }
+    if new_size == 0 {
+        kfree_ip(ptr, ip);
+        return 16 as *mut u8;
+    }
+    if let Some((m, _, _)) = locate(p) {
+        let mr = unsafe { &*m };
+        let c = &caches()[mr.cache];
+        if !kasan_glue::object_check_live(c.id, mr.base, p, ip) {
+            return core::ptr::null_mut();
+        }
+    }
+    let Some((old, cap, slab)) = object_info(p) else {
+        kasan_glue::bad_free(p, ip, "krealloc: not a live allocation");
+        return core::ptr::null_mut();
+    };
+    if let Some((ci, _)) = slab {
+        if new_size <= cap {
+            if let Some((m, i, 0)) = locate(p) {
+                unsafe { (*m).sizes[i] = new_size as u16 };
+            }
+            kasan_glue::object_resize(caches()[ci].id, p, new_size);
+            return ptr;
+        }
+    }
+    let n = kmalloc(new_size);
+    if n.is_null() {
+        return n;
+    }
+    unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, n, old.min(new_size)) };
+    kfree_ip(ptr, ip);
+    n
+}
+
+/// ksize: usable size of a live allocation (the runtime unpoisons up to it).
+#[inline(never)]
+pub fn ksize(ptr: *const u8) -> usize {
+    let ip = crate::mm::caller_ip();
+    let p = ptr as usize;
+    if let Some((m, _, _)) = locate(p) {
+        let mr = unsafe { &*m };
+        let c = &caches()[mr.cache];
+        return kasan_glue::ksize(c.id, p, c.object_size, ip);
+    }
+    match object_info(p) {
+        Some((_, cap, _)) => cap,
+        None => 0,
+    }
+}
+
+/// Create a named cache. `align` 0 means 8.
+pub fn kmem_cache_create(name: &'static str, size: usize, align: usize) -> Option<CacheRef> {
+    if size == 0 || size > KMALLOC_MAX_CACHE_SIZE * 4 {
+        return None;
+    }
+    let idx = (KMALLOC_SIZES.len()..MAX_CACHES).find(|&i| !caches()[i].live)?;
+    setup(idx, name, size, align);
+    Some(CacheRef { idx: idx as u32, gen: caches()[idx].gen })
+}
+
+fn cache_of(r: CacheRef) -> Option<usize> {
+    let c = caches().get(r.idx as usize)?;
+    (c.live && c.gen == r.gen).then_some(r.idx as usize)
+}
+
+#[inline(never)]
+pub fn kmem_cache_alloc(r: CacheRef) -> *mut u8 {
+    match cache_of(r) {
+        Some(ci) => cache_alloc(ci, caches()[ci].object_size),
+        None => {
+            println!("kmem_cache_alloc: cache handle {:?} is not live", r);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+#[inline(never)]
+pub fn kmem_cache_free(r: CacheRef, ptr: *mut u8) {
+    let ip = crate::mm::caller_ip();
+    match cache_of(r) {
+        Some(ci) => free_object(ptr as usize, Some(ci), ip, "kmem_cache_free"),
+        None => kasan_glue::bad_free(ptr as usize, ip, "kmem_cache_free: cache is not live"),
+    }
+}
+
+/// Allocate `out.len()` objects; returns how many (all or, on failure, 0).
+pub fn kmem_cache_alloc_bulk(r: CacheRef, out: &mut [*mut u8]) -> usize {
+    for i in 0..out.len() {
+        let p = kmem_cache_alloc(r);
+        if p.is_null() {
+            kmem_cache_free_bulk(r, &mut out[..i]);
+            return 0;
+        }
+        out[i] = p;
+    }
+    out.len()
+}
+
+pub fn kmem_cache_free_bulk(r: CacheRef, objs: &mut [*mut u8]) {
+    for p in objs.iter_mut() {
+        kmem_cache_free(r, *p);
+        *p = core::ptr::null_mut();
+    }
+}
+
+/// Destroy a named cache. Destroying it twice (stale handle) or with live
+/// objects is an error, printed and returned; nothing is corrupted.
+pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
+    let idx = r.idx as usize;
+    if idx < KMALLOC_SIZES.len() {
+        println!("kmem_cache_destroy: refusing to destroy a kmalloc cache");
+        return Err("kmalloc cache");
+    }
+    let Some(ci) = cache_of(r) else {
+        let name = caches().get(idx).map(|c| c.name).unwrap_or("?");
+        println!("kmem_cache_destroy: cache {} already destroyed (double destroy)", name);
+        return Err("already destroyed");
+    };
+    // Objects still in quarantine come back first.
+    drain_quarantine(usize::MAX);
+    let c = &caches()[ci];
+    if c.inuse != 0 {
+        println!("kmem_cache_destroy: cache {} still has {} objects in use", c.name, c.inuse);
+        return Err("objects remain");
+    }
+    while !caches()[ci].partial.is_null() {
+        release_slab(caches()[ci].partial);
+    }
+    let c = &mut caches()[ci];
+    kasan_glue::cache_destroy(c.id);
+    c.live = false;
+    Ok(())
+}
+
+/// Name and object size of the cache owning `ptr` (for diagnostics).
+pub fn cache_name_of(ptr: usize) -> Option<(&'static str, usize)> {
+    let (m, _, _) = locate(ptr)?;
+    let c = &caches()[unsafe { (*m).cache }];
+    Some((c.name, c.object_size))
+}
+
+/// Consistency check of every live cache; returns the number of violations.
+pub fn check_invariants() -> usize {
+    let mut bad = 0;
+    for c in caches().iter().filter(|c| c.live) {
+        let mut inuse = 0;
+        let mut slabs = 0;
+        for (head, partial) in [(c.partial, true), (c.full, false)] {
+            let mut m = head;
+            while !m.is_null() {
+                let mr = unsafe { &*m };
+                let bits: u32 = mr.allocated.iter().map(|w| w.count_ones()).sum();
+                if bits != mr.inuse as u32 || mr.inuse + mr.nfree != mr.nobj || mr.on_partial != partial
+                    || (partial && mr.nfree == 0) || (!partial && mr.nfree != 0)
+                {
+                    println!("slab: cache {} slab {:#x} inconsistent", c.name, mr.base);
+                    bad += 1;
+                }
+                inuse += mr.inuse as usize;
+                slabs += 1;
+                m = mr.next;
+            }
+        }
+        if inuse != c.inuse || slabs != c.nslabs {
+            println!("slab: cache {} counts {} / {} vs {} / {}", c.name, inuse, slabs, c.inuse, c.nslabs);
+            bad += 1;
+        }
+    }
+    bad
+}

@@ -1,0 +1,95 @@
+//! Self-tests of the guest's own machinery (no KASAN bugs): suite `mm`, ...
+use crate::mm::{self, buddy, slab};
+use crate::println;
+
+macro_rules! check {
+    ($ok:ident, $cond:expr) => {
+        if !$cond {
+            println!("selftest: FAILED {} at {}:{}", stringify!($cond), file!(), line!());
+            $ok = false;
+        }
+    };
+}
+
+pub fn mm() -> bool {
+    let mut ok = true;
+    check!(ok, buddy::check_invariants() == 0);
+    let free0 = buddy::free_page_count();
+    // Buddy: every order, then free in reverse; counts return.
+    let mut blocks = [0usize; 11];
+    for o in 0..=10 {
+        blocks[o] = buddy::alloc_pages(o).unwrap_or(0);
+        check!(ok, blocks[o] != 0 && blocks[o] % (4096 << o) == 0);
+    }
+    check!(ok, buddy::check_invariants() == 0);
+    for o in (0..=10).rev() {
+        buddy::free_pages(blocks[o], o);
+    }
+    check!(ok, buddy::free_page_count() == free0);
+    check!(ok, buddy::check_invariants() == 0);
+    // split_page: free one page of an 8-page block, then the rest.
+    let b = buddy::alloc_pages(3).unwrap();
+    buddy::split_page(b, 3);
+    buddy::free_pages(b + 2 * 4096, 0);
+    check!(ok, buddy::check_invariants() == 0);
+    for i in [0, 1, 3, 4, 5, 6, 7] {
+        buddy::free_pages(b + i * 4096, 0);
+    }
+    check!(ok, buddy::free_page_count() == free0);
+    // kmalloc: every size class, write all bytes, free.
+    let mut ptrs = [core::ptr::null_mut::<u8>(); 64];
+    for (i, &s) in slab::KMALLOC_SIZES.iter().enumerate() {
+        for (j, sz) in [s, s - 1, s / 2 + 1].into_iter().enumerate() {
+            let p = mm::kmalloc(sz);
+            check!(ok, !p.is_null() && p as usize % 8 == 0);
+            unsafe { core::ptr::write_bytes(p, 0xa5, sz) };
+            ptrs[i * 3 + j] = p;
+        }
+    }
+    check!(ok, slab::check_invariants() == 0);
+    for p in ptrs.iter().take(39) {
+        mm::kfree(*p);
+    }
+    check!(ok, slab::check_invariants() == 0);
+    // Many small objects: several slabs, freed in another order.
+    let mut many = [core::ptr::null_mut::<u8>(); 4000];
+    for (i, p) in many.iter_mut().enumerate() {
+        *p = mm::kmalloc(24 + i % 40);
+        check!(ok, !p.is_null());
+    }
+    for i in (0..4000).step_by(2).chain((1..4000).step_by(2)) {
+        mm::kfree(many[i]);
+    }
+    check!(ok, slab::check_invariants() == 0);
+    // Large kmalloc, kfree through the physical address's alias.
+    let l = mm::kmalloc(3 * 4096 + 10);
+    check!(ok, !l.is_null() && mm::ksize(l) == 4 * 4096);
+    let pa = guest_boot::paging::virt_to_phys(l as u64).unwrap();
+    mm::kfree(guest_boot::paging::phys_to_virt(pa) as *const u8);
+    // krealloc grows (copy) and shrinks (in place).
+    let p = mm::kmalloc(201);
+    unsafe { core::ptr::write_bytes(p, 7, 201) };
+    let q = mm::krealloc(p, 235);
+    check!(ok, unsafe { *q.add(200) } == 7);
+    check!(ok, mm::ksize(q) == 256);
+    let r = mm::krealloc(q, 3000);
+    check!(ok, unsafe { *r.add(200) } == 7 && mm::ksize(r) == 4096);
+    let r2 = mm::krealloc(r, 20000);
+    check!(ok, unsafe { *r2.add(200) } == 7 && mm::ksize(r2) == 32768);
+    let r3 = mm::krealloc(r2, 100);
+    check!(ok, unsafe { *r3.add(99) } == 7);
+    mm::kfree(r3);
+    // Named caches, bulk, double destroy.
+    let c = mm::kmem_cache_create("test_cache", 200, 0).unwrap();
+    let mut objs = [core::ptr::null_mut::<u8>(); 100];
+    check!(ok, mm::kmem_cache_alloc_bulk(c, &mut objs) == 100);
+    check!(ok, slab::cache_name_of(objs[5] as usize).map(|x| x.0) == Some("test_cache"));
+    mm::kmem_cache_free_bulk(c, &mut objs);
+    check!(ok, mm::kmem_cache_destroy(c).is_ok());
+    check!(ok, mm::kmem_cache_destroy(c).is_err());
+    check!(ok, slab::check_invariants() == 0);
+    check!(ok, buddy::check_invariants() == 0);
+    check!(ok, buddy::free_page_count() == free0);
+    println!("selftest mm: free pages {} (start {})", buddy::free_page_count(), free0);
+    ok
+}
