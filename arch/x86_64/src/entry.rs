@@ -83,7 +83,9 @@ pub(crate) struct Encoding {
 
 impl Encoding {
     pub(crate) const fn new(no_execute: bool) -> Self {
-        Encoding { nx: if no_execute { F::NO_EXECUTE.bits() } else { 0 } }
+        Encoding {
+            nx: if no_execute { F::NO_EXECUTE.bits() } else { 0 },
+        }
     }
 
     /// An entry pointing at a shared table or shared page: read-only.

@@ -118,7 +118,10 @@ pub fn populate_shadow_of<F: FrameSource, M: PhysMem, T: TlbFlush>(
 /// The direct-map virtual range of a RAM range.
 #[must_use]
 pub const fn direct_map_of(r: RamRange) -> (usize, usize) {
-    (DIRECT_MAP_BASE + r.start as usize, DIRECT_MAP_BASE + r.end as usize)
+    (
+        DIRECT_MAP_BASE + r.start as usize,
+        DIRECT_MAP_BASE + r.end as usize,
+    )
 }
 
 /// What [`init_shadow`] spent.
@@ -149,7 +152,10 @@ pub fn init_shadow<F: FrameSource, M: PhysMem, T: TlbFlush>(
     for &(lo, hi) in extra {
         unshare_shadow_of(mapper, lo, hi)?;
     }
-    Ok(InitReport { table_bytes: mapper.table_bytes(), private_tables: mapper.stats().private_tables })
+    Ok(InitReport {
+        table_bytes: mapper.table_bytes(),
+        private_tables: mapper.stats().private_tables,
+    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,11 @@
 //! * [`stack`]: a bounded frame-pointer stack walker.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 #[cfg(test)]
 extern crate std;

@@ -30,7 +30,9 @@ use x86_64::PhysAddr;
 use crate::entry::{is_present, same, target, Encoding, Level, SHARED_MARK};
 use crate::frames::FrameSource;
 use crate::layout::{PAGE_SIZE, SHADOW_END, SHADOW_START};
-use crate::phys::{copy_table, fill_frame, read_entry, write_entry, OffsetPhysMem, PhysMem, ENTRIES};
+use crate::phys::{
+    copy_table, fill_frame, read_entry, write_entry, OffsetPhysMem, PhysMem, ENTRIES,
+};
 use crate::pins::Pins;
 use crate::shared::{SharedTables, SHARED_FRAMES, SHARED_TABLES};
 use crate::tlb::{LocalInvlpg, TlbFlush};
@@ -55,7 +57,12 @@ impl Config {
     /// Linux's shadow region, re-sharing on, NX on.
     #[must_use]
     pub const fn linux() -> Self {
-        Config { shadow_start: SHADOW_START, shadow_end: SHADOW_END, reshare: true, no_execute: true }
+        Config {
+            shadow_start: SHADOW_START,
+            shadow_end: SHADOW_END,
+            reshare: true,
+            no_execute: true,
+        }
     }
 }
 
@@ -197,7 +204,11 @@ struct Pending {
 
 impl Pending {
     const fn new() -> Self {
-        Pending { items: [(Freed::Nothing, 0); PENDING], len: 0, full: false }
+        Pending {
+            items: [(Freed::Nothing, 0); PENDING],
+            len: 0,
+            full: false,
+        }
     }
 }
 
@@ -232,7 +243,13 @@ impl<F: FrameSource> X86ShadowMapper<F, OffsetPhysMem, LocalInvlpg> {
     pub unsafe fn kernel(pml4: PhysAddr, frames: F) -> Result<Self, InitError> {
         // SAFETY: forwarded from the caller.
         unsafe {
-            Self::new(pml4, OffsetPhysMem::direct_map(), frames, LocalInvlpg::new(), Config::linux())
+            Self::new(
+                pml4,
+                OffsetPhysMem::direct_map(),
+                frames,
+                LocalInvlpg::new(),
+                Config::linux(),
+            )
         }
     }
 }
@@ -249,7 +266,13 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     /// writes them or the tables below; `frames` and `mem` fulfil their
     /// contracts for each other; if the PML4 is live (in CR3), `tlb` flushes
     /// it; if `config.no_execute`, EFER.NXE is set.
-    pub unsafe fn new(pml4: PhysAddr, mem: M, mut frames: F, tlb: T, config: Config) -> Result<Self, InitError> {
+    pub unsafe fn new(
+        pml4: PhysAddr,
+        mem: M,
+        mut frames: F,
+        tlb: T,
+        config: Config,
+    ) -> Result<Self, InitError> {
         const SLOT: usize = 1 << 39;
         if config.shadow_start >= config.shadow_end
             || !config.shadow_start.is_multiple_of(SLOT)
@@ -268,7 +291,8 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
         }
         let enc = Encoding::new(config.no_execute);
         // SAFETY: `frames` and `mem` fit together (caller).
-        let shared = unsafe { SharedTables::build(&mut frames, &mem, enc) }.ok_or(InitError::OutOfFrames)?;
+        let shared =
+            unsafe { SharedTables::build(&mut frames, &mem, enc) }.ok_or(InitError::OutOfFrames)?;
         Ok(X86ShadowMapper {
             pml4,
             mem,
@@ -408,7 +432,10 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     // ----- walking -----------------------------------------------------
 
     fn check_page(&self, page: usize) -> Result<(), MapError> {
-        if !page.is_multiple_of(PAGE_SIZE) || page < self.config.shadow_start || page >= self.config.shadow_end {
+        if !page.is_multiple_of(PAGE_SIZE)
+            || page < self.config.shadow_start
+            || page >= self.config.shadow_end
+        {
             return Err(MapError::BadAddress);
         }
         Ok(())
@@ -453,7 +480,9 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     /// Write entry `idx` of a table of ours (the PML4 or a private table).
     fn write(&self, table: PhysAddr, idx: usize, value: u64) {
         debug_assert!(
-            [Level::Pd, Level::Pdpt, Level::Pml4].iter().all(|l| self.shared.kind_at(*l, table).is_none()),
+            [Level::Pd, Level::Pdpt, Level::Pml4]
+                .iter()
+                .all(|l| self.shared.kind_at(*l, table).is_none()),
             "write into a shared table"
         );
         // SAFETY: as `read`; the mapper owns the PML4 entries of the region
@@ -478,7 +507,13 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
                     table = t;
                     level = below;
                 }
-                _ => return Probe { tables, level, slot },
+                _ => {
+                    return Probe {
+                        tables,
+                        level,
+                        slot,
+                    }
+                }
             }
         }
     }
@@ -507,7 +542,10 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
         for i in 0..n {
             match self.frames.alloc_frame() {
                 Some(f) => {
-                    assert!(f.is_aligned(4096u64), "FrameSource returned an unaligned frame");
+                    assert!(
+                        f.is_aligned(4096u64),
+                        "FrameSource returned an unaligned frame"
+                    );
                     got[i] = f;
                 }
                 None => {
@@ -547,7 +585,10 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
             self.init_table(t, level, slot);
             self.write(table, level.index(va), self.enc.private_table(t));
             self.stats.private_tables += 1;
-            self.stats.peak_private_tables = self.stats.peak_private_tables.max(self.stats.private_tables);
+            self.stats.peak_private_tables = self
+                .stats
+                .peak_private_tables
+                .max(self.stats.private_tables);
             self.stats.unshares += 1;
             p.tables[below as usize - 1] = t;
             slot = self.slot(t, below, va);
@@ -559,9 +600,19 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     }
 
     /// Unshare one entry (`slot`, not private) of `table` for a range op.
-    fn unshare_one(&mut self, table: PhysAddr, level: Level, va: usize, slot: Slot) -> Result<PhysAddr, MapError> {
+    fn unshare_one(
+        &mut self,
+        table: PhysAddr,
+        level: Level,
+        va: usize,
+        slot: Slot,
+    ) -> Result<PhysAddr, MapError> {
         let got = self.alloc_frames(1)?;
-        let mut p = Probe { tables: [PhysAddr::zero(); 4], level, slot };
+        let mut p = Probe {
+            tables: [PhysAddr::zero(); 4],
+            level,
+            slot,
+        };
         p.tables[level as usize - 1] = table;
         self.unshare_down(&mut p, va, &got[..1]);
         Ok(got[0])
@@ -570,19 +621,45 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     // ----- deferred flush + free -------------------------------------------
 
     /// Remember `item` (whose entry was already changed) until the next flush.
+    /// `full`: the change covers more than one page (a table entry).
+    ///
+    /// Once a full flush is due, pure translation changes need no slot; when
+    /// the buffer fills with page flushes, it switches to one full flush
+    /// (so a big range costs a CR3 reload, not one `invlpg` per page).
     fn defer(&mut self, item: Freed, va: usize, full: bool) {
+        self.pending.full |= full;
+        if self.pending.len == PENDING && !self.pending.full {
+            self.pending.full = true;
+            self.compact_pending();
+        }
+        if self.pending.full && matches!(item, Freed::Nothing) {
+            return;
+        }
         if self.pending.len == PENDING {
             self.drain();
+            // The item's own entry changed after that flush: keep it due.
+            self.pending.full = full;
         }
         self.pending.items[self.pending.len] = (item, va);
         self.pending.len += 1;
-        self.pending.full |= full;
+    }
+
+    /// Drop deferred items that free nothing (a full flush covers them).
+    fn compact_pending(&mut self) {
+        let mut kept = 0;
+        for i in 0..self.pending.len {
+            if !matches!(self.pending.items[i].0, Freed::Nothing) {
+                self.pending.items[kept] = self.pending.items[i];
+                kept += 1;
+            }
+        }
+        self.pending.len = kept;
     }
 
     /// Flush the TLB for everything deferred, then free the frames.
     fn drain(&mut self) {
         let n = self.pending.len;
-        if n == 0 {
+        if n == 0 && !self.pending.full {
             return;
         }
         if self.pending.full {
@@ -638,7 +715,11 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
                 break;
             }
             let parent = p.tables[above as usize - 1];
-            self.write(parent, above.index(va), self.enc.shared(self.shared.target(kind, above)));
+            self.write(
+                parent,
+                above.index(va),
+                self.enc.shared(self.shared.target(kind, above)),
+            );
             self.defer(Freed::Table(table, level), va, false);
             self.stats.reshares += 1;
             level = above;
@@ -646,7 +727,14 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     }
 
     /// `map_shared_range` within `table` (of `level`) for `[start, end)`.
-    fn range_in(&mut self, table: PhysAddr, level: Level, start: usize, end: usize, kind: SharedPage) -> Result<(), MapError> {
+    fn range_in(
+        &mut self,
+        table: PhysAddr,
+        level: Level,
+        start: usize,
+        end: usize,
+        kind: SharedPage,
+    ) -> Result<(), MapError> {
         let span = level.span();
         let mut va = start;
         while va < end {
@@ -684,7 +772,10 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
                             other => self.unshare_one(table, level, va, other)?,
                         };
                         self.range_in(child, below, va, e, kind)?;
-                        if self.config.reshare && !self.pinned(below, va) && self.uniform(child, below, kind) {
+                        if self.config.reshare
+                            && !self.pinned(below, va)
+                            && self.uniform(child, below, kind)
+                        {
                             self.write(table, idx, want);
                             self.defer(Freed::Table(child, below), va, false);
                             self.stats.reshares += 1;
@@ -710,7 +801,12 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
     /// table of their size. Flushes (and frees replaced frames) before
     /// returning. On `OutOfFrames` (only possible for unaligned partial
     /// blocks of a different kind) a prefix of the range has been remapped.
-    fn map_shared_range(&mut self, start: usize, end: usize, kind: SharedPage) -> Result<(), MapError> {
+    fn map_shared_range(
+        &mut self,
+        start: usize,
+        end: usize,
+        kind: SharedPage,
+    ) -> Result<(), MapError> {
         self.check_range(start, end)?;
         let r = self.range_in(self.pml4, Level::Pml4, start, end, kind);
         self.drain();
@@ -729,7 +825,11 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
             self.unshare_down(&mut p, page, &got[..n]);
         }
         let pt = p.tables[0];
-        self.write(pt, Level::Pt.index(page), self.enc.shared(self.shared.target(kind, Level::Pt)));
+        self.write(
+            pt,
+            Level::Pt.index(page),
+            self.enc.shared(self.shared.target(kind, Level::Pt)),
+        );
         if let Slot::Private(f) = p.slot {
             self.defer(Freed::Page(f), page, false);
         }
@@ -754,7 +854,11 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
         // SAFETY: `leaf` is a fresh frame, reachable through `mem`, not mapped yet.
         unsafe { fill_frame(&self.mem, leaf, fill) };
         self.unshare_down(&mut p, page, &got[..n]);
-        self.write(p.tables[0], Level::Pt.index(page), self.enc.private_leaf(leaf));
+        self.write(
+            p.tables[0],
+            Level::Pt.index(page),
+            self.enc.private_leaf(leaf),
+        );
         self.stats.private_pages += 1;
         self.stats.peak_private_pages = self.stats.peak_private_pages.max(self.stats.private_pages);
         Ok(Flush::new(page))

@@ -60,7 +60,9 @@ impl OffsetPhysMem {
     /// All RAM must be mapped readable and writable at `DIRECT_MAP_BASE`.
     #[must_use]
     pub const unsafe fn direct_map() -> Self {
-        OffsetPhysMem { offset: DIRECT_MAP_BASE }
+        OffsetPhysMem {
+            offset: DIRECT_MAP_BASE,
+        }
     }
 
     /// The offset added to a physical address.

@@ -55,7 +55,9 @@ impl Pins {
 
     /// Whether `[start, end)` intersects a pinned range.
     pub(crate) fn intersects(&self, start: usize, end: usize) -> bool {
-        self.ranges[..self.len].iter().any(|&(a, b)| a < end && start < b)
+        self.ranges[..self.len]
+            .iter()
+            .any(|&(a, b)| a < end && start < b)
     }
 
     /// The pinned ranges.

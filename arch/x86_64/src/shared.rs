@@ -49,7 +49,10 @@ impl SharedTables {
         for i in 0..SHARED_FRAMES {
             match frames.alloc_frame() {
                 Some(f) => {
-                    assert!(f.is_aligned(4096u64), "FrameSource returned an unaligned frame");
+                    assert!(
+                        f.is_aligned(4096u64),
+                        "FrameSource returned an unaligned frame"
+                    );
                     got[i] = f;
                 }
                 None => {
@@ -60,7 +63,9 @@ impl SharedTables {
                 }
             }
         }
-        let mut out = SharedTables { frames: [[PhysAddr::zero(); PER_KIND]; KINDS] };
+        let mut out = SharedTables {
+            frames: [[PhysAddr::zero(); PER_KIND]; KINDS],
+        };
         for kind in SharedPage::ALL {
             let k = kind as usize;
             let f = &mut out.frames[k];

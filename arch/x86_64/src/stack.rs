@@ -73,7 +73,8 @@ pub unsafe fn walk_frames(
 ///
 /// `[low, high)` is readable memory for the duration of the call.
 pub unsafe fn walk_stack(rbp: usize, low: usize, high: usize, out: &mut [usize]) -> usize {
-    let inside = |addr: usize, len: usize| addr >= low && addr.checked_add(len).is_some_and(|e| e <= high);
+    let inside =
+        |addr: usize, len: usize| addr >= low && addr.checked_add(len).is_some_and(|e| e <= high);
     // SAFETY: the predicate only admits ranges inside [low, high), readable
     // by the caller's contract.
     unsafe { walk_frames(rbp, out, usize::MAX, inside) }
@@ -122,9 +123,7 @@ mod tests {
     fn walk(s: &FakeStack, start: usize, out: &mut [usize], depth: usize) -> usize {
         let (lo, hi) = s.range();
         // SAFETY: the predicate admits only ranges inside `s.words`.
-        unsafe {
-            walk_frames(start, out, depth, |a, l| a >= lo && a + l <= hi)
-        }
+        unsafe { walk_frames(start, out, depth, |a, l| a >= lo && a + l <= hi) }
     }
 
     #[test]

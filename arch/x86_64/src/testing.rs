@@ -46,7 +46,10 @@ impl FakePhys {
     fn offset(&self, phys: u64) -> usize {
         assert!(phys >= FAKE_BASE, "phys {phys:#x} below fake memory");
         let off = (phys - FAKE_BASE) as usize;
-        assert!(off < self.frames * 4096, "phys {phys:#x} beyond fake memory");
+        assert!(
+            off < self.frames * 4096,
+            "phys {phys:#x} beyond fake memory"
+        );
         off
     }
 
@@ -119,8 +122,16 @@ pub struct FakeFrames {
 impl FakeFrames {
     /// Frames 1..n of `mem` (frame 0 is the PML4).
     pub fn new(mem: &FakePhys, log: Log) -> Self {
-        let free = (1..mem.frames as u64).rev().map(|i| FAKE_BASE + i * 4096).collect();
-        FakeFrames { free, live: BTreeSet::new(), budget: None, log }
+        let free = (1..mem.frames as u64)
+            .rev()
+            .map(|i| FAKE_BASE + i * 4096)
+            .collect();
+        FakeFrames {
+            free,
+            live: BTreeSet::new(),
+            budget: None,
+            log,
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -151,7 +162,10 @@ unsafe impl FrameSource for FakeFrames {
 
     fn free_frame(&mut self, frame: PhysAddr) {
         let f = frame.as_u64();
-        assert!(self.live.remove(&f), "free of a frame not handed out: {f:#x}");
+        assert!(
+            self.live.remove(&f),
+            "free of a frame not handed out: {f:#x}"
+        );
         self.log.borrow_mut().push(Event::Free(f));
         self.free.push(f);
     }
@@ -182,7 +196,10 @@ pub fn mapper(mem: &FakePhys, config: Config) -> (TestMapper<'_>, Log) {
     // Fill every pool frame with junk.
     for i in 1..mem.frames as u64 {
         for j in 0..512u64 {
-            mem.write_u64(FAKE_BASE + i * 4096 + j * 8, 0xdead_beef_0000_0007 ^ (i << 12));
+            mem.write_u64(
+                FAKE_BASE + i * 4096 + j * 8,
+                0xdead_beef_0000_0007 ^ (i << 12),
+            );
         }
     }
     let log: Log = Rc::new(RefCell::new(Vec::new()));
@@ -227,7 +244,12 @@ pub fn walk(mem: &FakePhys, pml4: PhysAddr, va: usize) -> Option<Walked> {
             tables[i] = table;
         }
     }
-    Some(Walked { phys: table + (va & 4095) as u64, writable, no_execute: nx, tables })
+    Some(Walked {
+        phys: table + (va & 4095) as u64,
+        writable,
+        no_execute: nx,
+        tables,
+    })
 }
 
 /// The byte the shadow address `va` reads, as the MMU would resolve it.

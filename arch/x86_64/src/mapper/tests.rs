@@ -9,7 +9,9 @@ use x86_64::PhysAddr;
 
 use super::{Backing, Config, InitError, X86ShadowMapper};
 use crate::layout::{mem_to_shadow, DIRECT_MAP_BASE, PAGE_SIZE, SHADOW_END, SHADOW_START};
-use crate::testing::{load, mapper, walk, Event, FakeFrames, FakePhys, Log, RecordingTlb, TestMapper, FAKE_BASE};
+use crate::testing::{
+    load, mapper, walk, Event, FakeFrames, FakePhys, Log, RecordingTlb, TestMapper, FAKE_BASE,
+};
 
 const S: usize = SHADOW_START;
 const MIB2: usize = 2 << 20;
@@ -19,7 +21,8 @@ const BASE_FRAMES: usize = 16;
 
 fn setup(mem: &FakePhys, config: Config) -> (TestMapper<'_>, Log) {
     let (mut m, log) = mapper(mem, config);
-    m.map_shared_range(SHADOW_START, SHADOW_END, SharedPage::Zero).unwrap();
+    m.map_shared_range(SHADOW_START, SHADOW_END, SharedPage::Zero)
+        .unwrap();
     (m, log)
 }
 
@@ -35,14 +38,19 @@ fn pml4_entry(mem: &FakePhys, va: usize) -> u64 {
 fn assert_flush_before_free(events: &[Event]) {
     if let Some(first_free) = events.iter().position(|e| matches!(e, Event::Free(_))) {
         assert!(
-            events[..first_free].iter().any(|e| matches!(e, Event::FlushPage(_) | Event::FlushAll)),
+            events[..first_free]
+                .iter()
+                .any(|e| matches!(e, Event::FlushPage(_) | Event::FlushAll)),
             "frame freed before any flush: {events:?}"
         );
     }
 }
 
 fn kind_of(fill: u8) -> SharedPage {
-    SharedPage::ALL.into_iter().find(|k| k.fill() == fill).unwrap()
+    SharedPage::ALL
+        .into_iter()
+        .find(|k| k.fill() == fill)
+        .unwrap()
 }
 
 #[test]
@@ -70,7 +78,8 @@ fn new_rejects_bad_setups() {
         frames.budget = budget;
         let tlb = RecordingTlb { log: log.clone() };
         // SAFETY: fake memory holds the PML4 and the pool.
-        unsafe { X86ShadowMapper::new(mem.pml4(), &mem, frames, tlb, config) }.map(|m| m.frames().live())
+        unsafe { X86ShadowMapper::new(mem.pml4(), &mem, frames, tlb, config) }
+            .map(|m| m.frames().live())
     };
     let mut c = Config::linux();
     c.shadow_start += PAGE_SIZE;
@@ -78,14 +87,28 @@ fn new_rejects_bad_setups() {
     c = Config::linux();
     c.shadow_end = c.shadow_start;
     assert_eq!(mk(c, None).err(), Some(InitError::BadRegion));
-    assert_eq!(mk(Config::linux(), Some(5)).err(), Some(InitError::OutOfFrames));
+    assert_eq!(
+        mk(Config::linux(), Some(5)).err(),
+        Some(InitError::OutOfFrames)
+    );
     // All 5 frames went back (the source panics on bad frees; count the log).
-    let allocs = log.borrow().iter().filter(|e| matches!(e, Event::Alloc(_))).count();
-    let frees = log.borrow().iter().filter(|e| matches!(e, Event::Free(_))).count();
+    let allocs = log
+        .borrow()
+        .iter()
+        .filter(|e| matches!(e, Event::Alloc(_)))
+        .count();
+    let frees = log
+        .borrow()
+        .iter()
+        .filter(|e| matches!(e, Event::Free(_)))
+        .count();
     assert_eq!((allocs, frees), (5, 5));
     // A PML4 entry in the region is already used.
     mem.write_u64(FAKE_BASE + 480 * 8, 0x5000 | 3);
-    assert_eq!(mk(Config::linux(), None).err(), Some(InitError::RegionInUse));
+    assert_eq!(
+        mk(Config::linux(), None).err(),
+        Some(InitError::RegionInUse)
+    );
     mem.write_u64(FAKE_BASE + 480 * 8, 0);
     assert_eq!(mk(Config::linux(), None).ok(), Some(BASE_FRAMES));
 }
@@ -103,7 +126,12 @@ fn whole_region_costs_no_extra_frame() {
     }
     assert_eq!(pml4_entry(&mem, SHADOW_END), 0);
     assert_eq!(pml4_entry(&mem, S - 1), 0);
-    for va in [S, S + 12345, SHADOW_END - 1, mem_to_shadow(DIRECT_MAP_BASE + 0xabcdef)] {
+    for va in [
+        S,
+        S + 12345,
+        SHADOW_END - 1,
+        mem_to_shadow(DIRECT_MAP_BASE + 0xabcdef),
+    ] {
         let w = walk(&mem, m.pml4(), va).unwrap();
         assert_eq!(mem.read_u8(w.phys), 0);
         assert!(!w.writable && w.no_execute);
@@ -134,7 +162,9 @@ fn map_private_unshares_and_copies() {
     let w = walk(&mem, m.pml4(), va).unwrap();
     assert!(w.writable && w.no_execute);
     assert!((0..4096).all(|i| byte(&m, &mem, va + i) == Some(0x5a)));
-    let Some(Backing::Private(frame)) = m.translate(va) else { panic!() };
+    let Some(Backing::Private(frame)) = m.translate(va) else {
+        panic!()
+    };
     assert_eq!(frame.as_u64(), w.phys);
     // Writes land in the frame and are read back through the tables.
     mem.write_u8(w.phys + 7, 0x03);
@@ -176,14 +206,22 @@ fn map_shared_returns_frame_after_flush_and_reshares() {
     let top = pml4_entry(&mem, S);
     let va = S + 3 * GIB + 5 * MIB2 + 9 * PAGE_SIZE;
     m.map_private(va, 0xfc).unwrap().flush(&mut m);
-    let Some(Backing::Private(frame)) = m.translate(va) else { panic!() };
+    let Some(Backing::Private(frame)) = m.translate(va) else {
+        panic!()
+    };
     let mark = log.borrow().len();
     let f = m.map_shared(va, SharedPage::Zero).unwrap();
     assert_eq!(f.page(), va);
     f.flush(&mut m);
     let events: Vec<Event> = log.borrow()[mark..].to_vec();
-    let flush = events.iter().position(|e| *e == Event::FlushPage(va)).unwrap();
-    let free = events.iter().position(|e| *e == Event::Free(frame.as_u64())).unwrap();
+    let flush = events
+        .iter()
+        .position(|e| *e == Event::FlushPage(va))
+        .unwrap();
+    let free = events
+        .iter()
+        .position(|e| *e == Event::Free(frame.as_u64()))
+        .unwrap();
     assert!(flush < free, "{events:?}");
     assert!(!m.frames().is_live(frame));
     // The three copied tables were uniform again and went back too.
@@ -198,7 +236,13 @@ fn map_shared_returns_frame_after_flush_and_reshares() {
 #[test]
 fn without_reshare_tables_stay() {
     let mem = FakePhys::new(64);
-    let (mut m, log) = setup(&mem, Config { reshare: false, ..Config::linux() });
+    let (mut m, log) = setup(
+        &mem,
+        Config {
+            reshare: false,
+            ..Config::linux()
+        },
+    );
     let va = S + 4096;
     m.map_private(va, 1).unwrap().flush(&mut m);
     let mark = log.borrow().len();
@@ -221,7 +265,9 @@ fn map_shared_other_kind_unshares_then_collapses() {
     // Same kind: nothing to do.
     m.map_shared(va, SharedPage::Zero).unwrap().flush(&mut m);
     assert_eq!(m.frames().live(), BASE_FRAMES);
-    m.map_shared(va, SharedPage::PageFree).unwrap().flush(&mut m);
+    m.map_shared(va, SharedPage::PageFree)
+        .unwrap()
+        .flush(&mut m);
     assert_eq!(m.frames().live(), BASE_FRAMES + 3);
     assert_eq!(byte(&m, &mem, va), Some(0xff));
     assert!(!walk(&mem, m.pml4(), va).unwrap().writable);
@@ -238,7 +284,9 @@ fn whole_pt_of_one_kind_collapses_to_shared_pt() {
     let (mut m, _) = setup(&mem, Config::linux());
     let base = S + 7 * MIB2;
     for i in 0..512 {
-        m.map_shared(base + i * PAGE_SIZE, SharedPage::Consult).unwrap().flush(&mut m);
+        m.map_shared(base + i * PAGE_SIZE, SharedPage::Consult)
+            .unwrap()
+            .flush(&mut m);
     }
     // PT collapsed into PT_Consult; PD and PDPT stay (mixed kinds).
     assert_eq!(m.stats().private_tables, 2);
@@ -258,10 +306,16 @@ fn out_of_frames_leaves_mapping_intact() {
         assert_eq!(m.map_private(va, 9).err(), Some(MapError::OutOfFrames));
         assert_eq!(m.frames().live(), BASE_FRAMES, "budget {budget}");
         assert_eq!(byte(&m, &mem, va), Some(0));
-        assert_eq!(pml4_entry(&mem, va) & 0x000f_ffff_ffff_f000, walk(&mem, m.pml4(), S).unwrap().tables[0]);
+        assert_eq!(
+            pml4_entry(&mem, va) & 0x000f_ffff_ffff_f000,
+            walk(&mem, m.pml4(), S).unwrap().tables[0]
+        );
     }
     m.frames_mut().budget = Some(2);
-    assert_eq!(m.map_shared(va, SharedPage::PageFree).err(), Some(MapError::OutOfFrames));
+    assert_eq!(
+        m.map_shared(va, SharedPage::PageFree).err(),
+        Some(MapError::OutOfFrames)
+    );
     assert_eq!(m.frames().live(), BASE_FRAMES);
     assert_eq!(byte(&m, &mem, va), Some(0));
     // With the path private, only the data frame is needed.
@@ -277,8 +331,16 @@ fn out_of_frames_leaves_mapping_intact() {
     // Refilling a private page needs none either.
     m.map_private(va + PAGE_SIZE, 4).unwrap().flush(&mut m);
     assert_eq!(byte(&m, &mem, va + PAGE_SIZE), Some(4));
-    let allocs = log.borrow().iter().filter(|e| matches!(e, Event::Alloc(_))).count();
-    let frees = log.borrow().iter().filter(|e| matches!(e, Event::Free(_))).count();
+    let allocs = log
+        .borrow()
+        .iter()
+        .filter(|e| matches!(e, Event::Alloc(_)))
+        .count();
+    let frees = log
+        .borrow()
+        .iter()
+        .filter(|e| matches!(e, Event::Free(_)))
+        .count();
     assert_eq!(allocs - frees, m.frames().live());
 }
 
@@ -293,9 +355,19 @@ fn bad_addresses() {
     assert_eq!(m.map_shared(S + 8, SharedPage::Zero).err(), bad);
     assert_eq!(m.map_shared(0, SharedPage::Zero).err(), bad);
     assert_eq!(m.map_shared_range(S, S + 5, SharedPage::Zero).err(), bad);
-    assert_eq!(m.map_shared_range(S + PAGE_SIZE, S, SharedPage::Zero).err(), bad);
-    assert_eq!(m.map_shared_range(S, SHADOW_END + PAGE_SIZE, SharedPage::Zero).err(), bad);
-    assert_eq!(m.map_shared_range(S - PAGE_SIZE, S, SharedPage::Zero).err(), bad);
+    assert_eq!(
+        m.map_shared_range(S + PAGE_SIZE, S, SharedPage::Zero).err(),
+        bad
+    );
+    assert_eq!(
+        m.map_shared_range(S, SHADOW_END + PAGE_SIZE, SharedPage::Zero)
+            .err(),
+        bad
+    );
+    assert_eq!(
+        m.map_shared_range(S - PAGE_SIZE, S, SharedPage::Zero).err(),
+        bad
+    );
     assert_eq!(m.map_shared_range(S, S, SharedPage::PageFree), Ok(()));
     assert_eq!(m.frames().live(), BASE_FRAMES);
 }
@@ -307,7 +379,14 @@ fn range_with_partial_blocks() {
     let a = S + GIB - 2 * PAGE_SIZE;
     let b = S + GIB + MIB2 + 3 * PAGE_SIZE;
     m.map_shared_range(a, b, SharedPage::PageFree).unwrap();
-    for (va, want) in [(a - 1, 0), (a, 0xff), (S + GIB, 0xff), (S + GIB + MIB2 - 1, 0xff), (b - 1, 0xff), (b, 0)] {
+    for (va, want) in [
+        (a - 1, 0),
+        (a, 0xff),
+        (S + GIB, 0xff),
+        (S + GIB + MIB2 - 1, 0xff),
+        (b - 1, 0xff),
+        (b, 0),
+    ] {
         assert_eq!(byte(&m, &mem, va), Some(want), "{va:#x}");
     }
     // PDPT, PD + PT for the tail of GiB 0, PD + PT for GiB 1 (its first
@@ -327,7 +406,11 @@ fn range_with_partial_blocks() {
 fn range_replaces_private_pages_after_flush() {
     let mem = FakePhys::new(64);
     let (mut m, log) = setup(&mem, Config::linux());
-    let pages = [S + PAGE_SIZE, S + 3 * GIB + 17 * PAGE_SIZE, S + 5 * GIB512 + 2 * MIB2];
+    let pages = [
+        S + PAGE_SIZE,
+        S + 3 * GIB + 17 * PAGE_SIZE,
+        S + 5 * GIB512 + 2 * MIB2,
+    ];
     for p in pages {
         m.map_private(p, 0x42).unwrap().flush(&mut m);
     }
@@ -346,7 +429,8 @@ fn range_replaces_private_pages_after_flush() {
         m.map_private(S + i * PAGE_SIZE, 1).unwrap().flush(&mut m);
     }
     let mark = log.borrow().len();
-    m.map_shared_range(S, S + 40 * PAGE_SIZE, SharedPage::PageFree).unwrap();
+    m.map_shared_range(S, S + 40 * PAGE_SIZE, SharedPage::PageFree)
+        .unwrap();
     assert_flush_before_free(&log.borrow()[mark..]);
     assert_eq!(m.stats().private_pages, 0);
     assert_eq!(byte(&m, &mem, S + 39 * PAGE_SIZE), Some(0xff));
@@ -365,12 +449,18 @@ fn unshare_range_prepares_and_pins() {
     let live = m.frames().live();
     // Single-page remaps need just the data frame and never free a table.
     m.frames_mut().budget = Some(1);
-    m.map_private(a + MIB2 + 5 * PAGE_SIZE, 7).unwrap().flush(&mut m);
+    m.map_private(a + MIB2 + 5 * PAGE_SIZE, 7)
+        .unwrap()
+        .flush(&mut m);
     assert_eq!(m.frames().live(), live + 1);
-    m.map_shared(a + MIB2 + 5 * PAGE_SIZE, SharedPage::Zero).unwrap().flush(&mut m);
+    m.map_shared(a + MIB2 + 5 * PAGE_SIZE, SharedPage::Zero)
+        .unwrap()
+        .flush(&mut m);
     assert_eq!(m.frames().live(), live);
     m.frames_mut().budget = Some(0);
-    m.map_shared(a + 9 * PAGE_SIZE, SharedPage::PageFree).unwrap().flush(&mut m);
+    m.map_shared(a + 9 * PAGE_SIZE, SharedPage::PageFree)
+        .unwrap()
+        .flush(&mut m);
     // Ranges over pinned blocks go entry by entry.
     m.map_shared_range(a, b, SharedPage::PageFree).unwrap();
     assert_eq!(byte(&m, &mem, a + 123 * PAGE_SIZE), Some(0xff));
@@ -379,14 +469,22 @@ fn unshare_range_prepares_and_pins() {
     assert_eq!(byte(&m, &mem, a + 123 * PAGE_SIZE), Some(0));
     assert_eq!(byte(&m, &mem, b), Some(0));
     // Budget is 0: a page inside the pinned range still only lacks its frame.
-    assert_eq!(m.map_private(b - PAGE_SIZE, 3).err(), Some(MapError::OutOfFrames));
+    assert_eq!(
+        m.map_private(b - PAGE_SIZE, 3).err(),
+        Some(MapError::OutOfFrames)
+    );
     // Outside the pinned range, tables come and go.
     m.frames_mut().budget = None;
     m.map_private(b + PAGE_SIZE, 3).unwrap().flush(&mut m);
     assert_eq!(m.frames().live(), live + 2);
-    m.map_shared(b + PAGE_SIZE, SharedPage::Zero).unwrap().flush(&mut m);
+    m.map_shared(b + PAGE_SIZE, SharedPage::Zero)
+        .unwrap()
+        .flush(&mut m);
     assert_eq!(m.frames().live(), live);
-    assert_eq!(m.unshare_range(a + 1, b).err(), Some(super::PrepareError::BadAddress));
+    assert_eq!(
+        m.unshare_range(a + 1, b).err(),
+        Some(super::PrepareError::BadAddress)
+    );
 }
 
 #[test]
@@ -396,13 +494,18 @@ fn pin_top_level_fixes_pml4_entries() {
     m.pin_top_level().unwrap();
     assert!(m.top_level_pinned());
     assert_eq!(m.stats().private_tables, 32);
-    let snapshot: Vec<u64> = (472..504).map(|i| mem.read_u64(FAKE_BASE + i * 8)).collect();
+    let snapshot: Vec<u64> = (472..504)
+        .map(|i| mem.read_u64(FAKE_BASE + i * 8))
+        .collect();
     let va = S + 9 * GIB512 + 3 * PAGE_SIZE;
     m.map_private(va, 5).unwrap().flush(&mut m);
     m.map_shared(va, SharedPage::Zero).unwrap().flush(&mut m);
-    m.map_shared_range(S, SHADOW_END, SharedPage::PageFree).unwrap();
+    m.map_shared_range(S, SHADOW_END, SharedPage::PageFree)
+        .unwrap();
     m.map_shared_range(S, SHADOW_END, SharedPage::Zero).unwrap();
-    let after: Vec<u64> = (472..504).map(|i| mem.read_u64(FAKE_BASE + i * 8)).collect();
+    let after: Vec<u64> = (472..504)
+        .map(|i| mem.read_u64(FAKE_BASE + i * 8))
+        .collect();
     assert_eq!(snapshot, after);
     assert_eq!(m.stats().private_tables, 32);
     assert_eq!(byte(&m, &mem, va), Some(0));
@@ -431,39 +534,89 @@ enum Model {
 
 #[test]
 fn randomized_against_model() {
-    for (seed, reshare) in [(1u64, true), (2, false), (0x9e37_79b9_7f4a_7c15, true)] {
-        run_model(seed, reshare);
+    for (seed, reshare, pin) in [
+        (1u64, true, false),
+        (2, false, false),
+        (3, true, true),
+        (0x9e37_79b9_7f4a_7c15, true, false),
+    ] {
+        run_model(seed, reshare, pin);
     }
 }
 
-fn run_model(seed: u64, reshare: bool) {
+fn run_model(seed: u64, reshare: bool, pin: bool) {
     let mem = FakePhys::new(2048);
-    let (mut m, log) = setup(&mem, Config { reshare, ..Config::linux() });
+    let (mut m, log) = setup(
+        &mem,
+        Config {
+            reshare,
+            ..Config::linux()
+        },
+    );
     let shared_snapshot: Vec<(PhysAddr, Vec<u64>)> = m
         .shared
         .all_frames()
-        .map(|f| (f, (0..512).map(|i| mem.read_u64(f.as_u64() + i * 8)).collect()))
+        .map(|f| {
+            (
+                f,
+                (0..512).map(|i| mem.read_u64(f.as_u64() + i * 8)).collect(),
+            )
+        })
         .collect();
     // Candidate pages: around PT, PD, PDPT and PML4 boundaries.
-    let clusters = [S, S + MIB2 - 8 * PAGE_SIZE, S + GIB - 8 * PAGE_SIZE, S + GIB512 - 8 * PAGE_SIZE];
-    let pages: Vec<usize> = clusters.iter().flat_map(|&c| (0..24).map(move |i| c + i * PAGE_SIZE)).collect();
-    let mut model: BTreeMap<usize, Model> = pages.iter().map(|&p| (p, Model::Shared(SharedPage::Zero))).collect();
+    let clusters = [
+        S,
+        S + MIB2 - 8 * PAGE_SIZE,
+        S + GIB - 8 * PAGE_SIZE,
+        S + GIB512 - 8 * PAGE_SIZE,
+    ];
+    let pages: Vec<usize> = clusters
+        .iter()
+        .flat_map(|&c| (0..24).map(move |i| c + i * PAGE_SIZE))
+        .collect();
+    let mut model: BTreeMap<usize, Model> = pages
+        .iter()
+        .map(|&p| (p, Model::Shared(SharedPage::Zero)))
+        .collect();
+    if pin {
+        m.unshare_range(S + MIB2 - 8 * PAGE_SIZE, S + MIB2 + 16 * PAGE_SIZE)
+            .unwrap();
+    }
     let mut rng = XorShift(seed);
+    let mut ooms = 0;
     for step in 0..3000 {
         let page = pages[rng.below(pages.len())];
         let kind = SharedPage::ALL[rng.below(4)];
         let mark = log.borrow().len();
+        // Sometimes run out of frames: the mapping must stay as it was.
+        let starve = rng.below(8) == 0;
+        m.frames_mut().budget = if starve { Some(rng.below(3)) } else { None };
         match rng.below(10) {
             0..=3 => {
                 let fill = rng.next() as u8;
-                m.map_private(page, fill).unwrap().flush(&mut m);
-                model.insert(page, Model::Private(fill));
+                match m.map_private(page, fill) {
+                    Ok(f) => {
+                        f.flush(&mut m);
+                        model.insert(page, Model::Private(fill));
+                    }
+                    Err(e) => {
+                        assert!(starve && e == MapError::OutOfFrames);
+                        ooms += 1;
+                    }
+                }
             }
-            4..=7 => {
-                m.map_shared(page, kind).unwrap().flush(&mut m);
-                model.insert(page, Model::Shared(kind));
-            }
+            4..=7 => match m.map_shared(page, kind) {
+                Ok(f) => {
+                    f.flush(&mut m);
+                    model.insert(page, Model::Shared(kind));
+                }
+                Err(e) => {
+                    assert!(starve && e == MapError::OutOfFrames);
+                    ooms += 1;
+                }
+            },
             _ => {
+                m.frames_mut().budget = None;
                 let len = 1 + rng.below(20);
                 let end = page + len * PAGE_SIZE;
                 m.map_shared_range(page, end, kind).unwrap();
@@ -474,9 +627,15 @@ fn run_model(seed: u64, reshare: bool) {
             }
         }
         assert_flush_before_free(&log.borrow()[mark..]);
-        let privates = model.values().filter(|v| matches!(v, Model::Private(_))).count();
+        let privates = model
+            .values()
+            .filter(|v| matches!(v, Model::Private(_)))
+            .count();
         assert_eq!(m.stats().private_pages, privates, "step {step}");
-        assert_eq!(m.frames().live(), BASE_FRAMES + m.stats().private_tables + privates);
+        assert_eq!(
+            m.frames().live(),
+            BASE_FRAMES + m.stats().private_tables + privates
+        );
         if step % 50 == 0 || step == 2999 {
             for (&p, &v) in &model {
                 let w = walk(&mem, m.pml4(), p).unwrap();
@@ -502,13 +661,66 @@ fn run_model(seed: u64, reshare: bool) {
     }
     for (f, words) in &shared_snapshot {
         for (i, w) in words.iter().enumerate() {
-            assert_eq!(mem.read_u64(f.as_u64() + i as u64 * 8), *w, "shared frame {f:?} changed");
+            assert_eq!(
+                mem.read_u64(f.as_u64() + i as u64 * 8),
+                *w,
+                "shared frame {f:?} changed"
+            );
         }
     }
+    assert!(ooms > 10, "only {ooms} out-of-frames cases");
+    m.frames_mut().budget = None;
     m.map_shared_range(S, SHADOW_END, SharedPage::Zero).unwrap();
     assert_eq!(m.stats().private_pages, 0);
-    if reshare {
+    if pin {
+        // PDPT, PD, and the two PTs around the 2 MiB boundary stay.
+        assert_eq!(m.stats().private_tables, 4);
+    } else if reshare {
         assert_eq!(m.frames().live(), BASE_FRAMES);
         assert_eq!(m.stats().private_tables, 0);
     }
+}
+
+#[test]
+fn big_leaf_ranges_use_one_full_flush() {
+    let mem = FakePhys::new(256);
+    let (mut m, log) = setup(&mem, Config::linux());
+    m.unshare_range(S, S + 2 * MIB2).unwrap();
+    let mark = log.borrow().len();
+    m.map_shared_range(S, S + 2 * MIB2, SharedPage::PageFree)
+        .unwrap();
+    let events: Vec<Event> = log.borrow()[mark..].to_vec();
+    assert_eq!(events, [Event::FlushAll]);
+    assert_eq!(byte(&m, &mem, S + 2 * MIB2 - 1), Some(0xff));
+    // A few leaves: one invlpg each.
+    let mark = log.borrow().len();
+    m.map_shared_range(S, S + 3 * PAGE_SIZE, SharedPage::Zero)
+        .unwrap();
+    let events: Vec<Event> = log.borrow()[mark..].to_vec();
+    assert_eq!(
+        events,
+        [
+            Event::FlushPage(S),
+            Event::FlushPage(S + PAGE_SIZE),
+            Event::FlushPage(S + 2 * PAGE_SIZE)
+        ]
+    );
+    // Many private pages: frees only after the full flush.
+    for i in 0..100 {
+        m.map_private(S + i * PAGE_SIZE, 3).unwrap().flush(&mut m);
+    }
+    let mark = log.borrow().len();
+    m.map_shared_range(S, S + 2 * MIB2, SharedPage::Zero)
+        .unwrap();
+    let events: Vec<Event> = log.borrow()[mark..].to_vec();
+    assert_flush_before_free(&events);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Free(_)))
+            .count(),
+        100
+    );
+    assert_eq!(m.stats().private_pages, 0);
+    assert_eq!(byte(&m, &mem, S), Some(0));
 }
