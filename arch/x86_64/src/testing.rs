@@ -154,7 +154,7 @@ unsafe impl FrameSource for FakeFrames {
             *b -= 1;
         }
         let f = self.free.pop()?;
-        // Dirty it: the mapper must initialise what it gets.
+        // (Pool frames hold junk, see `mapper`: the mapper must initialise them.)
         assert!(self.live.insert(f));
         self.log.borrow_mut().push(Event::Alloc(f));
         Some(PhysAddr::new(f))
