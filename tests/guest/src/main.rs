@@ -34,6 +34,7 @@ fn run_suite(name: &str) -> bool {
     match name {
         "smoke" | "boot" => true,
         "mm" => selftest::mm(),
+        "vmalloc" => selftest::vmalloc(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

@@ -93,3 +93,28 @@ pub fn mm() -> bool {
     println!("selftest mm: free pages {} (start {})", buddy::free_page_count(), free0);
     ok
 }
+
+pub fn vmalloc() -> bool {
+    let mut ok = true;
+    let free0 = buddy::free_page_count();
+    let a = mm::vmalloc(3618);
+    let b = mm::vmalloc(5 * 4096 + 1);
+    check!(ok, !a.is_null() && !b.is_null() && a as usize >= 0xffff_c900_0000_0000);
+    check!(ok, b as usize >= a as usize + 2 * 4096); // guard page between
+    unsafe {
+        core::ptr::write_bytes(a, 1, 3618);
+        core::ptr::write_bytes(b, 2, 5 * 4096 + 1);
+        check!(ok, *a.add(3617) == 1 && *b.add(5 * 4096) == 2);
+    }
+    check!(ok, guest_boot::paging::translate(a as u64 + 4096).is_none());
+    mm::vfree(a);
+    mm::vfree(b);
+    check!(ok, guest_boot::paging::translate(b as u64).is_none());
+    let c = mm::vmalloc(100);
+    check!(ok, c == a); // space reused
+    mm::vfree(c);
+    // Page-table pages stay allocated; everything else comes back.
+    check!(ok, buddy::free_page_count() + 4 >= free0);
+    check!(ok, buddy::check_invariants() == 0);
+    ok
+}

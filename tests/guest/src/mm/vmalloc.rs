@@ -1,2 +1,111 @@
-pub fn vmalloc(_size: usize) -> *mut u8 { core::ptr::null_mut() }
-pub fn vfree(_p: *const u8) {}
+//! vmalloc: page-granular areas in 0xffffc90000000000.., each followed by an
+//! unmapped guard page, backed by order-0 pages from the buddy allocator.
+use super::buddy::{self, PAGE_SIZE, PG_META};
+use crate::kasan_glue;
+use guest_boot::paging::{self, phys_to_virt, PTE_G, PTE_NX, PTE_W, VMALLOC_END, VMALLOC_START};
+
+const MAX_AREAS: usize = 512;
+
+#[derive(Clone, Copy)]
+struct Area {
+    addr: usize,
+    pages: usize, // mapped pages (guard not included)
+    size: usize,  // requested bytes
+}
+
+static mut AREAS: [Option<Area>; MAX_AREAS] = [None; MAX_AREAS];
+
+fn areas() -> &'static mut [Option<Area>; MAX_AREAS] {
+    unsafe { &mut *core::ptr::addr_of_mut!(AREAS) }
+}
+
+fn table_page() -> Option<u64> {
+    let p = buddy::alloc_pages_flags(0, PG_META)?;
+    paging::virt_to_phys(p as u64)
+}
+
+/// Find `span` bytes of free virtual space (first fit).
+fn find_space(span: usize) -> Option<usize> {
+    let mut cand = VMALLOC_START as usize;
+    'outer: loop {
+        if cand + span > VMALLOC_END as usize {
+            return None;
+        }
+        for a in areas().iter().flatten() {
+            let end = a.addr + (a.pages + 1) * PAGE_SIZE;
+            if cand < end && a.addr < cand + span {
+                cand = end;
+                continue 'outer;
+            }
+        }
+        return Some(cand);
+    }
+}
+
+/// Allocate `size` bytes of virtually contiguous memory (page granular,
+/// followed by a guard page).
+#[inline(never)]
+pub fn vmalloc(size: usize) -> *mut u8 {
+    if size == 0 {
+        return core::ptr::null_mut();
+    }
+    let pages = (size + PAGE_SIZE - 1) / PAGE_SIZE;
+    let Some(slot) = areas().iter().position(|a| a.is_none()) else { return core::ptr::null_mut() };
+    let Some(addr) = find_space((pages + 1) * PAGE_SIZE) else { return core::ptr::null_mut() };
+    for i in 0..pages {
+        let ok = buddy::alloc_pages(0).and_then(|pg| {
+            let pa = paging::virt_to_phys(pg as u64)?;
+            let mut alloc = || table_page();
+            unsafe { paging::map_4k((addr + i * PAGE_SIZE) as u64, pa, PTE_W | PTE_G | PTE_NX, &mut alloc).ok() }
+        });
+        if ok.is_none() {
+            unmap_range(addr, i);
+            return core::ptr::null_mut();
+        }
+    }
+    areas()[slot] = Some(Area { addr, pages, size });
+    kasan_glue::vmalloc_alloc(addr, size, pages * PAGE_SIZE);
+    addr as *mut u8
+}
+
+pub fn vzalloc(size: usize) -> *mut u8 {
+    let p = vmalloc(size);
+    if !p.is_null() {
+        unsafe { core::ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+fn unmap_range(addr: usize, pages: usize) {
+    for i in 0..pages {
+        if let Some(pa) = unsafe { paging::unmap_4k((addr + i * PAGE_SIZE) as u64) } {
+            buddy::free_pages(phys_to_virt(pa) as usize, 0);
+        }
+    }
+}
+
+/// Free a vmalloc area (must be the address vmalloc returned).
+#[inline(never)]
+pub fn vfree(ptr: *const u8) {
+    let ip = crate::mm::caller_ip();
+    let p = ptr as usize;
+    if p == 0 {
+        return;
+    }
+    let Some(slot) = areas().iter().position(|a| a.map_or(false, |a| a.addr == p)) else {
+        kasan_glue::bad_free(p, ip, "vfree: not the start of a vmalloc area");
+        return;
+    };
+    let a = areas()[slot].take().unwrap();
+    kasan_glue::vmalloc_free(a.addr, a.pages * PAGE_SIZE);
+    unmap_range(a.addr, a.pages);
+}
+
+/// Requested size of the vmalloc area containing `addr` (guard page included).
+pub fn area_of(addr: usize) -> Option<(usize, usize, usize)> {
+    areas().iter().flatten().find(|a| addr >= a.addr && addr < a.addr + (a.pages + 1) * PAGE_SIZE).map(|a| (a.addr, a.size, a.pages * PAGE_SIZE))
+}
+
+pub fn is_vmalloc_addr(addr: usize) -> bool {
+    (VMALLOC_START as usize..VMALLOC_END as usize).contains(&addr)
+}
