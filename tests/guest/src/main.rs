@@ -11,6 +11,7 @@ use guest_boot::{code, exit, BootInfo};
 pub mod kasan_glue;
 pub mod mm;
 pub mod selftest;
+pub mod task;
 
 #[no_mangle]
 pub fn guest_main(info: &'static BootInfo) -> ! {
@@ -20,6 +21,7 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
     mm::buddy::init(info);
     kasan_glue::page_allocator_ready();
     mm::slab::init();
+    task::init();
     let n = unsafe { guest_boot::run_init_array() };
     println!("guest: ran {} .init_array constructors", n);
     kasan_glue::late_init(info);
@@ -35,6 +37,8 @@ fn run_suite(name: &str) -> bool {
         "smoke" | "boot" => true,
         "mm" => selftest::mm(),
         "vmalloc" => selftest::vmalloc(),
+        "tasks" => selftest::tasks(),
+        "selftest" => selftest::mm() & selftest::vmalloc() & selftest::tasks(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

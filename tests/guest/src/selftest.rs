@@ -118,3 +118,73 @@ pub fn vmalloc() -> bool {
     check!(ok, buddy::check_invariants() == 0);
     ok
 }
+
+static mut LOG: [u32; 32] = [0; 32];
+static mut NLOG: usize = 0;
+
+fn log(v: u32) {
+    unsafe {
+        if NLOG < 32 {
+            LOG[NLOG] = v;
+            NLOG += 1;
+        }
+    }
+}
+
+fn worker_fn(arg: usize) {
+    for i in 0..3 {
+        log(arg as u32 * 10 + i);
+        crate::task::yield_now();
+    }
+}
+
+fn show_trace(_: usize) {
+    let (name, pid) = crate::task::current();
+    println!("selftest: in task {}/{}, Call Trace:", name, pid);
+    guest_boot::stack::print_trace();
+}
+
+fn rcu_cb(arg: usize) {
+    log(100 + arg as u32);
+}
+
+fn work_cb(arg: usize) {
+    let (name, _) = crate::task::current();
+    if name.starts_with("kworker") {
+        log(200 + arg as u32);
+    }
+}
+
+pub fn tasks() -> bool {
+    use crate::task;
+    let mut ok = true;
+    let free0 = buddy::free_page_count();
+    let a = task::spawn("worker-a", worker_fn, 1);
+    let b = task::spawn("worker-b", worker_fn, 2);
+    check!(ok, a != 0 && b != 0 && a != b);
+    task::join(a);
+    task::join(b);
+    let got = unsafe { &LOG[..NLOG] };
+    check!(ok, got == [10, 20, 11, 21, 12, 22]);
+    let t = task::spawn("tracer", show_trace, 0);
+    task::join(t);
+    unsafe { NLOG = 0 };
+    task::call_rcu(rcu_cb, 1);
+    task::call_rcu(rcu_cb, 2);
+    check!(ok, unsafe { NLOG } == 0);
+    task::rcu_barrier();
+    check!(ok, unsafe { &LOG[..NLOG] } == [101, 102]);
+    unsafe { NLOG = 0 };
+    task::queue_work(work_cb, 7);
+    task::flush_workqueue();
+    check!(ok, unsafe { &LOG[..NLOG] } == [207]);
+    check!(ok, task::current() == ("kmain", 1));
+    // 20 short tasks: stacks come back (kworker keeps one).
+    for i in 0..20 {
+        let p = task::spawn("short", |_| {}, i);
+        task::join(p);
+    }
+    check!(ok, buddy::free_page_count() + 8 >= free0);
+    check!(ok, buddy::check_invariants() == 0);
+    ok
+}
