@@ -9,6 +9,9 @@
 //!  └──────────────────────────┴──────────────┴──────────────────────┘
 //!  kmalloc(n): [0, n) accessible, [n, slot) poisoned 0xFC
 //!  after free: [0, object) poisoned 0xFB, metadata keeps the stacks
+//!
+//!  slab page: [left redzone: slab_offset bytes][slot 0][slot 1] ... [tail]
+//!             (all poisoned 0xFC until a slot is handed out)
 //! ```
 
 use crate::depot::{StackHandle, NO_STACK};
@@ -64,6 +67,9 @@ pub struct CacheInfo {
     pub object_size: usize,
     /// Slot stride the slab allocator must use.
     pub slot_size: usize,
+    /// Offset of the first slot in a slab page: a left redzone, so the
+    /// first object of a page has poison before it too.
+    pub slab_offset: usize,
     /// Objects allocated and not yet freed.
     pub live: usize,
     /// Objects in quarantine.
@@ -135,6 +141,7 @@ impl Caches {
         name: &'static str,
         object_size: usize,
         align: usize,
+        redzones: bool,
     ) -> Result<CacheId, CacheError> {
         if object_size == 0 || object_size > MAX_OBJECT {
             return Err(CacheError::BadSize);
@@ -145,7 +152,12 @@ impl Caches {
         let info = CacheInfo {
             name,
             object_size,
-            slot_size: slot_size_for(object_size, align),
+            slot_size: if redzones {
+                slot_size_for(object_size, align)
+            } else {
+                (object_size + align - 1) & !(align - 1)
+            },
+            slab_offset: if redzones { align.max(16) } else { 0 },
             live: 0,
             quarantined: 0,
             alive: true,
@@ -309,12 +321,12 @@ mod tests {
     #[test]
     fn double_destroy_is_an_error() {
         let mut c = Caches::new();
-        let id = c.create("test", 200, 8).unwrap();
+        let id = c.create("test", 200, 8, true).unwrap();
         assert_eq!(c.destroy(id), Ok(()));
         assert_eq!(c.destroy(id), Err(CacheError::AlreadyDestroyed));
         assert_eq!(c.live(id).err(), Some(CacheError::AlreadyDestroyed));
         assert_eq!(c.destroy(CacheId(99)), Err(CacheError::UnknownCache));
-        assert_eq!(c.create("z", 0, 8), Err(CacheError::BadSize));
-        assert_eq!(c.create("z", 8, 3), Err(CacheError::BadAlign));
+        assert_eq!(c.create("z", 0, 8, true), Err(CacheError::BadSize));
+        assert_eq!(c.create("z", 8, 3, true), Err(CacheError::BadAlign));
     }
 }

@@ -37,8 +37,6 @@ pub enum HookError {
     SlotInUse,
     /// The address is outside the vmalloc window.
     NotVmalloc,
-    /// The runtime is off.
-    Off,
 }
 
 impl From<CacheError> for HookError {
@@ -59,7 +57,6 @@ impl core::fmt::Display for HookError {
             HookError::Cache(e) => write!(f, "cache: {e}"),
             HookError::SlotInUse => f.write_str("slot handed out while allocated"),
             HookError::NotVmalloc => f.write_str("address is outside the vmalloc window"),
-            HookError::Off => f.write_str("runtime is off"),
         }
     }
 }

@@ -39,6 +39,17 @@ pub struct Released {
     pub ptr: usize,
 }
 
+/// What the kernel does with an object after a successful `slab_free`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Freed {
+    /// The object is in quarantine: its slot stays taken until
+    /// [`Kasan::quarantine_pop`] returns it.
+    Quarantined,
+    /// No quarantine (`off` mode): free the slot now.
+    FreeNow,
+}
+
 /// The compiler's descriptor of one instrumented global (ASan ABI v8).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -66,12 +77,9 @@ const fn round_up(x: usize, a: usize) -> usize {
 }
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-    fn on(&self) -> Result<(), HookError> {
-        if self.cfg.mode == Mode::Off {
-            Err(HookError::Off)
-        } else {
-            Ok(())
-        }
+    /// Whether the runtime checks at all; in `off` mode hooks accept and do nothing.
+    fn on(&self) -> bool {
+        self.cfg.mode != Mode::Off
     }
 
     /// Frames of `[pfn, pfn + 2^order)` after checking they are RAM.
@@ -109,7 +117,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Mark RAM that the page allocator never hands out (image, boot data,
     /// firmware) as valid.
     pub fn mark_reserved(&self, addr: usize, len: usize) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         if addr % PAGE_SIZE != 0 {
             return Err(HookError::Unaligned);
         }
@@ -126,7 +136,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// The page allocator handed out `2^order` pages at `addr`.
     pub fn page_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(addr, order)?;
         if (pfn..pfn + count).any(|p| self.pages.get(p).state != PageState::Free) {
             return Err(HookError::PageInUse);
@@ -181,8 +193,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Register a cache; the slab must lay out slots of
     /// [`Kasan::cache_info`]`.slot_size` bytes.
     pub fn cache_create(&self, name: &'static str, object_size: usize, align: usize) -> Result<CacheId, HookError> {
-        self.on()?;
-        Ok(self.inner.lock().caches.create(name, object_size, align)?)
+        Ok(self.inner.lock().caches.create(name, object_size, align, self.on())?)
     }
 
     /// A cache's layout and counters.
@@ -194,14 +205,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// quarantine (see [`Kasan::quarantine_release_cache`]). A second
     /// destroy is [`CacheError::AlreadyDestroyed`] and changes nothing.
     pub fn cache_destroy(&self, id: CacheId) -> Result<(), HookError> {
-        self.on()?;
         Ok(self.inner.lock().caches.destroy(id)?)
     }
 
     /// A new slab page (`2^order` pages at `base`) of cache `id`: its shadow
     /// is poisoned as redzone until objects are allocated.
     pub fn slab_page_alloc(&self, id: CacheId, base: usize, order: u32) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(base, order)?;
         if !self.allocated(pfn, count) {
             return Err(HookError::WrongPageState);
@@ -211,7 +223,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         self.track_pages(&mut inner, pfn, count, PageKind::Slab);
         let end = base + (count << 12);
         self.fill_shadow(base, end, SLAB_REDZONE);
-        let mut slot = base;
+        let mut slot = base + cache.slab_offset;
         while slot + cache.slot_size <= end {
             // SAFETY: the slot lies inside the slab page the kernel just
             // handed over; nothing else uses its metadata bytes yet.
@@ -224,7 +236,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A slab page goes back to the page allocator (all its objects free
     /// and released from quarantine).
     pub fn slab_page_free(&self, base: usize, order: u32) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(base, order)?;
         if self.pages.get(pfn).kind != PageKind::Slab {
             return Err(HookError::WrongPageState);
@@ -236,7 +250,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// The slab handed out the slot at `ptr` for a `size`-byte request.
     pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: usize) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         if ptr % GRANULE != 0 {
             return Err(HookError::Unaligned);
         }
@@ -289,13 +305,12 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The kernel frees `ptr` to cache `id` whose slab starts at `base`.
-    /// `Ok` means the object went into quarantine: the kernel must not
-    /// reuse the slot until [`Kasan::quarantine_pop`] returns it. `Err`
+    /// `Ok` says whether the object went into quarantine (see [`Freed`]). `Err`
     /// means a double or invalid free was reported: the kernel must do
     /// nothing.
-    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: usize) -> Result<(), Bug> {
+    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: usize) -> Result<Freed, Bug> {
         if self.cfg.mode == Mode::Off {
-            return Ok(());
+            return Ok(Freed::FreeNow);
         }
         let mut inner = self.inner.lock();
         let cache = match inner.caches.live(id) {
@@ -337,7 +352,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             c.quarantined += 1;
         }
         self.stats.quarantine_bytes.store(inner.quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(Freed::Quarantined)
     }
 
     fn release(&self, inner: &mut Inner<M>, all: bool) -> Option<Released> {
@@ -411,7 +426,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `krealloc()` within the same slot: the object now has `new_size`
     /// bytes (at most the cache's object size).
     pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: usize) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
         if new_size > cache.object_size || ptr % GRANULE != 0 {
@@ -443,7 +460,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A page-backed kmalloc of `size` bytes in the allocated pages at
     /// `addr`: the tail after `size` is poisoned as page redzone.
     pub fn kmalloc_large(&self, addr: usize, order: u32, size: usize) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(addr, order)?;
         if size == 0 || size > count * PAGE_SIZE {
             return Err(HookError::BadSize);
@@ -485,7 +504,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A kernel stack of `2^order` allocated pages at `addr`: byte tracked,
     /// all accessible (the compiler poisons frames as they are entered).
     pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(addr, order)?;
         if !self.allocated(pfn, count) {
             return Err(HookError::WrongPageState);
@@ -499,7 +520,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A kernel stack is done (before `page_free`): leftover frame poison
     /// is dropped.
     pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         let (pfn, count) = self.page_range(addr, order)?;
         if self.pages.get(pfn).kind != PageKind::Stack {
             return Err(HookError::WrongPageState);
@@ -516,7 +539,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Returns `Ok(false)` when some of its shadow could not be mapped (that
     /// part goes unchecked).
     pub fn vmalloc_alloc(&self, addr: usize, size: usize, area_len: usize) -> Result<bool, HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(true);
+        }
         if addr % PAGE_SIZE != 0 {
             return Err(HookError::Unaligned);
         }
@@ -535,7 +560,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// The vmalloc area at `addr` of `area_len` bytes is freed.
     pub fn vmalloc_free(&self, addr: usize, area_len: usize) -> Result<(), HookError> {
-        self.on()?;
+        if !self.on() {
+            return Ok(());
+        }
         if addr % PAGE_SIZE != 0 {
             return Err(HookError::Unaligned);
         }

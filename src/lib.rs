@@ -46,7 +46,7 @@ pub mod host;
 pub use cache::{CacheError, CacheId};
 pub use config::{Config, FaultAction, Mode};
 pub use error::{GlobalError, HookError, InitError};
-pub use hooks::{GlobalDesc, Released};
+pub use hooks::{Freed, GlobalDesc, Released};
 pub use layout::{Layout, Region};
 pub use mapper::{MapError, ShadowMapper, SharedPage};
 pub use platform::{Platform, SlabRef, Symbol};

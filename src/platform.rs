@@ -9,7 +9,7 @@ use crate::cache::CacheId;
 pub struct SlabRef {
     /// The cache that owns the slab.
     pub cache: CacheId,
-    /// First byte of the slab (its first slot).
+    /// The slab's first slot: its first page plus the cache's `slab_offset`.
     pub base: usize,
 }
 

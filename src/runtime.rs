@@ -194,8 +194,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let mut inner = self.inner.lock();
         let m = &mut inner.mapper;
         let map = InitError::Map;
-        m.map_shared_range(self.shadow_start(l.covered), self.shadow_end(l.covered), SharedPage::Zero)
-            .map_err(map)?;
+        // Zero under the gaps of `covered` between the three regions.
+        let mut regions = [l.direct_map, l.vmalloc, l.image];
+        regions.sort_unstable_by_key(|r| r.start);
+        let mut cursor = l.covered.start;
+        for r in regions.iter().chain(core::iter::once(&Region { start: l.covered.end, end: l.covered.end })) {
+            if r.start > cursor {
+                let gap = Region { start: cursor, end: r.start };
+                m.map_shared_range(self.shadow_start(gap), self.shadow_end(gap), SharedPage::Zero)
+                    .map_err(map)?;
+            }
+            cursor = cursor.max(r.end);
+        }
         let vm = l.shadow_of(l.vmalloc);
         m.map_shared_range(vm.start, vm.end, SharedPage::VmallocInvalid).map_err(map)?;
         let dm = l.shadow_of(l.direct_map);

@@ -1,0 +1,21 @@
+//! Host backend: the same lazy shadow mapping inside a Linux process, so
+//! host tests and benchmarks run the real single load at
+//! `(addr >> 3) + HOST_OFFSET`.
+//!
+//! ```text
+//!  process address space (one slot per runtime instance, 16 GiB apart)
+//!  0x4000_0000_0000 + i*16G: [direct map | vmalloc | image]   data, RW, no reserve
+//!  0x1800_0000_0000 + i*2G : shadow of the slot               reserved PROT_NONE,
+//!                            then shared read-only memfd pages mapped many times
+//!                            (0x00 / 0xFF / CONSULT / 0xF8) or private anonymous pages
+//! ```
+//!
+//! [`mapper::HostMapper`] implements the arch boundary with `mmap`;
+//! [`platform::HostPlatform`] captures reports and fakes symbols and stacks;
+//! [`sim::SimKernel`] is a small model kernel (buddy pages, slab, kmalloc,
+//! stacks, vmalloc, globals) that drives the hooks like a real one.
+
+pub mod mapper;
+pub mod platform;
+pub mod sim;
+pub mod space;

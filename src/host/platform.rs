@@ -1,0 +1,164 @@
+//! A `Platform` for host tests: reports are captured in memory, functions
+//! are fake code addresses registered by name, and the call stack is what
+//! the test says it is.
+
+use crate::platform::{Platform, SlabRef, Symbol};
+use std::collections::BTreeMap;
+use std::string::String;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::vec::Vec;
+
+/// Fake text base: function `i` occupies `[TEXT + i * FN_SIZE, +FN_SIZE)`.
+const TEXT: usize = 0x7000_0000;
+const FN_SIZE: usize = 0x100;
+/// Offset of the "call site" inside a fake function.
+const SITE: usize = 0x2a;
+
+#[derive(Default)]
+struct State {
+    log: String,
+    echo: bool,
+    pid: u32,
+    task: String,
+    names: Vec<String>,
+    stack: Vec<usize>,
+    slabs: BTreeMap<usize, SlabRef>,
+}
+
+/// The host platform; clones share state.
+#[derive(Clone, Default)]
+pub struct HostPlatform {
+    state: Arc<Mutex<State>>,
+}
+
+impl HostPlatform {
+    /// A platform whose current task is `kunit/1`.
+    #[must_use]
+    pub fn new() -> Self {
+        let p = HostPlatform::default();
+        {
+            let mut s = p.lock();
+            s.pid = 1;
+            s.task = "kunit".into();
+            s.echo = std::env::var_os("HYBRID_SHADOW_ECHO").is_some();
+        }
+        p
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fake call-site address inside function `name` (registered on first use).
+    #[must_use]
+    pub fn func(&self, name: &str) -> usize {
+        let mut s = self.lock();
+        let i = match s.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                s.names.push(name.into());
+                s.names.len() - 1
+            }
+        };
+        TEXT + i * FN_SIZE + SITE
+    }
+
+    /// Enter function `name`: it becomes the innermost frame.
+    pub fn enter(&self, name: &str) -> usize {
+        let ip = self.func(name);
+        self.lock().stack.push(ip);
+        ip
+    }
+
+    /// Leave the innermost function.
+    pub fn leave(&self) {
+        self.lock().stack.pop();
+    }
+
+    /// The innermost frame's address (0 if none).
+    #[must_use]
+    pub fn current_ip(&self) -> usize {
+        self.lock().stack.last().copied().unwrap_or(0)
+    }
+
+    /// Set the current task.
+    pub fn set_task(&self, name: &str, pid: u32) {
+        let mut s = self.lock();
+        s.task = name.into();
+        s.pid = pid;
+    }
+
+    /// Record that the pages of `[base, base + len)` are a slab.
+    pub fn add_slab(&self, base: usize, len: usize, r: SlabRef) {
+        let mut s = self.lock();
+        for p in (base..base + len).step_by(4096) {
+            s.slabs.insert(p, r);
+        }
+    }
+
+    /// Forget the slab pages of `[base, base + len)`.
+    pub fn remove_slab(&self, base: usize, len: usize) {
+        let mut s = self.lock();
+        for p in (base..base + len).step_by(4096) {
+            s.slabs.remove(&p);
+        }
+    }
+
+    /// Take the console text written so far.
+    pub fn take_log(&self) -> String {
+        core::mem::take(&mut self.lock().log)
+    }
+}
+
+impl Platform for HostPlatform {
+    fn write_str(&self, s: &str) {
+        let mut st = self.lock();
+        if st.echo {
+            std::eprint!("{s}");
+        }
+        st.log.push_str(s);
+    }
+
+    fn current_pid(&self) -> u32 {
+        self.lock().pid
+    }
+
+    fn write_task_name(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        let name = self.lock().task.clone();
+        out.write_str(&name)
+    }
+
+    fn stack_trace(&self, out: &mut [usize]) -> usize {
+        let s = self.lock();
+        let mut n = 0;
+        for &ip in s.stack.iter().rev() {
+            if n == out.len() {
+                break;
+            }
+            out[n] = ip;
+            n += 1;
+        }
+        n
+    }
+
+    fn symbolize(&self, pc: usize, f: &mut dyn FnMut(Symbol<'_>)) -> bool {
+        let name = {
+            let s = self.lock();
+            let i = pc.wrapping_sub(TEXT) / FN_SIZE;
+            if pc < TEXT || i >= s.names.len() {
+                return false;
+            }
+            s.names[i].clone()
+        };
+        f(Symbol { name: &name, offset: (pc - TEXT) % FN_SIZE, size: FN_SIZE });
+        true
+    }
+
+    fn slab_of(&self, addr: usize) -> Option<SlabRef> {
+        self.lock().slabs.get(&(addr & !4095)).copied()
+    }
+
+    fn panic(&self, msg: &str) -> ! {
+        panic!("{msg}")
+    }
+}

@@ -1,0 +1,107 @@
+//! Reservation of a slot of the host address space for one runtime.
+
+use crate::layout::{Layout, Region, BLOCK_SIZE};
+use std::sync::Mutex;
+use std::vec::Vec;
+
+/// The shadow offset used by the host backend.
+pub const HOST_OFFSET: usize = 0x1000_0000_0000;
+/// First data slot.
+const SLOT_BASE: usize = 0x4000_0000_0000;
+/// Data bytes per slot.
+const SLOT_SIZE: usize = 16 << 30;
+/// Slots available.
+const SLOTS: usize = 1024;
+
+static USED: Mutex<Vec<bool>> = Mutex::new(Vec::new());
+
+/// Why a host slot could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceError {
+    /// All slots are in use.
+    NoSlot,
+    /// The sizes do not fit a slot or are not block multiples.
+    BadSize,
+    /// `mmap` refused (address taken or out of memory).
+    Mmap,
+}
+
+/// One reserved slot: data regions mapped read-write (no reserve) and the
+/// shadow range reserved inaccessible until a mapper maps it.
+pub struct HostSpace {
+    slot: usize,
+    layout: Layout,
+    data: Region,
+    shadow: Region,
+}
+
+fn mmap_fixed(addr: usize, len: usize, prot: i32, noreplace: bool) -> Result<(), SpaceError> {
+    let flags = libc::MAP_PRIVATE
+        | libc::MAP_ANONYMOUS
+        | libc::MAP_NORESERVE
+        | if noreplace { libc::MAP_FIXED_NOREPLACE } else { libc::MAP_FIXED };
+    // SAFETY: mapping anonymous memory at a fixed address in a range this
+    // process reserved for the slot (or, with NOREPLACE, a free range).
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED || p as usize != addr {
+        return Err(SpaceError::Mmap);
+    }
+    Ok(())
+}
+
+impl HostSpace {
+    /// Reserve a slot with `ram`, `vmalloc` and `image` bytes (block multiples).
+    pub fn new(ram: usize, vmalloc: usize, image: usize) -> Result<Self, SpaceError> {
+        if [ram, vmalloc, image].iter().any(|&n| n == 0 || n % BLOCK_SIZE != 0)
+            || ram + vmalloc + image > SLOT_SIZE
+        {
+            return Err(SpaceError::BadSize);
+        }
+        let slot = {
+            let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+            if used.is_empty() {
+                used.resize(SLOTS, false);
+            }
+            let i = used.iter().position(|u| !u).ok_or(SpaceError::NoSlot)?;
+            used[i] = true;
+            i
+        };
+        let base = SLOT_BASE + slot * SLOT_SIZE;
+        let dm = Region::new(base, ram);
+        let vm = Region::new(dm.end, vmalloc);
+        let img = Region::new(vm.end, image);
+        let covered = Region { start: base, end: img.end };
+        let layout = Layout { offset: HOST_OFFSET, direct_map: dm, vmalloc: vm, image: img, covered, user_end: base };
+        let shadow = layout.shadow_of(covered);
+        let space = HostSpace { slot, layout, data: covered, shadow };
+        mmap_fixed(covered.start, covered.len(), libc::PROT_READ | libc::PROT_WRITE, true)?;
+        mmap_fixed(shadow.start, shadow.len(), libc::PROT_NONE, true)?;
+        Ok(space)
+    }
+
+    /// The layout to give the runtime.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The reserved shadow range.
+    #[must_use]
+    pub fn shadow(&self) -> Region {
+        self.shadow
+    }
+}
+
+impl Drop for HostSpace {
+    fn drop(&mut self) {
+        // SAFETY: both ranges were mapped by `new` for this slot only; the
+        // runtime using them is dropped before the space (field order of
+        // its owner), so nothing reads them any more.
+        unsafe {
+            libc::munmap(self.data.start as *mut libc::c_void, self.data.len());
+            libc::munmap(self.shadow.start as *mut libc::c_void, self.shadow.len());
+        }
+        let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+        used[self.slot] = false;
+    }
+}

@@ -1,0 +1,438 @@
+//! The bug suite (../shared/kasan-cases.md) on the host model kernel: every
+//! case the host can express, in `full` and in `hybrid`, asserting the exact
+//! bug types, that the report title names the case's function, and that
+//! every report parses under syzkaller's rules.
+#![cfg(feature = "host")]
+
+mod common;
+
+use common::syzkaller;
+use hybrid_shadow::host::sim::{SimConfig, SimKernel, KMALLOC_MAX_CACHE};
+use hybrid_shadow::page_state::PageState;
+use hybrid_shadow::{Backing, BugType, CacheError, HookError, Mode};
+
+use BugType::*;
+
+/// Outcome of one bad (or supposedly fine) operation.
+type Verdict = Option<BugType>;
+
+fn v<T>(r: Result<T, hybrid_shadow::Bug>) -> Verdict {
+    r.err().map(|b| b.kind)
+}
+
+/// Run `body` as function `name` in `mode`; check its verdicts against
+/// `expected`, and the reports' titles against the verdicts.
+fn run(mode: Mode, name: &str, expected: &[Verdict], body: fn(&mut SimKernel, Mode) -> Vec<Verdict>) {
+    let mut k = SimKernel::new(SimConfig::small(mode)).expect("model kernel");
+    let got = k.call(name, |k| body(k, mode));
+    let log = k.take_log();
+    assert_eq!(got, expected, "{mode:?} {name}: verdicts differ\n{log}");
+    let titles = syzkaller::titles(&log);
+    let bugs: Vec<BugType> = got.iter().flatten().copied().collect();
+    assert_eq!(titles.len(), bugs.len(), "{mode:?} {name}: one report per bug\n{log}");
+    for (t, b) in titles.iter().zip(&bugs) {
+        assert_eq!(t.bug, b.name(), "{mode:?} {name}\n{log}");
+        assert_eq!(t.func, name, "{mode:?} {name}: title must name the case\n{log}");
+    }
+    k.check_invariants().unwrap();
+}
+
+macro_rules! case {
+    ($name:ident, [$($exp:expr),* $(,)?], $body:expr) => {
+        mod $name {
+            use super::*;
+            const EXPECTED: &[Verdict] = &[$($exp),*];
+            #[test]
+            fn full() {
+                run(Mode::Full, stringify!($name), EXPECTED, $body);
+            }
+            #[test]
+            fn hybrid() {
+                run(Mode::Hybrid, stringify!($name), EXPECTED, $body);
+            }
+        }
+    };
+}
+
+case!(kmalloc_oob_right, [Some(SlabOutOfBounds), Some(SlabOutOfBounds), Some(SlabOutOfBounds), None], |k, _| {
+    let size = 128 - 5;
+    let p = k.kmalloc(size).unwrap();
+    let r = vec![v(k.write(p + size, 1)), v(k.read(p + size + 5, 1)), v(k.read(p + 128 + 8, 1)), v(k.read(p, size))];
+    k.kfree(p).unwrap();
+    r
+});
+
+case!(kmalloc_oob_left, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(15).unwrap();
+    vec![v(k.read(p - 1, 1))]
+});
+
+case!(kmalloc_node_oob_right, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(4096).unwrap();
+    vec![v(k.read(p + 4096, 1))]
+});
+
+case!(kmalloc_big_oob_right, [Some(SlabOutOfBounds)], |k, _| {
+    let size = KMALLOC_MAX_CACHE - 256;
+    let p = k.kmalloc(size).unwrap();
+    vec![v(k.write(p + size, 1))]
+});
+
+case!(kmalloc_large_oob_right, [Some(SlabOutOfBounds), None], |k, _| {
+    let size = KMALLOC_MAX_CACHE + 10;
+    let p = k.kmalloc(size).unwrap();
+    vec![v(k.write(p + size, 1)), v(k.write(p + size - 1, 1))]
+});
+
+case!(kmalloc_large_uaf, [None, Some(UseAfterFree)], |k, _| {
+    let p = k.kmalloc(KMALLOC_MAX_CACHE + 10).unwrap();
+    vec![v(k.kfree(p)), v(k.read(p, 1))]
+});
+
+case!(kmalloc_large_invalid_free, [Some(InvalidFree), None], |k, _| {
+    let p = k.kmalloc(KMALLOC_MAX_CACHE + 10).unwrap();
+    vec![v(k.kfree(p + 1)), v(k.kfree(p))]
+});
+
+case!(page_alloc_uaf, [None, Some(UseAfterFree)], |k, _| {
+    let p = k.alloc_pages(4).unwrap();
+    vec![v(k.free_pages(p, 4)), v(k.read(p, 1))]
+});
+
+case!(krealloc_more_oob, [None, None, Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(201).unwrap();
+    let q = k.krealloc(p, 235).unwrap();
+    assert_eq!(p, q, "kmalloc-256 grows in place");
+    vec![v(k.read(q + 201, 34)), v(k.read(q, 235)), v(k.read(q + 235, 1))]
+});
+
+case!(krealloc_less_oob, [None, Some(SlabOutOfBounds), Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(235).unwrap();
+    let q = k.krealloc(p, 201).unwrap();
+    vec![v(k.read(q, 201)), v(k.read(q + 201, 1)), v(k.read(q + 234, 1))]
+});
+
+case!(krealloc_large_more_oob, [None, Some(SlabOutOfBounds)], |k, _| {
+    let base = KMALLOC_MAX_CACHE + 1000;
+    let p = k.kmalloc(base + 201).unwrap();
+    let q = k.krealloc(p, base + 235).unwrap();
+    vec![v(k.read(q + base + 201, 34)), v(k.read(q + base + 235, 1))]
+});
+
+case!(krealloc_large_less_oob, [None, Some(SlabOutOfBounds)], |k, _| {
+    let base = KMALLOC_MAX_CACHE + 1000;
+    let p = k.kmalloc(base + 235).unwrap();
+    let q = k.krealloc(p, base + 201).unwrap();
+    vec![v(k.read(q, base + 201)), v(k.read(q + base + 201, 1))]
+});
+
+case!(krealloc_uaf, [Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(201).unwrap();
+    k.kfree(p).unwrap();
+    let r = k.krealloc(p, 235);
+    assert_eq!(r, None, "krealloc of a freed pointer returns null");
+    // the report came from krealloc's check of the first byte
+    vec![Some(SlabUseAfterFree)]
+});
+
+case!(kmalloc_oob_16, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(13).unwrap();
+    let q = k.kmalloc(16).unwrap();
+    let r = vec![v(k.read(p, 16))];
+    k.kfree(q).unwrap();
+    r
+});
+
+case!(kmalloc_uaf_16, [Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(16).unwrap();
+    k.kfree(p).unwrap();
+    vec![v(k.read(p, 16))]
+});
+
+case!(kmalloc_oob_in_memset, [Some(SlabOutOfBounds)], |k, _| {
+    let size = 128 - 5;
+    let p = k.kmalloc(size).unwrap();
+    vec![v(k.write(p, size + 1))]
+});
+
+case!(kmalloc_oob_memset_2, [Some(SlabOutOfBounds)], |k, _| memset_straddle(k, 2));
+case!(kmalloc_oob_memset_4, [Some(SlabOutOfBounds)], |k, _| memset_straddle(k, 4));
+case!(kmalloc_oob_memset_8, [Some(SlabOutOfBounds)], |k, _| memset_straddle(k, 8));
+case!(kmalloc_oob_memset_16, [Some(SlabOutOfBounds)], |k, _| memset_straddle(k, 16));
+
+fn memset_straddle(k: &mut SimKernel, n: usize) -> Vec<Verdict> {
+    let size = 128 - 5;
+    let p = k.kmalloc(size).unwrap();
+    vec![v(k.write(p + size - 1, n))]
+}
+
+case!(kmalloc_memmove_negative_size, [Some(OutOfBounds)], |k, _| {
+    let p = k.kmalloc(64).unwrap();
+    vec![v(k.read(p + 4, (-2isize) as usize))]
+});
+
+case!(kmalloc_memmove_invalid_size, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(64).unwrap();
+    vec![v(k.read(p + 4, 64))]
+});
+
+case!(kmalloc_uaf, [Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(10).unwrap();
+    k.kfree(p).unwrap();
+    vec![v(k.read(p + 8, 1))]
+});
+
+case!(kmalloc_uaf_memset, [Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(33).unwrap();
+    k.kfree(p).unwrap();
+    vec![v(k.write(p, 33))]
+});
+
+case!(kmalloc_uaf2, [Some(SlabUseAfterFree), None], |k, _| {
+    let p1 = k.kmalloc(43).unwrap();
+    k.kfree(p1).unwrap();
+    let p2 = k.kmalloc(43).unwrap();
+    assert_ne!(p1, p2, "quarantine keeps the freed slot");
+    vec![v(k.read(p1 + 40, 1)), v(k.read(p2 + 40, 1))]
+});
+
+case!(kmalloc_double_kzfree, [None, Some(DoubleFree)], |k, _| {
+    let p = k.kmalloc(16).unwrap();
+    vec![v(k.kfree_sensitive(p)), v(k.kfree_sensitive(p))]
+});
+
+case!(ksize_unpoisons_memory, [None, Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(123).unwrap();
+    let real = k.ksize(p);
+    assert_eq!(real, 128);
+    vec![v(k.read(p + 123, 5)), v(k.read(p + real, 1))]
+});
+
+case!(ksize_uaf, [Some(SlabUseAfterFree), Some(SlabUseAfterFree), Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(128 - 5).unwrap();
+    k.kfree(p).unwrap();
+    let n = k.ksize(p);
+    assert_eq!(n, 0, "ksize of a freed object");
+    vec![Some(SlabUseAfterFree), v(k.read(p, 1)), v(k.read(p + 120, 1))]
+});
+
+case!(kmem_cache_oob, [Some(SlabOutOfBounds)], |k, _| {
+    let c = k.kmem_cache_create("test_cache", 200).unwrap();
+    let p = k.cache_alloc(c, 200).unwrap();
+    vec![v(k.read(p + 200, 1))]
+});
+
+case!(kmem_cache_double_free, [None, Some(DoubleFree)], |k, _| {
+    let c = k.kmem_cache_create("test_cache", 200).unwrap();
+    let p = k.cache_alloc(c, 200).unwrap();
+    vec![v(k.cache_free(c, p)), v(k.cache_free(c, p))]
+});
+
+case!(kmem_cache_invalid_free, [Some(InvalidFree), None], |k, _| {
+    let c = k.kmem_cache_create("test_cache", 200).unwrap();
+    let p = k.cache_alloc(c, 200).unwrap();
+    vec![v(k.cache_free(c, p + 1)), v(k.cache_free(c, p))]
+});
+
+case!(kmem_cache_double_destroy, [], |k, _| {
+    let c = k.kmem_cache_create("test_cache", 200).unwrap();
+    assert_eq!(k.kmem_cache_destroy(c), Ok(()));
+    assert_eq!(k.kmem_cache_destroy(c), Err(HookError::Cache(CacheError::AlreadyDestroyed)));
+    vec![]
+});
+
+case!(kmem_cache_bulk, [], |k, _| {
+    let c = k.kmem_cache_create("test_cache", 200).unwrap();
+    let objs = k.cache_alloc_bulk(c, 200, 10).unwrap();
+    for &p in &objs {
+        k.write(p, 200).unwrap();
+    }
+    for p in objs {
+        k.cache_free(c, p).unwrap();
+    }
+    k.kmem_cache_destroy(c).unwrap();
+    vec![]
+});
+
+case!(kfree_via_page, [], |k, _| {
+    let p = k.kmalloc(8).unwrap();
+    let page = p & !4095;
+    let off = p & 4095;
+    k.kfree(page + off).unwrap();
+    vec![]
+});
+
+case!(kfree_via_phys, [], |k, _| {
+    let p = k.kmalloc(8).unwrap();
+    let base = k.kasan.layout().direct_map.start;
+    let phys = p - base;
+    k.kfree(base + phys).unwrap();
+    vec![]
+});
+
+case!(kasan_global_oob_right, [Some(GlobalOutOfBounds), None], |k, _| {
+    let _pad = k.define_global(64);
+    let g = k.define_global(10);
+    vec![v(k.read(g + 13, 1)), v(k.read(g + 9, 1))]
+});
+
+case!(kasan_global_oob_left, [Some(GlobalOutOfBounds)], |k, _| {
+    let _pad = k.define_global(64);
+    let g = k.define_global(10);
+    vec![v(k.read(g - 1, 1))]
+});
+
+/// A frame the way the compiler lays it out: 32-byte left redzone, a
+/// 10-byte array, right redzone; poisoned through the same entry points
+/// `__asan_set_shadow_*` use.
+fn stack_frame(k: &mut SimKernel) -> usize {
+    let stack = k.stack_alloc().unwrap();
+    let frame = stack + 16384 - 128;
+    k.kasan.poison_range(frame, 32, 0xF1);
+    k.kasan.unpoison_range(frame + 32, 10);
+    k.kasan.poison_range(frame + 48, 32, 0xF3);
+    frame + 32
+}
+
+case!(kasan_stack_oob, [None, Some(StackOutOfBounds)], |k, _| {
+    let a = stack_frame(k);
+    vec![v(k.read(a + 9, 1)), v(k.read(a + 10, 1))]
+});
+
+case!(kasan_alloca_oob_left, [Some(AllocaOutOfBounds)], |k, _| {
+    let stack = k.stack_alloc().unwrap();
+    let buf = stack + 8192;
+    k.kasan.alloca_poison(buf, 10);
+    vec![v(k.read(buf - 1, 1))]
+});
+
+case!(kasan_alloca_oob_right, [None, Some(AllocaOutOfBounds)], |k, _| {
+    let stack = k.stack_alloc().unwrap();
+    let buf = stack + 8192;
+    k.kasan.alloca_poison(buf, 10);
+    let r = vec![v(k.read(buf, 10)), v(k.read(buf + 10, 1))];
+    k.kasan.allocas_unpoison(buf - 32, buf + 64);
+    assert_eq!(k.read(buf + 10, 1), Ok(()));
+    r
+});
+
+case!(kasan_memchr, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(24).unwrap();
+    vec![v(k.read(p, 25))]
+});
+
+case!(kasan_memcmp, [Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(24).unwrap();
+    let q = k.kmalloc(24).unwrap();
+    vec![v(k.read(q, 24).and(k.read(p, 25)))]
+});
+
+case!(kasan_strings, [Some(SlabUseAfterFree), Some(SlabUseAfterFree), Some(SlabUseAfterFree), Some(SlabUseAfterFree)], |k, _| {
+    let p = k.kmalloc(16).unwrap();
+    k.kfree(p).unwrap();
+    // strchr, strrchr, strcmp, strlen: each reads the first byte
+    (0..4).map(|_| v(k.read(p, 1))).collect()
+});
+
+case!(kasan_bitops_generic, [None, Some(SlabOutOfBounds), Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(8).unwrap();
+    vec![v(k.write(p, 8)), v(k.write(p + 8, 8)), v(k.read(p + 8, 8))]
+});
+
+case!(kasan_atomics, [Some(SlabOutOfBounds), Some(SlabOutOfBounds)], |k, _| {
+    let p = k.kmalloc(48).unwrap();
+    vec![v(k.read(p + 48, 4)), v(k.write(p + 48, 8))]
+});
+
+case!(vmalloc_oob, [None, Some(VmallocOutOfBounds), Some(VmallocOutOfBounds)], |k, _| {
+    let size = 3618;
+    let p = k.vmalloc(size).unwrap();
+    let r = vec![v(k.read(p, size)), v(k.read(p + size, 1)), v(k.read(p + 5000, 1))];
+    k.vfree(p);
+    r
+});
+
+case!(rcu_uaf, [Some(SlabUseAfterFree)], |k, _| deferred_uaf(k));
+case!(workqueue_uaf, [Some(SlabUseAfterFree)], |k, _| deferred_uaf(k));
+
+/// A callback queued now runs after the object was freed.
+fn deferred_uaf(k: &mut SimKernel) -> Vec<Verdict> {
+    let p = k.kmalloc(32).unwrap();
+    let mut queue: Vec<Box<dyn FnOnce(&SimKernel) -> Verdict>> = vec![];
+    queue.push(Box::new(move |k| v(k.read(p + 8, 8))));
+    k.kfree(p).unwrap();
+    queue.into_iter().map(|cb| cb(k)).collect()
+}
+
+case!(stack_uaf_after_task_exit, [Some(UseAfterFree)], |k, _| {
+    let stack = k.stack_alloc().unwrap();
+    let saved = stack + 16384 - 64;
+    k.stack_free(stack).unwrap();
+    vec![v(k.read(saved, 8))]
+});
+
+case!(page_uaf_in_mixed_block, [Some(UseAfterFree), None, None], |k, mode| {
+    // Eight order-0 pages of one block; free one, the others stay in use.
+    let pages: Vec<usize> = (0..8).map(|_| k.alloc_pages(0).unwrap()).collect();
+    assert!(pages.windows(2).all(|w| w[1] == w[0] + 4096) && pages[0] % (32 << 10) == 0);
+    k.free_pages(pages[3], 0).unwrap();
+    let pfn = k.kasan.pages().pfn(pages[3]).unwrap();
+    assert_eq!(k.kasan.pages().get(pfn).state, PageState::Free);
+    let slow_before = k.kasan.stats().slow_path_checks;
+    let r = vec![v(k.read(pages[3] + 100, 4)), v(k.read(pages[2], 8)), v(k.read(pages[4] + 4088, 8))];
+    if mode == Mode::Hybrid {
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Consult);
+        assert_eq!(k.kasan.stats().slow_path_checks - slow_before, 3, "mixed block takes the slow path");
+        // the whole block free again: back to the shared 0xFF page
+        for (i, &p) in pages.iter().enumerate() {
+            if i != 3 {
+                k.free_pages(p, 0).unwrap();
+            }
+        }
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Free);
+    }
+    r
+});
+
+case!(slab_page_returned_uaf, [Some(UseAfterFree), Some(UseAfterFree)], |k, mode| {
+    let c = k.kmem_cache_create("returned", 200).unwrap();
+    let first = k.cache_alloc(c, 200).unwrap();
+    let slab = first & !4095;
+    let mut objs = vec![first];
+    while let Some(p) = k.cache_alloc(c, 200) {
+        if p & !4095 != slab {
+            k.cache_free(c, p).unwrap();
+            break;
+        }
+        objs.push(p);
+    }
+    let pfn = k.kasan.pages().pfn(slab).unwrap();
+    if mode == Mode::Hybrid {
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Private);
+    }
+    for &p in &objs {
+        k.cache_free(c, p).unwrap();
+    }
+    k.drain_quarantine();
+    assert_eq!(k.kasan.pages().get(pfn).state, PageState::Free, "slab page went back");
+    if mode == Mode::Hybrid {
+        assert_ne!(k.kasan.backing_of_pfn(pfn), Backing::Private, "its shadow page was returned");
+    }
+    vec![v(k.read(first, 8)), v(k.read(*objs.last().unwrap() + 16, 1))]
+});
+
+case!(slab_page_in_mixed_block_uaf, [Some(SlabUseAfterFree), Some(UseAfterFree), None], |k, mode| {
+    // A plain page, a free page and a slab page share a block: while the
+    // block is private the free page must stay use-after-free.
+    let plain: Vec<usize> = (0..2).map(|_| k.alloc_pages(0).unwrap()).collect();
+    let c = k.kmem_cache_create("mixed", 64).unwrap();
+    let p = k.cache_alloc(c, 64).unwrap();
+    assert_eq!(p >> 15, plain[0] >> 15, "same 32 KiB block");
+    k.free_pages(plain[1], 0).unwrap();
+    let pfn = k.kasan.pages().pfn(plain[0]).unwrap();
+    if mode == Mode::Hybrid {
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Private, "block went private");
+    }
+    k.cache_free(c, p).unwrap();
+    vec![v(k.read(p, 1)), v(k.read(plain[1], 1)), v(k.read(plain[0], 8))]
+});
