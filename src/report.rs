@@ -118,10 +118,17 @@ pub struct Bug {
     pub printed: bool,
 }
 
-/// Writes through the platform's console.
-struct Console<'a, P: Platform>(&'a P);
+/// A `fmt::Write` into the platform's console.
+pub struct ConsoleWriter<'a, P: Platform>(&'a P);
 
-impl<P: Platform> Write for Console<'_, P> {
+impl<'a, P: Platform> ConsoleWriter<'a, P> {
+    /// A writer to `p`'s console.
+    pub fn new(p: &'a P) -> Self {
+        ConsoleWriter(p)
+    }
+}
+
+impl<P: Platform> Write for ConsoleWriter<'_, P> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.0.write_str(s);
         Ok(())
@@ -162,7 +169,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         Stats::bump(&self.stats.reports);
         self.busy.fetch_add(1, Relaxed);
-        let mut out = Console(&self.platform);
+        let mut out = ConsoleWriter(&self.platform);
         let _ = self.write_report(&mut out, kind, addr, ip, access, bad);
         self.busy.fetch_sub(1, Relaxed);
         if self.cfg.fault == FaultAction::Panic {
