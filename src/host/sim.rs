@@ -455,6 +455,12 @@ impl SimKernel {
         Some(addr)
     }
 
+    /// The direct-map pages backing the vmalloc area at `addr`.
+    #[must_use]
+    pub fn vmalloc_pages(&self, addr: usize) -> Option<&[usize]> {
+        self.vm_areas.get(&addr).map(|(_, _, pages)| pages.as_slice())
+    }
+
     /// vfree.
     pub fn vfree(&mut self, addr: usize) {
         if let Some((_, len, backing)) = self.vm_areas.remove(&addr) {
