@@ -83,7 +83,8 @@ pub struct Config {
     pub multi_shot: bool,
     /// Quarantine size in bytes; `None` means 1/32 of RAM, as Linux.
     pub quarantine_bytes: Option<usize>,
-    /// Stack depot capacity in distinct stacks.
+    /// Stack depot capacity in distinct stacks; 0 picks one from the RAM
+    /// size (one per 64 pages, between 256 and 4096).
     pub depot_stacks: usize,
 }
 
@@ -94,12 +95,24 @@ impl Default for Config {
             fault: FaultAction::Report,
             multi_shot: false,
             quarantine_bytes: None,
-            depot_stacks: 4096,
+            depot_stacks: 0,
         }
     }
 }
 
 impl Config {
+    /// The stack depot capacity for `ram_pages` pages of RAM.
+    #[must_use]
+    pub fn depot_capacity(&self, ram_pages: usize) -> usize {
+        if self.mode == Mode::Off {
+            0
+        } else if self.depot_stacks != 0 {
+            self.depot_stacks
+        } else {
+            (ram_pages / 64).clamp(256, 4096)
+        }
+    }
+
     /// Apply the `kasan*` words of a command line; other words are ignored.
     /// Each unusable word is handed to `bad` and the default kept.
     pub fn parse_cmdline<'a>(&mut self, cmdline: &'a str, mut bad: impl FnMut(ConfigError<'a>)) {

@@ -29,7 +29,7 @@ pub const MAX_FRAMES: usize = 16;
 pub type Trace = ArrayVec<usize, MAX_FRAMES>;
 
 /// Average frames per stack the pool is sized for.
-const AVG_WORDS: usize = 10;
+const AVG_WORDS: usize = 8;
 
 /// Hands out one fixed block of memory, once (the table never grows).
 struct FixedAlloc {

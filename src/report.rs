@@ -269,6 +269,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             writeln!(out, "page: pfn:{pfn:#x} ({what})\n")?;
         } else if l.vmalloc.contains(addr) {
             writeln!(out, "The buggy address belongs to a vmalloc area\n")?;
+        } else if !l.covered.contains(addr) {
+            writeln!(out, "The buggy address {addr:016x} has no shadow memory:")?;
+            writeln!(out, " it is a user-space, non-canonical or wild address\n")?;
         } else if l.image.contains(addr) {
             writeln!(out, "The buggy address belongs to the variable:")?;
             out.write_str(" ")?;

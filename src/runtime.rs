@@ -128,15 +128,12 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Bytes of metadata arena [`Kasan::new`] needs for this layout and config.
     #[must_use]
     pub fn arena_bytes(layout: &Layout, cfg: &Config) -> usize {
+        let depot = StackDepot::bytes_for(cfg.depot_capacity(layout.ram_pages())) + 16;
         if cfg.mode == Mode::Off {
-            return 0;
+            return depot;
         }
         let pages = layout.ram_pages();
-        PageArray::bytes_for(pages)
-            + pages.div_ceil(PAGES_PER_BLOCK)
-            + 2 * (layout.vmalloc.len() / BLOCK_SIZE)
-            + StackDepot::bytes_for(cfg.depot_stacks)
-            + 64
+        PageArray::bytes_for(pages) + pages.div_ceil(PAGES_PER_BLOCK) + 2 * (layout.vmalloc.len() / BLOCK_SIZE) + depot + 16
     }
 
     /// Start the runtime: map the initial shadow and set every RAM page free.
@@ -157,7 +154,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let pages_n = if off { 0 } else { layout.ram_pages() };
         let blocks_n = pages_n.div_ceil(PAGES_PER_BLOCK);
         let vm_n = if off { 0 } else { layout.vmalloc.len() / BLOCK_SIZE };
-        let stacks = if off { 0 } else { cfg.depot_stacks };
+        let stacks = cfg.depot_capacity(layout.ram_pages());
         let page_mem = take(&mut rest, pages_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let block_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let vm_mem = take(&mut rest, vm_n * 2, 2).ok_or(InitError::ArenaTooSmall)?;
@@ -182,7 +179,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         };
         kasan.stats.per_page_bytes.store(pages_n, Relaxed);
         kasan.stats.block_table_bytes.store(blocks_n + vm_n * 2, Relaxed);
-        kasan.stats.depot_bytes.store(depot_len, Relaxed);
+        kasan.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
         if !off {
             kasan.map_initial_shadow()?;
         }

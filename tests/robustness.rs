@@ -1,0 +1,342 @@
+//! Bad input, running out of shadow frames, leaks, report policy and the
+//! report's body, on the host model kernel.
+#![cfg(feature = "host")]
+
+mod common;
+
+use common::syzkaller;
+use hybrid_shadow::hooks::GlobalDesc;
+use hybrid_shadow::host::sim::{SimConfig, SimKernel};
+use hybrid_shadow::layout::BLOCK_SIZE;
+use hybrid_shadow::{Backing, BugType, CacheError, Config, FaultAction, GlobalError, HookError, Mode};
+
+fn sim(mode: Mode) -> SimKernel {
+    let mut k = SimKernel::new(SimConfig::small(mode)).unwrap();
+    k.plat.enter("robustness");
+    k
+}
+
+fn both(f: impl Fn(&mut SimKernel, Mode)) {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let mut k = sim(mode);
+        f(&mut k, mode);
+        k.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn leak_hybrid_returns_every_private_shadow_page() {
+    let mut k = sim(Mode::Hybrid);
+    let image_pages = k.private_pages();
+    assert_eq!(k.kasan.stats().ondemand_live_pages, 0);
+    let c = k.kmem_cache_create("leak", 300).unwrap();
+    let mut objs = vec![];
+    for i in 0..3000 {
+        objs.push(k.kmalloc(1 + i % 3000).unwrap());
+        objs.push(k.cache_alloc(c, 300).unwrap());
+    }
+    let stacks: Vec<usize> = (0..20).map(|_| k.stack_alloc().unwrap()).collect();
+    let vms: Vec<usize> = (0..50).map(|i| k.vmalloc(1000 + i * 777).unwrap()).collect();
+    let large: Vec<usize> = (0..10).map(|i| k.kmalloc(9000 + i * 5000).unwrap()).collect();
+    let s = k.kasan.stats();
+    assert!(s.ondemand_live_pages > 50, "tracked memory got byte shadow: {s:?}");
+    assert_eq!(k.private_pages(), image_pages + s.ondemand_live_pages);
+    for (i, p) in objs.into_iter().enumerate() {
+        if i % 2 == 0 { k.kfree(p).unwrap() } else { k.cache_free(c, p).unwrap() }
+    }
+    for p in stacks {
+        k.stack_free(p).unwrap();
+    }
+    for p in vms {
+        k.vfree(p);
+    }
+    for p in large {
+        k.kfree(p).unwrap();
+    }
+    k.drain_quarantine();
+    k.kmem_cache_destroy(c).unwrap();
+    let s = k.kasan.stats();
+    assert_eq!(s.ondemand_live_pages, 0, "no private shadow left: {s:?}");
+    assert_eq!(k.private_pages(), image_pages, "the backend holds only the image's shadow");
+    assert!(s.ondemand_peak_pages > 50);
+    assert_eq!(s.reports, 0, "{}", k.take_log());
+    // every block of RAM is back on a shared page (all RAM free but the kmalloc caches' pages)
+    let pages = k.kasan.pages();
+    for pfn in (0..pages.len()).step_by(8) {
+        assert_ne!(k.kasan.backing_of_pfn(pfn), Backing::Private, "block of pfn {pfn}");
+    }
+}
+
+#[test]
+fn full_maps_all_ram_at_init_hybrid_only_the_image() {
+    let cfg = SimConfig::small(Mode::Full);
+    let (full, hybrid) = (sim(Mode::Full), sim(Mode::Hybrid));
+    let (f, h) = (full.kasan.stats(), hybrid.kasan.stats());
+    let image_pages = cfg.image / BLOCK_SIZE;
+    assert_eq!(f.init_shadow_pages, cfg.ram / BLOCK_SIZE + image_pages);
+    assert_eq!(h.init_shadow_pages, image_pages);
+    assert_eq!(f.per_page_bytes, cfg.ram / 4096);
+    assert!(f.metadata_init_bytes() >= cfg.ram / 8);
+    assert!(h.metadata_init_bytes() * 10 < f.metadata_init_bytes(), "{h:?} vs {f:?}");
+}
+
+#[test]
+fn frees_of_pointers_never_allocated() {
+    both(|k, _| {
+        let free_page = k.kasan.layout().direct_map.end - 4096; // never handed out yet
+        assert_eq!(k.kfree(free_page).unwrap_err().kind, BugType::DoubleFree);
+        let p = k.kmalloc(100).unwrap();
+        assert_eq!(k.kfree(p + 8).unwrap_err().kind, BugType::InvalidFree);
+        let v = k.vmalloc(100).unwrap();
+        assert_eq!(k.kfree(v).unwrap_err().kind, BugType::InvalidFree, "vmalloc address to kfree");
+        assert_eq!(k.kfree(0x1000).unwrap_err().kind, BugType::InvalidFree, "user address");
+        let pg = k.alloc_pages(0).unwrap();
+        assert_eq!(k.kfree(pg).unwrap_err().kind, BugType::InvalidFree, "page allocator page to kfree");
+        assert_eq!(k.free_pages(pg, 0), Ok(()));
+        assert_eq!(k.free_pages(pg, 0).unwrap_err().kind, BugType::DoubleFree);
+        // the runtime is still consistent: p is live and checked
+        assert_eq!(k.read(p, 100), Ok(()));
+        assert_eq!(k.read_bug(p + 100, 1), Some(BugType::SlabOutOfBounds));
+        let titles = syzkaller::titles(&k.take_log());
+        assert_eq!(titles.len(), 7);
+    });
+}
+
+#[test]
+fn zero_and_huge_sizes() {
+    both(|k, _| {
+        let p = k.kmalloc(0).unwrap();
+        assert_eq!(k.read_bug(p, 1), Some(BugType::SlabOutOfBounds), "zero-size object has no byte");
+        k.kfree(p).unwrap();
+        assert_eq!(k.kmalloc(usize::MAX), None);
+        assert_eq!(k.kmalloc(1 << 40), None);
+        assert_eq!(k.vmalloc(1 << 40), None);
+        let r = &k.kasan;
+        assert_eq!(r.cache_create("z", 0, 8), Err(HookError::Cache(CacheError::BadSize)));
+        assert_eq!(r.cache_create("z", usize::MAX, 8), Err(HookError::Cache(CacheError::BadSize)));
+        let pg = k.alloc_pages(0).unwrap();
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, 4097), Err(HookError::BadSize));
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, 0), Err(HookError::BadSize));
+        let vm = k.kasan.layout().vmalloc.start;
+        assert_eq!(k.kasan.vmalloc_alloc(vm, 8192, 4096), Err(HookError::BadSize));
+        assert_eq!(k.kasan.vmalloc_alloc(vm, usize::MAX, usize::MAX), Err(HookError::NotVmalloc));
+        assert_eq!(k.read(pg, 4096), Ok(()), "rejected hooks changed no shadow");
+    });
+}
+
+#[test]
+fn hooks_reject_bad_pages() {
+    both(|k, _| {
+        let dm = k.kasan.layout().direct_map;
+        let pg = k.alloc_pages(1).unwrap();
+        assert_eq!(k.kasan.page_alloc(pg, 0), Err(HookError::PageInUse));
+        assert_eq!(k.kasan.page_alloc(pg + 1, 0), Err(HookError::Unaligned));
+        assert_eq!(k.kasan.page_alloc(dm.end, 0), Err(HookError::NotRam));
+        assert_eq!(k.kasan.page_alloc(dm.end - 4096, 3), Err(HookError::BadOrder));
+        assert_eq!(k.kasan.page_alloc(dm.start, 40), Err(HookError::BadOrder));
+        let free = dm.end - 8192;
+        let c = k.kmem_cache_create("bad", 64).unwrap();
+        assert_eq!(k.kasan.slab_page_alloc(c, free, 0), Err(HookError::WrongPageState));
+        assert_eq!(k.kasan.slab_page_free(pg, 0), Err(HookError::WrongPageState));
+        assert_eq!(k.kasan.stack_free(pg, 0), Err(HookError::WrongPageState));
+        let p = k.cache_alloc(c, 64).unwrap();
+        assert_eq!(k.kasan.slab_alloc(c, p, 64), Err(HookError::SlotInUse));
+        assert_eq!(k.kasan.slab_alloc(c, p + 200, 65), Err(HookError::BadSize));
+        assert_eq!(k.kasan.vmalloc_free(dm.start, 4096), Err(HookError::NotVmalloc));
+        k.kmem_cache_destroy(c).unwrap_err();
+        assert_eq!(k.read(p, 64), Ok(()));
+        assert_eq!(k.read(pg, 8192), Ok(()));
+        assert_eq!(k.kasan.stats().reports, 0);
+    });
+}
+
+fn desc(beg: usize, size: usize, with_rz: usize) -> GlobalDesc {
+    GlobalDesc {
+        beg,
+        size,
+        size_with_redzone: with_rz,
+        name: core::ptr::null(),
+        module_name: core::ptr::null(),
+        has_dynamic_init: 0,
+        location: core::ptr::null(),
+        odr_indicator: 0,
+    }
+}
+
+#[test]
+fn bogus_and_overlapping_globals_are_rejected_and_counted() {
+    both(|k, _| {
+        let g = k.define_global(10);
+        let img = k.kasan.layout().image;
+        let r = &k.kasan;
+        assert_eq!(r.register_global(&desc(g + 3, 4, 64)), Err(GlobalError::Unaligned));
+        assert_eq!(r.register_global(&desc(g, 64, 32)), Err(GlobalError::BadSize));
+        assert_eq!(r.register_global(&desc(usize::MAX - 7, 4, 64)), Err(GlobalError::BadSize));
+        assert_eq!(r.register_global(&desc(img.end - 32, 4, 64)), Err(GlobalError::OutsideImage));
+        assert_eq!(r.register_global(&desc(0x1000, 4, 64)), Err(GlobalError::OutsideImage));
+        // a global whose body lies in g's redzone
+        assert_eq!(r.register_global(&desc(g + 16, 8, 40)), Err(GlobalError::Overlap));
+        assert_eq!(r.stats().bad_globals, 6);
+        assert_eq!(k.read(g, 10), Ok(()));
+        assert_eq!(k.read_bug(g + 10, 1), Some(BugType::GlobalOutOfBounds), "g's redzone intact");
+        r.unregister_global(&desc(g, 10, 64));
+        assert_eq!(k.read(g + 10, 1), Ok(()));
+    });
+}
+
+#[test]
+fn wild_accesses_are_classified_not_crashing() {
+    both(|k, _| {
+        let cov = k.kasan.layout().covered;
+        assert_eq!(k.read_bug(0, 8), Some(BugType::NullPtrDeref));
+        assert_eq!(k.read_bug(16, 1), Some(BugType::NullPtrDeref));
+        assert_eq!(k.read_bug(0x10000, 8), Some(BugType::UserMemoryAccess));
+        assert_eq!(k.read_bug(cov.end + 4096, 8), Some(BugType::WildMemoryAccess));
+        assert_eq!(k.read_bug(usize::MAX - 3, 8), Some(BugType::OutOfBounds), "wraps around");
+        assert_eq!(k.read_bug(cov.start, usize::MAX), Some(BugType::OutOfBounds));
+        assert_eq!(k.read_bug(cov.end - 4, 8), Some(BugType::WildMemoryAccess), "runs off the end");
+        assert_eq!(k.read(usize::MAX, 0), Ok(()), "zero-size access");
+        assert_eq!(syzkaller::titles(&k.take_log()).len(), 7);
+    });
+}
+
+#[test]
+fn out_of_shadow_frames_goes_unchecked_without_false_reports() {
+    let mut cfg = SimConfig::small(Mode::Hybrid);
+    cfg.frame_limit = Some(3);
+    let mut k = SimKernel::new(cfg).unwrap();
+    k.plat.enter("oom");
+    // spread tracked pages over many blocks: each block needs its own shadow page
+    let mut stacks = vec![];
+    let mut spacers = vec![];
+    for _ in 0..12 {
+        stacks.push(k.stack_alloc().unwrap());
+        spacers.push(k.alloc_pages(3).unwrap());
+    }
+    let objs: Vec<usize> = (0..400).map(|_| k.kmalloc(200).unwrap()).collect();
+    let s = k.kasan.stats();
+    assert!(s.unchecked_events > 0 && s.unchecked_pages > 0, "{s:?}");
+    assert!(s.ondemand_live_pages <= 3);
+    for &p in &objs {
+        assert_eq!(k.read(p, 200), Ok(()), "valid bytes never reported");
+    }
+    for &st in &stacks {
+        assert_eq!(k.read(st, 16384), Ok(()));
+    }
+    let v = k.vmalloc(50_000).unwrap();
+    assert_eq!(k.read(v, 50_000), Ok(()), "vmalloc without shadow frames still passes");
+    // some checked memory still reports
+    let checked = objs.iter().copied().find(|&p| k.kasan.shadow_writable(p));
+    if let Some(p) = checked {
+        assert_eq!(k.read_bug(p + 200, 1), Some(BugType::SlabOutOfBounds));
+    }
+    for p in objs {
+        k.kfree(p).unwrap();
+    }
+    for st in stacks {
+        k.stack_free(st).unwrap();
+    }
+    for sp in spacers {
+        k.free_pages(sp, 3).unwrap();
+    }
+    k.vfree(v);
+    k.drain_quarantine();
+    let s = k.kasan.stats();
+    assert_eq!(s.unchecked_pages, 0, "{s:?}");
+    assert_eq!(s.ondemand_live_pages, 0);
+    assert_eq!(s.reports, if checked.is_some() { 1 } else { 0 }, "{}", k.take_log());
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn one_shot_reports_only_the_first_bug() {
+    let mut cfg = SimConfig::small(Mode::Hybrid);
+    cfg.kasan = Config { mode: Mode::Hybrid, multi_shot: false, ..Config::default() };
+    let mut k = SimKernel::new(cfg).unwrap();
+    k.plat.enter("one_shot");
+    let p = k.kmalloc(10).unwrap();
+    let a = k.read(p + 10, 1).unwrap_err();
+    let b = k.read(p + 11, 1).unwrap_err();
+    assert!(a.printed && !b.printed);
+    assert_eq!(b.kind, BugType::SlabOutOfBounds, "the verdict stands even when not printed");
+    let s = k.kasan.stats();
+    assert_eq!((s.reports, s.reports_suppressed), (1, 1));
+    assert_eq!(syzkaller::titles(&k.take_log()).len(), 1);
+}
+
+#[test]
+fn fault_panic_panics_after_the_report() {
+    let mut cfg = SimConfig::small(Mode::Full);
+    cfg.kasan.fault = FaultAction::Panic;
+    let mut k = SimKernel::new(cfg).unwrap();
+    k.plat.enter("panicky");
+    let p = k.kmalloc(10).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| k.read(p + 10, 1)));
+    let msg = r.unwrap_err();
+    assert!(msg.downcast_ref::<String>().is_some_and(|m| m.contains("kasan.fault=panic")));
+    assert_eq!(syzkaller::titles(&k.take_log())[0].bug, "slab-out-of-bounds");
+}
+
+#[test]
+fn off_mode_checks_nothing_and_costs_nothing() {
+    let mut k = sim(Mode::Off);
+    let p = k.kmalloc(10).unwrap();
+    assert_eq!(k.read(p + 10, 1), Ok(()));
+    k.kfree(p).unwrap();
+    assert_eq!(k.read(p, 1), Ok(()));
+    let s = k.kasan.stats();
+    assert_eq!(s.metadata_init_bytes(), 0);
+    assert_eq!(s.reports, 0);
+    assert_eq!(k.kasan.cache_info(hybrid_shadow::CacheId(0)).unwrap().slot_size, 8, "no redzones");
+}
+
+#[test]
+fn report_body_follows_linux_and_matches_between_modes() {
+    let mut bodies = vec![];
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let mut k = sim(mode);
+        let p = k.call("alloc_site", |k| k.kmalloc(123).unwrap());
+        let q = k.call("alloc_site", |k| k.kmalloc(123).unwrap());
+        k.call("free_site", |k| k.kfree(q).unwrap());
+        k.take_log();
+        k.call("bad_reader", |k| {
+            k.read(p + 123, 1).unwrap_err();
+            k.write(q + 8, 4).unwrap_err();
+        });
+        let log = k.take_log();
+        let reports = syzkaller::reports(&log);
+        assert_eq!(reports.len(), 2, "{log}");
+        let oob = &reports[0];
+        for want in [
+            "BUG: KASAN: slab-out-of-bounds in bad_reader+0x2a/0x100",
+            &format!("Read of size 1 at addr {:016x} by task kunit/1", p + 123),
+            "Call Trace:\n bad_reader+0x2a/0x100\n robustness+0x2a/0x100",
+            "Allocated by task 1:\n alloc_site+0x2a/0x100",
+            &format!("The buggy address belongs to the object at {p:016x}"),
+            " which belongs to the cache kmalloc-128 of size 128",
+            "The buggy address is located 0 bytes to the right of\n allocated 123-byte region",
+            "Memory state around the buggy address:",
+        ] {
+            assert!(oob.contains(want), "{mode:?}: missing {want:?} in\n{oob}");
+        }
+        assert!(!oob.contains("Freed by task"));
+        let uaf = &reports[1];
+        for want in [
+            "BUG: KASAN: slab-use-after-free in bad_reader",
+            "Write of size 4 at addr",
+            "Freed by task 1:\n free_site+0x2a/0x100",
+            "The buggy address is located 8 bytes inside of\n freed 123-byte region",
+        ] {
+            assert!(uaf.contains(want), "{mode:?}: missing {want:?} in\n{uaf}");
+        }
+        // the marked row and caret
+        let lines: Vec<&str> = oob.lines().collect();
+        let row = lines.iter().position(|l| l.starts_with('>')).unwrap();
+        assert!(lines[row + 1].trim_end().ends_with('^'));
+        let col = lines[row + 1].find('^').unwrap();
+        assert_eq!(&lines[row][col..col + 2], "03", "caret under the partial granule: {oob}");
+        let shadow_rows: Vec<String> = lines[row - 2..=row + 3].iter().map(|l| l.split_once(':').map(|x| x.1).unwrap_or(l).to_string()).collect();
+        bodies.push(shadow_rows);
+    }
+    assert_eq!(bodies[0], bodies[1], "full and hybrid print the same memory state");
+}
