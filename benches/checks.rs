@@ -1,1 +1,173 @@
-fn main() {}
+//! Host micro-benchmark: cost per check and per hook, `full` vs `hybrid`.
+//!
+//! `cargo bench --bench checks` prints, for each access class, the median
+//! ns per check over several batches and the hybrid/full ratio; then, when
+//! valgrind is installed, the instructions per check counted by callgrind
+//! (repeatable where timings are noisy): each count runs this binary twice
+//! under callgrind with N and 2N checks and divides the difference by N.
+//!
+//! Access classes:
+//! * `tracked`   an 8-byte load inside a live kmalloc object (private shadow)
+//! * `untracked` an 8-byte load in a page of an all-allocated block
+//!               (hybrid: the shared zero page)
+//! * `mixed`     an 8-byte load in an allocated page of a block that also
+//!               has free pages (hybrid: CONSULT, the counted slow path)
+//! * `free`      the fast-path decision on a free page (`fast_ok` only: a
+//!               full check would print a use-after-free report)
+
+use hybrid_shadow::host::sim::{SimConfig, SimKernel};
+use hybrid_shadow::Mode;
+use std::hint::black_box;
+use std::time::Instant;
+
+const CLASSES: [&str; 4] = ["tracked", "untracked", "mixed", "free"];
+const HOOKS: [&str; 3] = ["kmalloc+kfree(64)", "alloc+free page", "vmalloc+vfree(5000)"];
+
+/// A model kernel with one address of each class.
+struct Setup {
+    k: SimKernel,
+    addr: [usize; 4],
+}
+
+fn setup(mode: Mode) -> Setup {
+    let mut cfg = SimConfig::small(mode);
+    cfg.ram = 64 << 20;
+    let mut k = SimKernel::new(cfg).unwrap();
+    k.plat.enter("bench");
+    let obj = k.kmalloc(64).unwrap();
+    // a block of 8 allocated pages, and one mixed: 7 allocated + 1 freed
+    let full_block = k.alloc_pages(3).unwrap();
+    // 24 single pages hold at least two whole blocks; take one without a slab page
+    let singles: Vec<usize> = (0..24).map(|_| k.alloc_pages(0).unwrap()).collect();
+    let block = singles
+        .iter()
+        .copied()
+        .find(|&p| p % (32 << 10) == 0 && (1..8).all(|i| singles.contains(&(p + i * 4096))))
+        .expect("a whole block of single pages");
+    let mixed: Vec<usize> = (0..8).map(|i| block + i * 4096).collect();
+    k.free_pages(mixed[7], 0).unwrap();
+    assert_eq!(k.read(mixed[7], 1).map_err(|b| b.kind), Err(hybrid_shadow::BugType::UseAfterFree));
+    k.take_log();
+    let free = k.kasan.layout().direct_map.end - 4096;
+    Setup { k, addr: [obj + 8, full_block + 4096, mixed[2] + 64, free] }
+}
+
+fn run_class(s: &Setup, class: usize, n: usize) -> usize {
+    let a = s.addr[class];
+    let mut bad = 0;
+    for i in 0..n {
+        let addr = black_box(a + (i & 3) * 8);
+        let ok = if class == 3 { s.k.kasan.fast_ok(addr, 8) } else { s.k.kasan.check(addr, 8, false, 0).is_ok() };
+        bad += usize::from(!ok);
+    }
+    bad
+}
+
+fn run_hook(k: &mut SimKernel, hook: usize, n: usize) {
+    for _ in 0..n {
+        match hook {
+            0 => {
+                let p = k.kmalloc(black_box(64)).unwrap();
+                k.kfree(p).unwrap();
+            }
+            1 => {
+                let p = k.alloc_pages(0).unwrap();
+                k.free_pages(p, 0).unwrap();
+            }
+            _ => {
+                let p = k.vmalloc(black_box(5000)).unwrap();
+                k.vfree(p);
+            }
+        }
+    }
+}
+
+fn median_ns(mut f: impl FnMut() -> usize, per_batch: usize) -> f64 {
+    let mut v: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(f());
+            t.elapsed().as_nanos() as f64 / per_batch as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `checks --count <mode> <class|hook-index> <n>`: run exactly n operations (for callgrind).
+fn count_mode(args: &[String]) {
+    let mode = Mode::from_name(&args[2]).unwrap();
+    let which: usize = args[3].parse().unwrap();
+    let n: usize = args[4].parse().unwrap();
+    let mut s = setup(mode);
+    if which < CLASSES.len() {
+        black_box(run_class(&s, which, n));
+    } else {
+        run_hook(&mut s.k, which - CLASSES.len(), n);
+    }
+}
+
+fn callgrind_ir(mode: Mode, which: usize, n: usize) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let ir = |n: usize| -> Option<f64> {
+        let out = std::env::temp_dir().join(format!("hs-cg-{}-{which}-{n}-{}", mode.name(), std::process::id()));
+        let st = std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--quiet"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&exe)
+            .args(["--count", mode.name(), &which.to_string(), &n.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        let text = std::fs::read_to_string(&out).ok()?;
+        let _ = std::fs::remove_file(&out);
+        if !st.success() {
+            return None;
+        }
+        text.lines().find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))?.trim().parse().ok()
+    };
+    let (a, b) = (ir(n)?, ir(2 * n)?);
+    Some((b - a) / n as f64)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--count") {
+        return count_mode(&args);
+    }
+    let modes = [Mode::Full, Mode::Hybrid];
+    let mut setups: Vec<Setup> = modes.iter().map(|&m| setup(m)).collect();
+    println!("ns per check (median of 9 batches of 200000), full vs hybrid");
+    println!("{:<22} {:>10} {:>10} {:>8}", "class", "full", "hybrid", "h/f");
+    for (c, name) in CLASSES.iter().enumerate() {
+        let ns: Vec<f64> = setups.iter().map(|s| median_ns(|| run_class(s, c, 200_000), 200_000)).collect();
+        println!("{name:<22} {:>10.2} {:>10.2} {:>8.2}", ns[0], ns[1], ns[1] / ns[0]);
+    }
+    let slow = setups[1].k.kasan.stats().slow_path_checks;
+    println!("hybrid slow-path checks during the runs: {slow} (all from the `mixed` class)");
+    println!("\nns per hook pair (median of 9 batches of 2000)");
+    println!("{:<22} {:>10} {:>10} {:>8}", "hook", "full", "hybrid", "h/f");
+    for (h, name) in HOOKS.iter().enumerate() {
+        let ns: Vec<f64> = setups
+            .iter_mut()
+            .map(|s| median_ns(|| { run_hook(&mut s.k, h, 2000); 0 }, 2000))
+            .collect();
+        println!("{name:<22} {:>10.0} {:>10.0} {:>8.2}", ns[0], ns[1], ns[1] / ns[0]);
+    }
+    let have_valgrind = std::process::Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have_valgrind {
+        println!("\n(valgrind not installed: no instruction counts; apt-get install valgrind)");
+        return;
+    }
+    println!("\ninstructions per operation (callgrind, (Ir(2N) - Ir(N)) / N)");
+    println!("{:<22} {:>10} {:>10} {:>8}", "operation", "full", "hybrid", "h/f");
+    let names: Vec<&str> = CLASSES.iter().chain(HOOKS.iter()).copied().collect();
+    for (w, name) in names.iter().enumerate() {
+        let n = if w < CLASSES.len() { 20_000 } else { 500 };
+        let ir: Vec<Option<f64>> = modes.iter().map(|&m| callgrind_ir(m, w, n)).collect();
+        match (ir[0], ir[1]) {
+            (Some(f), Some(h)) => println!("{name:<22} {f:>10.1} {h:>10.1} {:>8.2}", h / f),
+            _ => println!("{name:<22} (callgrind failed)"),
+        }
+    }
+}

@@ -6,7 +6,6 @@
 //!
 //! 20 cases x 5000 operations = 100k operations per run (more with
 //! `PROPTEST_CASES`).
-#![cfg(feature = "host")]
 
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, KMALLOC_MAX_CACHE};
 use hybrid_shadow::{BugType, CacheId, Mode};

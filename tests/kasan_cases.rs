@@ -2,7 +2,6 @@
 //! case the host can express, in `full` and in `hybrid`, asserting the exact
 //! bug types, that the report title names the case's function, and that
 //! every report parses under syzkaller's rules.
-#![cfg(feature = "host")]
 
 mod common;
 

@@ -1,6 +1,5 @@
 //! Bad input, running out of shadow frames, leaks, report policy and the
 //! report's body, on the host model kernel.
-#![cfg(feature = "host")]
 
 mod common;
 
@@ -11,7 +10,7 @@ use hybrid_shadow::layout::BLOCK_SIZE;
 use hybrid_shadow::{Backing, BugType, CacheError, Config, FaultAction, GlobalError, HookError, Mode};
 
 fn sim(mode: Mode) -> SimKernel {
-    let mut k = SimKernel::new(SimConfig::small(mode)).unwrap();
+    let k = SimKernel::new(SimConfig::small(mode)).unwrap();
     k.plat.enter("robustness");
     k
 }
