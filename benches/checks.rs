@@ -7,13 +7,13 @@
 //! under callgrind with N and 2N checks and divides the difference by N.
 //!
 //! Access classes:
-//! * `tracked`   an 8-byte load inside a live kmalloc object (private shadow)
-//! * `untracked` an 8-byte load in a page of an all-allocated block
-//!               (hybrid: the shared zero page)
-//! * `mixed`     an 8-byte load in an allocated page of a block that also
-//!               has free pages (hybrid: CONSULT, the counted slow path)
-//! * `free`      the fast-path decision on a free page (`fast_ok` only: a
-//!               full check would print a use-after-free report)
+//! * `tracked`: an 8-byte load inside a live kmalloc object (private shadow)
+//! * `untracked`: an 8-byte load in a page of an all-allocated block
+//!   (hybrid: the shared zero page)
+//! * `mixed`: an 8-byte load in an allocated page of a block that also
+//!   has free pages (hybrid: CONSULT, the counted slow path)
+//! * `free`: the fast-path decision on a free page (`fast_ok` only: a
+//!   full check would print a use-after-free report)
 
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::Mode;

@@ -86,7 +86,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let mut g = first;
         // whole granules before the last one
         while g < last {
-            if g % 8 == 0 && g + 8 <= last {
+            if g.is_multiple_of(8) && g + 8 <= last {
                 let s = self.layout.mem_to_shadow(g << 3);
                 // SAFETY: covered addresses have mapped shadow, and `s` is
                 // 8-aligned because `g` is a multiple of 8 and the offset is

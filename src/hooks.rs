@@ -87,7 +87,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if order > 20 {
             return Err(HookError::BadOrder);
         }
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(HookError::Unaligned);
         }
         let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
@@ -120,7 +120,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.on() {
             return Ok(());
         }
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(HookError::Unaligned);
         }
         let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
@@ -253,7 +253,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.on() {
             return Ok(());
         }
-        if ptr % GRANULE != 0 {
+        if !ptr.is_multiple_of(GRANULE) {
             return Err(HookError::Unaligned);
         }
         let pfn = self.pages.pfn(ptr).ok_or(HookError::NotRam)?;
@@ -297,7 +297,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     pub fn slab_object_live(&self, id: CacheId, base: usize, ptr: usize) -> bool {
         let inner = self.inner.lock();
         let Ok(cache) = inner.caches.live(id) else { return false };
-        if ptr < base || (ptr - base) % cache.slot_size != 0 {
+        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
             return false;
         }
         // SAFETY: `ptr` is a slot start of the slab at `base` (checked).
@@ -320,7 +320,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 return Err(self.report_free(ptr, BugType::InvalidFree, ip));
             }
         };
-        if ptr < base || (ptr - base) % cache.slot_size != 0 {
+        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
             drop(inner);
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
@@ -431,7 +431,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         let inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
-        if new_size > cache.object_size || ptr % GRANULE != 0 {
+        if new_size > cache.object_size || !ptr.is_multiple_of(GRANULE) {
             return Err(HookError::BadSize);
         }
         // SAFETY: `ptr` is an object of this cache (kernel's contract).
@@ -542,7 +542,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.on() {
             return Ok(true);
         }
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(HookError::Unaligned);
         }
         if size == 0 || size > area_len {
@@ -563,7 +563,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.on() {
             return Ok(());
         }
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(HookError::Unaligned);
         }
         if !self.layout.vmalloc.contains_range(addr, area_len) {
@@ -594,7 +594,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     fn check_global(&self, g: &GlobalDesc) -> Result<(), GlobalError> {
-        if g.beg % GRANULE != 0 {
+        if !g.beg.is_multiple_of(GRANULE) {
             return Err(GlobalError::Unaligned);
         }
         if g.size > g.size_with_redzone || g.beg.checked_add(g.size_with_redzone).is_none() {
@@ -626,7 +626,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     fn check_global_span(&self, g: &GlobalDesc) -> Result<(), GlobalError> {
-        if g.beg % GRANULE != 0 {
+        if !g.beg.is_multiple_of(GRANULE) {
             return Err(GlobalError::Unaligned);
         }
         if !self.layout.image.contains_range(g.beg, g.size_with_redzone) {
@@ -641,7 +641,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// as `__asan_set_shadow_*` and the poison of stack frames do. Shadow
     /// that is not private (unchecked) is left alone.
     pub fn poison_range(&self, addr: usize, size: usize, value: u8) {
-        if self.cfg.mode == Mode::Off || addr % GRANULE != 0 {
+        if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) {
             return;
         }
         let Some(end) = addr.checked_add(size) else { return };
@@ -653,7 +653,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// Make `[addr, addr + size)` accessible (`addr` granule aligned).
     pub fn unpoison_range(&self, addr: usize, size: usize) {
-        if self.cfg.mode == Mode::Off || addr % GRANULE != 0 || !self.layout.covered.contains_range(addr, size) {
+        if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) || !self.layout.covered.contains_range(addr, size) {
             return;
         }
         self.unpoison(addr, size);
@@ -663,7 +663,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// bytes at `addr` (32-byte aligned) with 32-byte redzones around it.
     pub fn alloca_poison(&self, addr: usize, size: usize) {
         const RZ: usize = 32;
-        if addr % RZ != 0 || addr < RZ {
+        if !addr.is_multiple_of(RZ) || addr < RZ {
             return;
         }
         let rounded = round_up(size, GRANULE);

@@ -221,7 +221,7 @@ impl Pair {
                 let (f, h) = (self.full.alloc_pages(o), self.hybrid.alloc_pages(o));
                 self.added(f, h, 4096 << o, Kind::Pages(o), false);
             }
-            5 if c % 4 == 0 => {
+            5 if c.is_multiple_of(4) => {
                 let (f, h) = (self.full.stack_alloc(), self.hybrid.stack_alloc());
                 self.added(f, h, 16384, Kind::Stack, false);
             }
@@ -242,9 +242,9 @@ impl Pair {
                 let t = pick(&self.freed, a);
                 self.access(t, (b % 64) as isize, 1 + (c % 8) as usize, false);
             }
-            14 => self.bad_free(a as usize, c % 2 == 0),
+            14 => self.bad_free(a as usize, c.is_multiple_of(2)),
             _ => {
-                if c % 16 == 0 {
+                if c.is_multiple_of(16) {
                     self.full.drain_quarantine();
                     self.hybrid.drain_quarantine();
                 } else if let Some(t) = pick(&self.live, a) {

@@ -357,8 +357,8 @@ case!(workqueue_uaf, [Some(SlabUseAfterFree)], |k, _| deferred_uaf(k));
 /// A callback queued now runs after the object was freed.
 fn deferred_uaf(k: &mut SimKernel) -> Vec<Verdict> {
     let p = k.kmalloc(32).unwrap();
-    let mut queue: Vec<Box<dyn FnOnce(&SimKernel) -> Verdict>> = vec![];
-    queue.push(Box::new(move |k| v(k.read(p + 8, 8))));
+    type Callback = Box<dyn FnOnce(&SimKernel) -> Verdict>;
+    let queue: Vec<Callback> = vec![Box::new(move |k| v(k.read(p + 8, 8)))];
     k.kfree(p).unwrap();
     queue.into_iter().map(|cb| cb(k)).collect()
 }
@@ -373,7 +373,7 @@ case!(stack_uaf_after_task_exit, [Some(UseAfterFree)], |k, _| {
 case!(page_uaf_in_mixed_block, [Some(UseAfterFree), None, None], |k, mode| {
     // Eight order-0 pages of one block; free one, the others stay in use.
     let pages: Vec<usize> = (0..8).map(|_| k.alloc_pages(0).unwrap()).collect();
-    assert!(pages.windows(2).all(|w| w[1] == w[0] + 4096) && pages[0] % (32 << 10) == 0);
+    assert!(pages.windows(2).all(|w| w[1] == w[0] + 4096) && pages[0].is_multiple_of(32 << 10));
     k.free_pages(pages[3], 0).unwrap();
     let pfn = k.kasan.pages().pfn(pages[3]).unwrap();
     assert_eq!(k.kasan.pages().get(pfn).state, PageState::Free);

@@ -73,7 +73,7 @@ impl HostMapper {
     }
 
     fn in_range(&self, start: usize, end: usize) -> Result<(), MapError> {
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 || start < self.shadow.start || end > self.shadow.end {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) || start < self.shadow.start || end > self.shadow.end {
             return Err(MapError::BadAddress);
         }
         Ok(())
