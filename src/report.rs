@@ -216,9 +216,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         access: Option<(usize, bool)>,
         bad: usize,
     ) -> fmt::Result {
+        let mut frames = [0usize; MAX_FRAMES];
+        let n = self.platform.stack_trace(&mut frames);
+        let mut frames = &frames[..n.min(MAX_FRAMES)];
+        if frames.is_empty() {
+            frames = core::slice::from_ref(&ip);
+        }
+        // The title names the code at `ip`; where that has no symbol (no
+        // return address available), the innermost frame that has one.
+        let known = |pc: usize| self.platform.symbolize(pc, &mut |_| {});
+        let title_pc = if known(ip) { ip } else { frames.iter().copied().find(|&pc| known(pc)).unwrap_or(ip) };
         out.write_str(RULE)?;
         write!(out, "BUG: KASAN: {} in ", kind.name())?;
-        self.write_frame(out, ip)?;
+        self.write_frame(out, title_pc)?;
         out.write_str("\n")?;
         match access {
             Some((size, write)) => write!(
@@ -233,12 +243,6 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let _ = self.platform.write_task_name(out);
         writeln!(out, "/{}", self.platform.current_pid())?;
         out.write_str("\nCall Trace:\n")?;
-        let mut frames = [0usize; MAX_FRAMES];
-        let n = self.platform.stack_trace(&mut frames);
-        let mut frames = &frames[..n.min(MAX_FRAMES)];
-        if frames.is_empty() {
-            frames = core::slice::from_ref(&ip);
-        }
         self.write_stack(out, frames)?;
         out.write_str("\n")?;
         self.describe(out, addr)?;
