@@ -39,6 +39,16 @@ impl Mode {
     }
 }
 
+/// How `hybrid` backs a block that mixes free and allocated pages but has
+/// no tracked page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MixedBlocks {
+    /// The shared CONSULT page: no memory, accesses take the slow path.
+    Consult,
+    /// A private page: one page of memory per such block, no slow path.
+    Private,
+}
+
 /// What happens after a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultAction {
@@ -55,6 +65,8 @@ pub enum ConfigError<'a> {
     BadShadow(&'a str),
     /// `kasan.fault=` with a value other than report/panic.
     BadFault(&'a str),
+    /// `kasan.mixed=` with a value other than consult/private.
+    BadMixed(&'a str),
 }
 
 impl core::fmt::Display for ConfigError<'_> {
@@ -67,6 +79,10 @@ impl core::fmt::Display for ConfigError<'_> {
             ConfigError::BadFault(v) => write!(
                 f,
                 "kasan: bad value '{v}' for kasan.fault (report|panic), keeping the default"
+            ),
+            ConfigError::BadMixed(v) => write!(
+                f,
+                "kasan: bad value '{v}' for kasan.mixed (consult|private), keeping the default"
             ),
         }
     }
@@ -83,6 +99,8 @@ pub struct Config {
     pub multi_shot: bool,
     /// Quarantine size in bytes; `None` means 1/32 of RAM, as Linux.
     pub quarantine_bytes: Option<usize>,
+    /// Backing of mixed blocks in `hybrid` (`kasan.mixed=consult|private`).
+    pub mixed: MixedBlocks,
     /// Stack depot capacity in distinct stacks; 0 picks one from the RAM
     /// size (one per 64 pages, between 256 and 4096).
     pub depot_stacks: usize,
@@ -95,6 +113,7 @@ impl Default for Config {
             fault: FaultAction::Report,
             multi_shot: false,
             quarantine_bytes: None,
+            mixed: MixedBlocks::Consult,
             depot_stacks: 0,
         }
     }
@@ -128,6 +147,12 @@ impl Config {
                     "panic" => self.fault = FaultAction::Panic,
                     _ => bad(ConfigError::BadFault(v)),
                 }
+            } else if let Some(v) = word.strip_prefix("kasan.mixed=") {
+                match v {
+                    "consult" => self.mixed = MixedBlocks::Consult,
+                    "private" => self.mixed = MixedBlocks::Private,
+                    _ => bad(ConfigError::BadMixed(v)),
+                }
             } else if word == "kasan_multi_shot" {
                 self.multi_shot = true;
             }
@@ -145,7 +170,7 @@ mod tests {
         let mut errs = [None; 4];
         let mut n = 0;
         c.parse_cmdline(
-            "console=ttyS0 kasan.shadow=full kasan.fault=panic kasan_multi_shot",
+            "console=ttyS0 kasan.shadow=full kasan.fault=panic kasan_multi_shot kasan.mixed=private",
             |e| {
                 errs[n] = Some(e);
                 n += 1;
@@ -155,9 +180,10 @@ mod tests {
         assert_eq!(c.mode, Mode::Full);
         assert_eq!(c.fault, FaultAction::Panic);
         assert!(c.multi_shot);
+        assert_eq!(c.mixed, MixedBlocks::Private);
 
         let mut c = Config::default();
-        c.parse_cmdline("kasan.shadow=bogus kasan.fault=", |e| {
+        c.parse_cmdline("kasan.shadow=bogus kasan.fault= kasan.mixed=x", |e| {
             errs[n] = Some(e);
             n += 1;
         });
@@ -165,5 +191,6 @@ mod tests {
         assert_eq!(c.fault, FaultAction::Report);
         assert_eq!(errs[0], Some(ConfigError::BadShadow("bogus")));
         assert_eq!(errs[1], Some(ConfigError::BadFault("")));
+        assert_eq!(errs[2], Some(ConfigError::BadMixed("x")));
     }
 }

@@ -44,7 +44,7 @@ pub mod abi;
 pub mod host;
 
 pub use cache::{CacheError, CacheId};
-pub use config::{Config, FaultAction, Mode};
+pub use config::{Config, FaultAction, MixedBlocks, Mode};
 pub use error::{GlobalError, HookError, InitError};
 pub use hooks::{Freed, GlobalDesc, Released};
 pub use layout::{Layout, Region};

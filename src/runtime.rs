@@ -8,6 +8,7 @@
 //!   all Free                      ──► shared 0xFF page      (one load, reports UAF)
 //!   all Valid/Unchecked           ──► shared zero page      (one load, passes)
 //!   Free and Valid mixed          ──► shared CONSULT page   (slow path: per-page)
+//!                                     or a private page with `MixedBlocks::Private`
 //!   any Tracked                   ──► private page          (one load, byte precise)
 //!   full mode                     ──► private page always   (mapped at init)
 //! ```
@@ -24,7 +25,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 use crate::cache::Caches;
-use crate::config::{Config, Mode};
+use crate::config::{Config, MixedBlocks, Mode};
 use crate::depot::StackDepot;
 use crate::error::InitError;
 use crate::layout::{Layout, Region, BLOCK_SIZE, PAGES_PER_BLOCK};
@@ -388,8 +389,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let cur = Backing::from_u8(self.blocks[b].load(Relaxed));
         let range = b * PAGES_PER_BLOCK..((b + 1) * PAGES_PER_BLOCK).min(self.pages.len());
         let tracked = range.clone().any(|p| self.pages.get(p).state == PageState::Tracked);
+        let mixed_private = self.cfg.mixed == MixedBlocks::Private && self.shared_backing(b) == Backing::Consult;
         let mut ok = true;
-        if self.cfg.mode == Mode::Full || tracked {
+        if self.cfg.mode == Mode::Full || tracked || mixed_private {
             if cur == Backing::Private {
                 for pfn in lo..hi {
                     self.write_page_shadow(pfn, false);

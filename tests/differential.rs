@@ -4,11 +4,14 @@
 //! byte ranges must agree with both: an access passes exactly when every
 //! byte of it lies in a live allocation's valid bytes.
 //!
+//! Each case picks the hybrid scheme for mixed blocks (CONSULT page or a
+//! private page) at random.
+//!
 //! 20 cases x 5000 operations = 100k operations per run (more with
 //! `PROPTEST_CASES`).
 
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, KMALLOC_MAX_CACHE};
-use hybrid_shadow::{BugType, CacheId, Mode};
+use hybrid_shadow::{BugType, CacheId, MixedBlocks, Mode};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -48,9 +51,11 @@ struct Pair {
 }
 
 impl Pair {
-    fn new() -> Self {
+    fn new(mixed: MixedBlocks) -> Self {
         let mut full = SimKernel::new(SimConfig::small(Mode::Full)).unwrap();
-        let mut hybrid = SimKernel::new(SimConfig::small(Mode::Hybrid)).unwrap();
+        let mut hcfg = SimConfig::small(Mode::Hybrid);
+        hcfg.kasan.mixed = mixed;
+        let mut hybrid = SimKernel::new(hcfg).unwrap();
         for k in [&mut full, &mut hybrid] {
             k.plat.enter("differential");
         }
@@ -282,7 +287,11 @@ impl Pair {
         assert!(self.checks > 500 && self.bugs > 100, "the sequence exercised checks and bugs");
         let s = (self.full.kasan.stats(), self.hybrid.kasan.stats());
         assert_eq!(s.0.reports, s.1.reports, "same number of reports");
-        assert!(s.1.slow_path_checks > s.0.slow_path_checks, "hybrid met mixed blocks (CONSULT)");
+        if self.hybrid.kasan.config().mixed == MixedBlocks::Consult {
+            assert!(s.1.slow_path_checks > s.0.slow_path_checks, "hybrid met mixed blocks (CONSULT)");
+        } else {
+            assert_eq!(s.1.slow_path_checks, s.0.slow_path_checks, "private mixed blocks: no slow path beyond full's");
+        }
         while !self.live.is_empty() {
             self.free_live(self.live.len() - 1);
         }
@@ -299,8 +308,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 20, max_shrink_iters: 100, ..ProptestConfig::default() })]
 
     #[test]
-    fn differential_full_vs_hybrid(ops in proptest::collection::vec(any::<(u8, u16, u16, u8)>(), OPS_PER_CASE)) {
-        let mut p = Pair::new();
+    fn differential_full_vs_hybrid(
+        private_mixed in any::<bool>(),
+        ops in proptest::collection::vec(any::<(u8, u16, u16, u8)>(), OPS_PER_CASE),
+    ) {
+        let mut p = Pair::new(if private_mixed { MixedBlocks::Private } else { MixedBlocks::Consult });
         for (i, (op, a, b, c)) in ops.into_iter().enumerate() {
             p.step(op, a, b, c);
             if i % 100 == 0 {
