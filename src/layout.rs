@@ -136,3 +136,47 @@ impl Layout {
         Region { start: self.mem_to_shadow(r.start), end: self.mem_to_shadow(r.end) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux() -> Layout {
+        Layout {
+            offset: 0xdffffc0000000000,
+            direct_map: Region::new(0xffff888000000000, 64 << 20),
+            vmalloc: Region::new(0xffffc90000000000, 1 << 30),
+            image: Region::new(0xffffffff80000000, 4 << 20),
+            covered: Region { start: 0xffff800000000000, end: 0xffff_ffff_ffff_f000 },
+            user_end: 0x0000_8000_0000_0000,
+        }
+    }
+
+    #[test]
+    fn linux_layout_maps_into_linux_shadow_region() {
+        let l = linux();
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(l.mem_to_shadow(0xffff800000000000), 0xffffec0000000000);
+        assert_eq!(l.mem_to_shadow(0xffff888000000000), 0xffffed1000000000);
+        assert!(l.mem_to_shadow(0xffff_ffff_ffff_ffff) < 0xfffffc0000000000);
+        assert_eq!(l.shadow_to_mem(l.mem_to_shadow(0xffff888000001238)), 0xffff888000001238);
+        assert_eq!(l.ram_pages(), 16384);
+        let s = l.shadow_of(l.direct_map);
+        assert_eq!(s.len(), (64 << 20) / 8);
+    }
+
+    #[test]
+    fn validate_rejects_broken_layouts() {
+        let mut l = linux();
+        l.image = Region::new(0xffffffff80001000, 4 << 20);
+        assert_eq!(l.validate(), Err(LayoutError::Unaligned));
+        let mut l = linux();
+        l.vmalloc = Region::new(0xffff888000000000, BLOCK_SIZE);
+        assert_eq!(l.validate(), Err(LayoutError::Overlap));
+        let mut l = linux();
+        l.covered.start = 0xffffc00000000000;
+        assert_eq!(l.validate(), Err(LayoutError::OutsideCovered));
+        assert!(!Region::new(10, 10).contains_range(15, usize::MAX));
+        assert!(Region::new(10, 10).contains_range(15, 5));
+    }
+}

@@ -511,3 +511,50 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
     }
 }
+
+#[cfg(all(test, feature = "host"))]
+mod tests {
+    use super::*;
+    use crate::host::sim::{SimConfig, SimKernel};
+    use std::vec::Vec;
+
+    /// Walk one block through every backing: free, consult, zero, private
+    /// and back, checking the on-demand count at each step.
+    #[test]
+    fn block_backing_follows_page_states() {
+        let k = &mut SimKernel::new(SimConfig::small(Mode::Hybrid)).unwrap();
+        // skip the blocks the kmalloc caches' first pages may share
+        let pad = k.alloc_pages(3).unwrap();
+        let pages: Vec<usize> = (0..8).map(|_| k.alloc_pages(0).unwrap()).collect();
+        let pfn = k.kasan.pages().pfn(pages[0]).unwrap();
+        assert_eq!(pfn % 8, 0);
+        let live = |k: &SimKernel| k.kasan.stats().ondemand_live_pages;
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Zero);
+        k.free_pages(pages[7], 0).unwrap();
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Consult);
+        let before = live(k);
+        k.kasan.stack_alloc(pages[0], 0).unwrap();
+        assert_eq!((k.kasan.backing_of_pfn(pfn), live(k)), (Backing::Private, before + 1));
+        assert_eq!(k.kasan.effective_shadow(pages[7]), Some(crate::shadow::PAGE_FREE));
+        assert_eq!(k.kasan.effective_shadow(pages[3]), Some(0));
+        k.kasan.stack_free(pages[0], 0).unwrap();
+        assert_eq!((k.kasan.backing_of_pfn(pfn), live(k)), (Backing::Consult, before));
+        for &p in &pages[..7] {
+            k.free_pages(p, 0).unwrap();
+        }
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Free);
+        k.free_pages(pad, 3).unwrap();
+    }
+
+    #[test]
+    fn full_mode_blocks_stay_private() {
+        let k = &mut SimKernel::new(SimConfig::small(Mode::Full)).unwrap();
+        let p = k.alloc_pages(0).unwrap();
+        let pfn = k.kasan.pages().pfn(p).unwrap();
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Private);
+        k.free_pages(p, 0).unwrap();
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Private);
+        assert_eq!(k.kasan.effective_shadow(p), Some(crate::shadow::PAGE_FREE));
+        assert_eq!(k.kasan.stats().ondemand_live_pages, 0);
+    }
+}

@@ -165,3 +165,49 @@ unsafe impl ShadowMapper for HostMapper {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::space::HostSpace;
+
+    fn read(a: usize) -> u8 {
+        // SAFETY: the test only reads shadow pages it mapped.
+        unsafe { core::ptr::read_volatile(a as *const u8) }
+    }
+
+    #[test]
+    fn shared_and_private_pages_read_back() {
+        let space = HostSpace::new(1 << 20, 1 << 20, 1 << 20).unwrap();
+        let sh = space.shadow();
+        let mut m = HostMapper::new(sh);
+        m.map_shared_range(sh.start, sh.end, SharedPage::PageFree).unwrap();
+        assert_eq!(read(sh.start), 0xFF);
+        assert_eq!(read(sh.end - 1), 0xFF);
+        let page = sh.start + 4 * PAGE_SIZE;
+        m.map_private(page, 0x12).unwrap().flush(&mut m);
+        assert_eq!((read(page), read(page + 4095), m.private_pages()), (0x12, 0x12, 1));
+        // SAFETY: the page is private and writable.
+        unsafe { core::ptr::write_volatile(page as *mut u8, 7) };
+        assert_eq!(read(page), 7);
+        m.map_shared(page, SharedPage::Consult).unwrap().flush(&mut m);
+        assert_eq!((read(page), m.private_pages()), (crate::shadow::CONSULT_PER_PAGE, 0));
+        assert_eq!(read(page - 1), 0xFF, "neighbours untouched");
+        m.map_shared(page, SharedPage::Zero).unwrap().ignore();
+        assert_eq!(read(page), 0);
+    }
+
+    #[test]
+    fn frame_limit_and_bad_addresses() {
+        let space = HostSpace::new(1 << 20, 1 << 20, 1 << 20).unwrap();
+        let sh = space.shadow();
+        let mut m = HostMapper::new(sh);
+        m.set_frame_limit(Some(1));
+        m.map_private(sh.start, 0).unwrap().ignore();
+        m.map_private(sh.start, 3).unwrap().ignore(); // remapping its own page needs no new frame
+        assert_eq!(m.map_private(sh.start + PAGE_SIZE, 0).unwrap_err(), MapError::OutOfFrames);
+        assert_eq!(m.map_shared(sh.start + 1, SharedPage::Zero).unwrap_err(), MapError::BadAddress);
+        assert_eq!(m.map_shared(sh.end, SharedPage::Zero).unwrap_err(), MapError::BadAddress);
+        assert_eq!(m.map_shared_range(sh.start - PAGE_SIZE, sh.end, SharedPage::Zero), Err(MapError::BadAddress));
+    }
+}
