@@ -1,144 +1,315 @@
 //! The single place where the guest calls into the sanitizer runtime.
 //!
-//! Every `pub fn` here is a hook the runtime (hybrid-shadow, via
-//! hybrid-shadow-x86_64) will get. For now the bodies do nothing (or return
-//! the no-sanitizer answer); they will be wired to hybrid-shadow later.
+//! The runtime itself (hybrid-shadow's `Kasan`, its platform and its frame
+//! source) is instantiated in the uninstrumented crate `guest-kasan`
+//! (tests/guest/kasan): compiled here, in this instrumented crate, its
+//! generic code would be instrumented too. This module forwards every
+//! allocator event to it and hands it the guest services it needs
+//! ([`OPS`]: hook-free frames from the buddy allocator, the current task,
+//! the slab lookup).
+//!
 //! Addresses are kernel virtual addresses (`usize`); `ip` is the caller's
-//! return address for free paths (used in "Freed by" / report titles).
-#![allow(unused_variables)]
+//! return address for free paths (report titles and "Freed by" name it).
 
-use guest_boot::BootInfo;
+use guest_boot::{println, BootInfo};
+use guest_kasan::GuestOps;
+pub use guest_kasan::{FreeAction, PageState};
+pub use hybrid_shadow::{Backing, Mode, StatsSnapshot};
 
-/// Opaque cache id handed out by the runtime (`cache_create`).
+/// Cache id handed out by the runtime (`cache_create`). [`UNTRACKED`] when
+/// the runtime refused the cache: its objects are then not checked.
 pub type CacheId = u32;
+/// A cache the runtime does not know (its hooks are skipped).
+pub const UNTRACKED: CacheId = u32::MAX;
 
-/// What the allocator must do after `object_free`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum FreeAction {
-    /// Really free the object now.
-    Now,
-    /// The runtime keeps it (quarantine); it comes back through `quarantine_pop`.
-    Deferred,
-    /// The runtime reported a bug (double-free, invalid-free): do nothing.
-    Bug,
+static OPS: GuestOps = GuestOps {
+    alloc_frames: frames_alloc,
+    free_frame: frames_free,
+    current_task: crate::task::current,
+    slab_of: crate::mm::slab::slab_ref,
+};
+
+fn frames_alloc(order: usize, runtime_owned: bool) -> Option<u64> {
+    let va = crate::mm::buddy::alloc_pages_raw(order, runtime_owned)?;
+    guest_boot::paging::virt_to_phys(va as u64)
+}
+
+fn frames_free(pa: u64) {
+    crate::mm::buddy::free_pages_raw(guest_boot::paging::phys_to_virt(pa) as usize, 0);
+}
+
+static mut INFO: Option<&'static BootInfo> = None;
+
+fn info() -> &'static BootInfo {
+    // SAFETY: written once in early_init, single CPU.
+    unsafe { (*core::ptr::addr_of!(INFO)).expect("kasan_glue: early_init not called") }
 }
 
 // ---- boot ---------------------------------------------------------------
 
-/// Before anything allocates: the runtime sets up its shadow mapper
-/// (PML4 slots 472..=503, `guest_boot::paging::pml4_phys()`), reads
-/// `info.config` (kasan.shadow / kasan.fault / kasan_multi_shot) and the memory map.
+/// Before anything allocates: remember the boot info.
 pub fn early_init(info: &'static BootInfo) {
-    // TODO(hybrid-shadow): runtime init.
+    // SAFETY: single CPU, before any reader.
+    unsafe { INFO = Some(info) };
 }
 
-/// After the buddy allocator exists: the runtime may take pages for its
-/// own tables from now on (`crate::mm::buddy::alloc_pages`).
-pub fn page_allocator_ready() {}
+/// After the buddy allocator exists: start the runtime (it takes its
+/// metadata and shadow frames from the buddy allocator), mark every page
+/// handed out so far as reserved, and route the compiler's checks to it.
+pub fn page_allocator_ready() {
+    let bi = info();
+    let ram_end = bi.regions().iter().filter(|r| r.kind == guest_boot::E820_RAM).map(|r| r.addr + r.size).max().unwrap_or(0);
+    let (vs, ve) = crate::mm::vmalloc::window();
+    let params = guest_kasan::Params {
+        cmdline: bi.cmdline(),
+        ram_end,
+        kernel_phys: bi.kernel_phys,
+        kernel_vma: guest_boot::paging::KERNEL_VMA as usize,
+        vmalloc: (vs, ve),
+        pml4: guest_boot::paging::pml4_phys(),
+    };
+    if let Err(e) = guest_kasan::init(&params, &OPS) {
+        println!("kasan: init failed: {}", e);
+        guest_boot::exit(guest_boot::code::BAD_BOOT);
+    }
+    let mut runs = 0;
+    crate::mm::buddy::for_each_reserved_run(ram_end, |addr, len| {
+        guest_kasan::mark_reserved(addr, len);
+        runs += 1;
+    });
+    guest_kasan::install();
+    let s = guest_kasan::stats().unwrap_or_default();
+    println!(
+        "kasan: mode {} ready ({} reserved ranges, {} KiB metadata at init)",
+        mode().name(),
+        runs,
+        s.metadata_init_bytes() >> 10
+    );
+}
 
-/// After `.init_array` ran (globals registered) and before the suites.
-pub fn late_init(info: &'static BootInfo) {}
+/// After `.init_array` ran (globals registered) and before the suites:
+/// print the metadata spent at init and the boot time.
+pub fn late_init(_info: &'static BootInfo) {
+    let now = guest_boot::time::rdtsc();
+    let s = guest_kasan::stats().unwrap_or_default();
+    println!(
+        "kasan-meta: mode={} metadata_init_bytes={} per_page={} block_tables={} depot={} init_shadow_pages={} shadow_tables={} runtime_frames={}",
+        mode().name(),
+        s.metadata_init_bytes(),
+        s.per_page_bytes,
+        s.block_table_bytes,
+        s.depot_bytes,
+        s.init_shadow_pages,
+        s.shadow_table_bytes,
+        frames_held()
+    );
+    let cycles = now.wrapping_sub(guest_boot::time::boot_tsc());
+    match guest_boot::time::tsc_khz() {
+        Some(khz) if khz > 0 => println!(
+            "kasan-boot: mode={} boot_ms={} boot_cycles={} tsc_khz={}",
+            mode().name(),
+            cycles / khz,
+            cycles,
+            khz
+        ),
+        _ => println!("kasan-boot: mode={} boot_ms=unknown boot_cycles={}", mode().name(), cycles),
+    }
+}
 
-/// Memory the guest uses outside every allocator (the buddy frame array):
-/// valid, never freed.
-pub fn mark_reserved(addr: usize, len: usize) {}
+/// Memory the guest uses outside every allocator: valid, never freed.
+/// (Before the runtime exists this is a no-op; `page_allocator_ready`
+/// marks everything allocated by then.)
+pub fn mark_reserved(addr: usize, len: usize) {
+    guest_kasan::mark_reserved(addr, len);
+}
+
+/// The mode in force.
+pub fn mode() -> Mode {
+    guest_kasan::mode()
+}
+
+/// Whether the runtime checks (full or hybrid).
+pub fn checking() -> bool {
+    mode() != Mode::Off
+}
+
+/// The runtime's counters (None before init).
+pub fn stats() -> Option<StatsSnapshot> {
+    guest_kasan::stats()
+}
+
+/// Frames the runtime's shadow mapper holds (taken from the buddy allocator).
+pub fn frames_held() -> usize {
+    guest_kasan::frames_held()
+}
+
+/// How the shadow page of a direct-map address is backed.
+pub fn backing_of(addr: usize) -> Option<Backing> {
+    guest_kasan::backing_of(addr)
+}
+
+/// The runtime's per-page state of a direct-map address.
+pub fn page_state(addr: usize) -> Option<PageState> {
+    guest_kasan::page_state(addr)
+}
 
 // ---- page allocator -----------------------------------------------------
 
 /// 2^order pages at `addr` (direct map) were just allocated.
 pub fn page_alloc(addr: usize, order: u32) {
-    // TODO(hybrid-shadow): unpoison.
+    guest_kasan::page_alloc(addr, order);
 }
 
 /// 2^order pages at `addr` are about to be freed. Return false if the
 /// runtime reported a bug (the allocator then leaves the block alone).
 pub fn page_free(addr: usize, order: u32, ip: usize) -> bool {
-    // TODO(hybrid-shadow): poison as freed page / report.
-    true
+    guest_kasan::page_free(addr, order, ip)
 }
 
 // ---- slab ---------------------------------------------------------------
 
-/// A cache is being created (kmalloc-N at boot, or kmem_cache_create).
-pub fn cache_create(name: &'static str, object_size: usize, align: usize) -> CacheId {
-    0
+/// A cache is being created: (id, slot size, offset of the first slot in
+/// a slab page). The runtime chooses the slot (object + redzone + metadata).
+pub fn cache_create(name: &'static str, object_size: usize, align: usize) -> (CacheId, usize, usize) {
+    match guest_kasan::cache_create(name, object_size, align) {
+        Some((id, slot, off)) => (id as CacheId, slot, off),
+        None => (UNTRACKED, (object_size + align - 1) & !(align - 1), 0),
+    }
 }
 
 /// A cache is being destroyed (after its slabs were freed).
-pub fn cache_destroy(id: CacheId) {}
-
-/// Bytes per slot for objects of `object_size` (the runtime adds redzones).
-pub fn cache_slot_size(object_size: usize) -> usize {
-    object_size
+pub fn cache_destroy(id: CacheId) {
+    if id != UNTRACKED {
+        guest_kasan::cache_destroy(id as u16);
+    }
 }
 
 /// A new slab of 2^order pages at `base` belongs to cache `id` (after page_alloc).
-pub fn slab_page_alloc(id: CacheId, base: usize, order: u32) {}
-
-/// An empty slab goes back to the page allocator (before page_free).
-pub fn slab_page_free(base: usize, order: u32) {}
-
-/// Object `ptr` of cache `id` was allocated with `size` requested bytes.
-pub fn object_alloc(id: CacheId, ptr: usize, size: usize) {}
-
-/// Object `ptr` (slot start) of cache `id`, in the slab at `slab_base`, is freed.
-pub fn object_free(id: CacheId, slab_base: usize, ptr: usize, ip: usize) -> FreeAction {
-    FreeAction::Now
+pub fn slab_page_alloc(id: CacheId, base: usize, order: u32) {
+    if id != UNTRACKED {
+        guest_kasan::slab_page_alloc(id as u16, base, order);
+    }
 }
 
-/// Whether `ptr` is a live object (krealloc checks before using it); the
-/// runtime reports use-after-free / invalid-free itself when not.
-pub fn object_check_live(id: CacheId, slab_base: usize, ptr: usize, ip: usize) -> bool {
-    true
+/// An empty slab goes back to the page allocator (before page_free).
+pub fn slab_page_free(id: CacheId, base: usize, order: u32) {
+    if id != UNTRACKED {
+        guest_kasan::slab_page_free(base, order);
+    }
+}
+
+/// Object `ptr` of cache `id` was allocated with `size` requested bytes.
+pub fn object_alloc(id: CacheId, ptr: usize, size: usize) {
+    if id != UNTRACKED {
+        guest_kasan::slab_alloc(id as u16, ptr, size);
+    }
+}
+
+/// Object `ptr` of cache `id`, in the slab whose first slot is `first`, is freed.
+pub fn object_free(id: CacheId, first: usize, ptr: usize, ip: usize) -> FreeAction {
+    if id == UNTRACKED {
+        return FreeAction::Now;
+    }
+    guest_kasan::slab_free(id as u16, first, ptr, ip)
+}
+
+/// Whether the object at `ptr` is live: the runtime's view when it
+/// checks (quarantined objects are still allocated for the slab), else
+/// the slab's own (`slab_says`).
+pub fn object_live(id: CacheId, first: usize, ptr: usize, slab_says: bool) -> bool {
+    if id == UNTRACKED || !checking() {
+        return slab_says;
+    }
+    guest_kasan::slab_object_live(id as u16, first, ptr)
+}
+
+/// krealloc / kfree_sensitive: the first byte of `ptr` must be accessible;
+/// the runtime reports use-after-free / invalid access itself when not.
+pub fn check_byte(ptr: usize, ip: usize) -> bool {
+    guest_kasan::check_byte(ptr, ip)
 }
 
 /// krealloc in place: object `ptr` now has `new_size` requested bytes.
-pub fn object_resize(id: CacheId, ptr: usize, new_size: usize) {}
+pub fn object_resize(id: CacheId, ptr: usize, new_size: usize) {
+    if id != UNTRACKED {
+        guest_kasan::slab_resize(id as u16, ptr, new_size);
+    }
+}
 
 /// ksize(): the runtime unpoisons up to the usable size and returns it
 /// (`object_size` = the cache's object size, the no-sanitizer answer).
 pub fn ksize(id: CacheId, ptr: usize, object_size: usize, ip: usize) -> usize {
-    object_size
+    if id == UNTRACKED || !checking() {
+        return object_size;
+    }
+    guest_kasan::ksize(id as u16, ptr, ip)
 }
 
-/// Next object the runtime releases from quarantine (the allocator then
-/// really frees it), or None.
+/// Next object the quarantine releases (the allocator then really frees
+/// it), or None. Call in a loop after frees.
 pub fn quarantine_pop() -> Option<usize> {
-    None
+    guest_kasan::quarantine_pop()
+}
+
+/// Next object of an emptying quarantine (drain everything).
+pub fn quarantine_drain() -> Option<usize> {
+    guest_kasan::quarantine_drain()
+}
+
+/// Before destroying cache `id`: its quarantined objects come out next.
+pub fn quarantine_release_cache(id: CacheId) {
+    if id != UNTRACKED {
+        guest_kasan::quarantine_release_cache(id as u16);
+    }
 }
 
 /// A page-backed kmalloc of `size` bytes at `addr` (2^order pages).
-pub fn kmalloc_large(addr: usize, order: u32, size: usize) {}
+pub fn kmalloc_large(addr: usize, order: u32, size: usize) {
+    guest_kasan::kmalloc_large(addr, order, size);
+}
 
 /// kfree of a large kmalloc; `ptr` is what the caller passed. Return false
 /// if the runtime reported a bug (then nothing is freed).
 pub fn kfree_large(ptr: usize, order: u32, ip: usize) -> bool {
-    true
+    guest_kasan::kfree_large(ptr, order, ip)
 }
 
-/// A free the allocator itself found invalid (double free, pointer not at
-/// an object start, unknown address, double kmem_cache_destroy). The runtime
-/// will turn this into a KASAN report; for now print it.
+/// A free the allocator itself found invalid (pointer not at an object
+/// start, unknown address, double free the runtime could not see). With
+/// a checking runtime it becomes a KASAN invalid-free report; in `off`
+/// mode it is only printed.
 pub fn bad_free(ptr: usize, ip: usize, what: &str) {
-    crate::println!("guest: bad free of {:#x} from {}: {}", ptr, guest_boot::ksyms::Ret(ip as u64), what);
+    if checking() {
+        guest_kasan::report_invalid_free(ptr, ip);
+    } else {
+        println!("guest: bad free of {:#x} from {}: {}", ptr, guest_boot::ksyms::Ret(ip as u64), what);
+    }
 }
 
 // ---- vmalloc ------------------------------------------------------------
 
 /// vmalloc area at `addr`: `size` requested bytes, `area_len` bytes mapped
-/// (page multiple, guard page not included).
-pub fn vmalloc_alloc(addr: usize, size: usize, area_len: usize) {}
+/// (page multiple); the guard page after it is part of the area for the runtime.
+pub fn vmalloc_alloc(addr: usize, size: usize, area_len: usize) {
+    guest_kasan::vmalloc_alloc(addr, size, area_len + crate::mm::PAGE_SIZE);
+}
 
 /// vmalloc area at `addr` of `area_len` mapped bytes is being freed (before unmapping).
-pub fn vmalloc_free(addr: usize, area_len: usize) {}
+pub fn vmalloc_free(addr: usize, area_len: usize) {
+    guest_kasan::vmalloc_free(addr, area_len + crate::mm::PAGE_SIZE);
+}
 
 // ---- tasks --------------------------------------------------------------
 
 /// A kernel stack of 2^order pages at `addr` was allocated (after page_alloc).
-pub fn stack_alloc(addr: usize, order: u32) {}
+pub fn stack_alloc(addr: usize, order: u32) {
+    guest_kasan::stack_alloc(addr, order);
+}
 
 /// A dead task's stack is being freed (before page_free).
-pub fn stack_free(addr: usize, order: u32) {}
+pub fn stack_free(addr: usize, order: u32) {
+    guest_kasan::stack_free(addr, order);
+}
 
-/// The current task changed (reports say "by task <name>/<pid>").
-pub fn task_switch(name: &'static str, pid: u32) {}
+/// The current task changed (the runtime asks `task::current` itself).
+pub fn task_switch(_name: &'static str, _pid: u32) {}

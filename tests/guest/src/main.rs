@@ -9,14 +9,13 @@ pub use guest_boot::{print, println};
 use guest_boot::{code, exit, BootInfo};
 
 pub mod kasan_glue;
+pub mod kasan_suite;
 pub mod mm;
 pub mod selftest;
 pub mod task;
 
 #[no_mangle]
 pub fn guest_main(info: &'static BootInfo) -> ! {
-    #[cfg(feature = "stub")]
-    asan_stub::linked();
     kasan_glue::early_init(info);
     mm::buddy::init(info);
     kasan_glue::page_allocator_ready();
@@ -39,6 +38,7 @@ fn run_suite(name: &str) -> bool {
         "vmalloc" => selftest::vmalloc(),
         "tasks" => selftest::tasks(),
         "selftest" => selftest::mm() & selftest::vmalloc() & selftest::tasks(),
+        "kasan" => kasan_suite::run(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

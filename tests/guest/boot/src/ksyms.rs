@@ -60,6 +60,20 @@ impl Symbol {
     }
 }
 
+/// Call `f` for every symbol of the table, in address order.
+pub fn for_each(mut f: impl FnMut(Symbol)) {
+    let Some(t) = table() else { return };
+    for line in t.split(|&c| c == b'\n') {
+        if line.is_empty() || line[0] == 0 {
+            break;
+        }
+        let mut it = line.splitn(3, |&c| c == b' ');
+        let (Some(a), Some(s), Some(n)) = (it.next(), it.next(), it.next()) else { continue };
+        let (Some(addr), Some(size)) = (hex(a), hex(s)) else { continue };
+        f(Symbol { addr, size, name: n });
+    }
+}
+
 /// Find the function containing `pc`. Symbols without an ELF size (asm
 /// labels, some library symbols) extend to the next symbol.
 pub fn lookup(pc: u64) -> Option<Symbol> {

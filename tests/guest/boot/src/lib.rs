@@ -12,6 +12,7 @@ mod entry;
 pub mod ksyms;
 pub mod paging;
 pub mod stack;
+pub mod time;
 
 pub use config::{Config, FaultMode, ShadowMode};
 pub use serial::{code, exit};
@@ -125,6 +126,7 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 
 #[no_mangle]
 unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
+    time::mark_boot();
     serial::init();
     println!();
     println!("hybrid-guest: booting (PVH start info at {:#x})", start_info);

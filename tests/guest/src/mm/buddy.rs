@@ -19,6 +19,7 @@ pub const PG_LARGE: u16 = 1 << 4; // allocated block is a large kmalloc (private
 pub const PG_STACK: u16 = 1 << 5; // kernel stack
 pub const PG_RESERVED: u16 = 1 << 6; // not managed (holes, kernel image, frame array)
 pub const PG_META: u16 = 1 << 7; // slab metadata / page tables
+pub const PG_KASAN: u16 = 1 << 8; // shadow page or shadow page table owned by the sanitizer runtime
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -226,6 +227,62 @@ pub fn alloc_pages_flags(order: usize, owner: u16) -> Option<usize> {
     let va = bb.virt_of(idx);
     kasan_glue::page_alloc(va, order as u32);
     Some(va)
+}
+
+/// Allocate without the sanitizer hooks, for the runtime itself (its
+/// shadow frames, `runtime_owned`, and its metadata arena). The buddy is
+/// consistent whenever a hook runs, so this may be called from inside one.
+pub fn alloc_pages_raw(order: usize, runtime_owned: bool) -> Option<usize> {
+    if order > MAX_ORDER {
+        return None;
+    }
+    let bb = b();
+    let idx = bb.alloc_block(order)?;
+    let flag = if runtime_owned { PG_KASAN } else { PG_META };
+    for i in 0..(1u32 << order) {
+        bb.page(idx + i).flags |= flag;
+    }
+    Some(bb.virt_of(idx))
+}
+
+/// Give back a block from `alloc_pages_raw` (no hooks).
+pub fn free_pages_raw(addr: usize, order: usize) {
+    let bb = b();
+    let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
+    for i in 0..(1u32 << order) {
+        let q = bb.page(idx + i);
+        q.flags = 0;
+        q.private = 0;
+        q.head = idx + i;
+    }
+    bb.free_block(idx, order);
+}
+
+/// Call `f(addr, len)` for every run of frames below `ram_end` (physical)
+/// that is not free in the buddy allocator and not owned by the sanitizer
+/// runtime: the first MiB, the kernel image, the frame array, holes, and
+/// everything handed out before the runtime started.
+pub fn for_each_reserved_run(ram_end: u64, mut f: impl FnMut(usize, usize)) {
+    let bb = b();
+    let end = ram_end / PAGE_SIZE as u64;
+    let mut start: Option<u64> = None;
+    for pfn in 0..=end {
+        let reserved = pfn < end
+            && if pfn < bb.base_pfn || pfn >= bb.base_pfn + bb.npages as u64 {
+                true
+            } else {
+                let fl = bb.page((pfn - bb.base_pfn) as u32).flags;
+                fl != 0 && fl & (PG_FREE | PG_KASAN) == 0
+            };
+        match (reserved, start) {
+            (true, None) => start = Some(pfn),
+            (false, Some(s)) => {
+                f(phys_to_virt(s * PAGE_SIZE as u64) as usize, ((pfn - s) as usize) * PAGE_SIZE);
+                start = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 pub fn alloc_page_zeroed() -> Option<usize> {

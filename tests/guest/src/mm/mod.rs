@@ -6,7 +6,7 @@ pub mod vmalloc;
 pub use buddy::{alloc_pages, free_pages, split_page, PAGE_SIZE};
 pub use slab::{
     kfree, kmalloc, kmem_cache_alloc, kmem_cache_alloc_bulk, kmem_cache_create, kmem_cache_destroy,
-    kmem_cache_free, kmem_cache_free_bulk, krealloc, ksize, kzalloc, CacheRef,
+    kmem_cache_free, kmem_cache_free_bulk, kfree_sensitive, krealloc, ksize, kzalloc, CacheRef,
 };
 pub use vmalloc::{vfree, vmalloc};
 

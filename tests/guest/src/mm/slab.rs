@@ -1,7 +1,9 @@
 //! Slab allocator: kmalloc caches (8 .. 8192 bytes), named caches, bulk
 //! alloc/free, page-backed large kmalloc, krealloc, ksize, kfree from any
-//! direct-map alias. Slot size = `kasan_glue::cache_slot_size(object_size)`
-//! rounded to the alignment. All allocator metadata lives OUTSIDE the
+//! direct-map alias. Slot size and the offset of the first slot in a slab
+//! (a left redzone) come from the runtime (`kasan_glue::cache_create`).
+//! Freed objects may be quarantined by the runtime: their slots stay
+//! taken until `kasan_glue::quarantine_pop` lets them go. All allocator metadata lives OUTSIDE the
 //! objects (a side `SlabMeta` block per slab, found through the frame
 //! array), so this instrumented code never touches poisoned object memory.
 use super::buddy::{self, alloc_pages_flags, free_pages, head_of, PAGE_SIZE, PG_LARGE, PG_META, PG_SLAB};
@@ -39,6 +41,8 @@ pub struct Cache {
     pub name: &'static str,
     pub object_size: usize,
     pub slot_size: usize,
+    /// Offset of the first slot in a slab (the runtime's left redzone).
+    pub slab_offset: usize,
     pub align: usize,
     pub order: usize,
     pub nobj: usize,
@@ -55,6 +59,7 @@ const EMPTY: Cache = Cache {
     name: "",
     object_size: 0,
     slot_size: 0,
+    slab_offset: 0,
     align: 0,
     order: 0,
     nobj: 0,
@@ -82,21 +87,23 @@ fn caches() -> &'static mut [Cache; MAX_CACHES] {
 fn setup(idx: usize, name: &'static str, size: usize, align: usize) {
     let c = &mut caches()[idx];
     let align = align.max(8).next_power_of_two();
-    let slot = (kasan_glue::cache_slot_size(size).max(size) + align - 1) & !(align - 1);
+    let (id, slot, slab_offset) = kasan_glue::cache_create(name, size, align);
+    let slot = (slot.max(size) + align - 1) & !(align - 1);
     // Smallest order with >= 4 slots (and >= 8 KiB), at most MAX_OBJS slots.
     let mut order = 1;
-    while (PAGE_SIZE << order) < 4 * slot && order < buddy::MAX_ORDER {
+    while (PAGE_SIZE << order) < 4 * slot + slab_offset && order < buddy::MAX_ORDER {
         order += 1;
     }
-    let nobj = ((PAGE_SIZE << order) / slot).min(MAX_OBJS);
+    let nobj = (((PAGE_SIZE << order) - slab_offset) / slot).min(MAX_OBJS);
     *c = Cache {
         name,
         object_size: size,
         slot_size: slot,
+        slab_offset,
         align,
         order,
         nobj,
-        id: kasan_glue::cache_create(name, size, align),
+        id,
         gen: c.gen + 1,
         live: true,
         partial: core::ptr::null_mut(),
@@ -178,7 +185,7 @@ fn release_slab(m: *mut SlabMeta) {
         list_del(&mut c.full, m);
     }
     c.nslabs -= 1;
-    kasan_glue::slab_page_free(mr.base, mr.order as u32);
+    kasan_glue::slab_page_free(c.id, mr.base, mr.order as u32);
     free_pages(mr.base, mr.order as usize);
     free_pages(m as usize, META_ORDER);
 }
@@ -207,12 +214,37 @@ fn cache_alloc(ci: usize, size: usize) -> *mut u8 {
         list_push(&mut c.full, m);
         mr.on_partial = false;
     }
-    let ptr = mr.base + i * c.slot_size;
+    let ptr = mr.base + c.slab_offset + i * c.slot_size;
     kasan_glue::object_alloc(c.id, ptr, size);
     ptr as *mut u8
 }
 
-/// Slab metadata and object index for an address inside a slab.
+/// The direct-map address of any kernel address with a physical address.
+fn direct(ptr: usize) -> usize {
+    match guest_boot::paging::virt_to_phys(ptr as u64) {
+        Some(pa) => guest_boot::paging::phys_to_virt(pa) as usize,
+        None => ptr,
+    }
+}
+
+/// For the runtime's reports: the slab holding `addr` as (runtime cache
+/// id, address of its first slot).
+pub fn slab_ref(addr: usize) -> Option<(u16, usize)> {
+    let p = buddy::page_of(addr)?;
+    if p.flags & PG_SLAB == 0 || p.private == 0 {
+        return None;
+    }
+    // SAFETY: PG_SLAB pages point at their live SlabMeta.
+    let mr = unsafe { &*(p.private as *const SlabMeta) };
+    let c = &caches()[mr.cache];
+    if c.id == kasan_glue::UNTRACKED {
+        return None;
+    }
+    Some((c.id as u16, mr.base + c.slab_offset))
+}
+
+/// Slab metadata and object index for an address inside a slab (an
+/// address in the left redzone gets index `nobj` and a non-zero remainder).
 fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
     let p = buddy::page_of(ptr)?;
     if p.flags & PG_SLAB == 0 || p.private == 0 {
@@ -224,6 +256,10 @@ fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
     // Translate an alias to the slab's direct-map address.
     let pa = guest_boot::paging::virt_to_phys(ptr as u64)?;
     let off = (pa - guest_boot::paging::virt_to_phys(mr.base as u64)?) as usize;
+    if off < c.slab_offset {
+        return Some((m, mr.nobj as usize, off + 1));
+    }
+    let off = off - c.slab_offset;
     Some((m, off / c.slot_size, off % c.slot_size))
 }
 
@@ -246,10 +282,23 @@ fn release_object(m: *mut SlabMeta, i: usize) {
     }
 }
 
+/// Empty the runtime's quarantine completely (tests, memory accounting).
+pub fn drain_all() {
+    while let Some(ptr) = kasan_glue::quarantine_drain() {
+        release_quarantined(ptr);
+    }
+}
+
 /// Objects the runtime lets go from quarantine are really freed here.
 pub fn drain_quarantine(max: usize) {
     for _ in 0..max {
         let Some(ptr) = kasan_glue::quarantine_pop() else { break };
+        release_quarantined(ptr);
+    }
+}
+
+fn release_quarantined(ptr: usize) {
+    {
         if let Some((m, i, 0)) = locate(ptr) {
             release_object(m, i);
         } else if let Some((h, base)) = head_of(ptr) {
@@ -275,8 +324,8 @@ fn free_object(ptr: usize, expect_cache: Option<usize>, ip: usize, what: &'stati
             return;
         }
     }
-    let slot = mr.base + i * c.slot_size;
-    let action = kasan_glue::object_free(c.id, mr.base, ptr, ip);
+    let first = mr.base + c.slab_offset;
+    let action = kasan_glue::object_free(c.id, first, direct(ptr), ip);
     if action == FreeAction::Bug {
         return;
     }
@@ -288,9 +337,9 @@ fn free_object(ptr: usize, expect_cache: Option<usize>, ip: usize, what: &'stati
         kasan_glue::bad_free(ptr, ip, "double free");
         return;
     }
-    let _ = slot;
-    if action == FreeAction::Now {
-        release_object(m, i);
+    match action {
+        FreeAction::Now => release_object(m, i),
+        _ => drain_quarantine(usize::MAX),
     }
 }
 
@@ -353,7 +402,7 @@ pub fn kfree_ip(ptr: *const u8, ip: usize) {
     if let Some((h, base)) = head_of(p) {
         if h.flags & PG_LARGE != 0 {
             let order = h.order as usize;
-            if !kasan_glue::kfree_large(p, order as u32, ip) {
+            if !kasan_glue::kfree_large(direct(p), order as u32, ip) {
                 return;
             }
             let base_pa = guest_boot::paging::virt_to_phys(base as u64);
@@ -368,6 +417,29 @@ pub fn kfree_ip(ptr: *const u8, ip: usize) {
         }
     }
     kasan_glue::bad_free(p, ip, "kfree: not a kmalloc object (double free of a large kmalloc?)");
+}
+
+/// kfree_sensitive (kzfree): zero a live object up to its usable size,
+/// then free it. A freed object is not touched; the free reports it.
+#[inline(never)]
+pub fn kfree_sensitive(ptr: *const u8) {
+    let ip = crate::mm::caller_ip();
+    let p = ptr as usize;
+    if p <= 16 {
+        return;
+    }
+    if let Some((m, i, 0)) = locate(p) {
+        let mr = unsafe { &*m };
+        let c = &caches()[mr.cache];
+        let slab_says = i < mr.nobj as usize && mr.allocated[i / 64] & (1 << (i % 64)) != 0;
+        if kasan_glue::object_live(c.id, mr.base + c.slab_offset, direct(p), slab_says) {
+            let n = kasan_glue::ksize(c.id, direct(p), c.object_size, ip);
+            unsafe { core::ptr::write_bytes(ptr as *mut u8, 0, n) };
+        }
+    } else if let Some((size, _, None)) = object_info(p) {
+        unsafe { core::ptr::write_bytes(ptr as *mut u8, 0, size) };
+    }
+    kfree_ip(ptr, ip)
 }
 
 /// Requested size and usable capacity of a live allocation.
@@ -400,12 +472,10 @@ pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
         kfree_ip(ptr, ip);
         return 16 as *mut u8;
     }
-    if let Some((m, _, _)) = locate(p) {
-        let mr = unsafe { &*m };
-        let c = &caches()[mr.cache];
-        if !kasan_glue::object_check_live(c.id, mr.base, p, ip) {
-            return core::ptr::null_mut();
-        }
+    // As Linux's krealloc: the old object must be accessible (a freed one
+    // is reported by the runtime and null returned).
+    if !kasan_glue::check_byte(p, ip) {
+        return core::ptr::null_mut();
     }
     let Some((old, cap, slab)) = object_info(p) else {
         kasan_glue::bad_free(p, ip, "krealloc: not a live allocation");
@@ -416,7 +486,14 @@ pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
             if let Some((m, i, 0)) = locate(p) {
                 unsafe { (*m).sizes[i] = new_size as u16 };
             }
-            kasan_glue::object_resize(caches()[ci].id, p, new_size);
+            kasan_glue::object_resize(caches()[ci].id, direct(p), new_size);
+            return ptr;
+        }
+    } else if new_size <= cap && new_size > KMALLOC_MAX_CACHE_SIZE {
+        // Page-backed and still fits: resize in place.
+        if let Some((h, base)) = head_of(p) {
+            h.private = new_size;
+            kasan_glue::kmalloc_large(base, h.order as u32, new_size);
             return ptr;
         }
     }
@@ -437,7 +514,7 @@ pub fn ksize(ptr: *const u8) -> usize {
     if let Some((m, _, _)) = locate(p) {
         let mr = unsafe { &*m };
         let c = &caches()[mr.cache];
-        return kasan_glue::ksize(c.id, p, c.object_size, ip);
+        return kasan_glue::ksize(c.id, direct(p), c.object_size, ip);
     }
     match object_info(p) {
         Some((_, cap, _)) => cap,
@@ -514,6 +591,7 @@ pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
         return Err("already destroyed");
     };
     // Objects still in quarantine come back first.
+    kasan_glue::quarantine_release_cache(caches()[ci].id);
     drain_quarantine(usize::MAX);
     let c = &caches()[ci];
     if c.inuse != 0 {
@@ -564,4 +642,16 @@ pub fn check_invariants() -> usize {
         }
     }
     bad
+}
+
+/// Statistics for the workload: (pages held by slabs, pages of slab
+/// metadata, objects in use), over every live cache.
+pub fn usage() -> (usize, usize, usize) {
+    let (mut pages, mut meta, mut objs) = (0, 0, 0);
+    for c in caches().iter().filter(|c| c.live) {
+        pages += c.nslabs << c.order;
+        meta += c.nslabs << META_ORDER;
+        objs += c.inuse;
+    }
+    (pages, meta, objs)
 }

@@ -2,9 +2,17 @@
 //! unmapped guard page, backed by order-0 pages from the buddy allocator.
 use super::buddy::{self, PAGE_SIZE, PG_META};
 use crate::kasan_glue;
-use guest_boot::paging::{self, phys_to_virt, PTE_G, PTE_NX, PTE_W, VMALLOC_END, VMALLOC_START};
+use guest_boot::paging::{self, phys_to_virt, PTE_G, PTE_NX, PTE_W, VMALLOC_START};
 
 const MAX_AREAS: usize = 512;
+/// The guest's vmalloc window: the first GiB of the vmalloc area (the
+/// runtime keeps a reference count per 32 KiB of it).
+pub const WINDOW: usize = 1 << 30;
+
+/// The vmalloc window `[start, end)` (block aligned).
+pub fn window() -> (usize, usize) {
+    (VMALLOC_START as usize, VMALLOC_START as usize + WINDOW)
+}
 
 #[derive(Clone, Copy)]
 struct Area {
@@ -28,7 +36,7 @@ fn table_page() -> Option<u64> {
 fn find_space(span: usize) -> Option<usize> {
     let mut cand = VMALLOC_START as usize;
     'outer: loop {
-        if cand + span > VMALLOC_END as usize {
+        if cand + span > window().1 {
             return None;
         }
         for a in areas().iter().flatten() {
@@ -107,5 +115,5 @@ pub fn area_of(addr: usize) -> Option<(usize, usize, usize)> {
 }
 
 pub fn is_vmalloc_addr(addr: usize) -> bool {
-    (VMALLOC_START as usize..VMALLOC_END as usize).contains(&addr)
+    (window().0..window().1).contains(&addr)
 }
