@@ -13,6 +13,7 @@ pub mod kasan_suite;
 pub mod mm;
 pub mod selftest;
 pub mod task;
+pub mod workload;
 
 #[no_mangle]
 pub fn guest_main(info: &'static BootInfo) -> ! {
@@ -39,6 +40,7 @@ fn run_suite(name: &str) -> bool {
         "tasks" => selftest::tasks(),
         "selftest" => selftest::mm() & selftest::vmalloc() & selftest::tasks(),
         "kasan" => kasan_suite::run(),
+        "workload" => workload::run(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

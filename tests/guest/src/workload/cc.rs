@@ -1,0 +1,534 @@
+//! One compilation unit (a `cc1` job) and the final link.
+//!
+//! A unit opens its source and 8..24 headers (path walk, dentries, inodes,
+//! files), reads them page by page through the page cache (the source twice:
+//! preprocess, then compile), turns every page into a list of small token
+//! objects, parses the tokens into an AST of skewed-size objects (a named
+//! cache for the common node, kmalloc for the rest, identifiers interned in
+//! a symbol table that grows with krealloc), walks the AST (iteratively and,
+//! near the roots, recursively with locals on the kernel stack), writes its
+//! object file into dirty page-cache pages and frees everything. Its
+//! "compiler heap" is whole pages (anonymous-memory-like) touched as it goes.
+use super::mem;
+use super::pagecache::{self, disk_word};
+use super::rng::{hash3, mix, Rng};
+use super::vfs::{self, Inode, KIND_HEADER, KIND_OUTPUT, KIND_SOURCE};
+use super::{params, state};
+use crate::mm::{CacheRef, PAGE_SIZE};
+use crate::task;
+
+const SRC_TOKEN_STRIDE: usize = 4; // one token per 4 words of source
+const HDR_TOKEN_STRIDE: usize = 16; // one per 16 words of header
+const NODE_CACHE_SIZE: usize = 64;
+const MAX_CHILDREN: usize = 4;
+const KIND_NODE_CACHE: u32 = 1;
+const KIND_NODE_KMALLOC: u32 = 2;
+
+/// Shape of unit `u`: (source pages, number of headers, anon pages).
+pub fn unit_shape(seed: u64, u: u32) -> (u32, u32, usize) {
+    let mut r = Rng::new(hash3(seed, 0x5c, u as u64));
+    let src_pages = 2 + r.skewed(23) as u32;
+    let nhdr = r.range(8, 24) as u32;
+    let anon = params().anon_base + params().anon_per_page * src_pages as usize;
+    (src_pages, nhdr, anon)
+}
+
+pub fn header_pages(seed: u64, h: u32) -> u32 {
+    1 + Rng::new(hash3(seed, 0x4d, h as u64)).skewed(12) as u32
+}
+
+pub fn source_content(seed: u64, u: u32) -> u64 {
+    hash3(seed, 1, u as u64)
+}
+
+pub fn header_content(seed: u64, h: u32) -> u64 {
+    hash3(seed, 2, h as u64)
+}
+
+#[repr(C)]
+struct Token {
+    next: *mut Token,
+    val: u64,
+    kind: u32,
+    line: u32,
+}
+
+#[repr(C)]
+struct Symbol {
+    next: *mut Symbol,
+    key: u64,
+    refs: u32,
+    len: u32,
+    // name bytes follow
+}
+
+struct SymTab {
+    buckets: *mut *mut Symbol,
+    nbuckets: usize,
+    n: usize,
+}
+
+impl SymTab {
+    fn new() -> Self {
+        let nb = 64;
+        let b = mem::kzalloc(nb * 8) as *mut *mut Symbol;
+        SymTab { buckets: b, nbuckets: nb, n: 0 }
+    }
+    fn intern(&mut self, key: u64) -> *mut Symbol {
+        let h = mix(key) as usize;
+        let mut s = unsafe { *self.buckets.add(h % self.nbuckets) };
+        while !s.is_null() {
+            let sr = unsafe { &mut *s };
+            if sr.key == key {
+                // Compare the name too (reads the object's tail).
+                let name = unsafe { core::slice::from_raw_parts((s as *const u8).add(core::mem::size_of::<Symbol>()), sr.len as usize) };
+                if name.first().copied() == Some(b'a' + (key % 26) as u8) {
+                    sr.refs += 1;
+                    return s;
+                }
+            }
+            s = sr.next;
+        }
+        if self.n >= self.nbuckets * 2 && self.nbuckets < 1024 {
+            self.grow();
+        }
+        let len = 4 + (key % 40) as usize;
+        let s = mem::kmalloc(core::mem::size_of::<Symbol>() + len) as *mut Symbol;
+        unsafe {
+            let name = (s as *mut u8).add(core::mem::size_of::<Symbol>());
+            for i in 0..len {
+                *name.add(i) = b'a' + ((key >> (i % 8)) % 26) as u8;
+            }
+            *name = b'a' + (key % 26) as u8;
+            let b = self.buckets.add(h % self.nbuckets);
+            s.write(Symbol { next: *b, key, refs: 1, len: len as u32 });
+            *b = s;
+        }
+        self.n += 1;
+        s
+    }
+    fn grow(&mut self) {
+        let old = self.nbuckets;
+        let nb = old * 2;
+        // krealloc (in place up to the slot size, else copy), then rehash.
+        self.buckets = mem::krealloc(self.buckets as *mut u8, nb * 8) as *mut *mut Symbol;
+        unsafe {
+            let mut chain: *mut Symbol = core::ptr::null_mut();
+            for i in 0..old {
+                let mut s = *self.buckets.add(i);
+                while !s.is_null() {
+                    let next = (*s).next;
+                    (*s).next = chain;
+                    chain = s;
+                    s = next;
+                }
+            }
+            core::ptr::write_bytes(self.buckets, 0, nb);
+            while !chain.is_null() {
+                let next = (*chain).next;
+                let b = self.buckets.add(mix((*chain).key) as usize % nb);
+                (*chain).next = *b;
+                *b = chain;
+                chain = next;
+            }
+        }
+        self.nbuckets = nb;
+    }
+    fn free(self) -> u64 {
+        let mut sum = 0u64;
+        for i in 0..self.nbuckets {
+            let mut s = unsafe { *self.buckets.add(i) };
+            while !s.is_null() {
+                let next = unsafe { (*s).next };
+                sum = sum.wrapping_add(unsafe { (*s).refs } as u64);
+                mem::kfree(s as *mut u8);
+                s = next;
+            }
+        }
+        mem::kfree(self.buckets as *mut u8);
+        sum
+    }
+}
+
+/// Per-unit compiler state.
+struct Cc {
+    seed: u64,
+    node_cache: CacheRef,
+    syms: SymTab,
+    /// Nodes without a parent yet (vmalloc'd).
+    pending: *mut *mut u64,
+    npending: usize,
+    cap: usize,
+    nodes: usize,
+    folded: usize,
+    anon: *mut usize,
+    nanon: usize,
+    anon_cap: usize,
+    hash: u64,
+}
+
+impl Cc {
+    fn anon_touch(&mut self, v: u64) {
+        // The compiler heap grows as the unit is compiled.
+        if self.nanon < self.anon_cap && (v & 7) == 0 {
+            let p = mem::anon_page();
+            unsafe {
+                let w = p as *mut u64;
+                for i in 0..8 {
+                    w.add(i * 64).write(v ^ i as u64);
+                }
+                *self.anon.add(self.nanon) = p;
+            }
+            self.nanon += 1;
+        }
+    }
+
+    fn new_node(&mut self, val: u64) {
+        if self.npending == self.cap || self.nodes - self.folded >= self.cap {
+            return;
+        }
+        let r = (val >> 16) % 1000;
+        let (kind, size) = if r < 500 {
+            (KIND_NODE_CACHE, NODE_CACHE_SIZE)
+        } else {
+            let sz = if r < 800 {
+                16 + (val >> 32) % 33
+            } else if r < 950 {
+                48 + (val >> 32) % 209
+            } else if r < 995 {
+                256 + (val >> 32) % 1793
+            } else {
+                2048 + (val >> 32) % 3953
+            };
+            (KIND_NODE_KMALLOC, sz as usize)
+        };
+        let p = if kind == KIND_NODE_CACHE { mem::cache_alloc(self.node_cache) } else { mem::kmalloc(size) } as *mut u64;
+        let room = (size - 16) / 8;
+        let want = ((val >> 24) % (MAX_CHILDREN as u64 + 1)) as usize;
+        let nchild = want.min(room).min(MAX_CHILDREN).min(self.npending);
+        unsafe {
+            p.write(((kind as u64) << 48) | ((nchild as u64) << 32) | size as u64);
+            p.add(1).write(val);
+            for c in 0..nchild {
+                self.npending -= 1;
+                p.add(2 + c).write(*self.pending.add(self.npending) as u64);
+            }
+            let words = size / 8;
+            for i in 2 + nchild..words {
+                p.add(i).write(val.rotate_left(i as u32));
+            }
+            let b = p as *mut u8;
+            for i in words * 8..size {
+                *b.add(i) = i as u8;
+            }
+        }
+        self.nodes += 1;
+        // Constant folding: some leaves die at once.
+        if nchild == 0 && (val >> 28) % 8 == 0 {
+            self.free_node(p);
+            self.folded += 1;
+            return;
+        }
+        unsafe { *self.pending.add(self.npending) = p };
+        self.npending += 1;
+    }
+
+    fn free_node(&mut self, p: *mut u64) {
+        let h = unsafe { p.read() };
+        if (h >> 48) as u32 == KIND_NODE_CACHE {
+            mem::cache_free(self.node_cache, p as *mut u8);
+        } else {
+            mem::kfree(p as *mut u8);
+        }
+    }
+
+    /// Lex one page into a token list, then parse the tokens.
+    fn compile_page(&mut self, page: usize, stride: usize, content: u64, index: usize) {
+        let w = page as *const u64;
+        // Cheap corruption check of the page-cache page.
+        if unsafe { w.read() } != disk_word(content, index, 0) || unsafe { w.add(511).read() } != disk_word(content, index, 511) {
+            super::fail("page cache page does not hold its file's content");
+        }
+        let mut head: *mut Token = core::ptr::null_mut();
+        let mut tail: *mut Token = core::ptr::null_mut();
+        let mut i = 0;
+        while i < PAGE_SIZE / 8 {
+            let v = unsafe { w.add(i).read() };
+            let sz = 24 + (v % 3) as usize * 8;
+            let t = mem::kmalloc(sz) as *mut Token;
+            unsafe {
+                t.write(Token { next: core::ptr::null_mut(), val: v, kind: (v & 7) as u32, line: i as u32 });
+                if tail.is_null() {
+                    head = t;
+                } else {
+                    (*tail).next = t;
+                }
+            }
+            tail = t;
+            i += stride;
+        }
+        // Parse: consume and free the tokens.
+        while !head.is_null() {
+            let t = unsafe { &*head };
+            let (v, k, next) = (t.val, t.kind, t.next);
+            match k {
+                0..=2 => {
+                    let s = self.syms.intern((v >> 40) & 0x3ff);
+                    self.hash = self.hash.wrapping_add(unsafe { (*s).refs } as u64);
+                }
+                3 => self.hash ^= v,
+                _ => {}
+            }
+            if (v >> 8) % 3 == 0 {
+                self.new_node(v);
+            }
+            self.anon_touch(v >> 3);
+            mem::kfree(head as *mut u8);
+            head = next;
+        }
+    }
+
+    /// Walk every tree from the roots: iterative DFS over all nodes, with a
+    /// recursive "type check" of the top levels.
+    fn walk(&mut self, stack: *mut *mut u64) -> u64 {
+        let mut h = 0u64;
+        for r in 0..self.npending {
+            let root = unsafe { *self.pending.add(r) };
+            if r % 8 == 0 {
+                h ^= type_check(root, 0);
+            }
+            let mut sp = 0usize;
+            unsafe { *stack.add(sp) = root };
+            sp += 1;
+            while sp > 0 {
+                sp -= 1;
+                let n = unsafe { *stack.add(sp) };
+                let hdr = unsafe { n.read() };
+                let size = (hdr & 0xffff_ffff) as usize;
+                let nchild = ((hdr >> 32) & 0xffff) as usize;
+                h = h.rotate_left(5) ^ unsafe { n.add(1).read() };
+                for i in 2 + nchild..size / 8 {
+                    h = h.rotate_left(5) ^ unsafe { n.add(i).read() };
+                }
+                for c in 0..nchild {
+                    unsafe { *stack.add(sp) = n.add(2 + c).read() as *mut u64 };
+                    sp += 1;
+                }
+            }
+        }
+        h
+    }
+
+    /// Free every tree.
+    fn free_all(&mut self, stack: *mut *mut u64) {
+        for r in 0..self.npending {
+            let root = unsafe { *self.pending.add(r) };
+            let mut sp = 0usize;
+            unsafe { *stack.add(sp) = root };
+            sp += 1;
+            while sp > 0 {
+                sp -= 1;
+                let n = unsafe { *stack.add(sp) };
+                let hdr = unsafe { n.read() };
+                let nchild = ((hdr >> 32) & 0xffff) as usize;
+                for c in 0..nchild {
+                    unsafe { *stack.add(sp) = n.add(2 + c).read() as *mut u64 };
+                    sp += 1;
+                }
+                self.free_node(n);
+            }
+        }
+        self.npending = 0;
+    }
+}
+
+/// Recursive check of the top of a tree, with a local buffer per frame
+/// (stack-tracked memory).
+#[inline(never)]
+fn type_check(n: *mut u64, depth: u32) -> u64 {
+    let mut local = [0u64; 6];
+    let hdr = unsafe { n.read() };
+    let size = (hdr & 0xffff_ffff) as usize;
+    let nchild = ((hdr >> 32) & 0xffff) as usize;
+    for (i, l) in local.iter_mut().enumerate() {
+        let k = 2 + nchild + i;
+        *l = if k < size / 8 { unsafe { n.add(k).read() } } else { depth as u64 };
+    }
+    let mut h = local.iter().fold(hdr, |a, &b| a.rotate_left(7) ^ b);
+    if depth < 6 {
+        for c in 0..nchild {
+            h ^= type_check(unsafe { n.add(2 + c).read() } as *mut u64, depth + 1);
+        }
+    }
+    core::hint::black_box(&mut local);
+    h
+}
+
+fn open_read(seed: u64, kind: u32, id: u32, npages: u32, content: u64) -> *mut vfs::File {
+    match vfs::open(seed, kind, id, Some((kind, npages, content))) {
+        Some(f) => f,
+        None => super::fail("open failed"),
+    }
+}
+
+/// Compile unit `u` (runs in a job task).
+pub fn compile(u: u32) {
+    let st = state();
+    let seed = st.seed;
+    let (src_pages, nhdr, anon_cap) = unit_shape(seed, u);
+    let mut rng = Rng::new(hash3(seed, 0xcc, u as u64));
+    // Which headers (popular ones more often).
+    let mut hdrs = [0u32; 24];
+    let mut hdr_pages_total = 0usize;
+    for h in hdrs.iter_mut().take(nhdr as usize) {
+        *h = rng.skewed(st.nheaders as u64) as u32;
+        hdr_pages_total += header_pages(seed, *h) as usize;
+    }
+    let tokens = src_pages as usize * (512 / SRC_TOKEN_STRIDE) + hdr_pages_total * (512 / HDR_TOKEN_STRIDE);
+    let cap = tokens / 3 + 64;
+    let pending = mem::vmalloc(cap * 8) as *mut *mut u64;
+    let anon = mem::kzalloc(anon_cap.max(1) * 8) as *mut usize;
+    let mut cc = Cc {
+        seed,
+        node_cache: st.node_cache,
+        syms: SymTab::new(),
+        pending,
+        npending: 0,
+        cap,
+        nodes: 0,
+        folded: 0,
+        anon,
+        nanon: 0,
+        anon_cap,
+        hash: mix(u as u64),
+    };
+
+    // Preprocess: read the source once (checksum only), then the headers.
+    let src_content = source_content(seed, u);
+    let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
+    let ino: &mut Inode = unsafe { &mut *(*f).inode };
+    for i in 0..src_pages as usize {
+        let p = pagecache::get(ino, i);
+        let w = p as *const u64;
+        let mut s = 0u64;
+        for k in (0..512).step_by(8) {
+            s = s.wrapping_add(unsafe { w.add(k).read() });
+        }
+        cc.hash ^= s;
+        pagecache::put(p);
+    }
+    vfs::close(f);
+    task::yield_now();
+    for &h in hdrs.iter().take(nhdr as usize) {
+        let hp = header_pages(seed, h);
+        let hc = header_content(seed, h);
+        let f = open_read(seed, KIND_HEADER, h, hp, hc);
+        let ino: &mut Inode = unsafe { &mut *(*f).inode };
+        for i in 0..hp as usize {
+            let p = pagecache::get(ino, i);
+            cc.compile_page(p, HDR_TOKEN_STRIDE, hc, i);
+            pagecache::put(p);
+        }
+        vfs::close(f);
+        super::maybe_sample();
+        task::yield_now();
+    }
+    // Compile: the source again (page-cache hits unless reclaimed).
+    let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
+    let ino: &mut Inode = unsafe { &mut *(*f).inode };
+    for i in 0..src_pages as usize {
+        let p = pagecache::get(ino, i);
+        cc.compile_page(p, SRC_TOKEN_STRIDE, src_content, i);
+        pagecache::put(p);
+        if i % 4 == 3 {
+            task::yield_now();
+        }
+    }
+    vfs::close(f);
+    mem::note_tracked();
+
+    // Walk the AST (the "optimiser"), with a vmalloc'd DFS stack.
+    let stack = mem::vmalloc(cap * 8) as *mut *mut u64;
+    let h = cc.walk(stack);
+    let result = mix(cc.hash ^ h ^ cc.nodes as u64);
+    task::yield_now();
+
+    // Emit the object file into dirty page-cache pages.
+    // Object file with debug info: `obj` sixteenths of a page per AST node.
+    let out_pages = (1 + cc.nodes * params().obj_per_node / 16).min(60000) as u32;
+    let out_content = mix(result ^ u as u64);
+    let f = match vfs::open(seed, KIND_OUTPUT, u, Some((KIND_OUTPUT, out_pages, out_content))) {
+        Some(f) => f,
+        None => super::fail("cannot create the output"),
+    };
+    let ino: &mut Inode = unsafe { &mut *(*f).inode };
+    ino.content = out_content;
+    for i in 0..out_pages as usize {
+        let p = pagecache::write_begin(ino, i);
+        pagecache::fill(p, out_content, i);
+        pagecache::put(p);
+    }
+    vfs::close(f);
+    pagecache::balance_dirty();
+    mem::note_tracked();
+
+    // Exit: free everything.
+    cc.free_all(stack);
+    mem::vfree(stack as *mut u8, cap * 8);
+    let mut anon_sum = 0u64;
+    for i in 0..cc.nanon {
+        let p = unsafe { *cc.anon.add(i) };
+        anon_sum = anon_sum.wrapping_add(unsafe { (p as *const u64).read() });
+        mem::anon_free(p);
+    }
+    mem::kfree(cc.anon as *mut u8);
+    mem::vfree(cc.pending as *mut u8, cap * 8);
+    let refs = cc.syms.free();
+    let stm = super::state();
+    stm.units_done += 1;
+    stm.nodes += cc.nodes as u64;
+    stm.folded += cc.folded as u64;
+    stm.unit_sum = stm.unit_sum.wrapping_add(result ^ refs);
+    stm.anon_sum = stm.anon_sum.wrapping_add(anon_sum);
+    let _ = cc.seed;
+}
+
+/// The link step: read every unit's object file through the page cache
+/// (hits, or misses that come back from "disk" after reclaim), verify it,
+/// and fold it into the image checksum.
+pub fn link(units: u32) -> u64 {
+    let seed = state().seed;
+    let symtab = mem::vmalloc(units as usize * 16) as *mut u64;
+    let mut sum = 0u64;
+    for u in 0..units {
+        let f = match vfs::open(seed, KIND_OUTPUT, u, None) {
+            Some(f) => f,
+            None => super::fail("link: an object file is missing"),
+        };
+        let ino: &mut Inode = unsafe { &mut *(*f).inode };
+        let mut s = 0u64;
+        for i in 0..ino.npages as usize {
+            let p = pagecache::get(ino, i);
+            if !pagecache::verify(p, ino.content, i) {
+                crate::println!("wl-error link: page {} of unit {} is corrupt", i, u);
+                state().errors += 1;
+            }
+            let w = p as *const u64;
+            for k in (0..512).step_by(16) {
+                s = s.wrapping_add(unsafe { w.add(k).read() });
+            }
+            pagecache::put(p);
+        }
+        unsafe {
+            symtab.add(u as usize * 2).write(ino.content);
+            symtab.add(u as usize * 2 + 1).write(s);
+        }
+        vfs::close(f);
+        super::maybe_sample();
+    }
+    for u in 0..units as usize {
+        sum = hash3(sum, unsafe { symtab.add(u * 2).read() }, unsafe { symtab.add(u * 2 + 1).read() });
+    }
+    mem::vfree(symtab as *mut u8, units as usize * 16);
+    sum
+}

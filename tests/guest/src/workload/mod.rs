@@ -1,0 +1,368 @@
+//! Suite `workload`: a kernel-build-like stress workload (a model of
+//! `make -jN` over M compilation units), deterministic from `seed=`, sized by
+//! `units=` and `jobs=` on the command line (also `anon=` KiB of compiler
+//! heap per source page, `anon_base=` KiB per unit, `samples=` target
+//! number of `wl-sample` lines).
+//!
+//! Output (machine-readable, one line each):
+//!   wl-start mode=.. ram_mib=.. units=.. jobs=.. seed=.. ...
+//!   wl-sample t_ns=.. ops=.. free=.. pagecache=.. dirty=.. anon=.. slab=.. vmalloc=.. ondemand=.. tracked=..
+//!   wl-result mode=.. ram_mib=.. metadata_init_bytes=.. usable_bytes=.. ondemand_peak_bytes=..
+//!             ondemand_end_bytes=.. ondemand_before_bytes=.. min_free_bytes=.. workload_ns=..
+//!             slowpath_checks=.. reports=.. slab_allocs=.. tracked_peak_bytes=.. invariants=ok|bad ...
+//!   wl-oom / wl-error / wl-fail lines on failure (the suite then fails).
+//! Bytes everywhere; times in ns from the TSC (see clock.rs).
+pub mod cc;
+pub mod clock;
+pub mod mem;
+pub mod pagecache;
+pub mod rng;
+pub mod vfs;
+
+use crate::kasan_glue::stats as stats_snapshot;
+use hybrid_shadow::StatsSnapshot;
+use crate::mm::{buddy, slab, CacheRef, PAGE_SIZE};
+use crate::{println, task};
+use guest_boot::ShadowMode;
+
+#[derive(Clone, Copy)]
+pub struct Params {
+    pub seed: u64,
+    pub units: u32,
+    pub jobs: u32,
+    pub anon_per_page: usize,
+    pub anon_base: usize,
+    pub obj_per_node: usize,
+    pub samples: u64,
+}
+
+pub struct State {
+    pub seed: u64,
+    pub nheaders: u32,
+    pub node_cache: CacheRef,
+    pub next_unit: u32,
+    pub units_done: u32,
+    pub nodes: u64,
+    pub folded: u64,
+    pub unit_sum: u64,
+    pub anon_sum: u64,
+    pub errors: u64,
+    pub ops: u64,
+    pub sample_every: u64,
+    pub next_sample: u64,
+    pub t0: u64,
+    pub min_free: usize,
+    pub samples: u64,
+    pub jobs_live: u32,
+}
+
+static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0 };
+static mut STATE: Option<State> = None;
+
+pub fn params() -> &'static Params {
+    unsafe { &*core::ptr::addr_of!(PARAMS) }
+}
+
+pub fn state() -> &'static mut State {
+    unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut().expect("workload state") }
+}
+
+fn parse_params(cmdline: &str, seed: u64) -> Params {
+    let mut p = Params { seed, units: 64, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 16, samples: 300 };
+    for w in cmdline.split_ascii_whitespace() {
+        let Some((k, v)) = w.split_once('=') else { continue };
+        let Ok(n) = v.parse::<u64>() else { continue };
+        match k {
+            "units" => p.units = (n as u32).max(1),
+            "jobs" => p.jobs = (n as u32).clamp(1, 32),
+            "anon" => p.anon_per_page = n as usize / 4,
+            "anon_base" => p.anon_base = n as usize / 4,
+            "samples" => p.samples = n.max(1),
+            "obj" => p.obj_per_node = n as usize,
+            _ => {}
+        }
+    }
+    p
+}
+
+pub fn fail(msg: &str) -> ! {
+    println!("wl-fail {}", msg);
+    guest_boot::exit(guest_boot::code::FAILURE)
+}
+
+/// Called on every counted operation (allocations, page-cache misses).
+#[inline(never)]
+pub fn tick() {
+    let Some(st) = (unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut() }) else { return };
+    st.ops += 1;
+    let free = buddy::free_page_count();
+    if free < st.min_free {
+        st.min_free = free;
+    }
+    if st.ops & 63 == 0 {
+        mem::note_tracked();
+    }
+}
+
+/// Print a `wl-sample` line when due.
+pub fn maybe_sample() {
+    let st = state();
+    if st.ops >= st.next_sample {
+        st.next_sample = st.ops + st.sample_every;
+        sample();
+    }
+}
+
+fn sample() {
+    let st = state();
+    st.samples += 1;
+    let t = clock::ns_between(st.t0, clock::rdtsc());
+    let (slab_b, _, vm) = mem::tracked_now();
+    let od = stats_snapshot().map(|s| s.ondemand_live_bytes()).unwrap_or(0);
+    let pcs = pagecache::stats();
+    println!(
+        "wl-sample t_ns={} ops={} free={} pagecache={} dirty={} anon={} slab={} vmalloc={} ondemand={} tracked={} units_done={}",
+        t,
+        st.ops,
+        buddy::free_page_count() * PAGE_SIZE,
+        pcs.nr * PAGE_SIZE,
+        pcs.dirty * PAGE_SIZE,
+        mem::c().anon_live * PAGE_SIZE,
+        slab_b,
+        vm,
+        od,
+        slab_b + mem::c().stacks_live + vm + mem::globals(),
+        st.units_done
+    );
+}
+
+fn job(_: usize) {
+    loop {
+        let st = state();
+        let u = st.next_unit;
+        if u >= params().units {
+            break;
+        }
+        st.next_unit += 1;
+        cc::compile(u);
+        maybe_sample();
+        pagecache::balance();
+        task::yield_now();
+    }
+    mem::c().stacks_live -= task::STACK_SIZE;
+    state().jobs_live -= 1;
+}
+
+fn link_task(arg: usize) {
+    let sum = cc::link(params().units);
+    unsafe { *(arg as *mut u64) = sum };
+    mem::c().stacks_live -= task::STACK_SIZE;
+}
+
+fn mode_name(m: ShadowMode) -> &'static str {
+    match m {
+        ShadowMode::Off => "off",
+        ShadowMode::Full => "full",
+        ShadowMode::Hybrid => "hybrid",
+    }
+}
+
+/// The suite. True when the workload completed with every check passing.
+pub fn run() -> bool {
+    let info = guest_boot::boot_info();
+    let p = parse_params(info.cmdline(), info.config.seed);
+    unsafe { PARAMS = p };
+    let mode = mode_name(info.config.shadow);
+    let ram_mib = (info.ram_bytes + (1 << 20) - 1) >> 20;
+    let (tsc_hz, tsc_src) = clock::init();
+
+    // Before the workload.
+    slab::drain_all();
+    let s0: Option<StatsSnapshot> = stats_snapshot();
+    let st0 = s0.unwrap_or_default();
+    let free0 = buddy::free_page_count();
+    let (_, _, objs0) = slab::usage();
+    let managed = buddy::managed_pages();
+
+    mem::init();
+    pagecache::init(managed, info.ram_bytes);
+    let nheaders = 64 + p.units / 4;
+    vfs::init(2 * p.units as usize + nheaders as usize + 1024);
+    let node_cache = mem::create_cache("ast_node", 64);
+    let est_ops = p.units as u64 * 6000;
+    unsafe {
+        STATE = Some(State {
+            seed: p.seed,
+            nheaders,
+            node_cache,
+            next_unit: 0,
+            units_done: 0,
+            nodes: 0,
+            folded: 0,
+            unit_sum: 0,
+            anon_sum: 0,
+            errors: 0,
+            ops: 0,
+            sample_every: (est_ops / p.samples).max(256),
+            next_sample: 0,
+            t0: 0,
+            min_free: free0,
+            samples: 0,
+            jobs_live: 0,
+        })
+    };
+    println!(
+        "wl-start mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
+        mode,
+        ram_mib,
+        p.units,
+        p.jobs,
+        p.seed,
+        nheaders,
+        free0 * PAGE_SIZE,
+        managed * PAGE_SIZE,
+        mem::globals(),
+        tsc_hz,
+        tsc_src,
+        pagecache::stats().low * PAGE_SIZE,
+        pagecache::stats().high * PAGE_SIZE,
+        if s0.is_some() { "real" } else { "stub" }
+    );
+
+    // make -jN
+    let t0 = clock::rdtsc();
+    state().t0 = t0;
+    sample();
+    let mut pids = [0u32; 32];
+    for pid in pids.iter_mut().take(p.jobs as usize) {
+        *pid = mem::spawn("cc1", job, 0);
+        state().jobs_live += 1;
+    }
+    for &pid in pids.iter().take(p.jobs as usize) {
+        task::join(pid);
+    }
+    let t_build = clock::rdtsc();
+    // Link.
+    let mut image_sum = 0u64;
+    let ld = mem::spawn("ld", link_task, core::ptr::addr_of_mut!(image_sum) as usize);
+    task::join(ld);
+    let t1 = clock::rdtsc();
+    sample();
+    let workload_ns = clock::ns_between(t0, t1);
+    let peak_before_teardown = stats_snapshot().unwrap_or_default();
+
+    // Exit: tear everything down.
+    let pcs = pagecache::stats();
+    let (pc_peak, pc_hits, pc_misses, pc_recl, pc_wb, pc_corrupt) = (pcs.peak, pcs.hits, pcs.misses, pcs.reclaimed, pcs.writebacks, pcs.corrupt);
+    let (ndent, lookups, dhits, extnames, ninodes) = vfs::stats();
+    vfs::teardown();
+    pagecache::shutdown();
+    let st = state();
+    if crate::mm::kmem_cache_destroy(st.node_cache).is_err() {
+        println!("wl-error ast_node cache not empty");
+        st.errors += 1;
+    }
+    slab::drain_all();
+    let s1 = stats_snapshot().unwrap_or_default();
+    let free1 = buddy::free_page_count();
+    let (slab_pages1, _, objs1) = slab::usage();
+    let bad_buddy = buddy::check_invariants();
+    let bad_slab = slab::check_invariants();
+    let cnt = *mem::c();
+    let vm_pt_allow = if cnt.vmalloc_hi > 0 {
+        (cnt.vmalloc_hi - guest_boot::paging::VMALLOC_START as usize + (2 << 20) - 1) / (2 << 20) + 2
+    } else {
+        0
+    };
+    let table_delta = s1.shadow_table_bytes.saturating_sub(st0.shadow_table_bytes) / PAGE_SIZE;
+    let leaked = free0 as i64 - free1 as i64 - table_delta as i64;
+    let mut problems = 0u64;
+    let mut problem = |cond: bool, what: &str| {
+        if !cond {
+            println!("wl-error invariant: {}", what);
+            problems += 1;
+        }
+    };
+    problem(bad_buddy == 0, "buddy invariants");
+    problem(bad_slab == 0, "slab invariants");
+    problem(cnt.slab_allocs == cnt.slab_frees, "every workload slab object freed");
+    problem(objs1 == objs0, "slab objects in use back to the level before the workload");
+    problem(cnt.vmallocs == cnt.vfrees && cnt.vmalloc_live_bytes == 0, "every vmalloc area freed");
+    problem(cnt.anon_live == 0, "every anonymous page freed");
+    problem(cnt.stacks_live == 0, "every job stack freed");
+    problem(pagecache::pages() == 0 && pagecache::stats().dirty == 0, "page cache empty");
+    problem(pc_corrupt == 0, "page cache content intact");
+    problem(leaked >= 0 && leaked as usize <= vm_pt_allow, "free pages back to the level before the workload (vmalloc page tables aside)");
+    problem(st.units_done == p.units, "every unit compiled");
+    problem(ndent >= 1 && ninodes >= 1, "vfs populated");
+    let invariants_ok = problems == 0 && st.errors == 0;
+    let runtime_real = s0.is_some();
+    let slab_allocs = if runtime_real { s1.slab_allocs.saturating_sub(st0.slab_allocs) as u64 } else { cnt.slab_allocs };
+
+    println!(
+        "wl-result mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
+ondemand_peak_bytes={} ondemand_end_bytes={} ondemand_before_bytes={} min_free_bytes={} workload_ns={} build_ns={} \
+slowpath_checks={} slowpath_clean={} reports={} slab_allocs={} wl_slab_allocs={} tracked_peak_bytes={} \
+tracked_peak_slab={} tracked_peak_stacks={} tracked_peak_vmalloc={} globals_bytes={} anon_peak_bytes={} \
+pagecache_peak_bytes={} pagecache_hits={} pagecache_misses={} reclaimed_pages={} writebacks={} direct_reclaims={} \
+dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} krealloc={} vmallocs={} \
+unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
+slab_pages_end={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
+        mode,
+        ram_mib,
+        if runtime_real { "real" } else { "stub" },
+        p.units,
+        p.jobs,
+        p.seed,
+        st0.metadata_init_bytes(),
+        free0 * PAGE_SIZE,
+        peak_before_teardown.ondemand_peak_bytes().max(s1.ondemand_peak_bytes()),
+        s1.ondemand_live_bytes(),
+        st0.ondemand_live_bytes(),
+        st.min_free * PAGE_SIZE,
+        workload_ns,
+        clock::ns_between(t0, t_build),
+        s1.slow_path_checks.saturating_sub(st0.slow_path_checks),
+        s1.slow_path_clean.saturating_sub(st0.slow_path_clean),
+        s1.reports,
+        slab_allocs,
+        cnt.slab_allocs,
+        cnt.tracked_peak,
+        cnt.tracked_peak_slab,
+        cnt.tracked_peak_stacks,
+        cnt.tracked_peak_vmalloc,
+        mem::globals(),
+        cnt.anon_peak * PAGE_SIZE,
+        pc_peak * PAGE_SIZE,
+        pc_hits,
+        pc_misses,
+        pc_recl,
+        pc_wb,
+        cnt.direct_reclaims,
+        ndent,
+        lookups,
+        dhits,
+        extnames,
+        st.nodes,
+        st.folded,
+        cnt.krealloc_calls,
+        cnt.vmallocs,
+        s1.unchecked_events,
+        s1.quarantine_bytes,
+        s1.shadow_table_bytes,
+        managed * PAGE_SIZE,
+        leaked,
+        vm_pt_allow,
+        slab_pages1,
+        hash3_sum(image_sum, st.unit_sum, st.anon_sum),
+        if invariants_ok { "ok" } else { "bad" },
+        st.samples,
+        tsc_hz,
+        tsc_src
+    );
+    invariants_ok && s1.reports == 0
+}
+
+fn hash3_sum(a: u64, b: u64, c: u64) -> u64 {
+    rng::hash3(a, b, c)
+}
