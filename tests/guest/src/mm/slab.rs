@@ -607,6 +607,13 @@ pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The slab page holding `ptr`: (first page, order).
+pub fn slab_page_of(ptr: usize) -> Option<(usize, usize)> {
+    let (m, _, _) = locate(ptr)?;
+    let mr = unsafe { &*m };
+    Some((mr.base, mr.order as usize))
+}
+
 /// Name and object size of the cache owning `ptr` (for diagnostics).
 pub fn cache_name_of(ptr: usize) -> Option<(&'static str, usize)> {
     let (m, _, _) = locate(ptr)?;
