@@ -429,14 +429,17 @@ pub fn kfree_sensitive(ptr: *const u8) {
         return;
     }
     if let Some((m, i, 0)) = locate(p) {
+        // SAFETY: `locate` returns the live SlabMeta of a slab page.
         let mr = unsafe { &*m };
         let c = &caches()[mr.cache];
         let slab_says = i < mr.nobj as usize && mr.allocated[i / 64] & (1 << (i % 64)) != 0;
         if kasan_glue::object_live(c.id, mr.base + c.slab_offset, direct(p), slab_says) {
             let n = kasan_glue::ksize(c.id, direct(p), c.object_size, ip);
+            // SAFETY: a live object of at least `n` usable bytes (ksize).
             unsafe { core::ptr::write_bytes(ptr as *mut u8, 0, n) };
         }
     } else if let Some((size, _, None)) = object_info(p) {
+        // SAFETY: a live page-backed kmalloc of `size` bytes.
         unsafe { core::ptr::write_bytes(ptr as *mut u8, 0, size) };
     }
     kfree_ip(ptr, ip)
@@ -610,6 +613,7 @@ pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
 /// The slab page holding `ptr`: (first page, order).
 pub fn slab_page_of(ptr: usize) -> Option<(usize, usize)> {
     let (m, _, _) = locate(ptr)?;
+    // SAFETY: `locate` returns the live SlabMeta of a slab page.
     let mr = unsafe { &*m };
     Some((mr.base, mr.order as usize))
 }
