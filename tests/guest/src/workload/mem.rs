@@ -214,6 +214,7 @@ pub fn vmalloc(size: usize) -> *mut u8 {
             cc.vmalloc_live_bytes += bytes;
             cc.vmalloc_hi = cc.vmalloc_hi.max(p as usize + bytes + PAGE_SIZE);
             note_tracked();
+            super::tick();
             return p;
         }
         if !relieve() {
@@ -234,6 +235,7 @@ pub fn vfree(p: *mut u8, size: usize) {
 pub fn anon_page() -> usize {
     loop {
         if let Some(p) = buddy::alloc_pages(0) {
+            super::tick();
             let cc = c();
             cc.anon_allocs += 1;
             cc.anon_live += 1;

@@ -1,0 +1,228 @@
+//! Host side of the test guest for the stress test (tests/guest_stress.rs)
+//! and the memory benchmark (benches/guest_memory.rs): build the guest with
+//! a nested, clean-environment cargo (own target directory), boot it in
+//! QEMU (TCG, microvm, like tests/guest_run.sh), and parse the workload's
+//! `wl-start` / `wl-sample` / `wl-result` lines from the serial log.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// QEMU exit status of a successful suite ((0x10 << 1) | 1).
+pub const EXIT_SUCCESS: i32 = 33;
+
+/// A command with the outer cargo's environment removed, so that a nested
+/// build neither inherits its toolchain, flags nor target directory.
+fn clean(mut c: Command) -> Command {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let strip = (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k.starts_with("__CARGO")
+            || k.starts_with("RUSTC")
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+            || k.starts_with("CARGO_ENCODED");
+        if strip {
+            c.env_remove(&k);
+        }
+    }
+    c
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null 2>&1")).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// QEMU present, or installed with apt-get when root; otherwise an error
+/// naming the command to run. Never a silent skip.
+pub fn ensure_qemu() -> Result<(), String> {
+    if have("qemu-system-x86_64") {
+        return Ok(());
+    }
+    if is_root() && have("apt-get") {
+        eprintln!("guest driver: installing qemu-system-x86 with apt-get");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok && have("qemu-system-x86_64") {
+            return Ok(());
+        }
+        return Err("apt-get could not install qemu-system-x86; run: apt-get install --no-install-recommends qemu-system-x86".into());
+    }
+    Err("qemu-system-x86_64 is missing; run: sudo apt-get install --no-install-recommends qemu-system-x86".into())
+}
+
+/// The nightly toolchain pieces the guest needs (installed through rustup
+/// when missing, as tests/setup.sh does).
+pub fn ensure_toolchain() -> Result<(), String> {
+    if !have("rustup") {
+        return Err("rustup not found: install it from https://rustup.rs (the guest needs nightly)".into());
+    }
+    let st = clean(Command::new(root().join("tests/setup.sh"))).status();
+    match st {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err("tests/setup.sh failed (see its message above)".into()),
+        // No setup script: fall back to the minimal checks.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Build the guest (`profile` = "release" or "dev") into `target_dir` and
+/// write its symbol table; returns the bootable ELF.
+pub fn build_guest(profile: &str, target_dir: &Path) -> Result<PathBuf, String> {
+    ensure_toolchain()?;
+    ensure_qemu()?;
+    let guest = root().join("tests/guest");
+    let t0 = Instant::now();
+    let mut c = clean(Command::new("rustup"));
+    c.args(["run", "nightly", "cargo", "build", "--profile", profile, "--target-dir"]).arg(target_dir).current_dir(&guest);
+    let st = c.status().map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !st.success() {
+        return Err(format!("guest build failed ({st}): (cd tests/guest && cargo +nightly build --profile {profile})"));
+    }
+    let dir = if profile == "dev" { "debug" } else { profile };
+    let linked = target_dir.join("x86_64-unknown-none").join(dir).join("hybrid-guest");
+    let elf = linked.with_extension("ksyms");
+    let st = clean(Command::new("bash"))
+        .arg(guest.join("ksyms.sh"))
+        .arg(&linked)
+        .arg(&elf)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run ksyms.sh: {e}"))?;
+    if !st.success() {
+        return Err("tests/guest/ksyms.sh failed".into());
+    }
+    eprintln!("guest driver: built {} in {:.1}s", elf.display(), t0.elapsed().as_secs_f64());
+    Ok(elf)
+}
+
+/// One boot of the guest.
+pub struct Boot<'a> {
+    pub elf: &'a Path,
+    pub mode: &'a str,
+    pub suite: &'a str,
+    pub ram_mib: u32,
+    /// Extra command-line words (units=, jobs=, seed=, kasan.*).
+    pub append: String,
+    pub timeout: Duration,
+    pub log: PathBuf,
+}
+
+pub struct Outcome {
+    /// QEMU exit status; 124 = timed out (as `timeout` reports it).
+    pub exit: i32,
+    pub log: String,
+    pub wall: Duration,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit == EXIT_SUCCESS
+    }
+    /// Fields of the first line starting with `tag ` (e.g. "wl-result").
+    pub fn line(&self, tag: &str) -> Option<Fields> {
+        self.log.lines().find_map(|l| parse_tagged(l, tag))
+    }
+    pub fn lines(&self, tag: &str) -> Vec<Fields> {
+        self.log.lines().filter_map(|l| parse_tagged(l, tag)).collect()
+    }
+    pub fn kasan_reports(&self) -> usize {
+        self.log.matches("BUG: KASAN:").count()
+    }
+    /// The last lines of the log, for assertion messages.
+    pub fn tail(&self, n: usize) -> String {
+        let v: Vec<&str> = self.log.lines().collect();
+        v[v.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+pub fn boot(b: &Boot) -> Result<Outcome, String> {
+    if let Some(d) = b.log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let _ = std::fs::remove_file(&b.log);
+    let append = format!("kasan.shadow={} suite={} {}", b.mode, b.suite, b.append);
+    let t0 = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m"])
+        .arg(b.ram_mib.to_string())
+        .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial"])
+        .arg(format!("file:{}", b.log.display()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel"])
+        .arg(b.elf)
+        .arg("-append")
+        .arg(&append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let exit = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st.code().unwrap_or(-1);
+        }
+        if t0.elapsed() > b.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break 124;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = t0.elapsed();
+    let mut log = std::fs::read(&b.log).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    if exit != EXIT_SUCCESS {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        if !err.is_empty() {
+            log.push_str("\n[qemu stderr] ");
+            log.push_str(&err);
+        }
+    }
+    Ok(Outcome { exit, log, wall })
+}
+
+/// `key=value` fields of a tagged line.
+#[derive(Clone, Debug, Default)]
+pub struct Fields(pub BTreeMap<String, String>);
+
+impl Fields {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|s| s.as_str())
+    }
+    pub fn u64(&self, k: &str) -> Option<u64> {
+        self.get(k)?.parse().ok()
+    }
+    pub fn num(&self, k: &str) -> u64 {
+        self.u64(k).unwrap_or_else(|| panic!("field {k} missing or not a number in {:?}", self.0))
+    }
+}
+
+pub fn parse_tagged(line: &str, tag: &str) -> Option<Fields> {
+    let rest = line.trim_end().strip_prefix(tag)?.strip_prefix(' ')?;
+    let mut m = BTreeMap::new();
+    for w in rest.split_ascii_whitespace() {
+        if let Some((k, v)) = w.split_once('=') {
+            m.insert(k.to_string(), v.to_string());
+        }
+    }
+    Some(Fields(m))
+}
