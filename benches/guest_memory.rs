@@ -163,7 +163,7 @@ fn run_one(cfg: &Cfg, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) 
 /// Run `jobs` (mode, ram, rep) with `parallel` QEMUs at once.
 fn run_all(cfg: &Cfg, elf: &Path, dir: &Path, jobs: Vec<(String, u32, usize)>) -> Vec<Run> {
     let total = jobs.len();
-    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
+    let queue = Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
     let out = Mutex::new(Vec::new());
     let t0 = Instant::now();
     std::thread::scope(|s| {
@@ -299,16 +299,29 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
         return Err(format!("no runs at {} MiB to plot", cfg.plot_ram));
     }
     let h = 330 * panels.len() as u32;
-    let root = SVGBackend::new(path, (1000, h)).into_drawing_area();
+    let root = SVGBackend::new(path, (1400, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((panels.len(), 1));
+    let rows = root.split_evenly((panels.len(), 1));
+    let split: Vec<_> = rows.iter().map(|r| r.split_horizontally(900)).collect();
+    let areas: Vec<_> = split.iter().map(|(l, _)| l.clone()).collect();
+    let zooms: Vec<_> = split.iter().map(|(_, r)| r.clone()).collect();
+    // Right column: what the sanitizer holds (metadata at init + on-demand shadow), same scale for all modes.
+    let zmax = panels
+        .iter()
+        .map(|e| {
+            let r = e.rep();
+            let od = r.samples.iter().filter_map(|s| s.u64("ondemand")).max().unwrap_or(0);
+            mib(r.r("metadata_init_bytes") + od.max(r.r("ondemand_peak_bytes")))
+        })
+        .fold(0.5f64, f64::max)
+        * 1.15;
     let tmax = panels
         .iter()
         .flat_map(|e| e.rep().samples.iter().filter_map(|s| s.u64("t_ns")))
         .max()
         .unwrap_or(1) as f64
         / 1e9;
-    for (area, e) in areas.iter().zip(panels) {
+    for ((area, zoom), e) in areas.iter().zip(zooms.iter()).zip(panels) {
         let r = e.rep();
         let ram = e.ram as f64;
         let meta = mib(r.r("metadata_init_bytes"));
@@ -354,6 +367,33 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         }
+        // Zoom: sanitizer memory over time.
+        let mut z = ChartBuilder::on(zoom)
+            .caption(format!("{}: sanitizer memory (MiB)", e.mode), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0f64..tmax.max(0.001), 0f64..zmax)
+            .map_err(|e| e.to_string())?;
+        z.configure_mesh().x_desc("time (s)").draw().map_err(|e| e.to_string())?;
+        let total = pts(&|s| meta + get(s, "ondemand"));
+        let od = pts(&|s| get(s, "ondemand"));
+        let red = RGBColor(220, 30, 30);
+        z.draw_series(LineSeries::new(total, BLACK.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("metadata at init + on-demand")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+        z.draw_series(LineSeries::new(od, red.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("on-demand shadow")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2)));
+        z.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(|e| e.to_string())?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)

@@ -306,7 +306,10 @@ pub fn run() -> bool {
     problem(ndent >= 1 && ninodes >= 1, "vfs populated");
     let invariants_ok = problems == 0 && st.errors == 0;
     let runtime_real = s0.is_some();
-    let slab_allocs = if runtime_real { s1.slab_allocs.saturating_sub(st0.slab_allocs) as u64 } else { cnt.slab_allocs };
+    // The runtime counts every slab allocation (workload and kernel) when it
+    // checks; in `off` (or without a runtime) the workload's own count.
+    let rt_allocs = s1.slab_allocs.saturating_sub(st0.slab_allocs) as u64;
+    let slab_allocs = if runtime_real && rt_allocs > 0 { rt_allocs } else { cnt.slab_allocs };
 
     println!(
         "wl-result mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
