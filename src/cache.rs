@@ -24,9 +24,25 @@ pub const MAX_OBJECT: usize = 1 << 22;
 /// Bytes of [`ObjMeta`].
 pub const META_SIZE: usize = core::mem::size_of::<ObjMeta>();
 
-/// A cache's index in the runtime's table.
+/// A cache's handle: its slot in the runtime's table (low 7 bits) and the
+/// slot's generation (high 9 bits). Destroyed slots are reused with the
+/// next generation, so a stale handle (double destroy, free to a destroyed
+/// cache) is told apart from the cache that took its slot, for 512 reuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheId(pub u16);
+
+impl CacheId {
+    const INDEX_BITS: u32 = 7;
+    fn index(self) -> usize {
+        (self.0 & ((1 << Self::INDEX_BITS) - 1)) as usize
+    }
+    fn generation(self) -> u16 {
+        self.0 >> Self::INDEX_BITS
+    }
+    fn new(index: usize, generation: u16) -> Self {
+        CacheId(index as u16 | (generation << Self::INDEX_BITS))
+    }
+}
 
 /// Why a cache operation was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +92,8 @@ pub struct CacheInfo {
     pub quarantined: usize,
     /// False after destroy.
     pub alive: bool,
+    /// Generation of the table slot (see [`CacheId`]).
+    generation: u16,
 }
 
 impl CacheInfo {
@@ -161,18 +179,33 @@ impl Caches {
             live: 0,
             quarantined: 0,
             alive: true,
+            generation: 0,
         };
-        let id = CacheId(self.list.len() as u16);
+        // Reuse a destroyed slot (it holds no objects) with a new generation.
+        if let Some(i) = self.list.iter().position(|c| !c.alive && c.live == 0 && c.quarantined == 0) {
+            let generation = (self.list[i].generation + 1) & 0x1ff;
+            self.list[i] = CacheInfo { generation, ..info };
+            return Ok(CacheId::new(i, generation));
+        }
+        let id = CacheId::new(self.list.len(), 0);
         self.list.try_push(info).map_err(|_| CacheError::TooManyCaches)?;
         Ok(id)
     }
 
     pub(crate) fn get(&self, id: CacheId) -> Result<&CacheInfo, CacheError> {
-        self.list.get(id.0 as usize).ok_or(CacheError::UnknownCache)
+        let c = self.list.get(id.index()).ok_or(CacheError::UnknownCache)?;
+        if c.generation != id.generation() {
+            return Err(CacheError::AlreadyDestroyed);
+        }
+        Ok(c)
     }
 
     pub(crate) fn get_mut(&mut self, id: CacheId) -> Result<&mut CacheInfo, CacheError> {
-        self.list.get_mut(id.0 as usize).ok_or(CacheError::UnknownCache)
+        let c = self.list.get_mut(id.index()).ok_or(CacheError::UnknownCache)?;
+        if c.generation != id.generation() {
+            return Err(CacheError::AlreadyDestroyed);
+        }
+        Ok(c)
     }
 
     /// A live cache (not destroyed).
@@ -326,6 +359,16 @@ mod tests {
         assert_eq!(c.destroy(id), Err(CacheError::AlreadyDestroyed));
         assert_eq!(c.live(id).err(), Some(CacheError::AlreadyDestroyed));
         assert_eq!(c.destroy(CacheId(99)), Err(CacheError::UnknownCache));
+        // the destroyed slot is reused; the stale id still says destroyed
+        let again = c.create("again", 64, 8, true).unwrap();
+        assert_ne!(again, id);
+        assert_eq!(c.destroy(id), Err(CacheError::AlreadyDestroyed));
+        assert_eq!(c.live(again).unwrap().name, "again");
+        for i in 0..MAX_CACHES - 1 {
+            let t = c.create("fill", 8 + i, 8, true).unwrap();
+            c.destroy(t).unwrap();
+        }
+        assert_eq!(c.list.len(), 2, "destroy/create cycles reuse one slot");
         assert_eq!(c.create("z", 0, 8, true), Err(CacheError::BadSize));
         assert_eq!(c.create("z", 8, 3, true), Err(CacheError::BadAlign));
     }
