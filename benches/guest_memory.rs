@@ -23,6 +23,9 @@
 //!   --append "..."  extra guest command-line words (e.g. kasan.mixed=private)
 //!   --quick         runs 1, sizes 64,128, no probe
 //!   --timeout S     per boot (1800)
+//!   --icount        QEMU -icount shift=0: workload time = guest instructions
+//!                   (1 ns each), immune to host load, ~3x slower to run
+//!   --out DIR       output directory (target/guest-bench)
 #[path = "../tests/guest_driver/mod.rs"]
 mod guest_driver;
 
@@ -48,6 +51,8 @@ struct Cfg {
     plot_ram: u32,
     append: String,
     timeout: u64,
+    icount: bool,
+    out: Option<String>,
 }
 
 fn parse_cfg() -> Cfg {
@@ -63,13 +68,15 @@ fn parse_cfg() -> Cfg {
         plot_ram: 128,
         append: String::new(),
         timeout: 1800,
+        icount: false,
+        out: None,
     };
     let mut args: Vec<String> = Vec::new();
     for (k, v) in std::env::vars() {
         if let Some(name) = k.strip_prefix("GUEST_BENCH_") {
             let name = name.to_ascii_lowercase().replace('_', "-");
             args.push(format!("--{name}"));
-            if !v.is_empty() && name != "quick" && name != "no-probe" {
+            if !v.is_empty() && name != "quick" && name != "no-probe" && name != "icount" {
                 args.push(v);
             }
         }
@@ -91,6 +98,8 @@ fn parse_cfg() -> Cfg {
             "--append" => c.append = val(),
             "--timeout" => c.timeout = val().parse().expect("--timeout S"),
             "--no-probe" => c.probe = false,
+            "--icount" => c.icount = true,
+            "--out" => c.out = Some(val()),
             "--quick" => {
                 c.runs = 1;
                 c.sizes = vec![64, 128];
@@ -136,6 +145,7 @@ fn run_one(cfg: &Cfg, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) 
         append: format!("units={} jobs={} seed={} samples=300 {}", cfg.units, cfg.jobs, cfg.seed, cfg.append),
         timeout: Duration::from_secs(cfg.timeout),
         log: dir.join("logs").join(format!("{mode}-{ram}-{rep}.log")),
+        icount: cfg.icount,
     };
     let out = boot(&b).unwrap_or_else(|e| panic!("{e}"));
     let failure = if out.succeeded() {
@@ -409,10 +419,10 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
 
 fn main() {
     let cfg = parse_cfg();
-    let dir = root().join("target/guest-bench");
-    std::fs::create_dir_all(dir.join("logs")).expect("create target/guest-bench");
+    let dir = cfg.out.as_ref().map(|o| root().join(o)).unwrap_or_else(|| root().join("target/guest-bench"));
+    std::fs::create_dir_all(dir.join("logs")).expect("create the output directory");
     let t0 = Instant::now();
-    let elf = build_guest("release", &dir.join("build")).unwrap_or_else(|e| {
+    let elf = build_guest("release", &root().join("target/guest-bench/build")).unwrap_or_else(|e| {
         eprintln!("guest_memory: {e}");
         std::process::exit(1)
     });
@@ -496,11 +506,12 @@ fn main() {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Workload: units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG, release guest{}.\n",
+        "Workload: units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG{}, release guest{}.\n",
         cfg.units,
         cfg.jobs,
         cfg.seed,
         cfg.runs,
+        if cfg.icount { " with -icount shift=0 (times = guest instructions x 1 ns)" } else { " (times = wall clock from the TSC, affected by host load)" },
         if cfg.append.is_empty() { String::new() } else { format!(", extra cmdline `{}`", cfg.append) }
     );
     let _ = writeln!(t, "| RAM MiB | mode | completes | metadata at init MiB | usable MiB | on-demand peak MiB | on-demand end MiB | lowest free MiB | workload s (median) | slow-path checks | reports | slab allocs |");
@@ -646,7 +657,7 @@ fn main() {
         ),
         None => target(None, "64 MiB hybrid (not run)".into()),
     }
-    let _ = writeln!(t, "\nPlot: target/guest-bench/memory.svg (samples at {} MiB); data: target/guest-bench/results.json; logs: target/guest-bench/logs/.", cfg.plot_ram);
+    let _ = writeln!(t, "\nPlot: {}/memory.svg (samples at {} MiB); data: results.json; logs: logs/.", dir.display(), cfg.plot_ram);
     let _ = writeln!(t, "Total benchmark time: {:.0} s.", t0.elapsed().as_secs_f64());
     print!("{t}");
     std::fs::write(dir.join("table.md"), &t).expect("write table.md");

@@ -43,6 +43,7 @@ fn workload_full_and_hybrid_128mib() {
                     append: append.clone(),
                     timeout,
                     log: dir.join("logs").join(format!("{mode}.log")),
+                    icount: false,
                 };
                 s.spawn(move || (mode, boot(&b).unwrap_or_else(|e| panic!("{mode}: {e}"))))
             })
