@@ -1,8 +1,19 @@
 //! Suite `workload`: a kernel-build-like stress workload (a model of
 //! `make -jN` over M compilation units), deterministic from `seed=`, sized by
-//! `units=` and `jobs=` on the command line (also `anon=` KiB of compiler
-//! heap per source page, `anon_base=` KiB per unit, `samples=` target
-//! number of `wl-sample` lines).
+//! `units=` (default 240) and `jobs=` (4) on the command line; also `obj=`
+//! (object-file size: sixteenths of a page per AST node, 20: the build
+//! writes ~1.2 GiB, more than the largest guest, so the page cache fills RAM
+//! and reclaim runs at every size), `anon=` KiB of compiler heap per source
+//! page (128), `anon_base=` KiB per unit (512), `samples=` target number of
+//! `wl-sample` lines (300). With the defaults a run makes ~1.1M slab
+//! allocations. The build's result (`checksum=`) depends only on the
+//! parameters, not on the mode or the RAM size.
+//!
+//! Memory pressure: free pages below the low watermark (Linux's
+//! min_free_kbytes formula) wake a kswapd-like reclaim of the coldest page
+//! cache pages up to the high watermark; a failed allocation drains the
+//! KASAN quarantine and reclaims (direct reclaim); when nothing can be freed
+//! the workload prints `wl-oom` and fails (the "does not complete" case).
 //!
 //! Output (machine-readable, one line each):
 //!   wl-start mode=.. ram_mib=.. units=.. jobs=.. seed=.. ...
