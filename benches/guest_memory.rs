@@ -4,7 +4,8 @@
 //! workload (`suite=workload`) in `off`, `full` and `hybrid` at 64, 128,
 //! 256, 512 and 1024 MiB; below the smallest size at which a mode still
 //! completes, probes smaller sizes (56, 48, 40, 32, 24 MiB) to find its
-//! minimum. Several runs per configuration give median workload times.
+//! minimum (then bisects to 2 MiB). Several runs per configuration give
+//! median workload times.
 //!
 //! Writes target/guest-bench/results.json (one object per mode and RAM
 //! size), target/guest-bench/memory.svg (memory over time per mode),
@@ -447,16 +448,15 @@ fn main() {
     }
     let mut runs = run_all(&cfg, &elf, &dir, jobs);
 
-    // The smallest RAM per mode: probe below the smallest size it completes at.
+    // The smallest RAM per mode: probe below the smallest size it completes
+    // at (56, 48, .. MiB until a failure), then bisect down to 2 MiB between
+    // the last success and the first failure. Modes in parallel when --parallel > 1.
     let mut probe_sizes = Vec::new();
     if cfg.probe {
         let smallest = *cfg.sizes.iter().min().unwrap_or(&64);
-        for m in &cfg.modes {
-            let ok_at_smallest = runs.iter().filter(|r| &r.mode == m && r.ram == smallest).all(|r| r.completed());
-            if !ok_at_smallest {
-                continue;
-            }
-            for ram in [56u32, 48, 40, 32, 24, 16].into_iter().filter(|&x| x < smallest) {
+        let probe_mode = |m: &String| -> Vec<Run> {
+            let mut out = Vec::new();
+            let try_size = |ram: u32, out: &mut Vec<Run>| -> bool {
                 let r = run_one(&cfg, &elf, &dir, m, ram, 0);
                 eprintln!(
                     "probe {:>6} {:>3} MiB: exit {} {}{}",
@@ -467,12 +467,47 @@ fn main() {
                     if r.failure.is_empty() { String::new() } else { format!(" ({})", r.failure) }
                 );
                 let ok = r.completed();
-                probe_sizes.push((m.clone(), ram));
-                runs.push(r);
-                if !ok {
+                out.push(r);
+                ok
+            };
+            let mut pass = smallest;
+            let mut fail = None;
+            for ram in [56u32, 48, 40, 32, 24, 16].into_iter().filter(|&x| x < smallest) {
+                if try_size(ram, &mut out) {
+                    pass = ram;
+                } else {
+                    fail = Some(ram);
                     break;
                 }
             }
+            if let Some(mut f) = fail {
+                while pass - f > 2 {
+                    let mid = (f + (pass - f) / 2) & !1;
+                    if try_size(mid, &mut out) {
+                        pass = mid;
+                    } else {
+                        f = mid;
+                    }
+                }
+            }
+            out
+        };
+        let eligible: Vec<&String> = cfg
+            .modes
+            .iter()
+            .filter(|m| runs.iter().filter(|r| &r.mode == *m && r.ram == smallest).all(|r| r.completed()))
+            .collect();
+        let probed: Vec<Run> = if cfg.parallel > 1 {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = eligible.iter().map(|m| s.spawn(|| probe_mode(m))).collect();
+                hs.into_iter().flat_map(|h| h.join().expect("probe thread")).collect()
+            })
+        } else {
+            eligible.iter().flat_map(|m| probe_mode(m)).collect()
+        };
+        for r in probed {
+            probe_sizes.push((r.mode.clone(), r.ram));
+            runs.push(r);
         }
     }
 
