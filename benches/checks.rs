@@ -16,7 +16,7 @@
 //!   full check would print a use-after-free report)
 
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
-use hybrid_shadow::Mode;
+use hybrid_shadow::{MixedBlocks, Mode};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -29,9 +29,10 @@ struct Setup {
     addr: [usize; 4],
 }
 
-fn setup(mode: Mode) -> Setup {
+fn setup((mode, mixed): (Mode, MixedBlocks)) -> Setup {
     let mut cfg = SimConfig::small(mode);
     cfg.ram = 64 << 20;
+    cfg.kasan.mixed = mixed;
     let mut k = SimKernel::new(cfg).unwrap();
     k.plat.enter("bench");
     let obj = k.kmalloc(64).unwrap();
@@ -48,6 +49,13 @@ fn setup(mode: Mode) -> Setup {
     k.free_pages(mixed[7], 0).unwrap();
     assert_eq!(k.read(mixed[7], 1).map_err(|b| b.kind), Err(hybrid_shadow::BugType::UseAfterFree));
     k.take_log();
+    // warm the mixed block the way a workload would: adaptive promotes it
+    // at the next hook that maps shadow
+    for _ in 0..64 {
+        k.read(mixed[2], 8).unwrap();
+    }
+    let st = k.stack_alloc().unwrap();
+    k.stack_free(st).unwrap();
     let free = k.kasan.layout().direct_map.end - 4096;
     Setup { k, addr: [obj + 8, full_block + 4096, mixed[2] + 64, free] }
 }
@@ -94,9 +102,22 @@ fn median_ns(mut f: impl FnMut() -> usize, per_batch: usize) -> f64 {
     v[v.len() / 2]
 }
 
-/// `checks --count <mode> <class|hook-index> <n>`: run exactly n operations (for callgrind).
+/// The configurations compared: full, hybrid (adaptive mixed blocks, the
+/// default) and hybrid with mixed blocks always CONSULT.
+const CONFIGS: [(&str, Mode, MixedBlocks); 3] = [
+    ("full", Mode::Full, MixedBlocks::Adaptive),
+    ("hybrid", Mode::Hybrid, MixedBlocks::Adaptive),
+    ("consult", Mode::Hybrid, MixedBlocks::Consult),
+];
+
+fn config(name: &str) -> (Mode, MixedBlocks) {
+    let c = CONFIGS.iter().find(|c| c.0 == name).unwrap();
+    (c.1, c.2)
+}
+
+/// `checks --count <config> <class|hook-index> <n>`: run exactly n operations (for callgrind).
 fn count_mode(args: &[String]) {
-    let mode = Mode::from_name(&args[2]).unwrap();
+    let mode = config(&args[2]);
     let which: usize = args[3].parse().unwrap();
     let n: usize = args[4].parse().unwrap();
     let mut s = setup(mode);
@@ -107,15 +128,15 @@ fn count_mode(args: &[String]) {
     }
 }
 
-fn callgrind_ir(mode: Mode, which: usize, n: usize) -> Option<f64> {
+fn callgrind_ir(cfg: &str, which: usize, n: usize) -> Option<f64> {
     let exe = std::env::current_exe().ok()?;
     let ir = |n: usize| -> Option<f64> {
-        let out = std::env::temp_dir().join(format!("hs-cg-{}-{which}-{n}-{}", mode.name(), std::process::id()));
+        let out = std::env::temp_dir().join(format!("hs-cg-{cfg}-{which}-{n}-{}", std::process::id()));
         let st = std::process::Command::new("valgrind")
             .args(["--tool=callgrind", "--quiet"])
             .arg(format!("--callgrind-out-file={}", out.display()))
             .arg(&exe)
-            .args(["--count", mode.name(), &which.to_string(), &n.to_string()])
+            .args(["--count", cfg, &which.to_string(), &n.to_string()])
             .stderr(std::process::Stdio::null())
             .status()
             .ok()?;
@@ -135,24 +156,32 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--count") {
         return count_mode(&args);
     }
-    let modes = [Mode::Full, Mode::Hybrid];
-    let mut setups: Vec<Setup> = modes.iter().map(|&m| setup(m)).collect();
-    println!("ns per check (median of 9 batches of 200000), full vs hybrid");
-    println!("{:<22} {:>10} {:>10} {:>8}", "class", "full", "hybrid", "h/f");
+    let mut setups: Vec<Setup> = CONFIGS.iter().map(|c| setup((c.1, c.2))).collect();
+    let header = |what: &str| {
+        println!("{what:<22} {:>10} {:>10} {:>10} {:>8} {:>8}", "full", "hybrid", "consult", "h/f", "c/f")
+    };
+    let row = |name: &str, v: &[f64], prec: usize| {
+        println!("{name:<22} {:>10.prec$} {:>10.prec$} {:>10.prec$} {:>8.2} {:>8.2}", v[0], v[1], v[2], v[1] / v[0], v[2] / v[0])
+    };
+    println!("ns per check (median of 9 batches of 200000); hybrid = adaptive mixed blocks, consult = always CONSULT");
+    header("class");
     for (c, name) in CLASSES.iter().enumerate() {
         let ns: Vec<f64> = setups.iter().map(|s| median_ns(|| run_class(s, c, 200_000), 200_000)).collect();
-        println!("{name:<22} {:>10.2} {:>10.2} {:>8.2}", ns[0], ns[1], ns[1] / ns[0]);
+        row(name, &ns, 2);
     }
-    let slow = setups[1].k.kasan.stats().slow_path_checks;
-    println!("hybrid slow-path checks during the runs: {slow} (all from the `mixed` class)");
+    let st: Vec<_> = setups.iter().map(|s| s.k.kasan.stats()).collect();
+    println!(
+        "slow-path checks: hybrid {} (promotions {}), consult {}",
+        st[1].slow_path_checks, st[1].promotions, st[2].slow_path_checks
+    );
     println!("\nns per hook pair (median of 9 batches of 2000)");
-    println!("{:<22} {:>10} {:>10} {:>8}", "hook", "full", "hybrid", "h/f");
+    header("hook");
     for (h, name) in HOOKS.iter().enumerate() {
         let ns: Vec<f64> = setups
             .iter_mut()
             .map(|s| median_ns(|| { run_hook(&mut s.k, h, 2000); 0 }, 2000))
             .collect();
-        println!("{name:<22} {:>10.0} {:>10.0} {:>8.2}", ns[0], ns[1], ns[1] / ns[0]);
+        row(name, &ns, 0);
     }
     let have_valgrind = std::process::Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
     if !have_valgrind {
@@ -160,14 +189,14 @@ fn main() {
         return;
     }
     println!("\ninstructions per operation (callgrind, (Ir(2N) - Ir(N)) / N)");
-    println!("{:<22} {:>10} {:>10} {:>8}", "operation", "full", "hybrid", "h/f");
+    header("operation");
     let names: Vec<&str> = CLASSES.iter().chain(HOOKS.iter()).copied().collect();
     for (w, name) in names.iter().enumerate() {
         let n = if w < CLASSES.len() { 20_000 } else { 500 };
-        let ir: Vec<Option<f64>> = modes.iter().map(|&m| callgrind_ir(m, w, n)).collect();
-        match (ir[0], ir[1]) {
-            (Some(f), Some(h)) => println!("{name:<22} {f:>10.1} {h:>10.1} {:>8.2}", h / f),
-            _ => println!("{name:<22} (callgrind failed)"),
+        let ir: Vec<Option<f64>> = CONFIGS.iter().map(|c| callgrind_ir(c.0, w, n)).collect();
+        match ir.iter().copied().collect::<Option<Vec<f64>>>() {
+            Some(v) => row(name, &v, 1),
+            None => println!("{name:<22} (callgrind failed)"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //!  __asan_load8_noabort(addr)
 //!    ├─ covered and shadow byte(s) 0 ──► return            (fast path, no call)
+//!    ├─ CONSULT byte, page allocated ──► return            (one more load: per-page byte)
 //!    └─ else ──► RUNTIME.check(addr, 8, read, caller ip)    (slow path: dyn call)
 //! ```
 //!
@@ -71,6 +72,7 @@ static OFFSET: AtomicUsize = AtomicUsize::new(0);
 static COVER_START: AtomicUsize = AtomicUsize::new(0);
 static COVER_END: AtomicUsize = AtomicUsize::new(0);
 static RUNTIME: spin::Once<&'static dyn AbiRuntime> = spin::Once::new();
+static CONSULT: spin::Once<crate::runtime::ConsultView> = spin::Once::new();
 
 /// Route the compiler's calls to `rt`. Only the first call has effect.
 pub fn install<M: ShadowMapper + Send, P: Platform + Sync>(rt: &'static Kasan<M, P>) {
@@ -84,6 +86,7 @@ pub fn install<M: ShadowMapper + Send, P: Platform + Sync>(rt: &'static Kasan<M,
         COVER_END.store(l.covered.end, Relaxed);
         rt as &'static dyn AbiRuntime
     });
+    CONSULT.call_once(|| rt.consult_view());
     ENABLED.store(true, Relaxed);
 }
 
@@ -135,11 +138,20 @@ fn fast(addr: usize, size: usize) -> bool {
         // SAFETY: covered addresses have mapped shadow (install's contract).
         let v = unsafe { core::ptr::read_volatile((g.wrapping_add(off)) as *const u8) };
         if v != 0 && !(g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
-            return false;
+            // A CONSULT byte (hybrid, mixed block) is settled here from the
+            // per-page shadow when the page is allocated: one more load.
+            if v != crate::shadow::CONSULT_PER_PAGE || consult_valid(g << 3) != Some(true) {
+                return false;
+            }
         }
         g += 1;
     }
     true
+}
+
+#[inline(always)]
+fn consult_valid(addr: usize) -> Option<bool> {
+    CONSULT.get()?.valid(addr)
 }
 
 /// Check an access; false when a bug was found (and reported).

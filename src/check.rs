@@ -114,6 +114,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         Stats::bump(&self.stats.slow_path_checks);
         let end = addr.wrapping_add(size);
+        if self.layout.direct_map.contains(addr) && self.shadow_byte(addr) == shadow::CONSULT_PER_PAGE {
+            self.note_consult(addr);
+        }
         let found = if end < addr {
             Some((BugType::OutOfBounds, addr))
         } else if !self.layout.covered.contains_range(addr, size) {

@@ -47,7 +47,14 @@ pub enum MixedBlocks {
     Consult,
     /// A private page: one page of memory per such block, no slow path.
     Private,
+    /// CONSULT until the block has taken [`PROMOTE_AFTER`] slow-path checks,
+    /// then a private page until it stops being mixed: memory only for the
+    /// mixed blocks that are actually hot.
+    Adaptive,
 }
+
+/// Slow-path checks a mixed block takes before `Adaptive` maps it private.
+pub const PROMOTE_AFTER: u8 = 32;
 
 /// What happens after a report is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +72,10 @@ pub enum ConfigError<'a> {
     BadShadow(&'a str),
     /// `kasan.fault=` with a value other than report/panic.
     BadFault(&'a str),
-    /// `kasan.mixed=` with a value other than consult/private.
+    /// `kasan.mixed=` with a value other than consult/private/adaptive.
     BadMixed(&'a str),
+    /// `kasan.promote_max=` without a number.
+    BadPromoteMax(&'a str),
 }
 
 impl core::fmt::Display for ConfigError<'_> {
@@ -80,9 +89,13 @@ impl core::fmt::Display for ConfigError<'_> {
                 f,
                 "kasan: bad value '{v}' for kasan.fault (report|panic), keeping the default"
             ),
+            ConfigError::BadPromoteMax(v) => write!(
+                f,
+                "kasan: bad value '{v}' for kasan.promote_max (a number of blocks), keeping the default"
+            ),
             ConfigError::BadMixed(v) => write!(
                 f,
-                "kasan: bad value '{v}' for kasan.mixed (consult|private), keeping the default"
+                "kasan: bad value '{v}' for kasan.mixed (consult|private|adaptive), keeping the default"
             ),
         }
     }
@@ -99,8 +112,12 @@ pub struct Config {
     pub multi_shot: bool,
     /// Quarantine size in bytes; `None` means 1/32 of RAM, as Linux.
     pub quarantine_bytes: Option<usize>,
-    /// Backing of mixed blocks in `hybrid` (`kasan.mixed=consult|private`).
+    /// Backing of mixed blocks in `hybrid` (`kasan.mixed=consult|private|adaptive`).
     pub mixed: MixedBlocks,
+    /// Most mixed blocks `Adaptive` keeps promoted at once
+    /// (`kasan.promote_max=<n>`); `None`: one per 512 RAM pages (each
+    /// costs a 4 KiB shadow page: at most 1/512 of RAM).
+    pub promote_max: Option<usize>,
     /// Stack depot capacity in distinct stacks; 0 picks one from the RAM
     /// size (one per 64 pages, between 256 and 4096).
     pub depot_stacks: usize,
@@ -113,7 +130,8 @@ impl Default for Config {
             fault: FaultAction::Report,
             multi_shot: false,
             quarantine_bytes: None,
-            mixed: MixedBlocks::Consult,
+            mixed: MixedBlocks::Adaptive,
+            promote_max: None,
             depot_stacks: 0,
         }
     }
@@ -129,6 +147,15 @@ impl Config {
             self.depot_stacks
         } else {
             (ram_pages / 64).clamp(256, 4096)
+        }
+    }
+
+    /// The promotion budget for `ram_pages` pages of RAM (in blocks).
+    #[must_use]
+    pub fn promote_budget(&self, ram_pages: usize) -> usize {
+        match self.mixed {
+            MixedBlocks::Adaptive => self.promote_max.unwrap_or(ram_pages / 512),
+            _ => 0,
         }
     }
 
@@ -151,7 +178,13 @@ impl Config {
                 match v {
                     "consult" => self.mixed = MixedBlocks::Consult,
                     "private" => self.mixed = MixedBlocks::Private,
+                    "adaptive" => self.mixed = MixedBlocks::Adaptive,
                     _ => bad(ConfigError::BadMixed(v)),
+                }
+            } else if let Some(v) = word.strip_prefix("kasan.promote_max=") {
+                match v.parse() {
+                    Ok(n) => self.promote_max = Some(n),
+                    Err(_) => bad(ConfigError::BadPromoteMax(v)),
                 }
             } else if word == "kasan_multi_shot" {
                 self.multi_shot = true;

@@ -552,6 +552,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Err(HookError::NotVmalloc);
         }
         let mut inner = self.inner.lock();
+        self.promote_pending(&mut inner);
         let ok = self.vm_get(&mut inner, addr, addr + area_len, VMALLOC_INVALID);
         self.unpoison(addr, size);
         self.fill_shadow(addr + round_up(size, GRANULE), addr + area_len, VMALLOC_INVALID);

@@ -130,6 +130,12 @@ impl PageArray {
         PageArray { bytes, base }
     }
 
+    /// The raw per-page bytes (see [`PageInfo`] for the encoding).
+    #[must_use]
+    pub fn atomics(&self) -> &'static [AtomicU8] {
+        self.bytes
+    }
+
     /// Number of page frames.
     #[must_use]
     pub fn len(&self) -> usize {

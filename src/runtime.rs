@@ -8,7 +8,9 @@
 //!   all Free                      ──► shared 0xFF page      (one load, reports UAF)
 //!   all Valid/Unchecked           ──► shared zero page      (one load, passes)
 //!   Free and Valid mixed          ──► shared CONSULT page   (slow path: per-page)
-//!                                     or a private page with `MixedBlocks::Private`
+//!     ... and hot (adaptive)      ──► private page          (after PROMOTE_AFTER slow checks)
+//!                                     (`kasan.mixed=private`: always private;
+//!                                      `kasan.mixed=consult`: never)
 //!   any Tracked                   ──► private page          (one load, byte precise)
 //!   full mode                     ──► private page always   (mapped at init)
 //! ```
@@ -25,7 +27,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 use crate::cache::Caches;
-use crate::config::{Config, MixedBlocks, Mode};
+use crate::config::{Config, MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::depot::StackDepot;
 use crate::error::InitError;
 use crate::layout::{Layout, Region, BLOCK_SIZE, PAGES_PER_BLOCK};
@@ -69,9 +71,56 @@ impl Backing {
     }
 }
 
+/// What the compiler ABI's fast path needs to decide a CONSULT byte
+/// without leaving it: the per-page array, the adaptive hit counters and
+/// the slow-path counters. See [`Kasan::consult_view`].
+pub struct ConsultView {
+    pages: &'static [AtomicU8],
+    hits: &'static [AtomicU8],
+    dm_base: usize,
+    adaptive: bool,
+    slow: &'static AtomicUsize,
+    clean: &'static AtomicUsize,
+}
+
+impl ConsultView {
+    /// The granule at `addr` read CONSULT: `Some(true)` when its page is
+    /// allocated (counted as a clean slow-path check), `None` when the full
+    /// slow path must decide (free page, or a block due for promotion).
+    #[inline(always)]
+    pub fn valid(&self, addr: usize) -> Option<bool> {
+        let pfn = addr.wrapping_sub(self.dm_base) >> 12;
+        let page = self.pages.get(pfn)?.load(Relaxed);
+        if page & 3 == PageState::Free as u8 {
+            return None;
+        }
+        if self.adaptive {
+            let h = &self.hits[pfn / PAGES_PER_BLOCK];
+            let v = h.load(Relaxed);
+            if v < PROMOTE_AFTER {
+                h.store(v + 1, Relaxed);
+            } else if v == PROMOTE_AFTER {
+                return None;
+            }
+        }
+        // Plain load/store, not an atomic add: this is the hot path of mixed
+        // blocks; on SMP a racing increment may be lost (statistics only).
+        self.slow.store(self.slow.load(Relaxed) + 1, Relaxed);
+        self.clean.store(self.clean.load(Relaxed) + 1, Relaxed);
+        Some(true)
+    }
+}
+
 /// A vmalloc block's reference count has this bit when its shadow could
 /// not be made private (unchecked, mapped to the zero page).
 pub(crate) const VM_UNCHECKED: u16 = 0x8000;
+
+/// `hits` value of a mixed block promoted to a private shadow page.
+pub(crate) const HOT: u8 = 0xFF;
+/// `hits` value of a hot mixed block queued for promotion.
+pub(crate) const PENDING: u8 = 0xFE;
+/// `hits` value of a hot mixed block refused for want of budget.
+pub(crate) const DENIED: u8 = 0xFD;
 
 /// State changed only under the lock.
 pub(crate) struct Inner<M> {
@@ -79,6 +128,9 @@ pub(crate) struct Inner<M> {
     pub(crate) caches: Caches,
     pub(crate) quarantine: Quarantine,
     pub(crate) depot: StackDepot,
+    /// Hot mixed blocks waiting for a private page (adaptive): promoted at
+    /// the next hook that may allocate frames, never inside a check.
+    pub(crate) pending: arrayvec::ArrayVec<u32, 64>,
 }
 
 /// The sanitizer runtime.
@@ -90,6 +142,9 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     pub(crate) blocks: &'static [AtomicU8],
     /// Reference count per vmalloc block.
     pub(crate) vm_refs: &'static [AtomicU16],
+    /// Per direct-map block: slow-path checks taken while CONSULT (up to
+    /// `PROMOTE_AFTER`), or `HOT` once promoted to a private page.
+    pub(crate) hits: &'static [AtomicU8],
     pub(crate) inner: spin::Mutex<Inner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
@@ -134,7 +189,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return depot;
         }
         let pages = layout.ram_pages();
-        PageArray::bytes_for(pages) + pages.div_ceil(PAGES_PER_BLOCK) + 2 * (layout.vmalloc.len() / BLOCK_SIZE) + depot + 16
+        PageArray::bytes_for(pages)
+            + 2 * pages.div_ceil(PAGES_PER_BLOCK)
+            + 2 * (layout.vmalloc.len() / BLOCK_SIZE)
+            + depot
+            + 16
     }
 
     /// Start the runtime: map the initial shadow and set every RAM page free.
@@ -158,6 +217,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let stacks = cfg.depot_capacity(layout.ram_pages());
         let page_mem = take(&mut rest, pages_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let block_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
+        let hits_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let vm_mem = take(&mut rest, vm_n * 2, 2).ok_or(InitError::ArenaTooSmall)?;
         let depot_len = StackDepot::bytes_for(stacks);
         let depot_mem = take(&mut rest, depot_len, 8).ok_or(InitError::ArenaTooSmall)?;
@@ -172,14 +232,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             pages: PageArray::new(page_mem, layout.direct_map.start),
             blocks: atomics_u8(block_mem, initial as u8),
             vm_refs: atomics_u16(vm_mem),
-            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot }),
+            hits: atomics_u8(hits_mem, 0),
+            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new() }),
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
         };
         kasan.stats.per_page_bytes.store(pages_n, Relaxed);
-        kasan.stats.block_table_bytes.store(blocks_n + vm_n * 2, Relaxed);
+        kasan.stats.block_table_bytes.store(2 * blocks_n + vm_n * 2, Relaxed);
         kasan.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
         if !off {
             kasan.map_initial_shadow()?;
@@ -231,6 +292,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     fn shadow_end(&self, r: Region) -> usize {
         (self.layout.mem_to_shadow(r.end - 1) | (PAGE_SIZE - 1)) + 1
+    }
+
+    /// The view the ABI's fast path uses to settle CONSULT bytes inline.
+    #[must_use]
+    pub fn consult_view(&'static self) -> ConsultView {
+        ConsultView {
+            pages: self.pages.atomics(),
+            hits: self.hits,
+            dm_base: self.layout.direct_map.start,
+            adaptive: self.cfg.mixed == MixedBlocks::Adaptive,
+            slow: &self.stats.slow_path_checks,
+            clean: &self.stats.checks_slow_clean,
+        }
     }
 
     /// The configuration in force.
@@ -342,6 +416,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             self.pages.set(pfn + i, new);
         }
         let mut all_ok = true;
+        if !inner.pending.is_empty() {
+            self.promote_pending(inner);
+        }
         let first = pfn / PAGES_PER_BLOCK;
         let last = (pfn + count - 1) / PAGES_PER_BLOCK;
         for b in first..=last {
@@ -389,7 +466,16 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let cur = Backing::from_u8(self.blocks[b].load(Relaxed));
         let range = b * PAGES_PER_BLOCK..((b + 1) * PAGES_PER_BLOCK).min(self.pages.len());
         let tracked = range.clone().any(|p| self.pages.get(p).state == PageState::Tracked);
-        let mixed_private = self.cfg.mixed == MixedBlocks::Private && self.shared_backing(b) == Backing::Consult;
+        let mixed = self.shared_backing(b) == Backing::Consult;
+        if !mixed {
+            self.cool(b);
+        }
+        let mixed_private = mixed
+            && match self.cfg.mixed {
+                MixedBlocks::Private => true,
+                MixedBlocks::Consult => false,
+                MixedBlocks::Adaptive => self.hits[b].load(Relaxed) == HOT,
+            };
         let mut ok = true;
         if self.cfg.mode == Mode::Full || tracked || mixed_private {
             if cur == Backing::Private {
@@ -447,6 +533,91 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
         }
         ok
+    }
+
+    /// A check took the slow path on a CONSULT byte at `addr`: count it
+    /// against its block and, under `MixedBlocks::Adaptive`, queue the block
+    /// for a private page once it is hot. A check never maps anything
+    /// itself: it may run inside the page allocator (whose frames the
+    /// mapper takes), so the mapping waits for [`Kasan::promote_pending`]
+    /// in a hook. Never waits for the lock either: if it is taken, a later
+    /// check queues the block.
+    pub(crate) fn note_consult(&self, addr: usize) {
+        if self.cfg.mixed != MixedBlocks::Adaptive {
+            return;
+        }
+        let Some(pfn) = self.pages.pfn(addr) else { return };
+        let b = pfn / PAGES_PER_BLOCK;
+        let h = self.hits[b].load(Relaxed);
+        if h < PROMOTE_AFTER {
+            self.hits[b].store(h + 1, Relaxed);
+        } else if h == PROMOTE_AFTER {
+            if let Some(mut inner) = self.inner.try_lock() {
+                if inner.pending.try_push(b as u32).is_ok() {
+                    self.hits[b].store(PENDING, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Map private shadow under the queued hot mixed blocks that are still
+    /// mixed. Called from the page hooks: the kernel's page allocator is
+    /// consistent whenever a hook runs (it may hand out shadow frames).
+    pub(crate) fn promote_pending(&self, inner: &mut Inner<M>) {
+        while let Some(b) = inner.pending.pop() {
+            let b = b as usize;
+            if self.hits[b].load(Relaxed) != PENDING {
+                continue;
+            }
+            if self.shared_backing(b) != Backing::Consult {
+                self.hits[b].store(0, Relaxed);
+                continue;
+            }
+            if self.stats.promoted_live.load(Relaxed) >= self.cfg.promote_budget(self.pages.len()) {
+                self.hits[b].store(DENIED, Relaxed);
+                Stats::bump(&self.stats.promotions_denied);
+                continue;
+            }
+            self.hits[b].store(HOT, Relaxed);
+            self.stats.promoted_live.fetch_add(1, Relaxed);
+            let first = b * PAGES_PER_BLOCK;
+            if self.sync_block(inner, b, first, first) && self.backing_of_pfn(first) == Backing::Private {
+                Stats::bump(&self.stats.promotions);
+            }
+        }
+    }
+
+    /// Forget block `b`'s heat (it stopped being mixed, or shrink).
+    fn cool(&self, b: usize) {
+        match self.hits[b].load(Relaxed) {
+            0 => {}
+            HOT => {
+                self.hits[b].store(0, Relaxed);
+                self.stats.promoted_live.fetch_sub(1, Relaxed);
+            }
+            _ => self.hits[b].store(0, Relaxed),
+        }
+    }
+
+    /// Shrinker: give back the private pages of promoted mixed blocks (they
+    /// are a cache of the per-page shadow; the blocks fall back to CONSULT
+    /// and may be promoted again when hot). Returns the pages released.
+    pub fn shrink(&self) -> usize {
+        if self.cfg.mode != Mode::Hybrid {
+            return 0;
+        }
+        let mut inner = self.inner.lock();
+        inner.pending.clear();
+        let before = self.stats.ondemand_live.load(Relaxed);
+        for b in 0..self.hits.len() {
+            let hot = self.hits[b].load(Relaxed) == HOT;
+            self.cool(b);
+            if hot {
+                let first = b * PAGES_PER_BLOCK;
+                self.sync_block(&mut inner, b, first, first);
+            }
+        }
+        before.saturating_sub(self.stats.ondemand_live.load(Relaxed))
     }
 
     /// Take one reference on each vmalloc block of `[start, end)`, mapping
@@ -544,6 +715,41 @@ mod tests {
         }
         assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Free);
         k.free_pages(pad, 3).unwrap();
+    }
+
+    #[test]
+    fn adaptive_promotes_hot_mixed_blocks_at_the_next_hook() {
+        let k = &mut SimKernel::new(SimConfig::small(Mode::Hybrid)).unwrap();
+        assert_eq!(k.kasan.config().mixed, MixedBlocks::Adaptive);
+        let pad = k.alloc_pages(3).unwrap();
+        let pages: Vec<usize> = (0..8).map(|_| k.alloc_pages(0).unwrap()).collect();
+        let pfn = k.kasan.pages().pfn(pages[0]).unwrap();
+        k.free_pages(pages[7], 0).unwrap();
+        let slow = |k: &SimKernel| k.kasan.stats().slow_path_checks;
+        for _ in 0..=PROMOTE_AFTER {
+            k.read(pages[1], 8).unwrap();
+        }
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Consult, "a check never maps");
+        let stack = k.stack_alloc().unwrap(); // any page hook promotes
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Private);
+        assert_eq!(k.kasan.stats().promotions, 1);
+        let before = slow(k);
+        k.read(pages[1], 8).unwrap();
+        assert_eq!(slow(k), before, "the hot block is on the fast path now");
+        assert_eq!(k.read_bug(pages[7], 1), Some(crate::report::BugType::UseAfterFree));
+        k.take_log();
+        let live = k.kasan.stats().ondemand_live_pages;
+        assert_eq!(k.kasan.shrink(), 1, "the shrinker returns the promoted page");
+        assert_eq!((k.kasan.backing_of_pfn(pfn), k.kasan.stats().ondemand_live_pages), (Backing::Consult, live - 1));
+        assert_eq!(k.read_bug(pages[7], 1), Some(crate::report::BugType::UseAfterFree));
+        k.take_log();
+        for &p in &pages[..7] {
+            k.free_pages(p, 0).unwrap();
+        }
+        assert_eq!(k.kasan.backing_of_pfn(pfn), Backing::Free, "no longer mixed: shadow page returned");
+        k.stack_free(stack).unwrap();
+        k.free_pages(pad, 3).unwrap();
+        assert_eq!(k.kasan.stats().ondemand_live_pages, 0);
     }
 
     #[test]

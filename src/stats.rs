@@ -21,6 +21,9 @@ pub struct Stats {
     pub(crate) quarantine_bytes: AtomicUsize,
     pub(crate) depot_dropped: AtomicUsize,
     pub(crate) bad_globals: AtomicUsize,
+    pub(crate) promotions: AtomicUsize,
+    pub(crate) promoted_live: AtomicUsize,
+    pub(crate) promotions_denied: AtomicUsize,
 }
 
 impl Stats {
@@ -73,6 +76,12 @@ pub struct StatsSnapshot {
     pub depot_dropped: usize,
     /// Global descriptors rejected.
     pub bad_globals: usize,
+    /// Mixed blocks promoted to a private page (adaptive).
+    pub promotions: usize,
+    /// Mixed blocks holding a promoted private page now.
+    pub promoted_live: usize,
+    /// Hot mixed blocks left on CONSULT because the budget was spent.
+    pub promotions_denied: usize,
 }
 
 impl StatsSnapshot {
@@ -118,6 +127,9 @@ impl Stats {
             quarantine_bytes: self.quarantine_bytes.load(Relaxed),
             depot_dropped: self.depot_dropped.load(Relaxed),
             bad_globals: self.bad_globals.load(Relaxed),
+            promotions: self.promotions.load(Relaxed),
+            promoted_live: self.promoted_live.load(Relaxed),
+            promotions_denied: self.promotions_denied.load(Relaxed),
         }
     }
 }

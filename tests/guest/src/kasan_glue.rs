@@ -138,6 +138,12 @@ pub fn stats() -> Option<StatsSnapshot> {
     guest_kasan::stats()
 }
 
+/// Run the runtime's shrinker (promoted mixed-block shadow is a cache):
+/// what a kernel does under memory pressure. Returns pages released.
+pub fn shrink() -> usize {
+    guest_kasan::shrink()
+}
+
 /// Frames the runtime's shadow mapper holds (taken from the buddy allocator).
 pub fn frames_held() -> usize {
     guest_kasan::frames_held()

@@ -294,6 +294,11 @@ pub fn stats() -> Option<StatsSnapshot> {
     rt().map(|k| k.stats())
 }
 
+/// The runtime's shrinker: give back promoted mixed-block shadow pages.
+pub fn shrink() -> usize {
+    rt().map_or(0, |k| k.shrink())
+}
+
 /// Frames the shadow mapper holds now.
 pub fn frames_held() -> usize {
     FRAMES_HELD.load(Relaxed)

@@ -279,6 +279,10 @@ pub fn run() -> bool {
         st.errors += 1;
     }
     slab::drain_all();
+    // The workload is over: like a kernel's shrinker under pressure, hand
+    // back the shadow pages promoted for hot mixed blocks (a cache).
+    let shrunk = crate::kasan_glue::shrink();
+    crate::println!("wl-shrink pages={shrunk}");
     let s1 = stats_snapshot().unwrap_or_default();
     let free1 = buddy::free_page_count();
     let (slab_pages1, _, objs1) = slab::usage();
