@@ -119,7 +119,7 @@ pub struct Config {
     /// costs a 4 KiB shadow page: at most 1/512 of RAM).
     pub promote_max: Option<usize>,
     /// Stack depot capacity in distinct stacks; 0 picks one from the RAM
-    /// size (one per 64 pages, between 256 and 4096).
+    /// size (one per 128 pages, between 256 and 2048).
     pub depot_stacks: usize,
 }
 
@@ -146,7 +146,7 @@ impl Config {
         } else if self.depot_stacks != 0 {
             self.depot_stacks
         } else {
-            (ram_pages / 64).clamp(256, 4096)
+            (ram_pages / 128).clamp(256, 2048)
         }
     }
 

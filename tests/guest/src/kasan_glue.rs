@@ -53,6 +53,15 @@ pub fn early_init(info: &'static BootInfo) {
     unsafe { INFO = Some(info) };
 }
 
+/// Physical address of `.text` (the linker script's `__text_start`).
+fn text_start_phys() -> u64 {
+    extern "C" {
+        static __text_start: u8;
+    }
+    // Only the symbol's address is taken; nothing is read.
+    (&raw const __text_start) as u64 - guest_boot::paging::KERNEL_VMA
+}
+
 /// After the buddy allocator exists: start the runtime (it takes its
 /// metadata and shadow frames from the buddy allocator), mark every page
 /// handed out so far as reserved, and route the compiler's checks to it.
@@ -63,7 +72,10 @@ pub fn page_allocator_ready() {
     let params = guest_kasan::Params {
         cmdline: bi.cmdline(),
         ram_end,
-        kernel_phys: bi.kernel_phys,
+        // The image's shadow starts at .text: the boot trampoline (below the
+        // higher half) and the symbol table are never accessed by
+        // instrumented code.
+        kernel_phys: (text_start_phys(), bi.kernel_phys.1),
         kernel_vma: guest_boot::paging::KERNEL_VMA as usize,
         vmalloc: (vs, ve),
         pml4: guest_boot::paging::pml4_phys(),
