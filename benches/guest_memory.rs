@@ -259,14 +259,14 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
         let r = e.rep();
         let g = |k: &str| r.r(k);
         let times: Vec<String> = e.times().iter().map(|t| t.to_string()).collect();
-        let _ = write!(
+        let _ = writeln!(
             s,
             "  {{\"mode\": \"{}\", \"ram_mib\": {}, \"completed\": {}, \"probe\": {}, \"exit\": {}, \
 \"metadata_init_bytes\": {}, \"usable_bytes\": {}, \"ondemand_peak_bytes\": {}, \"ondemand_end_bytes\": {}, \
 \"ondemand_before_bytes\": {}, \"min_free_bytes\": {}, \"workload_ns\": {}, \"workload_ns_runs\": [{}], \
 \"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"tracked_peak_bytes\": {}, \
 \"pagecache_peak_bytes\": {}, \"reclaimed_pages\": {}, \"managed_bytes\": {}, \"units\": {}, \"jobs\": {}, \"seed\": {}, \
-\"checksum\": \"{}\", \"failure\": \"{}\"}}{}\n",
+\"checksum\": \"{}\", \"failure\": \"{}\"}}{}",
             e.mode,
             e.ram,
             e.completed(),
@@ -363,7 +363,8 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
             r.samples.iter().filter_map(|s| Some((s.u64("t_ns")? as f64 / 1e9, f(s)))).collect()
         };
         let get = |s: &Fields, k: &str| mib(s.u64(k).unwrap_or(0));
-        let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = vec![
+        type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+        let series: Vec<Series> = vec![
             ("free", RGBColor(60, 160, 60), pts(&|s| get(s, "free"))),
             ("page cache", RGBColor(70, 110, 200), pts(&|s| get(s, "pagecache"))),
             ("slab+stacks+globals+vmalloc", RGBColor(230, 140, 20), pts(&|s| get(s, "tracked"))),
