@@ -245,10 +245,8 @@ pub fn alloc_pages_raw(order: usize, runtime_owned: bool) -> Option<usize> {
     Some(bb.virt_of(idx))
 }
 
-/// Give back a block from `alloc_pages_raw` (no hooks).
-pub fn free_pages_raw(addr: usize, order: usize) {
-    let bb = b();
-    let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
+/// Reset the frame entries of a block and put it on the free lists.
+fn release_block(bb: &mut Buddy, idx: u32, order: usize) {
     for i in 0..(1u32 << order) {
         let q = bb.page(idx + i);
         q.flags = 0;
@@ -256,6 +254,13 @@ pub fn free_pages_raw(addr: usize, order: usize) {
         q.head = idx + i;
     }
     bb.free_block(idx, order);
+}
+
+/// Give back a block from `alloc_pages_raw` (no hooks).
+pub fn free_pages_raw(addr: usize, order: usize) {
+    let bb = b();
+    let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
+    release_block(bb, idx, order);
 }
 
 /// Call `f(addr, len)` for every run of frames below `ram_end` (physical)
@@ -336,13 +341,7 @@ pub fn free_pages(addr: usize, order: usize) {
         kasan_glue::bad_free(va, ip, why);
         return;
     }
-    for i in 0..(1u32 << order) {
-        let q = bb.page(idx + i);
-        q.flags = 0;
-        q.private = 0;
-        q.head = idx + i;
-    }
-    bb.free_block(idx, order);
+    release_block(bb, idx, order);
 }
 
 /// Turn an allocated order-n block into 2^n independent order-0 allocations.
