@@ -60,15 +60,15 @@ extern "C" {
     static __bss_start: u8;
     static __bss_end: u8;
     static __init_array_end: u8;
-    static __ksyms_start: u8;
 }
 
-/// Bytes of the image's .data and .bss (the globals; .ksyms excluded).
+/// Bytes of the image's .data and .bss (the globals; .data runs from the
+/// page after .init_array up to .bss).
 pub fn globals_bytes() -> usize {
     {
         let bss = core::ptr::addr_of!(__bss_end) as usize - core::ptr::addr_of!(__bss_start) as usize;
         let data_start = (core::ptr::addr_of!(__init_array_end) as usize + 0xfff) & !0xfff;
-        let data = core::ptr::addr_of!(__ksyms_start) as usize - data_start;
+        let data = (core::ptr::addr_of!(__bss_start) as usize).saturating_sub(data_start);
         bss + data
     }
 }
