@@ -719,8 +719,9 @@ mod tests {
 
     #[test]
     fn adaptive_promotes_hot_mixed_blocks_at_the_next_hook() {
-        let k = &mut SimKernel::new(SimConfig::small(Mode::Hybrid)).unwrap();
-        assert_eq!(k.kasan.config().mixed, MixedBlocks::Adaptive);
+        let mut cfg = SimConfig::small(Mode::Hybrid);
+        cfg.kasan.mixed = MixedBlocks::Adaptive;
+        let k = &mut SimKernel::new(cfg).unwrap();
         let pad = k.alloc_pages(3).unwrap();
         let pages: Vec<usize> = (0..8).map(|_| k.alloc_pages(0).unwrap()).collect();
         let pfn = k.kasan.pages().pfn(pages[0]).unwrap();
