@@ -39,3 +39,23 @@ unsafe impl<T: FrameSource + ?Sized> FrameSource for &mut T {
         (**self).free_frame(frame);
     }
 }
+
+/// Fill `out` with frames from `src`, all or none: on exhaustion the frames
+/// taken so far go back and `false` is returned.
+pub(crate) fn alloc_all<F: FrameSource + ?Sized>(src: &mut F, out: &mut [PhysAddr]) -> bool {
+    for i in 0..out.len() {
+        match src.alloc_frame() {
+            Some(f) => {
+                assert!(f.is_aligned(4096u64), "FrameSource returned an unaligned frame");
+                out[i] = f;
+            }
+            None => {
+                for f in &out[..i] {
+                    src.free_frame(*f);
+                }
+                return false;
+            }
+        }
+    }
+    true
+}

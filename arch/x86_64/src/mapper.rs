@@ -539,22 +539,8 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     /// `n <= 4` frames, all or none.
     fn alloc_frames(&mut self, n: usize) -> Result<[PhysAddr; 4], MapError> {
         let mut got = [PhysAddr::zero(); 4];
-        for i in 0..n {
-            match self.frames.alloc_frame() {
-                Some(f) => {
-                    assert!(
-                        f.is_aligned(4096u64),
-                        "FrameSource returned an unaligned frame"
-                    );
-                    got[i] = f;
-                }
-                None => {
-                    for f in &got[..i] {
-                        self.frames.free_frame(*f);
-                    }
-                    return Err(MapError::OutOfFrames);
-                }
-            }
+        if !crate::frames::alloc_all(&mut self.frames, &mut got[..n]) {
+            return Err(MapError::OutOfFrames);
         }
         Ok(got)
     }

@@ -46,22 +46,8 @@ impl SharedTables {
         enc: Encoding,
     ) -> Option<Self> {
         let mut got = [PhysAddr::zero(); SHARED_FRAMES];
-        for i in 0..SHARED_FRAMES {
-            match frames.alloc_frame() {
-                Some(f) => {
-                    assert!(
-                        f.is_aligned(4096u64),
-                        "FrameSource returned an unaligned frame"
-                    );
-                    got[i] = f;
-                }
-                None => {
-                    for f in &got[..i] {
-                        frames.free_frame(*f);
-                    }
-                    return None;
-                }
-            }
+        if !crate::frames::alloc_all(frames, &mut got) {
+            return None;
         }
         let mut out = SharedTables {
             frames: [[PhysAddr::zero(); PER_KIND]; KINDS],
