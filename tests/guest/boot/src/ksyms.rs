@@ -60,17 +60,21 @@ impl Symbol {
     }
 }
 
+/// The symbols of table `t`, in address order (malformed lines skipped).
+fn symbols(t: &'static [u8]) -> impl Iterator<Item = Symbol> {
+    t.split(|&c| c == b'\n')
+        .take_while(|line| !line.is_empty() && line[0] != 0)
+        .filter_map(|line| {
+            let mut it = line.splitn(3, |&c| c == b' ');
+            let (a, s, name) = (it.next()?, it.next()?, it.next()?);
+            Some(Symbol { addr: hex(a)?, size: hex(s)?, name })
+        })
+}
+
 /// Call `f` for every symbol of the table, in address order.
-pub fn for_each(mut f: impl FnMut(Symbol)) {
-    let Some(t) = table() else { return };
-    for line in t.split(|&c| c == b'\n') {
-        if line.is_empty() || line[0] == 0 {
-            break;
-        }
-        let mut it = line.splitn(3, |&c| c == b' ');
-        let (Some(a), Some(s), Some(n)) = (it.next(), it.next(), it.next()) else { continue };
-        let (Some(addr), Some(size)) = (hex(a), hex(s)) else { continue };
-        f(Symbol { addr, size, name: n });
+pub fn for_each(f: impl FnMut(Symbol)) {
+    if let Some(t) = table() {
+        symbols(t).for_each(f);
     }
 }
 
@@ -80,13 +84,7 @@ pub fn lookup(pc: u64) -> Option<Symbol> {
     let t = table()?;
     let mut sized: Option<Symbol> = None;
     let mut last: Option<Symbol> = None;
-    for line in t.split(|&c| c == b'\n') {
-        if line.is_empty() || line[0] == 0 {
-            break;
-        }
-        let mut it = line.splitn(3, |&c| c == b' ');
-        let (Some(a), Some(s), Some(n)) = (it.next(), it.next(), it.next()) else { continue };
-        let (Some(addr), Some(size)) = (hex(a), hex(s)) else { continue };
+    for Symbol { addr, size, name: n } in symbols(t) {
         if addr > pc {
             if sized.is_some() {
                 return sized;
