@@ -68,7 +68,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if last - first > 2 {
             return self.range_ok(addr, end);
         }
-        shadow::granules_pass(first, last, end, |g| self.shadow_byte(g << 3), |_| false)
+        let mut g = first;
+        while g <= last {
+            let v = self.shadow_byte(g << 3);
+            if v != 0 && !(g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
+                return false;
+            }
+            g += 1;
+        }
+        true
     }
 
     /// Fast scan of a long range, eight shadow bytes at a time.

@@ -44,28 +44,3 @@ pub const ALLOCA_RIGHT: u8 = 0xCB;
 /// hybrid-shadow's own marker: the block mixes page states, so the slow
 /// path consults the per-page shadow. Never a Linux code.
 pub const CONSULT_PER_PAGE: u8 = 0xE0;
-
-/// Whether the shadow bytes of granules `first..=last` (read through
-/// `byte`, one load each) let an access ending at `end` pass: every byte 0,
-/// or the last one partial and covering the access's end. A CONSULT byte
-/// passes when `consult` says its page is allocated. The one decision both
-/// the runtime's checks and the compiler ABI's fast path make.
-#[inline(always)]
-pub(crate) fn granules_pass(
-    first: usize,
-    last: usize,
-    end: usize,
-    byte: impl Fn(usize) -> u8,
-    consult: impl Fn(usize) -> bool,
-) -> bool {
-    let mut g = first;
-    while g <= last {
-        let v = byte(g);
-        let partial_ok = g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize;
-        if v != 0 && !partial_ok && !(v == CONSULT_PER_PAGE && consult(g << GRANULE_SHIFT)) {
-            return false;
-        }
-        g += 1;
-    }
-    true
-}
