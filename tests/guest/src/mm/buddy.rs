@@ -3,6 +3,23 @@
 //! direct-map addresses. A frame array (one `Page` per 4 KiB frame, carved
 //! from RAM at init) holds the state; `check_invariants()` verifies it.
 //! Single CPU, no interrupts: plain `static mut` state.
+//!
+//! Grouping by pool (like Linux's migratetypes, at the sanitizer's block
+//! size): RAM is cut into pageblocks of `PAGEBLOCK_PAGES` (8) pages, the
+//! data pages behind one shadow page. Allocations smaller than a pageblock
+//! come from pageblocks of their own pool, so that pages needing byte
+//! shadow (slab, stacks, large kmalloc) share blocks with each other and
+//! not with page-granular pages (page cache, anonymous, tables):
+//!
+//! ```text
+//!  free order >= 3 ──► one list per order, no pool ("any")
+//!  free order  < 3 ──► list of (pool of its pageblock, order)
+//!  alloc order < 3, pool P: P's lists ─► split a free pageblock, mark it P
+//!                           ─► else steal from the other pool (counted)
+//! ```
+//!
+//! A pageblock's pool is stored in its first frame and only changes while
+//! the whole pageblock is allocated or free.
 use crate::kasan_glue;
 use crate::println;
 use guest_boot::paging::{phys_to_virt, virt_to_phys, DIRECT_MAP_BASE};
@@ -21,12 +38,45 @@ pub const PG_RESERVED: u16 = 1 << 6; // not managed (holes, kernel image, frame 
 pub const PG_META: u16 = 1 << 7; // slab metadata / page tables
 pub const PG_KASAN: u16 = 1 << 8; // shadow page or shadow page table owned by the sanitizer runtime
 
+/// Pages per pageblock: the data pages one shadow page covers.
+pub const PAGEBLOCK_PAGES: usize = hybrid_shadow::layout::PAGES_PER_BLOCK;
+const PAGEBLOCK_ORDER: usize = PAGEBLOCK_PAGES.trailing_zeros() as usize;
+const NPOOLS: usize = 2;
+
+/// Which pageblocks an allocation smaller than a pageblock comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Pool {
+    /// Page-granular memory: page cache, anonymous pages, tables, metadata.
+    Untracked = 0,
+    /// Memory with byte-granular shadow: slab pages, stacks, large kmalloc.
+    Tracked = 1,
+}
+
+impl Pool {
+    /// The pool of an allocation with owner flags `owner`.
+    pub fn of_owner(owner: u16) -> Pool {
+        if owner & (PG_SLAB | PG_LARGE | PG_STACK) != 0 {
+            Pool::Tracked
+        } else {
+            Pool::Untracked
+        }
+    }
+    fn other(self) -> Pool {
+        match self {
+            Pool::Untracked => Pool::Tracked,
+            Pool::Tracked => Pool::Untracked,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Page {
     pub flags: u16,
     pub order: u8,
-    _pad: u8,
+    /// On the first frame of a pageblock: its `Pool` (as u8).
+    pool: u8,
     /// Free-list links (frame indices), valid while PG_FREE.
     next: u32,
     prev: u32,
@@ -40,20 +90,24 @@ struct Buddy {
     pages: *mut Page,
     base_pfn: u64,
     npages: usize,
-    free_head: [u32; MAX_ORDER + 1],
-    nfree: [usize; MAX_ORDER + 1],
+    /// Free lists by [pool][order]; orders >= PAGEBLOCK_ORDER use pool 0 only.
+    free_head: [[u32; MAX_ORDER + 1]; NPOOLS],
+    nfree: [[usize; MAX_ORDER + 1]; NPOOLS],
     free_pages: usize,
     managed_pages: usize,
+    /// Allocations below a pageblock served from the other pool's pageblocks.
+    steals: usize,
 }
 
 static mut B: Buddy = Buddy {
     pages: core::ptr::null_mut(),
     base_pfn: 0,
     npages: 0,
-    free_head: [NONE; MAX_ORDER + 1],
-    nfree: [0; MAX_ORDER + 1],
+    free_head: [[NONE; MAX_ORDER + 1]; NPOOLS],
+    nfree: [[0; MAX_ORDER + 1]; NPOOLS],
     free_pages: 0,
     managed_pages: 0,
+    steals: 0,
 };
 
 fn b() -> &'static mut Buddy {
@@ -75,8 +129,36 @@ impl Buddy {
     fn virt_of(&self, idx: u32) -> usize {
         phys_to_virt((self.base_pfn + idx as u64) * PAGE_SIZE as u64) as usize
     }
+    /// First frame of the pageblock holding `idx` (base_pfn is pageblock aligned).
+    fn pageblock(idx: u32) -> u32 {
+        idx & !(PAGEBLOCK_PAGES as u32 - 1)
+    }
+    fn pool_of(&self, idx: u32) -> Pool {
+        if self.page(Self::pageblock(idx)).pool == Pool::Tracked as u8 {
+            Pool::Tracked
+        } else {
+            Pool::Untracked
+        }
+    }
+    /// Mark every pageblock of a block of at least a pageblock.
+    fn set_pool(&mut self, idx: u32, order: usize, pool: Pool) {
+        let mut i = idx;
+        while i < idx + (1u32 << order) {
+            self.page(i).pool = pool as u8;
+            i += PAGEBLOCK_PAGES as u32;
+        }
+    }
+    /// The free list (pool index) a free block of `order` at `idx` lives on.
+    fn list_of(&self, idx: u32, order: usize) -> usize {
+        if order >= PAGEBLOCK_ORDER {
+            0
+        } else {
+            self.pool_of(idx) as usize
+        }
+    }
     fn list_add(&mut self, idx: u32, order: usize) {
-        let h = self.free_head[order];
+        let l = self.list_of(idx, order);
+        let h = self.free_head[l][order];
         let p = self.page(idx);
         p.flags = PG_FREE;
         p.order = order as u8;
@@ -86,11 +168,12 @@ impl Buddy {
         if h != NONE {
             self.page(h).prev = idx;
         }
-        self.free_head[order] = idx;
-        self.nfree[order] += 1;
+        self.free_head[l][order] = idx;
+        self.nfree[l][order] += 1;
         self.free_pages += 1 << order;
     }
     fn list_del(&mut self, idx: u32, order: usize) {
+        let l = self.list_of(idx, order);
         let (n, pv) = {
             let p = self.page(idx);
             (p.next, p.prev)
@@ -98,7 +181,7 @@ impl Buddy {
         if pv != NONE {
             self.page(pv).next = n;
         } else {
-            self.free_head[order] = n;
+            self.free_head[l][order] = n;
         }
         if n != NONE {
             self.page(n).prev = pv;
@@ -107,7 +190,7 @@ impl Buddy {
         p.flags = 0;
         p.next = NONE;
         p.prev = NONE;
-        self.nfree[order] -= 1;
+        self.nfree[l][order] -= 1;
         self.free_pages -= 1 << order;
     }
     /// Absolute-pfn alignment decides buddies.
@@ -132,16 +215,28 @@ impl Buddy {
         }
         self.list_add(idx, order);
     }
-    fn alloc_block(&mut self, order: usize) -> Option<u32> {
-        let mut o = order;
-        while o <= MAX_ORDER && self.free_head[o] == NONE {
-            o += 1;
-        }
-        if o > MAX_ORDER {
-            return None;
-        }
-        let idx = self.free_head[o];
+    /// Smallest free block of order `order..=max` on list `l`.
+    fn find(&self, l: usize, order: usize, max: usize) -> Option<(u32, usize)> {
+        (order..=max).find(|&o| self.free_head[l][o] != NONE).map(|o| (self.free_head[l][o], o))
+    }
+    fn alloc_block(&mut self, order: usize, pool: Pool) -> Option<u32> {
+        let small = PAGEBLOCK_ORDER - 1;
+        let (idx, mut o) = if order >= PAGEBLOCK_ORDER {
+            self.find(0, order, MAX_ORDER)?
+        } else if let Some(f) = self.find(pool as usize, order, small) {
+            f
+        } else if let Some(f) = self.find(0, PAGEBLOCK_ORDER, MAX_ORDER) {
+            f
+        } else {
+            self.steals += 1;
+            self.find(pool.other() as usize, order, small)?
+        };
         self.list_del(idx, o);
+        if o >= PAGEBLOCK_ORDER {
+            // Whole pageblocks change hands: they take the caller's pool
+            // before the remainders below a pageblock go on its lists.
+            self.set_pool(idx, o, pool);
+        }
         while o > order {
             o -= 1;
             self.list_add(idx + (1 << o), o);
@@ -165,6 +260,7 @@ pub fn init(info: &guest_boot::BootInfo) {
     let ranges = &mut ranges[..n];
     let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
     let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let lo = lo & !(PAGEBLOCK_PAGES as u64 * PAGE_SIZE as u64 - 1);
     let npages = ((hi - lo) / PAGE_SIZE as u64) as usize;
     let array_bytes = (npages * core::mem::size_of::<Page>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
     // Carve the frame array from the first range big enough.
@@ -178,7 +274,7 @@ pub fn init(info: &guest_boot::BootInfo) {
     // All reserved first, then free the usable ranges in aligned blocks.
     for i in 0..npages {
         unsafe {
-            bb.pages.add(i).write(Page { flags: PG_RESERVED, order: 0, _pad: 0, next: NONE, prev: NONE, head: i as u32, private: 0 })
+            bb.pages.add(i).write(Page { flags: PG_RESERVED, order: 0, pool: 0, next: NONE, prev: NONE, head: i as u32, private: 0 })
         };
     }
     for &(s, e) in ranges.iter() {
@@ -218,7 +314,7 @@ pub fn alloc_pages_flags(order: usize, owner: u16) -> Option<usize> {
         return None;
     }
     let bb = b();
-    let idx = bb.alloc_block(order)?;
+    let idx = bb.alloc_block(order, Pool::of_owner(owner))?;
     if owner != 0 {
         for i in 0..(1u32 << order) {
             bb.page(idx + i).flags |= owner;
@@ -237,7 +333,7 @@ pub fn alloc_pages_raw(order: usize, runtime_owned: bool) -> Option<usize> {
         return None;
     }
     let bb = b();
-    let idx = bb.alloc_block(order)?;
+    let idx = bb.alloc_block(order, Pool::Untracked)?;
     let flag = if runtime_owned { PG_KASAN } else { PG_META };
     for i in 0..(1u32 << order) {
         bb.page(idx + i).flags |= flag;
@@ -365,6 +461,11 @@ pub fn managed_pages() -> usize {
     b().managed_pages
 }
 
+/// Allocations below a pageblock that had to take the other pool's pages.
+pub fn pool_steals() -> usize {
+    b().steals
+}
+
 /// Whether `addr` is a direct-map address of managed RAM.
 pub fn is_direct_map(addr: usize) -> bool {
     let a = addr as u64;
@@ -376,14 +477,25 @@ pub fn check_invariants() -> usize {
     let bb = b();
     let mut bad = 0;
     let mut total = 0usize;
-    for o in 0..=MAX_ORDER {
-        let mut idx = bb.free_head[o];
+    for (l, o) in (0..NPOOLS).flat_map(|l| (0..=MAX_ORDER).map(move |o| (l, o))) {
+        if l != 0 && o >= PAGEBLOCK_ORDER {
+            if bb.free_head[l][o] != NONE || bb.nfree[l][o] != 0 {
+                println!("buddy: pool list {} used at order {}", l, o);
+                bad += 1;
+            }
+            continue;
+        }
+        let mut idx = bb.free_head[l][o];
         let mut prev = NONE;
         let mut n = 0;
         while idx != NONE {
             let p = bb.page(idx);
             if p.flags != PG_FREE || p.order as usize != o || p.prev != prev {
                 println!("buddy: bad free block {} order {} flags {:#x} order {} prev {}", idx, o, p.flags, p.order, p.prev);
+                bad += 1;
+            }
+            if bb.list_of(idx, o) != l {
+                println!("buddy: free block {} order {} on pool list {}, its pageblock is {:?}", idx, o, l, bb.pool_of(idx));
                 bad += 1;
             }
             if (bb.base_pfn + idx as u64) & ((1 << o) - 1) != 0 || idx as usize + (1 << o) > bb.npages {
@@ -417,8 +529,8 @@ pub fn check_invariants() -> usize {
                 break;
             }
         }
-        if n != bb.nfree[o] {
-            println!("buddy: order {} count {} != {}", o, n, bb.nfree[o]);
+        if n != bb.nfree[l][o] {
+            println!("buddy: list {} order {} count {} != {}", l, o, n, bb.nfree[l][o]);
             bad += 1;
         }
     }

@@ -45,6 +45,8 @@ pub struct Params {
     pub anon_base: usize,
     pub obj_per_node: usize,
     pub samples: u64,
+    /// Page-cache folio order (`folio=`): default a pageblock, 0 = single pages.
+    pub folio_order: usize,
 }
 
 pub struct State {
@@ -67,7 +69,7 @@ pub struct State {
     pub jobs_live: u32,
 }
 
-static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0 };
+static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0 };
 static mut STATE: Option<State> = None;
 
 pub fn params() -> &'static Params {
@@ -79,7 +81,7 @@ pub fn state() -> &'static mut State {
 }
 
 fn parse_params(cmdline: &str, seed: u64) -> Params {
-    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300 };
+    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300, folio_order: buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize };
     for w in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = w.split_once('=') else { continue };
         let Ok(n) = v.parse::<u64>() else { continue };
@@ -90,6 +92,7 @@ fn parse_params(cmdline: &str, seed: u64) -> Params {
             "anon_base" => p.anon_base = n as usize / 4,
             "samples" => p.samples = n.max(1),
             "obj" => p.obj_per_node = n as usize,
+            "folio" => p.folio_order = (n as usize).min(buddy::MAX_ORDER),
             _ => {}
         }
     }
@@ -201,7 +204,7 @@ pub fn run() -> bool {
     let managed = buddy::managed_pages();
 
     mem::init();
-    pagecache::init(managed, info.ram_bytes);
+    pagecache::init(managed, info.ram_bytes, params().folio_order);
     let nheaders = 64 + p.units / 4;
     vfs::init(2 * p.units as usize + nheaders as usize + 1024);
     let node_cache = mem::create_cache("ast_node", 64);
@@ -270,6 +273,7 @@ pub fn run() -> bool {
     // Exit: tear everything down.
     let pcs = pagecache::stats();
     let (pc_peak, pc_hits, pc_misses, pc_recl, pc_wb, pc_corrupt) = (pcs.peak, pcs.hits, pcs.misses, pcs.reclaimed, pcs.writebacks, pcs.corrupt);
+    let (pc_folios, pc_fallbacks) = (pcs.large_folios, pcs.folio_fallbacks);
     let (ndent, lookups, dhits, extnames, ninodes) = vfs::stats();
     vfs::teardown();
     pagecache::shutdown();
@@ -334,7 +338,7 @@ tracked_peak_slab={} tracked_peak_stacks={} tracked_peak_vmalloc={} globals_byte
 pagecache_peak_bytes={} pagecache_hits={} pagecache_misses={} reclaimed_pages={} writebacks={} direct_reclaims={} \
 dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} krealloc={} vmallocs={} \
 unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
-slab_pages_end={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
+slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
         mode,
         ram_mib,
         if runtime_real { "real" } else { "stub" },
@@ -381,6 +385,10 @@ slab_pages_end={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source
         leaked,
         vm_pt_allow,
         slab_pages1,
+        p.folio_order,
+        pc_folios,
+        pc_fallbacks,
+        buddy::pool_steals(),
         hash3_sum(image_sum, st.unit_sum, st.anon_sum),
         if invariants_ok { "ok" } else { "bad" },
         st.samples,

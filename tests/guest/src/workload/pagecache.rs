@@ -3,8 +3,24 @@
 //! kernel's `struct page`: whole pages, no slab). Reads that find the page
 //! hit; misses read it from "disk" (a deterministic generator). Under memory
 //! pressure (free pages below the low watermark, or a failed allocation)
-//! the coldest unpinned pages are reclaimed; dirty ones are written back
+//! the coldest unpinned folios are reclaimed; dirty pages are written back
 //! (verified against the disk content) first.
+//!
+//! Folios (as Linux's large folios): where a file has a whole aligned run
+//! of `2^folio_order` pages (default 8 = one pageblock, the data behind one
+//! shadow page), a miss reads the run ahead into one folio of that order,
+//! and a write allocates one for the run. The LRU, pinning and reclaim work
+//! on folios, so reclaim gives back whole pageblocks instead of leaving
+//! single free pages among cached ones. Tails and files shorter than a run
+//! use order-0 pages. A folio's pages are up to date separately: a written
+//! folio holds the pages written so far, and a read of the others fills
+//! them from disk. `folio=0` on the command line turns folios off.
+//!
+//! ```text
+//!  descriptor of a head:  prev/next = LRU links, F_LARGE if a folio, pins
+//!  descriptor of a tail:  F_TAIL, prev = head frame
+//!  every page:            F_USED, F_UPTODATE, F_DIRTY, ino, index
+//! ```
 use super::rng::mix;
 use super::vfs::{self, Inode};
 use crate::mm::{buddy, PAGE_SIZE};
@@ -15,9 +31,13 @@ const NONE: u32 = u32::MAX;
 const DESC_PER_CHUNK: usize = PAGE_SIZE / core::mem::size_of::<Desc>();
 const MAX_CHUNKS: usize = 8192; // 8192 * 256 frames = 8 GiB
 
-const F_USED: u16 = 1;
-const F_DIRTY: u16 = 2;
-const F_PINNED: u16 = 4;
+const F_USED: u8 = 1;
+const F_DIRTY: u8 = 2;
+const F_UPTODATE: u8 = 4;
+/// Head of a folio of `folio_order` (else a single page).
+const F_LARGE: u8 = 8;
+/// Not the head of its folio: `prev` is the head's frame.
+const F_TAIL: u8 = 16;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -26,7 +46,9 @@ struct Desc {
     next: u32,
     ino: u32,
     index: u16,
-    flags: u16,
+    flags: u8,
+    /// Pins on the folio (heads only).
+    pins: u8,
 }
 
 pub struct Stats {
@@ -41,12 +63,17 @@ pub struct Stats {
     pub low: usize,
     pub high: usize,
     pub dirty_limit: usize,
+    /// Folios of `folio_order` created (reads and writes).
+    pub large_folios: u64,
+    /// Runs that could have been a folio but got order-0 pages (no block free).
+    pub folio_fallbacks: u64,
 }
 
 struct Pc {
     head: u32,
     tail: u32,
     nchunks: usize,
+    folio_order: usize,
     s: Stats,
 }
 
@@ -55,7 +82,22 @@ static mut PC: Pc = Pc {
     head: NONE,
     tail: NONE,
     nchunks: 0,
-    s: Stats { nr: 0, peak: 0, dirty: 0, hits: 0, misses: 0, reclaimed: 0, writebacks: 0, corrupt: 0, low: 0, high: 0, dirty_limit: 0 },
+    folio_order: 0,
+    s: Stats {
+        nr: 0,
+        peak: 0,
+        dirty: 0,
+        hits: 0,
+        misses: 0,
+        reclaimed: 0,
+        writebacks: 0,
+        corrupt: 0,
+        low: 0,
+        high: 0,
+        dirty_limit: 0,
+        large_folios: 0,
+        folio_fallbacks: 0,
+    },
 };
 
 fn pc() -> &'static mut Pc {
@@ -74,6 +116,25 @@ fn pfn_of(addr: usize) -> u32 {
 
 fn addr_of_pfn(pfn: u32) -> usize {
     guest_boot::paging::phys_to_virt(pfn as u64 * PAGE_SIZE as u64) as usize
+}
+
+/// Head frame of the folio holding `pfn`.
+fn head_of(pfn: u32) -> u32 {
+    let d = desc(pfn);
+    if d.flags & F_TAIL != 0 {
+        d.prev
+    } else {
+        pfn
+    }
+}
+
+/// Pages in the folio whose head is `head`.
+fn folio_pages(head: u32) -> u32 {
+    if desc(head).flags & F_LARGE != 0 {
+        1 << pc().folio_order
+    } else {
+        1
+    }
 }
 
 /// Disk content of word `i` of page `index` of a file whose content seed is `content`.
@@ -109,7 +170,7 @@ pub fn verify(addr: usize, content: u64, index: usize) -> bool {
 }
 
 /// Linux's min_free_kbytes = sqrt(16 * lowmem KiB), low = 5/4, high = 3/2 of it.
-pub fn init(managed_pages: usize, ram_bytes: u64) {
+pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize) {
     let p = pc();
     let max_pfn = (ram_bytes as usize + PAGE_SIZE - 1) / PAGE_SIZE + 256;
     let n = ((max_pfn + DESC_PER_CHUNK - 1) / DESC_PER_CHUNK).min(MAX_CHUNKS);
@@ -121,6 +182,7 @@ pub fn init(managed_pages: usize, ram_bytes: u64) {
         unsafe { CHUNKS[i] = c };
     }
     p.nchunks = n;
+    p.folio_order = folio_order.min(buddy::MAX_ORDER);
     let kib = managed_pages * (PAGE_SIZE / 1024);
     let min_kib = isqrt(kib * 16).clamp(128, 65536);
     let min_pages = min_kib / 4;
@@ -138,6 +200,8 @@ pub fn init(managed_pages: usize, ram_bytes: u64) {
         low: min_pages * 5 / 4,
         high: min_pages * 3 / 2,
         dirty_limit: (managed_pages / 10).max(64),
+        large_folios: 0,
+        folio_fallbacks: 0,
     };
 }
 
@@ -201,16 +265,31 @@ pub fn balance() {
     }
 }
 
-fn page_for_cache() -> usize {
+/// Memory for a folio of `order` (0 or the folio order): the folio, or
+/// under fragmentation a single page (order 0), as readahead falls back.
+fn folio_for_cache(order: usize) -> (usize, usize) {
     balance();
+    if order > 0 {
+        if let Some(p) = buddy::alloc_pages(order) {
+            pc().s.large_folios += 1;
+            return (p, order);
+        }
+        // Reclaim a little (whole folios come back as whole blocks), once.
+        reclaim(2 << order);
+        if let Some(p) = buddy::alloc_pages(order) {
+            pc().s.large_folios += 1;
+            return (p, order);
+        }
+        pc().s.folio_fallbacks += 1;
+    }
     loop {
         if let Some(p) = buddy::alloc_pages(0) {
-            return p;
+            return (p, 0);
         }
         crate::mm::slab::drain_all();
         if reclaim(64) == 0 {
             if let Some(p) = buddy::alloc_pages(0) {
-                return p;
+                return (p, 0);
             }
             println!("wl-oom what=pagecache size=4096 free={} pagecache={}", buddy::free_page_count() * PAGE_SIZE, pages() * PAGE_SIZE);
             super::fail("out of memory");
@@ -218,18 +297,76 @@ fn page_for_cache() -> usize {
     }
 }
 
-fn insert(ino: &mut Inode, index: usize, addr: usize, flags: u16) {
-    let pfn = pfn_of(addr);
-    let d = desc(pfn);
-    *d = Desc { prev: NONE, next: NONE, ino: ino.ino, index: index as u16, flags: F_USED | flags };
-    lru_push_head(pfn);
-    unsafe { *ino.pages.add(index) = addr };
-    ino.cached += 1;
+/// The folio run holding `index`: (first index, order) when the whole
+/// aligned run is inside the file and not cached, else (index, 0).
+fn run_of(ino: &Inode, index: usize) -> (usize, usize) {
+    let order = pc().folio_order;
+    let n = 1usize << order;
+    let first = index & !(n - 1);
+    if order == 0 || first + n > ino.npages as usize {
+        return (index, 0);
+    }
+    if (first..first + n).any(|i| unsafe { *ino.pages.add(i) } != 0) {
+        return (index, 0);
+    }
+    (first, order)
+}
+
+/// Put a new folio holding page `index` of `ino` in the cache, pinned:
+/// a whole run when `run_of` allows and a block is free, else one page.
+/// Returns the page for `index`.
+fn add_folio(ino: &mut Inode, index: usize, write: bool) -> usize {
+    let (mut first, want) = run_of(ino, index);
+    let (base, order) = folio_for_cache(want);
+    if order == 0 {
+        first = index;
+    }
+    let head = pfn_of(base);
+    let n = 1usize << order;
+    for k in 0..n {
+        let i = first + k;
+        let addr = base + k * PAGE_SIZE;
+        // Reads fill the whole folio from disk (readahead); a write makes
+        // only the page being written up to date (the caller fills it).
+        let mut flags = F_USED;
+        if !write {
+            fill(addr, ino.content, i);
+            flags |= F_UPTODATE;
+        } else if i == index {
+            flags |= F_UPTODATE | F_DIRTY;
+        }
+        let (prev, flags) = if k == 0 { (NONE, flags | if order > 0 { F_LARGE } else { 0 }) } else { (head, flags | F_TAIL) };
+        *desc(head + k as u32) = Desc { prev, next: NONE, ino: ino.ino, index: i as u16, flags, pins: 0 };
+        unsafe { *ino.pages.add(i) = addr };
+    }
+    desc(head).pins = 1;
+    lru_push_head(head);
+    ino.cached += n as u32;
     let s = &mut pc().s;
-    s.nr += 1;
+    s.nr += n;
     s.peak = s.peak.max(s.nr);
-    if flags & F_DIRTY != 0 {
+    if write {
         s.dirty += 1;
+    } else {
+        s.misses += n as u64;
+    }
+    super::tick();
+    base + (index - first) * PAGE_SIZE
+}
+
+/// Pin the folio of a cached page and make the page up to date.
+fn pin_cached(ino: &Inode, index: usize, cur: usize) {
+    let pfn = pfn_of(cur);
+    let head = head_of(pfn);
+    lru_unlink(head);
+    lru_push_head(head);
+    let h = desc(head);
+    h.pins = h.pins.checked_add(1).expect("page cache: pin count overflow");
+    let d = desc(pfn);
+    if d.flags & F_UPTODATE == 0 {
+        fill(cur, ino.content, index);
+        d.flags |= F_UPTODATE;
+        pc().s.misses += 1;
     }
 }
 
@@ -237,79 +374,85 @@ fn insert(ino: &mut Inode, index: usize, addr: usize, flags: u16) {
 pub fn get(ino: &mut Inode, index: usize) -> usize {
     let cur = unsafe { *ino.pages.add(index) };
     if cur != 0 {
-        let pfn = pfn_of(cur);
-        lru_unlink(pfn);
-        lru_push_head(pfn);
-        desc(pfn).flags |= F_PINNED;
-        pc().s.hits += 1;
-        return cur;
-    }
-    let addr = page_for_cache();
-    // The inode may have gained the page meanwhile? Single CPU, no yield in between: no.
-    fill(addr, ino.content, index);
-    insert(ino, index, addr, F_PINNED);
-    pc().s.misses += 1;
-    super::tick();
-    addr
-}
-
-/// A new page of `ino` to be written (dirty, pinned).
-pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
-    let cur = unsafe { *ino.pages.add(index) };
-    if cur != 0 {
-        let pfn = pfn_of(cur);
-        let d = desc(pfn);
-        d.flags |= F_PINNED;
-        if d.flags & F_DIRTY == 0 {
-            d.flags |= F_DIRTY;
-            pc().s.dirty += 1;
+        let fresh = desc(pfn_of(cur)).flags & F_UPTODATE != 0;
+        pin_cached(ino, index, cur);
+        if fresh {
+            pc().s.hits += 1;
         }
         return cur;
     }
-    let addr = page_for_cache();
-    insert(ino, index, addr, F_PINNED | F_DIRTY);
-    super::tick();
-    addr
+    add_folio(ino, index, false)
+}
+
+/// A new page of `ino` to be written (dirty, pinned); the caller writes
+/// all of it before `put`.
+pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
+    let cur = unsafe { *ino.pages.add(index) };
+    if cur == 0 {
+        return add_folio(ino, index, true);
+    }
+    let pfn = pfn_of(cur);
+    let head = head_of(pfn);
+    let h = desc(head);
+    h.pins = h.pins.checked_add(1).expect("page cache: pin count overflow");
+    let d = desc(pfn);
+    d.flags |= F_UPTODATE;
+    if d.flags & F_DIRTY == 0 {
+        d.flags |= F_DIRTY;
+        pc().s.dirty += 1;
+    }
+    cur
 }
 
 pub fn put(addr: usize) {
-    desc(pfn_of(addr)).flags &= !F_PINNED;
+    let h = desc(head_of(pfn_of(addr)));
+    h.pins = h.pins.checked_sub(1).expect("page cache: put of an unpinned page");
 }
 
-fn writeback(pfn: u32) {
-    let d = desc(pfn);
-    let ino = vfs::inode(d.ino);
-    let addr = addr_of_pfn(pfn);
-    if !verify(addr, ino.content, d.index as usize) {
-        println!("wl-error page cache: dirty page {} of inode {} does not hold what was written", d.index, d.ino);
-        pc().s.corrupt += 1;
+/// Write back the dirty pages of the folio at `head`.
+fn writeback(head: u32) {
+    for pfn in head..head + folio_pages(head) {
+        let d = desc(pfn);
+        if d.flags & F_DIRTY == 0 {
+            continue;
+        }
+        let ino = vfs::inode(d.ino);
+        let addr = addr_of_pfn(pfn);
+        if !verify(addr, ino.content, d.index as usize) {
+            println!("wl-error page cache: dirty page {} of inode {} does not hold what was written", d.index, d.ino);
+            pc().s.corrupt += 1;
+        }
+        d.flags &= !F_DIRTY;
+        ino.written += 1;
+        let s = &mut pc().s;
+        s.dirty -= 1;
+        s.writebacks += 1;
     }
-    d.flags &= !F_DIRTY;
-    ino.written += 1;
-    let s = &mut pc().s;
-    s.dirty -= 1;
-    s.writebacks += 1;
 }
 
-fn evict(pfn: u32) {
-    let d = *desc(pfn);
-    if d.flags & F_DIRTY != 0 {
-        writeback(pfn);
+/// Write back and free the folio at `head`; returns its pages.
+fn evict(head: u32) -> usize {
+    writeback(head);
+    lru_unlink(head);
+    let n = folio_pages(head);
+    let ino = vfs::inode(desc(head).ino);
+    for pfn in head..head + n {
+        let d = desc(pfn);
+        let addr = addr_of_pfn(pfn);
+        unsafe {
+            debug_assert!(*ino.pages.add(d.index as usize) == addr);
+            *ino.pages.add(d.index as usize) = 0;
+        }
+        d.flags = 0;
     }
-    lru_unlink(pfn);
-    let ino = vfs::inode(d.ino);
-    let addr = addr_of_pfn(pfn);
-    unsafe {
-        debug_assert!(*ino.pages.add(d.index as usize) == addr);
-        *ino.pages.add(d.index as usize) = 0;
-    }
-    ino.cached -= 1;
-    desc(pfn).flags = 0;
-    pc().s.nr -= 1;
-    buddy::free_pages(addr, 0);
+    ino.cached -= n;
+    pc().s.nr -= n as usize;
+    buddy::free_pages(addr_of_pfn(head), n.trailing_zeros() as usize);
+    n as usize
 }
 
-/// Reclaim up to `n` of the coldest unpinned pages; returns how many.
+/// Reclaim at least `n` pages (whole folios) from the coldest unpinned
+/// folios, or what there is; returns how many pages.
 pub fn reclaim(n: usize) -> usize {
     let mut done = 0;
     let mut scanned = 0;
@@ -320,19 +463,18 @@ pub fn reclaim(n: usize) -> usize {
             break;
         }
         scanned += 1;
-        if desc(t).flags & F_PINNED != 0 {
+        if desc(t).pins != 0 {
             lru_unlink(t);
             lru_push_head(t);
             continue;
         }
-        evict(t);
-        done += 1;
+        done += evict(t);
     }
     pc().s.reclaimed += done as u64;
     done
 }
 
-/// Flusher: write back the oldest dirty pages while above the dirty limit.
+/// Flusher: write back the oldest dirty folios while above the dirty limit.
 pub fn balance_dirty() {
     let s = &pc().s;
     if s.dirty <= s.dirty_limit {
@@ -343,7 +485,7 @@ pub fn balance_dirty() {
     while pfn != NONE && pc().s.dirty > target {
         let d = desc(pfn);
         let prev = d.prev;
-        if d.flags & F_DIRTY != 0 && d.flags & F_PINNED == 0 {
+        if d.pins == 0 {
             writeback(pfn);
         }
         pfn = prev;
@@ -355,7 +497,7 @@ pub fn drop_inode(ino: &mut Inode) {
     for i in 0..ino.npages as usize {
         let a = unsafe { *ino.pages.add(i) };
         if a != 0 {
-            evict(pfn_of(a));
+            evict(head_of(pfn_of(a)));
         }
     }
 }
@@ -364,7 +506,7 @@ pub fn drop_inode(ino: &mut Inode) {
 pub fn shutdown() {
     while pc().tail != NONE {
         let t = pc().tail;
-        desc(t).flags &= !F_PINNED;
+        desc(t).pins = 0;
         evict(t);
     }
     let p = pc();
