@@ -65,6 +65,7 @@ fn workload_full_and_hybrid_128mib() {
         assert_eq!(r.num("units"), units);
         let slab = r.num("slab_allocs");
         assert!(slab >= 1_000_000, "{mode}: only {slab} slab allocations (want >= 1M; raise STRESS_UNITS); {}", ctx());
+        assert!(r.num("large_folios") > 0, "{mode}: the page cache made no folio; {}", ctx());
         assert!(r.num("reclaimed_pages") > 0, "{mode}: no page-cache reclaim happened (no memory pressure); {}", ctx());
         if *mode == "hybrid" {
             let before = r.num("ondemand_before_bytes");

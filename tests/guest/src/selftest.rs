@@ -44,6 +44,24 @@ pub fn mm() -> bool {
         buddy::free_pages(b + i * 4096, 0);
     }
     check!(ok, avail() == free0);
+    // Pools: a slab page and a page-granular page never share a pageblock
+    // (while both pools have free pageblocks); each fills its own first.
+    if guest_boot::boot_info().config.pageblocks {
+        let pb = |a: usize| a / (buddy::PAGEBLOCK_PAGES * 4096);
+        let t1 = buddy::alloc_pages_flags(0, buddy::PG_SLAB).unwrap_or(0);
+        let u1 = buddy::alloc_pages(0).unwrap_or(0);
+        let t2 = buddy::alloc_pages_flags(0, buddy::PG_SLAB).unwrap_or(0);
+        let u2 = buddy::alloc_pages(0).unwrap_or(0);
+        check!(ok, t1 != 0 && u1 != 0 && t2 != 0 && u2 != 0);
+        check!(ok, pb(t1) != pb(u1) && pb(t2) != pb(u2) && pb(t1) != pb(u2) && pb(t2) != pb(u1));
+        check!(ok, pb(t1) == pb(t2) && pb(u1) == pb(u2));
+        check!(ok, buddy::check_invariants() == 0);
+        for a in [t1, u1, t2, u2] {
+            buddy::free_pages(a, 0);
+        }
+        check!(ok, avail() == free0);
+        check!(ok, buddy::check_invariants() == 0);
+    }
     // kmalloc: every size class, write all bytes, free.
     let mut ptrs = [core::ptr::null_mut::<u8>(); 64];
     for (i, &s) in slab::KMALLOC_SIZES.iter().enumerate() {

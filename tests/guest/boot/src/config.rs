@@ -1,6 +1,8 @@
 //! Boot command line: `kasan.shadow=off|full|hybrid`, `kasan.fault=report|panic`,
-//! `kasan_multi_shot`, `suite=<name>`, `seed=<n>`. A bad value is reported
-//! and the default kept; unknown words are reported and ignored.
+//! `kasan_multi_shot`, `suite=<name>`, `seed=<n>`, `pageblocks=on|off`
+//! (group the page allocator's small allocations by pool). A bad value is
+//! reported and the default kept; words other parts read (`OTHER_KEYS`)
+//! pass; unknown words are reported and ignored.
 use crate::println;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,9 +26,16 @@ pub struct Config {
     suite: [u8; 64],
     suite_len: usize,
     pub seed: u64,
+    /// The page allocator groups allocations below a pageblock by pool.
+    pub pageblocks: bool,
 }
 
 pub const DEFAULT_SUITE: &str = "smoke";
+
+/// Keys read by other parts: the sanitizer runtime's own `kasan.*` knobs
+/// and the workload's parameters (`tests/guest/src/workload`).
+const OTHER_KEYS: &[&str] =
+    &["kasan.mixed", "kasan.promote_max", "units", "jobs", "anon", "anon_base", "samples", "obj", "folio"];
 
 impl Config {
     pub const fn default() -> Self {
@@ -37,7 +46,7 @@ impl Config {
             suite[i] = d[i];
             i += 1;
         }
-        Config { shadow: ShadowMode::Hybrid, fault: FaultMode::Report, multi_shot: false, suite, suite_len: d.len(), seed: 0 }
+        Config { shadow: ShadowMode::Hybrid, fault: FaultMode::Report, multi_shot: false, suite, suite_len: d.len(), seed: 0, pageblocks: true }
     }
 
     pub fn suite(&self) -> &str {
@@ -85,6 +94,12 @@ impl Config {
                         Err(_) => println!("cmdline: bad value seed={}, using {}", v, c.seed),
                     }
                 }
+                ("pageblocks", Some(v)) => match v {
+                    "on" | "1" => c.pageblocks = true,
+                    "off" | "0" => c.pageblocks = false,
+                    _ => println!("cmdline: bad value pageblocks={} (want on|off), using {}", v, c.pageblocks),
+                },
+                (k, Some(_)) if OTHER_KEYS.contains(&k) => {}
                 _ => println!("cmdline: ignoring unknown parameter '{}'", word),
             }
         }

@@ -97,6 +97,9 @@ struct Buddy {
     managed_pages: usize,
     /// Allocations below a pageblock served from the other pool's pageblocks.
     steals: usize,
+    /// Grouping by pool on (`pageblocks=on`, the default); off, every
+    /// pageblock is `Untracked` and all share one set of lists.
+    grouping: bool,
 }
 
 static mut B: Buddy = Buddy {
@@ -108,6 +111,7 @@ static mut B: Buddy = Buddy {
     free_pages: 0,
     managed_pages: 0,
     steals: 0,
+    grouping: true,
 };
 
 fn b() -> &'static mut Buddy {
@@ -255,6 +259,7 @@ impl Buddy {
 /// Initialise from the boot memory map.
 pub fn init(info: &guest_boot::BootInfo) {
     let bb = b();
+    bb.grouping = info.config.pageblocks;
     let mut ranges = [(0u64, 0u64); 64];
     let n = info.free_ram(&mut ranges);
     let ranges = &mut ranges[..n];
@@ -295,11 +300,13 @@ pub fn init(info: &guest_boot::BootInfo) {
         }
     }
     println!(
-        "buddy: {} pages managed ({} MiB), frame array {} KiB at {:#x}",
+        "buddy: {} pages managed ({} MiB), frame array {} KiB at {:#x}, pageblocks of {} pages grouped by pool: {}",
         bb.managed_pages,
         bb.managed_pages >> 8,
         array_bytes >> 10,
-        phys_to_virt(array_pa)
+        phys_to_virt(array_pa),
+        PAGEBLOCK_PAGES,
+        if bb.grouping { "on" } else { "off" }
     );
 }
 
@@ -314,7 +321,8 @@ pub fn alloc_pages_flags(order: usize, owner: u16) -> Option<usize> {
         return None;
     }
     let bb = b();
-    let idx = bb.alloc_block(order, Pool::of_owner(owner))?;
+    let pool = if bb.grouping { Pool::of_owner(owner) } else { Pool::Untracked };
+    let idx = bb.alloc_block(order, pool)?;
     if owner != 0 {
         for i in 0..(1u32 << order) {
             bb.page(idx + i).flags |= owner;
