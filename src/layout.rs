@@ -15,6 +15,13 @@ use crate::mapper::PAGE_SIZE;
 use crate::shadow::GRANULE_SHIFT;
 
 /// Data pages covered by one shadow page (4096 granules of 8 bytes = 32 KiB).
+///
+/// Kernel allocators that keep such blocks uniform help hybrid mode: a
+/// block whose pages are all page-granular and all allocated (or all free)
+/// is backed by a shared page and checked in one load, and byte-tracked
+/// pages packed into blocks of their own share private shadow pages. The
+/// test guest groups its buddy allocator's small allocations by pool in
+/// pageblocks of this size and allocates page cache in folios of it.
 pub const PAGES_PER_BLOCK: usize = 8;
 /// Bytes of data covered by one shadow page.
 pub const BLOCK_SIZE: usize = PAGE_SIZE * PAGES_PER_BLOCK;
