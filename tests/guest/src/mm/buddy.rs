@@ -232,8 +232,9 @@ impl Buddy {
         } else if let Some(f) = self.find(0, PAGEBLOCK_ORDER, MAX_ORDER) {
             f
         } else {
+            let f = self.find(pool.other() as usize, order, small)?;
             self.steals += 1;
-            self.find(pool.other() as usize, order, small)?
+            f
         };
         self.list_del(idx, o);
         if o >= PAGEBLOCK_ORDER {

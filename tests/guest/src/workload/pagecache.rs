@@ -17,7 +17,8 @@
 //! them from disk. `folio=0` on the command line turns folios off.
 //!
 //! ```text
-//!  descriptor of a head:  prev/next = LRU links, F_LARGE if a folio, pins
+//!  descriptor of a head:  prev/next = LRU links, F_LARGE if a folio,
+//!                         F_FOLIO_DIRTY if any page is dirty, pins
 //!  descriptor of a tail:  F_TAIL, prev = head frame
 //!  every page:            F_USED, F_UPTODATE, F_DIRTY, ino, index
 //! ```
@@ -38,6 +39,8 @@ const F_UPTODATE: u8 = 4;
 const F_LARGE: u8 = 8;
 /// Not the head of its folio: `prev` is the head's frame.
 const F_TAIL: u8 = 16;
+/// On a head: some page of the folio is dirty (the flusher's quick test).
+const F_FOLIO_DIRTY: u8 = 32;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -274,11 +277,15 @@ fn folio_for_cache(order: usize) -> (usize, usize) {
             pc().s.large_folios += 1;
             return (p, order);
         }
-        // Reclaim a little (whole folios come back as whole blocks), once.
-        reclaim(2 << order);
-        if let Some(p) = buddy::alloc_pages(order) {
-            pc().s.large_folios += 1;
-            return (p, order);
+        // Short of memory, reclaim a little (whole folios come back as
+        // whole blocks) and try once more; with memory free but no whole
+        // block, take single pages rather than evict for nothing.
+        if buddy::free_page_count() < pc().s.high + (1 << order) {
+            reclaim(2 << order);
+            if let Some(p) = buddy::alloc_pages(order) {
+                pc().s.large_folios += 1;
+                return (p, order);
+            }
         }
         pc().s.folio_fallbacks += 1;
     }
@@ -339,7 +346,11 @@ fn add_folio(ino: &mut Inode, index: usize, write: bool) -> usize {
         *desc(head + k as u32) = Desc { prev, next: NONE, ino: ino.ino, index: i as u16, flags, pins: 0 };
         unsafe { *ino.pages.add(i) = addr };
     }
-    desc(head).pins = 1;
+    let h = desc(head);
+    h.pins = 1;
+    if write {
+        h.flags |= F_FOLIO_DIRTY;
+    }
     lru_push_head(head);
     ino.cached += n as u32;
     let s = &mut pc().s;
@@ -395,6 +406,7 @@ pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
     let head = head_of(pfn);
     let h = desc(head);
     h.pins = h.pins.checked_add(1).expect("page cache: pin count overflow");
+    h.flags |= F_FOLIO_DIRTY;
     let d = desc(pfn);
     d.flags |= F_UPTODATE;
     if d.flags & F_DIRTY == 0 {
@@ -411,6 +423,11 @@ pub fn put(addr: usize) {
 
 /// Write back the dirty pages of the folio at `head`.
 fn writeback(head: u32) {
+    let h = desc(head);
+    if h.flags & F_FOLIO_DIRTY == 0 {
+        return;
+    }
+    h.flags &= !F_FOLIO_DIRTY;
     for pfn in head..head + folio_pages(head) {
         let d = desc(pfn);
         if d.flags & F_DIRTY == 0 {
@@ -485,7 +502,7 @@ pub fn balance_dirty() {
     while pfn != NONE && pc().s.dirty > target {
         let d = desc(pfn);
         let prev = d.prev;
-        if d.pins == 0 {
+        if d.flags & F_FOLIO_DIRTY != 0 && d.pins == 0 {
             writeback(pfn);
         }
         pfn = prev;
