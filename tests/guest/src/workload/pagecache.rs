@@ -80,27 +80,29 @@ struct Pc {
     s: Stats,
 }
 
+const STATS_ZERO: Stats = Stats {
+    nr: 0,
+    peak: 0,
+    dirty: 0,
+    hits: 0,
+    misses: 0,
+    reclaimed: 0,
+    writebacks: 0,
+    corrupt: 0,
+    low: 0,
+    high: 0,
+    dirty_limit: 0,
+    large_folios: 0,
+    folio_fallbacks: 0,
+};
+
 static mut CHUNKS: [usize; MAX_CHUNKS] = [0; MAX_CHUNKS];
 static mut PC: Pc = Pc {
     head: NONE,
     tail: NONE,
     nchunks: 0,
     folio_order: 0,
-    s: Stats {
-        nr: 0,
-        peak: 0,
-        dirty: 0,
-        hits: 0,
-        misses: 0,
-        reclaimed: 0,
-        writebacks: 0,
-        corrupt: 0,
-        low: 0,
-        high: 0,
-        dirty_limit: 0,
-        large_folios: 0,
-        folio_fallbacks: 0,
-    },
+    s: STATS_ZERO,
 };
 
 fn pc() -> &'static mut Pc {
@@ -192,19 +194,10 @@ pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize) {
     p.head = NONE;
     p.tail = NONE;
     p.s = Stats {
-        nr: 0,
-        peak: 0,
-        dirty: 0,
-        hits: 0,
-        misses: 0,
-        reclaimed: 0,
-        writebacks: 0,
-        corrupt: 0,
         low: min_pages * 5 / 4,
         high: min_pages * 3 / 2,
         dirty_limit: (managed_pages / 10).max(64),
-        large_folios: 0,
-        folio_fallbacks: 0,
+        ..STATS_ZERO
     };
 }
 
