@@ -28,6 +28,7 @@ pub mod config;
 pub mod depot;
 pub mod error;
 pub mod hooks;
+pub mod kmsan;
 pub mod layout;
 pub mod mapper;
 pub mod page_state;

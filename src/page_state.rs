@@ -55,7 +55,7 @@ pub enum PageKind {
 }
 
 impl PageKind {
-    const fn from_bits(b: u8) -> PageKind {
+    pub(crate) const fn from_bits(b: u8) -> PageKind {
         match b {
             1 => PageKind::Page,
             2 => PageKind::Slab,

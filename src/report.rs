@@ -70,6 +70,10 @@ pub enum BugType {
     UserMemoryAccess,
     /// Poison the runtime does not know.
     UnknownCrash,
+    /// KMSAN: use of an uninitialized value.
+    UninitValue,
+    /// KMSAN: uninitialized bytes copied out to user space.
+    KernelInfoleak,
 }
 
 impl BugType {
@@ -91,6 +95,8 @@ impl BugType {
             BugType::WildMemoryAccess => "wild-memory-access",
             BugType::UserMemoryAccess => "user-memory-access",
             BugType::UnknownCrash => "unknown-crash",
+            BugType::UninitValue => "uninit-value",
+            BugType::KernelInfoleak => "kernel-infoleak",
         }
     }
 

@@ -15,6 +15,7 @@
 //! [`sim::SimKernel`] is a small model kernel (buddy pages, slab, kmalloc,
 //! stacks, vmalloc, globals) that drives the hooks like a real one.
 
+pub mod kmsan;
 pub mod mapper;
 pub mod platform;
 pub mod sim;

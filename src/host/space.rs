@@ -12,6 +12,10 @@ const SLOT_BASE: usize = 0x4000_0000_0000;
 const SLOT_SIZE: usize = 16 << 30;
 /// Slots available.
 const SLOTS: usize = 1024;
+/// KMSAN: shadow of a data address = address + this (1:1).
+pub const KMSAN_SHADOW_OFFSET: usize = 0x1000_0000_0000;
+/// KMSAN: origin of a data address = address + this (1:1).
+pub const KMSAN_ORIGIN_OFFSET: usize = 0x2000_0000_0000;
 
 static USED: Mutex<Vec<bool>> = Mutex::new(Vec::new());
 
@@ -33,6 +37,8 @@ pub struct HostSpace {
     layout: Layout,
     data: Region,
     shadow: Region,
+    /// KMSAN's origin range (empty for KASAN slots).
+    origin: Region,
 }
 
 fn mmap_fixed(addr: usize, len: usize, prot: i32, noreplace: bool) -> Result<(), SpaceError> {
@@ -52,6 +58,17 @@ fn mmap_fixed(addr: usize, len: usize, prot: i32, noreplace: bool) -> Result<(),
 impl HostSpace {
     /// Reserve a slot with `ram`, `vmalloc` and `image` bytes (block multiples).
     pub fn new(ram: usize, vmalloc: usize, image: usize) -> Result<Self, SpaceError> {
+        Self::reserve(ram, vmalloc, image, false)
+    }
+
+    /// Reserve a slot for KMSAN: the data regions plus a shadow and an
+    /// origin range as large as the data, at [`KMSAN_SHADOW_OFFSET`] and
+    /// [`KMSAN_ORIGIN_OFFSET`] from it.
+    pub fn new_kmsan(ram: usize, vmalloc: usize, image: usize) -> Result<Self, SpaceError> {
+        Self::reserve(ram, vmalloc, image, true)
+    }
+
+    fn reserve(ram: usize, vmalloc: usize, image: usize, kmsan: bool) -> Result<Self, SpaceError> {
         if [ram, vmalloc, image].iter().any(|&n| n == 0 || n % BLOCK_SIZE != 0)
             || ram + vmalloc + image > SLOT_SIZE
         {
@@ -72,10 +89,20 @@ impl HostSpace {
         let img = Region::new(vm.end, image);
         let covered = Region { start: base, end: img.end };
         let layout = Layout { offset: HOST_OFFSET, direct_map: dm, vmalloc: vm, image: img, covered, user_end: base };
-        let shadow = layout.shadow_of(covered);
-        let space = HostSpace { slot, layout, data: covered, shadow };
+        let (shadow, origin) = if kmsan {
+            (
+                Region::new(covered.start + KMSAN_SHADOW_OFFSET, covered.len()),
+                Region::new(covered.start + KMSAN_ORIGIN_OFFSET, covered.len()),
+            )
+        } else {
+            (layout.shadow_of(covered), Region { start: 0, end: 0 })
+        };
+        let space = HostSpace { slot, layout, data: covered, shadow, origin };
         mmap_fixed(covered.start, covered.len(), libc::PROT_READ | libc::PROT_WRITE, true)?;
         mmap_fixed(shadow.start, shadow.len(), libc::PROT_NONE, true)?;
+        if kmsan {
+            mmap_fixed(origin.start, origin.len(), libc::PROT_NONE, true)?;
+        }
         Ok(space)
     }
 
@@ -90,6 +117,24 @@ impl HostSpace {
     pub fn shadow(&self) -> Region {
         self.shadow
     }
+
+    /// The KMSAN layout of a slot made by [`HostSpace::new_kmsan`].
+    #[must_use]
+    pub fn kmsan_layout(&self) -> crate::kmsan::KmsanLayout {
+        let r = |d: Region| crate::kmsan::MetaRegion {
+            data: d,
+            shadow: d.start + KMSAN_SHADOW_OFFSET,
+            origin: d.start + KMSAN_ORIGIN_OFFSET,
+        };
+        let l = &self.layout;
+        crate::kmsan::KmsanLayout { direct_map: r(l.direct_map), vmalloc: r(l.vmalloc), image: r(l.image) }
+    }
+
+    /// The range a KMSAN mapper must accept (shadow through origin).
+    #[must_use]
+    pub fn kmsan_meta_span(&self) -> Region {
+        Region { start: self.shadow.start, end: self.origin.end.max(self.shadow.end) }
+    }
 }
 
 impl Drop for HostSpace {
@@ -100,6 +145,9 @@ impl Drop for HostSpace {
         unsafe {
             libc::munmap(self.data.start as *mut libc::c_void, self.data.len());
             libc::munmap(self.shadow.start as *mut libc::c_void, self.shadow.len());
+            if !self.origin.is_empty() {
+                libc::munmap(self.origin.start as *mut libc::c_void, self.origin.len());
+            }
         }
         let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
         used[self.slot] = false;

@@ -1,0 +1,253 @@
+//! The metadata pointers the compiler asks for on every access
+//! (`__msan_metadata_ptr_for_{load,store}_N`), and the deferred store.
+//!
+//! A load gets the shadow and origin addresses at their fixed offsets:
+//! for a page that is not byte-tracked they land in a shared page (zero
+//! for initialized memory, 0xFF for uninitialized), so initialized memory
+//! costs no lookup. Only an uninitialized shared page needs its per-page
+//! origin, handed out through the context's `load_origin` slot.
+//!
+//! A store must never write into a shared page. When every page it
+//! touches has private metadata it gets the real addresses; otherwise the
+//! compiler's code writes into the context's *sink* and the runtime
+//! settles the store at its next entry (every instrumented access enters
+//! the runtime first, so nothing reads the metadata in between):
+//!
+//! ```text
+//!  store to a shared page ──► sink shadow/origin, pending = (addr, size)
+//!  next runtime entry     ──► settle: sink all zero on an Init page  → nothing to do
+//!                                     otherwise → materialize the page(s) private, copy the
+//!                                     sink's shadow and the origin slots the code wrote
+//! ```
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::kmsan::origin::{Origin, UNWRITTEN};
+use crate::kmsan::runtime::{Kmsan, Place};
+use crate::kmsan::state::MetaBacking;
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::page_state::PageKind;
+use crate::platform::Platform;
+use crate::stats::Stats;
+
+/// Largest store the sink takes; larger stores to shared pages make their
+/// pages private at once.
+pub const SINK_BYTES: usize = 512;
+const SINK_SLOTS: usize = SINK_BYTES / 4 + 2;
+
+/// Shadow and origin addresses for one access (returned in `rax:rdx`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaPtrs {
+    /// Address of the shadow of the first byte.
+    pub shadow: *mut u8,
+    /// Address of the origin slot of the first byte (4-byte aligned).
+    pub origin: *mut u32,
+}
+
+/// Read-only zeros for loads from memory without metadata (user space,
+/// MMIO): such memory reads as initialized.
+#[repr(align(4096))]
+struct Zeros([u8; PAGE_SIZE]);
+static ZEROS: Zeros = Zeros([0; PAGE_SIZE]);
+
+/// The runtime's part of a task's (or interrupt level's) KMSAN state.
+pub struct Context {
+    pending_addr: usize,
+    pending_size: usize,
+    /// The pending store wrote its shadow in place; only origins wait.
+    pending_origin_only: bool,
+    load_origin: u32,
+    sink_origin: [u32; SINK_SLOTS],
+    sink_shadow: [u8; SINK_BYTES],
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Context {
+    /// A context with nothing pending.
+    #[must_use]
+    pub const fn new() -> Self {
+        Context { pending_addr: 0, pending_size: 0, pending_origin_only: false, load_origin: 0, sink_origin: [0; SINK_SLOTS], sink_shadow: [0; SINK_BYTES] }
+    }
+
+    fn sink(&mut self) -> MetaPtrs {
+        MetaPtrs { shadow: self.sink_shadow.as_mut_ptr(), origin: self.sink_origin.as_mut_ptr() }
+    }
+}
+
+/// What a store may write in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writable {
+    /// Shadow and origin pages are private.
+    Both,
+    /// Shadow pages are private, some origin page is still shared.
+    Shadow,
+    /// Some shadow page is shared (or there is no metadata).
+    None,
+}
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// Metadata addresses for a load of `size` bytes at `addr`.
+    #[inline]
+    pub fn meta_load(&self, ctx: &mut Context, addr: usize, size: usize) -> MetaPtrs {
+        let _ = size;
+        self.settle(ctx);
+        let zero = MetaPtrs { shadow: ZEROS.0.as_ptr().cast_mut(), origin: ZEROS.0.as_ptr().cast_mut().cast() };
+        if !self.on() {
+            return zero;
+        }
+        let place = self.place(addr);
+        let Some((r, p)) = self.page_of(place) else { return zero };
+        let shadow = r.shadow_of(addr) as *mut u8;
+        if let (Place::Ram(i), MetaBacking::Uninit) = (place, p.backing) {
+            ctx.load_origin = self.ram_origin[i].load(Relaxed);
+            Stats::bump(&self.stats.slow_path_checks);
+            return MetaPtrs { shadow, origin: &mut ctx.load_origin };
+        }
+        MetaPtrs { shadow, origin: r.origin_of(addr) as *mut u32 }
+    }
+
+    /// Metadata addresses for a store of `size` bytes at `addr`: the real
+    /// ones when every page touched has private metadata, else the sink.
+    #[inline]
+    pub fn meta_store(&self, ctx: &mut Context, addr: usize, size: usize) -> MetaPtrs {
+        self.settle(ctx);
+        if !self.on() || size == 0 {
+            return ctx.sink();
+        }
+        let Some(last) = addr.checked_add(size - 1) else { return ctx.sink() };
+        match self.writable(addr, last) {
+            Writable::Both => {
+                let r = self.layout.region_of(addr).expect("writable pages have a region");
+                return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: r.origin_of(addr) as *mut u32 };
+            }
+            Writable::Shadow if size <= SINK_BYTES => {
+                // Shadow in place; origins (written only for uninitialized
+                // values) through the sink, so the origin page is mapped
+                // only when one is non-zero.
+                let r = self.layout.region_of(addr).expect("writable pages have a region");
+                self.defer(ctx, addr, size, true);
+                return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: ctx.sink_origin.as_mut_ptr() };
+            }
+            _ => {}
+        }
+        if size > SINK_BYTES {
+            // Too big to defer: make the pages private now.
+            let mut inner = self.inner.lock();
+            for page in (addr & !(PAGE_SIZE - 1)..=last).step_by(PAGE_SIZE) {
+                let place = self.place(page);
+                if matches!(place, Place::Ram(_)) {
+                    self.materialize(&mut inner, place);
+                }
+            }
+            // Origin pages too: the compiler's code writes origins in place.
+            for page in (addr & !(PAGE_SIZE - 1)..=last).step_by(PAGE_SIZE) {
+                self.private_origin_page(&mut inner, page);
+            }
+            drop(inner);
+            if self.writable(addr, last) == Writable::Both {
+                let r = self.layout.region_of(addr).expect("writable pages have a region");
+                return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: r.origin_of(addr) as *mut u32 };
+            }
+            // No metadata to write to (no frame, no area): the compiler's
+            // code writes into the sink's first bytes and more; give it
+            // only stores it can hold.
+            Stats::bump(&self.stats.unchecked_events);
+            return ctx.sink();
+        }
+        Stats::bump(&self.stats.slow_path_checks);
+        self.defer(ctx, addr, size, false);
+        ctx.sink()
+    }
+
+    fn defer(&self, ctx: &mut Context, addr: usize, size: usize, origin_only: bool) {
+        let slots = (size + (addr & 3)).div_ceil(4) + 1;
+        ctx.sink_origin[..slots].fill(UNWRITTEN);
+        ctx.pending_addr = addr;
+        ctx.pending_size = size;
+        ctx.pending_origin_only = origin_only;
+    }
+
+    /// How much of the metadata of `[addr, last]` the compiler's code may
+    /// write in place.
+    fn writable(&self, addr: usize, last: usize) -> Writable {
+        let mut w = Writable::Both;
+        let mut page = addr & !(PAGE_SIZE - 1);
+        loop {
+            match self.page_of(self.place(page)) {
+                Some((_, p)) if p.writable() => {
+                    if !p.origin_private {
+                        w = Writable::Shadow;
+                    }
+                }
+                _ => return Writable::None,
+            }
+            if page >= (last & !(PAGE_SIZE - 1)) {
+                return w;
+            }
+            page += PAGE_SIZE;
+        }
+    }
+
+    /// Apply `ctx`'s deferred store, if any. Every runtime entry of a
+    /// context calls this first; a kernel calls it before a hook that
+    /// may change the pages a store of the same context touched.
+    pub fn settle(&self, ctx: &mut Context) {
+        if ctx.pending_size == 0 {
+            return;
+        }
+        let (addr, size) = (ctx.pending_addr, ctx.pending_size);
+        ctx.pending_size = 0;
+        let base = addr & !3;
+        let slots = (size + (addr & 3)).div_ceil(4) + 1;
+        let mut inner = None;
+        let mut a = if ctx.pending_origin_only { addr + size } else { addr };
+        let end = addr + size;
+        while a < end {
+            let e = end.min((a & !(PAGE_SIZE - 1)) + PAGE_SIZE);
+            let place = self.place(a);
+            let Some((r, p)) = self.page_of(place) else {
+                a = e;
+                continue;
+            };
+            let sh = &ctx.sink_shadow[a - addr..e - addr];
+            let first_slot = ((a & !3) - base) / 4;
+            let last_slot = ((e - 1) & !3).saturating_sub(base) / 4;
+            let origin_written = ctx.sink_origin[first_slot..=last_slot].iter().any(|&o| o != UNWRITTEN && o != 0);
+            let writable = match p.backing {
+                MetaBacking::Private => true,
+                MetaBacking::Unchecked => false,
+                _ if matches!(place, Place::Vmalloc(_)) && p.kind == PageKind::None => false,
+                MetaBacking::Init if sh.iter().all(|&b| b == 0) && !origin_written => false,
+                MetaBacking::Init | MetaBacking::Uninit => {
+                    let g = inner.get_or_insert_with(|| self.inner.lock());
+                    self.materialize(g, place)
+                }
+            };
+            if writable {
+                // SAFETY: the page's shadow is private and writable;
+                // `[a, e)` lies inside the page.
+                unsafe { core::ptr::copy_nonoverlapping(sh.as_ptr(), r.shadow_of(a) as *mut u8, e - a) };
+            }
+            a = e;
+        }
+        for k in 0..slots {
+            let o: Origin = ctx.sink_origin[k];
+            if o == UNWRITTEN {
+                continue;
+            }
+            let slot = base + 4 * k;
+            if let Some((_, p)) = self.page_of(self.place(slot)) {
+                if p.backing == MetaBacking::Private {
+                    let g = inner.get_or_insert_with(|| self.inner.lock());
+                    self.write_origin(g, slot, o);
+                }
+            }
+        }
+    }
+}

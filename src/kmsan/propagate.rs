@@ -1,0 +1,283 @@
+//! Writing and moving metadata: poison, unpoison, the metadata side of
+//! `memcpy`/`memmove`/`memset`, and checking a range (the kernel API
+//! `kmsan_poison_memory`, `kmsan_unpoison_memory`, `kmsan_check_memory`).
+//!
+//! The rules (Linux's, so origins survive the way its users expect):
+//!
+//! * setting a range writes its shadow, then for every 4-byte slot it
+//!   touches writes the new origin if that origin is non-zero, or if the
+//!   slot is now wholly initialized (its origin becomes zero);
+//! * copying moves shadow byte by byte; an uninitialized byte carries its
+//!   slot's origin, chained with the copier's stack; an initialized byte
+//!   clears its destination slot's origin only when the whole slot is
+//!   initialized afterwards (so a slot's other uninitialized bytes keep
+//!   theirs).
+//!
+//! In `hybrid`, a set that covers a whole page-granular RAM page backs it
+//! by a shared page again (`Init`, or `Uninit` with a per-page origin);
+//! anything finer makes the page private first.
+
+use crate::kmsan::origin::{Origin, NO_ORIGIN};
+use crate::kmsan::runtime::{KInner, Kmsan, Place};
+use crate::kmsan::state::MetaBacking;
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::page_state::PageKind;
+use crate::platform::Platform;
+use crate::report::Bug;
+
+/// The page-size chunks of `[addr, addr + size)`.
+pub(crate) fn chunks(addr: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let end = addr.saturating_add(size);
+    let mut a = addr;
+    core::iter::from_fn(move || {
+        if a >= end {
+            return None;
+        }
+        let e = end.min((a & !(PAGE_SIZE - 1)).saturating_add(PAGE_SIZE));
+        let c = (a, e);
+        a = e;
+        Some(c)
+    })
+}
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// Make `[a, e)` (inside one page) writable; false when it has no
+    /// metadata to write (outside, no vmalloc area, no frame).
+    pub(crate) fn writable_chunk(&self, inner: &mut KInner<M>, a: usize) -> bool {
+        let place = self.place(a);
+        let Some((_, p)) = self.page_of(place) else { return false };
+        match (place, p.backing) {
+            (_, MetaBacking::Private) => true,
+            (_, MetaBacking::Unchecked) => false,
+            (Place::Vmalloc(_), _) => false,
+            _ => self.materialize(inner, place),
+        }
+    }
+
+    /// Set the shadow of `[addr, addr + size)` to `poison ? 0xFF : 0` and
+    /// the origins by the slot rule above.
+    pub(crate) fn set_range(&self, inner: &mut KInner<M>, addr: usize, size: usize, poison: bool, o: Origin) {
+        if !self.on() || size == 0 {
+            return;
+        }
+        let fill = if poison { 0xFF } else { 0 };
+        for (a, e) in chunks(addr, size) {
+            let place = self.place(a);
+            let Some((r, p)) = self.page_of(place) else { continue };
+            if let Place::Ram(i) = place {
+                let whole = e - a == PAGE_SIZE;
+                let page_granular = matches!(p.kind, PageKind::None | PageKind::Page | PageKind::Reserved);
+                if whole && page_granular && (!poison || o != NO_ORIGIN) {
+                    self.share(inner, place, poison.then_some(o), p.kind);
+                    continue;
+                }
+                // Already in that state: nothing to write.
+                let same = match p.backing {
+                    MetaBacking::Init => !poison,
+                    MetaBacking::Uninit => poison && (o == NO_ORIGIN || self.ram_origin[i].load(core::sync::atomic::Ordering::Relaxed) == o),
+                    _ => false,
+                };
+                if same {
+                    continue;
+                }
+            }
+            if !self.writable_chunk(inner, a) {
+                continue;
+            }
+            // SAFETY: the chunk's shadow page is private and writable.
+            unsafe { core::ptr::write_bytes(r.shadow_of(a) as *mut u8, fill, e - a) };
+            let mut slot = a & !3;
+            while slot < e {
+                // SAFETY: the slot's 4 shadow bytes lie in the same private
+                // page (pages are 4-aligned).
+                let word = unsafe { core::ptr::read_volatile(r.shadow_of(slot) as *const u32) };
+                if o != NO_ORIGIN || word == 0 {
+                    self.write_origin(inner, slot, o);
+                }
+                slot += 4;
+            }
+        }
+    }
+
+    /// Whether every byte of `[addr, addr + size)` is initialized.
+    pub(crate) fn all_init(&self, addr: usize, size: usize) -> bool {
+        for (a, e) in chunks(addr, size) {
+            let Some((r, p)) = self.page_of(self.place(a)) else { continue };
+            match p.backing {
+                MetaBacking::Init | MetaBacking::Unchecked => continue,
+                MetaBacking::Uninit => return false,
+                MetaBacking::Private => {
+                    // SAFETY: private shadow pages are mapped and readable.
+                    let sh = unsafe { core::slice::from_raw_parts(r.shadow_of(a) as *const u8, e - a) };
+                    if sh.iter().any(|&b| b != 0) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Mark `[addr, addr + size)` initialized (`kmsan_unpoison_memory`).
+    pub fn unpoison_memory(&self, addr: usize, size: usize) {
+        if !self.on() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        self.set_range(&mut inner, addr, size, false, NO_ORIGIN);
+    }
+
+    /// Mark `[addr, addr + size)` uninitialized, created here
+    /// (`kmsan_poison_memory`).
+    pub fn poison_memory(&self, addr: usize, size: usize) {
+        if !self.on() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let o = self.new_origin(&mut inner, false);
+        self.set_range(&mut inner, addr, size, true, o);
+    }
+
+    /// The metadata side of `memset(dst, _, n)`: the bytes are initialized.
+    pub fn memset_meta(&self, dst: usize, n: usize) {
+        self.unpoison_memory(dst, n);
+    }
+
+    /// The metadata side of `memcpy`/`memmove(dst, src, n)` (overlap allowed).
+    pub fn copy_meta(&self, dst: usize, src: usize, n: usize) {
+        if !self.on() || n == 0 || dst == src {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if self.all_init(src, n) {
+            self.set_range(&mut inner, dst, n, false, NO_ORIGIN);
+            return;
+        }
+        // Make every destination page writable first, then copy byte by
+        // byte (backwards when the destination is above the source).
+        for (a, _) in chunks(dst, n) {
+            self.writable_chunk(&mut inner, a);
+        }
+        let mut cache: (Origin, Origin) = (NO_ORIGIN, NO_ORIGIN);
+        let step = |i: usize, inner: &mut KInner<M>, cache: &mut (Origin, Origin)| {
+            let (s, d) = (src + i, dst + i);
+            let sh = self.shadow_at(s);
+            let Some((r, p)) = self.page_of(self.place(d)) else { return };
+            if p.backing != MetaBacking::Private {
+                return;
+            }
+            // SAFETY: the destination page is private (checked above).
+            unsafe { core::ptr::write_volatile(r.shadow_of(d) as *mut u8, sh) };
+            let slot = d & !3;
+            if sh != 0 {
+                let so = self.origin_at(s);
+                let o = if so == cache.0 && so != NO_ORIGIN {
+                    cache.1
+                } else {
+                    let c = self.chain(inner, so);
+                    let c = if c == NO_ORIGIN { so } else { c };
+                    *cache = (so, c);
+                    c
+                };
+                self.write_origin(inner, slot, o);
+            } else {
+                // SAFETY: the slot's shadow lies in the same private page.
+                let word = unsafe { core::ptr::read_volatile(r.shadow_of(slot) as *const u32) };
+                if word == 0 {
+                    self.write_origin(inner, slot, NO_ORIGIN);
+                }
+            }
+        };
+        if dst > src {
+            for i in (0..n).rev() {
+                step(i, &mut inner, &mut cache);
+            }
+        } else {
+            for i in 0..n {
+                step(i, &mut inner, &mut cache);
+            }
+        }
+    }
+
+    /// Check that `[addr, addr + size)` is initialized; report each run of
+    /// uninitialized bytes that share an origin (`kmsan_check_memory`).
+    /// `ip` is the caller (the report's title). Returns the first bug.
+    pub fn check_memory(&self, addr: usize, size: usize, ip: usize) -> Result<(), Bug> {
+        if !self.on() || size == 0 {
+            return Ok(());
+        }
+        let mut first = None;
+        let mut run: Option<(usize, Origin)> = None;
+        let mut i = 0;
+        while i < size {
+            let a = addr + i;
+            // Skip wholly initialized shared pages at once.
+            if let Some((_, p)) = self.page_of(self.place(a)) {
+                if run.is_none() && matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked) {
+                    i += ((a & !(PAGE_SIZE - 1)) + PAGE_SIZE - a).min(size - i);
+                    continue;
+                }
+            }
+            let sh = self.shadow_at(a);
+            let o = if sh != 0 { self.origin_at(a) } else { NO_ORIGIN };
+            match run {
+                Some((start, ro)) if sh == 0 || o != ro => {
+                    let b = self.report_uninit(ro, ip, Some((addr, size, start, i - 1)));
+                    first.get_or_insert(b);
+                    run = if sh != 0 { Some((i, o)) } else { None };
+                }
+                None if sh != 0 => run = Some((i, o)),
+                _ => {}
+            }
+            i += 1;
+        }
+        if let Some((start, ro)) = run {
+            let b = self.report_uninit(ro, ip, Some((addr, size, start, size - 1)));
+            first.get_or_insert(b);
+        }
+        match first {
+            Some(b) => Err(b),
+            None => Ok(()),
+        }
+    }
+
+    /// The compiler found a use of an uninitialized value whose origin is
+    /// `o` in the code at `ip` (`__msan_warning`).
+    pub fn warning(&self, o: Origin, ip: usize) -> Bug {
+        self.report_uninit(o, ip, None)
+    }
+
+    /// `__msan_chain_origin`: the origin of a value being stored, with the
+    /// storing stack linked in front.
+    pub fn chain_origin(&self, o: Origin) -> Origin {
+        if !self.on() || o == NO_ORIGIN {
+            return o;
+        }
+        let mut inner = self.inner.lock();
+        self.chain(&mut inner, o)
+    }
+
+    /// `__msan_poison_alloca`: local variable `name` at `[addr, addr + size)`
+    /// starts uninitialized; `pc` is the function creating it.
+    pub fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize) {
+        if !self.on() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let o = self.alloca_origin(&mut inner, name, pc);
+        self.set_range(&mut inner, addr, size, true, o);
+    }
+
+    /// `__msan_unpoison_alloca`.
+    pub fn unpoison_alloca(&self, addr: usize, size: usize) {
+        self.unpoison_memory(addr, size);
+    }
+
+    /// `__msan_instrument_asm_store`: inline assembly may have written
+    /// `[addr, addr + size)`; treat it as initialized (sizes above 512 are
+    /// taken as 8, as Linux does for bogus sizes).
+    pub fn asm_store(&self, addr: usize, size: usize) {
+        let size = if size > 512 { 8 } else { size };
+        self.unpoison_memory(addr, size);
+    }
+}

@@ -1,0 +1,547 @@
+//! The KMSAN runtime object: init, and the machinery that keeps each
+//! page's shadow and origin pages backed by the right page.
+//!
+//! ```text
+//!   event (hybrid, direct-map page)              backing afterwards
+//!   page_alloc zeroed / whole-page unpoison  ──► Init     (shared zero shadow)
+//!   page_alloc / page_free / whole-page poison ─► Uninit  (shared 0xFF shadow, per-page origin)
+//!   slab page, stack                         ──► Private  (byte-precise, until the page is freed)
+//!   partial write / uninit bytes stored      ──► Private  (materialized from the shared state)
+//!   no frame for a private page              ──► Unchecked (reads initialized; counted)
+//! ```
+//!
+//! vmalloc pages are `Private` while an area covers them and `Init` (shared
+//! zero) otherwise; the image is private from init. In `full` every RAM page
+//! has private shadow and origin pages from init, as Linux's KMSAN does.
+//!
+//! A private origin page is mapped only when a non-zero origin is first
+//! written to the page: until then it is the shared zero page, which is
+//! exactly what a page whose slots all hold "no origin" reads as.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+
+use crate::config::{Config, Mode};
+use crate::depot::{StackDepot, MAX_FRAMES, NO_STACK};
+use crate::kmsan::layout::{KmsanLayout, MetaRegion};
+use crate::kmsan::origin::{self, Origin, NO_ORIGIN};
+use crate::kmsan::state::{MetaBacking, MetaPage, MetaPages};
+use crate::mapper::{MapError, ShadowMapper, SharedPage, PAGE_SIZE};
+use crate::page_state::PageKind;
+use crate::platform::Platform;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// Why the KMSAN runtime could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsanInitError {
+    /// The layout breaks an invariant.
+    Layout(crate::kmsan::layout::KmsanLayoutError),
+    /// The arena is smaller than [`Kmsan::arena_bytes`].
+    ArenaTooSmall,
+    /// The backend could not map the initial metadata.
+    Map(MapError),
+}
+
+/// Where an address lives, for metadata purposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Direct-map page frame `pfn`.
+    Ram(usize),
+    /// vmalloc page `i` of the window.
+    Vmalloc(usize),
+    /// The kernel image (metadata always private).
+    Image,
+    /// No metadata: reads as initialized, stores are dropped.
+    Outside,
+}
+
+/// State changed only under the lock.
+pub(crate) struct KInner<M> {
+    pub(crate) mapper: M,
+    pub(crate) depot: StackDepot,
+}
+
+/// The KMSAN runtime.
+pub struct Kmsan<M: ShadowMapper, P: Platform> {
+    pub(crate) cfg: Config,
+    pub(crate) layout: KmsanLayout,
+    /// Per direct-map page.
+    pub(crate) ram: MetaPages,
+    /// Per direct-map page: the origin of every byte while the page is
+    /// `Uninit` with a shared shadow page (hybrid only).
+    pub(crate) ram_origin: &'static [AtomicU32],
+    /// Per vmalloc page.
+    pub(crate) vm: MetaPages,
+    pub(crate) inner: spin::Mutex<KInner<M>>,
+    pub(crate) platform: P,
+    pub(crate) stats: Stats,
+    pub(crate) reported: AtomicBool,
+    /// Non-zero while the runtime prints (instrumented formatting code must
+    /// not report into a report).
+    pub(crate) busy: AtomicUsize,
+}
+
+fn take(rest: &mut &'static mut [u8], n: usize, align: usize) -> Option<&'static mut [u8]> {
+    let pad = (rest.as_ptr() as usize).wrapping_neg() & (align - 1);
+    if rest.len() < pad + n {
+        return None;
+    }
+    let all = core::mem::take(rest);
+    let (_, all) = all.split_at_mut(pad);
+    let (head, tail) = all.split_at_mut(n);
+    *rest = tail;
+    Some(head)
+}
+
+/// Fill a private origin page with one origin.
+fn fill_origin_page(page: usize, o: Origin) {
+    // SAFETY: `page` was just mapped private and writable by the mapper.
+    unsafe { core::slice::from_raw_parts_mut(page as *mut u32, PAGE_SIZE / 4).fill(o) };
+}
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// Depot capacity (distinct stacks): origins need more than KASAN's
+    /// alloc/free stacks, so one per 32 RAM pages, 1024..16384.
+    fn depot_stacks(cfg: &Config, layout: &KmsanLayout) -> usize {
+        if cfg.depot_stacks != 0 {
+            cfg.depot_stacks
+        } else {
+            (layout.ram_pages() / 32).clamp(1024, 16384)
+        }
+    }
+
+    /// Bytes of metadata arena [`Kmsan::new`] needs.
+    #[must_use]
+    pub fn arena_bytes(layout: &KmsanLayout, cfg: &Config) -> usize {
+        if cfg.mode == Mode::Off {
+            return StackDepot::bytes_for(1) + 16;
+        }
+        let pages = layout.ram_pages();
+        pages + 4 * pages + layout.vmalloc_pages() + StackDepot::bytes_for(Self::depot_stacks(cfg, layout)) + 32
+    }
+
+    /// Start the runtime. Every RAM page starts free (uninitialized, no
+    /// origin), the image initialized, the vmalloc window without areas.
+    pub fn new(
+        cfg: Config,
+        layout: KmsanLayout,
+        mapper: M,
+        platform: P,
+        arena: &'static mut [u8],
+    ) -> Result<Self, KmsanInitError> {
+        layout.validate().map_err(KmsanInitError::Layout)?;
+        let off = cfg.mode == Mode::Off;
+        let pages = if off { 0 } else { layout.ram_pages() };
+        let vm_pages = if off { 0 } else { layout.vmalloc_pages() };
+        let stacks = if off { 1 } else { Self::depot_stacks(&cfg, &layout) };
+        let mut rest = arena;
+        let ram_mem = take(&mut rest, pages, 1).ok_or(KmsanInitError::ArenaTooSmall)?;
+        let origin_mem = take(&mut rest, 4 * pages, 4).ok_or(KmsanInitError::ArenaTooSmall)?;
+        let vm_mem = take(&mut rest, vm_pages, 1).ok_or(KmsanInitError::ArenaTooSmall)?;
+        let depot_len = StackDepot::bytes_for(stacks);
+        let depot_mem = take(&mut rest, depot_len, 8).ok_or(KmsanInitError::ArenaTooSmall)?;
+        let depot = StackDepot::new(depot_mem, stacks).ok_or(KmsanInitError::ArenaTooSmall)?;
+        origin_mem.fill(0);
+        // SAFETY: `take` aligned the memory to 4; zero bytes are valid
+        // AtomicU32s; the exclusive borrow is given up.
+        let ram_origin = unsafe { core::slice::from_raw_parts(origin_mem.as_ptr().cast::<AtomicU32>(), pages) };
+        let full = cfg.mode == Mode::Full;
+        let ram_init = if full {
+            MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None }
+        } else {
+            MetaPage::FREE
+        };
+        let vm_init = MetaPage { backing: MetaBacking::Init, origin_private: false, kind: PageKind::None };
+        let k = Kmsan {
+            cfg,
+            layout,
+            ram: MetaPages::new(ram_mem, ram_init),
+            ram_origin,
+            vm: MetaPages::new(vm_mem, vm_init),
+            inner: spin::Mutex::new(KInner { mapper, depot }),
+            platform,
+            stats: Stats::default(),
+            reported: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+        };
+        k.stats.per_page_bytes.store(pages * 5, Relaxed);
+        k.stats.block_table_bytes.store(vm_pages, Relaxed);
+        k.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
+        if !off {
+            k.map_initial()?;
+        }
+        Ok(k)
+    }
+
+    fn map_initial(&self) -> Result<(), KmsanInitError> {
+        let l = self.layout;
+        let mut inner = self.inner.lock();
+        let m = &mut inner.mapper;
+        let err = KmsanInitError::Map;
+        let mut private = 0;
+        let dm = l.direct_map;
+        if self.cfg.mode == Mode::Full {
+            for off in (0..dm.data.len()).step_by(PAGE_SIZE) {
+                m.map_private(dm.shadow + off, 0xFF).map_err(err)?.flush(m);
+                m.map_private(dm.origin + off, 0).map_err(err)?.flush(m);
+                private += 2;
+            }
+        } else {
+            let s = dm.shadow_range();
+            m.map_shared_range(s.start, s.end, SharedPage::PageFree).map_err(err)?;
+            let o = dm.origin_range();
+            m.map_shared_range(o.start, o.end, SharedPage::Zero).map_err(err)?;
+        }
+        for r in [l.vmalloc.shadow_range(), l.vmalloc.origin_range()] {
+            m.map_shared_range(r.start, r.end, SharedPage::Zero).map_err(err)?;
+        }
+        let img = l.image;
+        for off in (0..img.data.len()).step_by(PAGE_SIZE) {
+            m.map_private(img.shadow + off, 0).map_err(err)?.flush(m);
+            m.map_private(img.origin + off, 0).map_err(err)?.flush(m);
+            private += 2;
+        }
+        self.stats.init_shadow_pages.store(private, Relaxed);
+        Ok(())
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The layout.
+    #[must_use]
+    pub fn layout(&self) -> &KmsanLayout {
+        &self.layout
+    }
+
+    /// The platform.
+    #[must_use]
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Whether the runtime tracks anything (`off`: every call is a no-op).
+    #[inline(always)]
+    pub(crate) fn on(&self) -> bool {
+        self.cfg.mode != Mode::Off
+    }
+
+    /// A copy of the statistics (metadata pages count as "shadow").
+    #[must_use]
+    pub fn stats(&self) -> StatsSnapshot {
+        let tables = self.inner.lock().mapper.table_bytes();
+        self.stats.snapshot(tables)
+    }
+
+    /// Where `addr` lives.
+    #[inline(always)]
+    pub(crate) fn place(&self, addr: usize) -> Place {
+        let l = &self.layout;
+        if l.direct_map.data.contains(addr) {
+            Place::Ram((addr - l.direct_map.data.start) / PAGE_SIZE)
+        } else if l.vmalloc.data.contains(addr) {
+            Place::Vmalloc((addr - l.vmalloc.data.start) / PAGE_SIZE)
+        } else if l.image.data.contains(addr) {
+            Place::Image
+        } else {
+            Place::Outside
+        }
+    }
+
+    /// The region and per-page byte of a place (image: always private).
+    #[inline(always)]
+    pub(crate) fn page_of(&self, place: Place) -> Option<(&MetaRegion, MetaPage)> {
+        match place {
+            Place::Ram(i) => Some((&self.layout.direct_map, self.ram.get(i))),
+            Place::Vmalloc(i) => Some((&self.layout.vmalloc, self.vm.get(i))),
+            Place::Image => Some((
+                &self.layout.image,
+                MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::Reserved },
+            )),
+            Place::Outside => None,
+        }
+    }
+
+    fn set_page(&self, place: Place, p: MetaPage) {
+        match place {
+            Place::Ram(i) => self.ram.set(i, p),
+            Place::Vmalloc(i) => self.vm.set(i, p),
+            Place::Image | Place::Outside => {}
+        }
+    }
+
+    /// Shadow and origin page addresses of the page at `place`.
+    fn meta_pages(&self, place: Place) -> Option<(usize, usize)> {
+        let (r, i) = match place {
+            Place::Ram(i) => (&self.layout.direct_map, i),
+            Place::Vmalloc(i) => (&self.layout.vmalloc, i),
+            _ => return None,
+        };
+        Some((r.shadow + i * PAGE_SIZE, r.origin + i * PAGE_SIZE))
+    }
+
+    /// The shadow byte of `addr` (0 where there is no metadata).
+    #[inline]
+    pub(crate) fn shadow_at(&self, addr: usize) -> u8 {
+        if !self.on() {
+            return 0;
+        }
+        match self.layout.region_of(addr) {
+            // SAFETY: every shadow page of a region is mapped from init on
+            // (shared or private), so the load hits mapped memory.
+            Some(r) => unsafe { core::ptr::read_volatile(r.shadow_of(addr) as *const u8) },
+            None => 0,
+        }
+    }
+
+    /// The origin of the 4-byte slot holding `addr`.
+    #[inline]
+    pub(crate) fn origin_at(&self, addr: usize) -> Origin {
+        if !self.on() {
+            return NO_ORIGIN;
+        }
+        let place = self.place(addr);
+        let Some((r, p)) = self.page_of(place) else { return NO_ORIGIN };
+        if let (Place::Ram(i), MetaBacking::Uninit) = (place, p.backing) {
+            return self.ram_origin[i].load(Relaxed);
+        }
+        // SAFETY: origin pages are mapped for the whole region from init.
+        unsafe { core::ptr::read_volatile(r.origin_of(addr) as *const u32) }
+    }
+
+    /// The per-page origin of an `Uninit` RAM page.
+    pub(crate) fn page_origin(&self, place: Place) -> Origin {
+        match place {
+            Place::Ram(i) => self.ram_origin[i].load(Relaxed),
+            _ => NO_ORIGIN,
+        }
+    }
+
+    /// Give the page at `place` private shadow (and, if its origin is not
+    /// zero, a private origin page) holding what its shared state meant.
+    /// Returns false when no frame was left: the page is then `Unchecked`.
+    pub(crate) fn materialize(&self, inner: &mut KInner<M>, place: Place) -> bool {
+        let Some((_, p)) = self.page_of(place) else { return false };
+        match p.backing {
+            MetaBacking::Private => return true,
+            MetaBacking::Unchecked => return false,
+            MetaBacking::Init | MetaBacking::Uninit => {}
+        }
+        let Some((spage, opage)) = self.meta_pages(place) else { return false };
+        let (fill, o) = if p.backing == MetaBacking::Uninit { (0xFF, self.page_origin(place)) } else { (0, NO_ORIGIN) };
+        match inner.mapper.map_private(spage, fill) {
+            Ok(f) => f.flush(&mut inner.mapper),
+            Err(_) => {
+                self.set_page(place, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, ..p });
+                if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
+                    f.flush(&mut inner.mapper);
+                }
+                self.stats.unchecked_pages.fetch_add(1, Relaxed);
+                Stats::bump(&self.stats.unchecked_events);
+                return false;
+            }
+        }
+        self.stats.ondemand_inc();
+        let mut np = MetaPage { backing: MetaBacking::Private, origin_private: false, ..p };
+        if o != NO_ORIGIN && self.map_origin_page(inner, opage) {
+            fill_origin_page(opage, o);
+            np.origin_private = true;
+        }
+        self.set_page(place, np);
+        true
+    }
+
+    fn map_origin_page(&self, inner: &mut KInner<M>, opage: usize) -> bool {
+        match inner.mapper.map_private(opage, 0) {
+            Ok(f) => {
+                f.flush(&mut inner.mapper);
+                self.stats.ondemand_inc();
+                true
+            }
+            Err(_) => {
+                Stats::bump(&self.stats.unchecked_events);
+                false
+            }
+        }
+    }
+
+    /// Give the private page holding `addr` a private origin page (all
+    /// zero) if it has none. False when no frame was left.
+    pub(crate) fn private_origin_page(&self, inner: &mut KInner<M>, addr: usize) -> bool {
+        let place = self.place(addr);
+        let Some((_, p)) = self.page_of(place) else { return false };
+        if p.origin_private {
+            return true;
+        }
+        if p.backing != MetaBacking::Private {
+            return false;
+        }
+        let Some((_, opage)) = self.meta_pages(place) else { return false };
+        if !self.map_origin_page(inner, opage) {
+            return false;
+        }
+        self.set_page(place, MetaPage { origin_private: true, ..p });
+        true
+    }
+
+    /// Write origin `o` to the slot at `slot` (4-aligned) of a private page.
+    /// A zero origin on a page whose origin page is still shared is already
+    /// there; a non-zero one maps the origin page first.
+    pub(crate) fn write_origin(&self, inner: &mut KInner<M>, slot: usize, o: Origin) {
+        let place = self.place(slot);
+        let Some((r, p)) = self.page_of(place) else { return };
+        if p.backing != MetaBacking::Private {
+            return;
+        }
+        if !p.origin_private && (o == NO_ORIGIN || !self.private_origin_page(inner, slot)) {
+            return;
+        }
+        // SAFETY: the origin page of a private page with `origin_private`
+        // is a private writable page; `slot` is 4-aligned inside it.
+        unsafe { core::ptr::write_volatile(r.origin_of(slot) as *mut u32, o) };
+    }
+
+    /// Back the page at `place` by a shared page again: `Init` when
+    /// `origin` is `None`, else `Uninit` with that per-page origin.
+    /// Only for RAM pages (vmalloc pages go `Init` through [`Self::drop_area_page`]).
+    pub(crate) fn share(&self, inner: &mut KInner<M>, place: Place, origin: Option<Origin>, kind: PageKind) {
+        let Place::Ram(i) = place else { return };
+        let p = self.ram.get(i);
+        let Some((spage, opage)) = self.meta_pages(place) else { return };
+        if self.cfg.mode == Mode::Full {
+            // Full keeps private pages: write the state into them.
+            let fill = if origin.is_some() { 0xFF } else { 0 };
+            // SAFETY: in full mode every RAM metadata page is private.
+            unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
+            fill_origin_page(opage, origin.unwrap_or(NO_ORIGIN));
+            self.ram.set(i, MetaPage { kind, ..p });
+            return;
+        }
+        let want = if origin.is_some() { MetaBacking::Uninit } else { MetaBacking::Init };
+        if p.backing == MetaBacking::Private || p.backing != want {
+            let shared = if origin.is_some() { SharedPage::PageFree } else { SharedPage::Zero };
+            match inner.mapper.map_shared(spage, shared) {
+                Ok(f) => f.flush(&mut inner.mapper),
+                Err(_) => {
+                    // Keep the private page and write the state into it.
+                    if p.backing == MetaBacking::Private {
+                        let fill = if origin.is_some() { 0xFF } else { 0 };
+                        // SAFETY: the page is private and writable.
+                        unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
+                        if p.origin_private {
+                            fill_origin_page(opage, origin.unwrap_or(NO_ORIGIN));
+                        }
+                        self.ram.set(i, MetaPage { kind, ..p });
+                        return;
+                    }
+                }
+            }
+            if p.backing == MetaBacking::Private {
+                self.stats.ondemand_dec();
+            }
+            if p.backing == MetaBacking::Unchecked {
+                self.stats.unchecked_pages.fetch_sub(1, Relaxed);
+            }
+        }
+        if p.origin_private {
+            if let Ok(f) = inner.mapper.map_shared(opage, SharedPage::Zero) {
+                f.flush(&mut inner.mapper);
+                self.stats.ondemand_dec();
+            }
+        }
+        self.ram_origin[i].store(origin.unwrap_or(NO_ORIGIN), Relaxed);
+        self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
+    }
+
+    /// A vmalloc page leaves its area: back it by the shared zero pages.
+    pub(crate) fn drop_area_page(&self, inner: &mut KInner<M>, place: Place) {
+        let Place::Vmalloc(i) = place else { return };
+        let p = self.vm.get(i);
+        let Some((spage, opage)) = self.meta_pages(place) else { return };
+        if p.backing == MetaBacking::Private {
+            if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
+                f.flush(&mut inner.mapper);
+            }
+            self.stats.ondemand_dec();
+        }
+        if p.backing == MetaBacking::Unchecked {
+            self.stats.unchecked_pages.fetch_sub(1, Relaxed);
+        }
+        if p.origin_private {
+            if let Ok(f) = inner.mapper.map_shared(opage, SharedPage::Zero) {
+                f.flush(&mut inner.mapper);
+            }
+            self.stats.ondemand_dec();
+        }
+        self.vm.set(i, MetaPage { backing: MetaBacking::Init, origin_private: false, kind: PageKind::None });
+    }
+
+    /// A vmalloc page joins an area: private shadow filled with `fill`.
+    pub(crate) fn take_area_page(&self, inner: &mut KInner<M>, place: Place, fill: u8) -> bool {
+        let Place::Vmalloc(i) = place else { return false };
+        let Some((spage, _)) = self.meta_pages(place) else { return false };
+        let p = self.vm.get(i);
+        if p.backing == MetaBacking::Private {
+            // SAFETY: the page is private and writable.
+            unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
+            self.vm.set(i, MetaPage { kind: PageKind::Page, ..p });
+            return true;
+        }
+        match inner.mapper.map_private(spage, fill) {
+            Ok(f) => {
+                f.flush(&mut inner.mapper);
+                self.stats.ondemand_inc();
+                self.vm.set(i, MetaPage { backing: MetaBacking::Private, origin_private: false, kind: PageKind::Page });
+                true
+            }
+            Err(_) => {
+                self.vm.set(i, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, kind: PageKind::Page });
+                self.stats.unchecked_pages.fetch_add(1, Relaxed);
+                Stats::bump(&self.stats.unchecked_events);
+                false
+            }
+        }
+    }
+
+    /// Save the current stack as an origin.
+    pub(crate) fn new_origin(&self, inner: &mut KInner<M>, uaf: bool) -> Origin {
+        let mut buf = [0usize; MAX_FRAMES];
+        let n = self.platform.stack_trace(&mut buf).min(MAX_FRAMES);
+        let h = inner.depot.save(&buf[..n]);
+        if h == NO_STACK && n != 0 {
+            Stats::bump(&self.stats.depot_dropped);
+        }
+        origin::make(h, 0, uaf)
+    }
+
+    /// `o` with one more link: the current stack stored where it was
+    /// written. At [`origin::MAX_DEPTH`] the chain is cut (marked).
+    pub(crate) fn chain(&self, inner: &mut KInner<M>, o: Origin) -> Origin {
+        if o == NO_ORIGIN {
+            return o;
+        }
+        let d = origin::depth(o);
+        if d >= origin::MAX_DEPTH {
+            return origin::with_cut(o);
+        }
+        let mut buf = [0usize; MAX_FRAMES];
+        buf[0] = origin::CHAIN_MAGIC;
+        buf[1] = o as usize;
+        let n = self.platform.stack_trace(&mut buf[2..]).min(MAX_FRAMES - 2);
+        let h = inner.depot.save(&buf[..n + 2]);
+        if h == NO_STACK {
+            Stats::bump(&self.stats.depot_dropped);
+            return o;
+        }
+        origin::make(h, d + 1, origin::is_uaf(o))
+    }
+
+    /// The origin of a local variable named `name` created by the code at `pc`.
+    pub(crate) fn alloca_origin(&self, inner: &mut KInner<M>, name: &'static [u8], pc: usize) -> Origin {
+        let words = [origin::ALLOCA_MAGIC, name.as_ptr() as usize, name.len(), pc];
+        let h = inner.depot.save(&words);
+        origin::make(h, 0, false)
+    }
+}

@@ -1,0 +1,138 @@
+//! KMSAN's per-page byte: how a page's metadata is backed and who owns it.
+//!
+//! ```text
+//!  bit   7 6 5 4 3 2 1 0
+//!        . . k k k o b b     b = MetaBacking, o = origin page private, k = PageKind
+//! ```
+//!
+//! In `hybrid`, a page that is not byte-tracked is described by this byte
+//! plus a per-page origin; its metadata pages map shared pages:
+//!
+//! ```text
+//!  backing      shadow page           origin page          meaning
+//!  Uninit   ──► shared 0xFF           shared zero          every byte uninitialized, origin = per-page origin
+//!  Init     ──► shared zero           shared zero          every byte initialized
+//!  Private  ──► private               private or zero(o=0) byte precise (tracked kinds, or partly initialized data)
+//!  Unchecked──► shared zero           shared zero          wanted private, no frame: reads initialized (counted)
+//! ```
+//!
+//! A free page is `Uninit` with a use-after-free origin (`kind == None`).
+//! In `full` every page is `Private` with both pages private from init.
+
+use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use crate::page_state::PageKind;
+
+/// How a page's shadow (and origin) pages are backed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MetaBacking {
+    /// Shared 0xFF shadow: every byte uninitialized, one origin per page.
+    Uninit = 0,
+    /// Shared zero shadow: every byte initialized.
+    Init = 1,
+    /// Private shadow page (origin page private when `origin_private`).
+    Private = 2,
+    /// Wanted a private page, none was left: reads as initialized.
+    Unchecked = 3,
+}
+
+/// One decoded per-page byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaPage {
+    /// Backing of the shadow page.
+    pub backing: MetaBacking,
+    /// The origin page is private (else it maps the shared zero page).
+    pub origin_private: bool,
+    /// Owner (`None`: free, or no vmalloc area).
+    pub kind: PageKind,
+}
+
+impl MetaPage {
+    /// A free page in `hybrid` (or a vmalloc page without an area).
+    pub const FREE: MetaPage = MetaPage { backing: MetaBacking::Uninit, origin_private: false, kind: PageKind::None };
+
+    /// Encode.
+    #[must_use]
+    pub const fn encode(self) -> u8 {
+        self.backing as u8 | ((self.origin_private as u8) << 2) | ((self.kind as u8) << 3)
+    }
+
+    /// Decode.
+    #[must_use]
+    pub const fn decode(b: u8) -> MetaPage {
+        let backing = match b & 3 {
+            0 => MetaBacking::Uninit,
+            1 => MetaBacking::Init,
+            2 => MetaBacking::Private,
+            _ => MetaBacking::Unchecked,
+        };
+        MetaPage { backing, origin_private: b & 4 != 0, kind: PageKind::from_bits((b >> 3) & 7) }
+    }
+
+    /// Whether stores can go straight to this page's metadata.
+    #[inline(always)]
+    #[must_use]
+    pub const fn writable(self) -> bool {
+        matches!(self.backing, MetaBacking::Private)
+    }
+}
+
+/// The per-page bytes of one region (lock-free reads; writes under the
+/// runtime lock).
+pub struct MetaPages {
+    bytes: &'static [AtomicU8],
+}
+
+impl MetaPages {
+    /// Pages over `mem`, each set to `init`.
+    #[must_use]
+    pub fn new(mem: &'static mut [u8], init: MetaPage) -> Self {
+        mem.fill(init.encode());
+        // SAFETY: AtomicU8 has u8's layout; the exclusive borrow is given up.
+        let bytes = unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU8>(), mem.len()) };
+        MetaPages { bytes }
+    }
+
+    /// Number of pages.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when there is no page.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Page `i`.
+    #[inline(always)]
+    #[must_use]
+    pub fn get(&self, i: usize) -> MetaPage {
+        MetaPage::decode(self.bytes[i].load(Relaxed))
+    }
+
+    /// Set page `i`.
+    pub fn set(&self, i: usize, p: MetaPage) {
+        self.bytes[i].store(p.encode(), Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        for backing in [MetaBacking::Uninit, MetaBacking::Init, MetaBacking::Private, MetaBacking::Unchecked] {
+            for origin_private in [false, true] {
+                for kind in [PageKind::None, PageKind::Page, PageKind::Slab, PageKind::Stack, PageKind::Reserved] {
+                    let p = MetaPage { backing, origin_private, kind };
+                    assert_eq!(MetaPage::decode(p.encode()), p);
+                }
+            }
+        }
+        assert!(!MetaPage::FREE.writable());
+    }
+}

@@ -1,0 +1,236 @@
+//! Host tests of the KMSAN runtime: states, transitions and reports, each
+//! in `full` and `hybrid`.
+
+use crate::config::Mode;
+use crate::host::kmsan::KmsanHost;
+use crate::kmsan::origin::{self, NO_ORIGIN};
+use crate::kmsan::state::MetaBacking;
+use crate::mapper::PAGE_SIZE;
+use crate::report::BugType;
+
+fn host(mode: Mode) -> KmsanHost {
+    KmsanHost::new(mode, 4 << 20, 4 << 20, 256 << 10).expect("host kmsan")
+}
+
+const MODES: [Mode; 2] = [Mode::Full, Mode::Hybrid];
+
+/// A slab page with one object at its start.
+fn slab_object(h: &mut KmsanHost, pfn: usize, size: usize, zeroed: bool) -> usize {
+    let page = h.ram() + pfn * PAGE_SIZE;
+    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.slab_page_alloc(page, 0).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, size, zeroed)).unwrap();
+    page
+}
+
+#[test]
+fn uninit_slab_object_has_its_allocation_as_origin() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let p = slab_object(h, 3, 64, false);
+        let (sh, o) = h.load(p, 4);
+        assert_eq!(sh, [0xFF; 4], "{mode:?}");
+        assert_ne!(o, NO_ORIGIN);
+        assert!(!origin::is_uaf(o));
+        h.store(p, &[0; 4], NO_ORIGIN);
+        assert_eq!(h.load(p, 4).0, [0; 4], "{mode:?}: a store initializes");
+        assert_eq!(h.load(p + 4, 4).0, [0xFF; 4]);
+        let z = slab_object(h, 5, 16, true);
+        assert_eq!(h.load(z, 8).0, [0; 8], "{mode:?}: kzalloc");
+        assert_eq!(h.kmsan.page_meta(p).unwrap().backing, MetaBacking::Private);
+    }
+}
+
+#[test]
+fn hybrid_pages_stay_shared_until_partly_written() {
+    let h = &mut host(Mode::Hybrid);
+    let page = h.ram() + 7 * PAGE_SIZE;
+    let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
+    let before = live(h);
+    h.call("alloc_pages_caller", |h| h.kmsan.page_alloc(page, 0, false)).unwrap();
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Uninit);
+    let (sh, o) = h.load(page + 100, 8);
+    assert_eq!((sh, live(h)), (std::vec![0xFF; 8], before));
+    assert_ne!(o, NO_ORIGIN, "the per-page origin is the allocation");
+    // A partial write makes the page private, keeping the rest uninit.
+    h.store(page + 8, &[0; 8], NO_ORIGIN);
+    h.settle();
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Private);
+    assert_eq!(h.load(page + 8, 8).0, [0; 8]);
+    assert_eq!(h.load(page + 16, 8), (std::vec![0xFF; 8], o));
+    assert_eq!(live(h), before + 2, "shadow and origin page");
+    // Initializing the whole page returns it to the shared zero page.
+    h.kmsan.unpoison_memory(page, PAGE_SIZE);
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Init);
+    assert_eq!(live(h), before);
+    // Initialized data stored into an initialized page costs nothing...
+    h.store(page + 24, &[0; 8], NO_ORIGIN);
+    h.settle();
+    assert_eq!((h.kmsan.page_meta(page).unwrap().backing, live(h)), (MetaBacking::Init, before));
+    // ...uninitialized data makes it private with the value's origin.
+    let vo = origin::make(77, 0, false);
+    h.store(page + 32, &[0, 0xFF, 0, 0], vo);
+    assert_eq!(h.load(page + 32, 4), (std::vec![0, 0xFF, 0, 0], vo), "the load settles first");
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Private);
+    h.call("free_pages_caller", |h| h.kmsan.page_free(page, 0)).unwrap();
+    assert_eq!(live(h), before, "freeing returns the private pages");
+    let (sh, o) = h.load(page, 4);
+    assert_eq!(sh, [0xFF; 4]);
+    assert!(origin::is_uaf(o));
+}
+
+#[test]
+fn full_maps_two_pages_per_ram_page_at_init_hybrid_almost_nothing() {
+    let f = host(Mode::Full);
+    let hy = host(Mode::Hybrid);
+    let ram_pages = (4 << 20) / PAGE_SIZE;
+    let image_pages = (256 << 10) / PAGE_SIZE;
+    assert_eq!(f.kmsan.stats().init_shadow_pages, 2 * (ram_pages + image_pages));
+    assert_eq!(hy.kmsan.stats().init_shadow_pages, 2 * image_pages);
+    assert_eq!(hy.kmsan.stats().ondemand_live_pages, 0);
+}
+
+#[test]
+fn uninit_copied_from_slab_into_a_page_is_reported_in_both_modes() {
+    let mut logs = std::vec::Vec::new();
+    for mode in MODES {
+        let h = &mut host(mode);
+        let obj = slab_object(h, 1, 32, false);
+        h.store(obj, &[0; 16], NO_ORIGIN); // first half initialized
+        let page = h.ram() + 9 * PAGE_SIZE;
+        h.kmsan.page_alloc(page, 0, true).unwrap();
+        h.call("copy_to_page_cache", |h| h.kmsan.copy_meta(page + 64, obj, 32));
+        h.settle();
+        assert!(h.kmsan.check_memory(page + 64, 16, h.plat.func("reader")).is_ok(), "{mode:?}");
+        let bug = h.kmsan.check_memory(page + 64, 32, h.plat.func("reader")).unwrap_err();
+        assert_eq!(bug.kind, BugType::UninitValue);
+        let log = h.take_log();
+        assert!(log.contains("BUG: KMSAN: uninit-value in reader+0x2a/0x100"), "{log}");
+        assert!(log.contains("Uninit was stored to memory at:\n copy_to_page_cache+0x2a/0x100"), "{log}");
+        assert!(log.contains("Uninit was created at:\n kmalloc_caller+0x2a/0x100"), "{log}");
+        assert!(log.contains("Bytes 16-31 of 32 are uninitialized"), "{log}");
+        logs.push(log.replace(&std::format!("{:016x}", page + 64), "ADDR"));
+    }
+    assert_eq!(logs[0], logs[1], "full and hybrid print the same report");
+}
+
+#[test]
+fn freed_object_use_is_use_after_free() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let obj = slab_object(h, 2, 80, false);
+        h.store(obj, &[0; 8], NO_ORIGIN);
+        h.call("kfree_caller", |h| h.kmsan.slab_free(obj, 80)).unwrap();
+        let (sh, o) = h.load(obj, 8);
+        assert_eq!(sh, [0xFF; 8]);
+        let bug = h.kmsan.warning(o, h.plat.func("test_uaf"));
+        assert_eq!(bug.kind, BugType::UseAfterFree, "{mode:?}");
+        let log = h.take_log();
+        assert!(log.contains("BUG: KMSAN: use-after-free in test_uaf+0x"), "{log}");
+        assert!(log.contains("Uninit was created at:\n kfree_caller+"), "{log}");
+    }
+}
+
+#[test]
+fn origin_chain_is_cut_at_the_maximum_depth() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let obj = slab_object(h, 4, 64, false);
+        let mut o = h.load(obj, 4).1;
+        for d in 0..2 * origin::MAX_DEPTH {
+            o = h.call(&std::format!("store_level_{d}"), |h| h.kmsan.chain_origin(o));
+        }
+        assert_eq!(origin::depth(o), origin::MAX_DEPTH);
+        assert!(origin::is_cut(o));
+        h.kmsan.warning(o, h.plat.func("test_long_origin_chain"));
+        let log = h.take_log();
+        assert!(log.contains("<Zero or more stacks not recorded to save memory>"), "{log}");
+        assert_eq!(log.matches("Uninit was stored to memory at:").count(), origin::MAX_DEPTH as usize, "{log}");
+        assert!(log.contains("Uninit was created at:\n kmalloc_caller"), "{log}");
+    }
+}
+
+#[test]
+fn local_variable_origin_names_the_variable() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let stack = h.ram() + 16 * PAGE_SIZE;
+        h.kmsan.page_alloc(stack, 2, false).unwrap();
+        h.kmsan.stack_alloc(stack, 2).unwrap();
+        let pc = h.plat.func("do_uninit_local");
+        h.kmsan.poison_alloca(stack + 100, 4, b"----uninit@do_uninit_local", pc);
+        let (sh, o) = h.load(stack + 100, 4);
+        assert_eq!(sh, [0xFF; 4]);
+        h.kmsan.warning(o, h.plat.func("test_uninit_stack_var"));
+        let log = h.take_log();
+        assert!(log.contains("Local variable uninit created at:\n do_uninit_local+0x2a/0x100"), "{log}");
+        h.kmsan.unpoison_alloca(stack + 100, 4);
+        assert_eq!(h.load(stack + 100, 4).0, [0; 4]);
+    }
+}
+
+#[test]
+fn memcpy_keeps_origins_across_initialized_gaps() {
+    // test_memcpy_initialized_gap: src bytes 2,3,8,9 uninit; copy src[2..10] to dst.
+    for mode in MODES {
+        let h = &mut host(mode);
+        let src = slab_object(h, 6, 16, true);
+        let a = origin::make(11, 0, false);
+        let b = origin::make(12, 0, false);
+        h.store(src, &[0, 0, 0xFF, 0xFF], a);
+        h.store(src + 8, &[0xFF, 0xFF, 0, 0], b);
+        let dst = src + 64;
+        h.kmsan.slab_alloc(dst, 16, true).unwrap();
+        h.kmsan.copy_meta(dst, src + 2, 8);
+        let read = |h: &mut KmsanHost, at| h.load(at, 4);
+        let (s0, o0) = read(h, dst);
+        assert_eq!(s0, [0xFF, 0xFF, 0, 0], "{mode:?}");
+        assert_eq!(origin::handle(h.kmsan.meta_of(dst).1), origin::handle(o0));
+        assert!(origin::depth(o0) == 1, "copy chains the origin");
+        assert!(h.kmsan.check_memory(dst + 2, 4, 0).is_ok());
+        let (s4, o4) = read(h, dst + 4);
+        assert_eq!(s4, [0, 0, 0xFF, 0xFF]);
+        assert_ne!(o4, NO_ORIGIN, "{mode:?}: origin not lost to the zero slot");
+        assert_ne!(o0, o4);
+    }
+}
+
+#[test]
+fn vmalloc_areas_and_page_reuse() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let live0 = h.kmsan.stats().ondemand_live_pages;
+        let v = h.vmalloc() + 2 * PAGE_SIZE;
+        h.kmsan.vmalloc_alloc(v, 8 * PAGE_SIZE, 9 * PAGE_SIZE, false).unwrap();
+        assert_eq!(h.load(v + 5000, 8).0, [0xFF; 8]);
+        h.kmsan.memset_meta(v, 8 * PAGE_SIZE);
+        for k in 0..8 {
+            assert!(h.kmsan.check_memory(v + k * PAGE_SIZE, PAGE_SIZE, 0).is_ok());
+        }
+        h.kmsan.vmalloc_free(v, 9 * PAGE_SIZE).unwrap();
+        assert_eq!(h.kmsan.stats().ondemand_live_pages, live0, "{mode:?}");
+        // A slab page returned to the page allocator and reused.
+        let page = slab_object(h, 12, 128, false);
+        h.kmsan.slab_free(page, 128).unwrap();
+        h.kmsan.slab_page_free(page, 0).unwrap();
+        h.kmsan.page_free(page, 0).unwrap();
+        h.kmsan.page_alloc(page, 0, true).unwrap();
+        assert!(h.kmsan.check_memory(page, PAGE_SIZE, 0).is_ok(), "{mode:?}");
+        assert_eq!(h.kmsan.stats().ondemand_live_pages, live0, "{mode:?}");
+    }
+}
+
+#[test]
+fn hooks_refuse_bad_input() {
+    use crate::error::HookError;
+    let h = &mut host(Mode::Hybrid);
+    let p = h.ram() + PAGE_SIZE;
+    assert_eq!(h.kmsan.page_alloc(p + 1, 0, false), Err(HookError::Unaligned));
+    assert_eq!(h.kmsan.page_alloc(h.vmalloc(), 0, false), Err(HookError::NotRam));
+    assert_eq!(h.kmsan.page_free(p, 0), Err(HookError::WrongPageState));
+    h.kmsan.page_alloc(p, 0, false).unwrap();
+    assert_eq!(h.kmsan.page_alloc(p, 0, false), Err(HookError::PageInUse));
+    assert_eq!(h.kmsan.slab_alloc(p, 8, false), Err(HookError::WrongPageState));
+    assert_eq!(h.kmsan.vmalloc_alloc(h.vmalloc(), 0, PAGE_SIZE, false), Err(HookError::BadSize));
+    assert_eq!(h.kmsan.vmalloc_alloc(p, 8, PAGE_SIZE, false), Err(HookError::NotVmalloc));
+}
