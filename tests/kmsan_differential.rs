@@ -63,6 +63,8 @@ struct Pair {
     /// Slab pages: pfn -> free object slots.
     slabs: BTreeMap<usize, Vec<usize>>,
     vm_next: usize,
+    /// vmalloc page offset -> RAM offset of the frame mapped there.
+    alias: BTreeMap<usize, usize>,
     stats: [usize; 4],
 }
 
@@ -78,6 +80,7 @@ impl Pair {
             live: vec![],
             slabs: BTreeMap::new(),
             vm_next: 0,
+            alias: BTreeMap::new(),
             stats: [0; 4],
         }
     }
@@ -105,7 +108,9 @@ impl Pair {
     }
 
     fn set_init(&mut self, rel: usize, len: usize, v: bool) {
-        self.init[rel..rel + len].fill(v);
+        for k in rel..rel + len {
+            self.set_byte(k, v);
+        }
     }
 
     fn alloc_pages(&mut self, r: &mut Rng) {
@@ -171,27 +176,58 @@ impl Pair {
         }
     }
 
+    /// vmalloc: single frames from the page allocator mapped together.
     fn vmalloc(&mut self, r: &mut Rng) {
         let pages = 1 + r.below(4);
-        if self.vm_next + (pages + 1) * PAGE > VMALLOC {
+        if self.vm_next + (pages + 1) * PAGE > VMALLOC || self.free_pfns.len() < pages {
             return;
         }
         let size = pages * PAGE - r.below(PAGE);
         let rel = RAM + self.vm_next;
         self.vm_next += (pages + 1) * PAGE;
-        let zeroed = r.chance(30);
-        self.both("vmalloc_site", |h, at| h.kmsan.vmalloc_alloc(at, size, (pages + 1) * PAGE, zeroed), rel).unwrap();
-        // The whole last page is mapped (and poisoned or zeroed).
-        self.set_init(rel, pages * PAGE, zeroed);
-        self.live.push(Range { rel, len: size, kind: Kind::Vmalloc(pages + 1) });
+        let mut pfns = vec![];
+        for _ in 0..pages {
+            let pfn = self.free_pfns.swap_remove(r.below(self.free_pfns.len()));
+            self.both("vmalloc_site", |h, at| h.kmsan.page_alloc(at, 0, false), pfn * PAGE).unwrap();
+            pfns.push(pfn);
+        }
+        self.both("vmalloc_site", |h, at| h.kmsan.vmap(at, &pfns), rel).unwrap();
+        for (k, &pfn) in pfns.iter().enumerate() {
+            self.alias.insert(rel + k * PAGE, pfn * PAGE);
+            self.set_init(pfn * PAGE, PAGE, false);
+        }
+        self.live.push(Range { rel, len: size, kind: Kind::Vmalloc(pages) });
     }
 
     fn vfree(&mut self, i: usize) {
         let l = self.live.swap_remove(i);
         let Kind::Vmalloc(pages) = l.kind else { unreachable!() };
-        self.both("vfree_site", |h, at| h.kmsan.vmalloc_free(at, pages * PAGE), l.rel).unwrap();
-        // Without an area the window reads as initialized (shared zero).
-        self.set_init(l.rel, pages * PAGE, true);
+        self.both("vfree_site", |h, at| h.kmsan.vunmap(at, pages), l.rel).unwrap();
+        for k in 0..pages {
+            let pfn_rel = self.alias.remove(&(l.rel + k * PAGE)).unwrap();
+            self.both("vfree_site", |h, at| h.kmsan.page_free(at, 0), pfn_rel).unwrap();
+            self.set_init(pfn_rel, PAGE, false);
+            self.free_pfns.push(pfn_rel / PAGE);
+        }
+    }
+
+    /// The RAM offset whose metadata byte `rel` uses (vmalloc: the frame
+    /// mapped there), or None where there is no metadata.
+    fn canon(&self, rel: usize) -> Option<usize> {
+        if rel < RAM {
+            return Some(rel);
+        }
+        self.alias.get(&(rel & !(PAGE - 1))).map(|p| p + rel % PAGE)
+    }
+
+    fn is_init(&self, rel: usize) -> bool {
+        self.canon(rel).is_none_or(|c| self.init[c])
+    }
+
+    fn set_byte(&mut self, rel: usize, v: bool) {
+        if let Some(c) = self.canon(rel) {
+            self.init[c] = v;
+        }
     }
 
     /// A random sub-range of a live range.
@@ -240,15 +276,8 @@ impl Pair {
         }
         assert_eq!(origins[0], origins[1], "chained origins differ");
         for (k, &s) in shadow.iter().enumerate() {
-            if rel + k < self.init.len() && self.mapped(rel + k) {
-                self.init[rel + k] = s == 0;
-            }
+            self.set_byte(rel + k, s == 0);
         }
-    }
-
-    /// Whether the byte has metadata to store into (vmalloc without an area has none).
-    fn mapped(&self, rel: usize) -> bool {
-        rel < RAM || self.live.iter().any(|l| matches!(l.kind, Kind::Vmalloc(p) if rel >= l.rel && rel < l.rel + p * PAGE - PAGE))
     }
 
     fn load(&mut self, r: &mut Rng) {
@@ -256,7 +285,7 @@ impl Pair {
         let n = [1usize, 2, 4, 8][r.below(4)].min(self.init.len() - rel);
         let (sh, o) = self.both("load_site", |h, at| h.load(at, n), rel);
         for (k, &s) in sh.iter().enumerate() {
-            let want = if self.init[rel + k] { 0 } else { 0xFF };
+            let want = if self.is_init(rel + k) { 0 } else { 0xFF };
             assert_eq!(s, want, "shadow of +{:#x} disagrees with the oracle", rel + k);
         }
         if sh.iter().any(|&s| s != 0) {
@@ -269,8 +298,10 @@ impl Pair {
         let (Some((d, dn)), Some((s, sn))) = (self.pick(r, 600), self.pick(r, 600)) else { return };
         let n = dn.min(sn);
         self.both("memcpy_site", |h, at| h.kmsan.copy_meta(at, at.wrapping_sub(d).wrapping_add(s), n), d);
-        let src: Vec<bool> = self.init[s..s + n].to_vec();
-        self.init[d..d + n].copy_from_slice(&src);
+        let src: Vec<bool> = (s..s + n).map(|k| self.is_init(k)).collect();
+        for (k, v) in src.into_iter().enumerate() {
+            self.set_byte(d + k, v);
+        }
     }
 
     fn set(&mut self, r: &mut Rng) {
@@ -290,7 +321,7 @@ impl Pair {
         let ip_h = self.hybrid.plat.func("checker");
         assert_eq!(ip_f, ip_h);
         let v = self.both("check_site", |h, at| h.kmsan.check_memory(at, n, ip_f).map_err(|b| b.kind), rel);
-        let want_bug = self.init[rel..rel + n].iter().any(|&i| !i);
+        let want_bug = (rel..rel + n).any(|k| !self.is_init(k));
         assert_eq!(v.is_err(), want_bug, "check of +{rel:#x}/{n} disagrees with the oracle");
         let (lf, lh) = (self.full.take_log(), self.hybrid.take_log());
         let norm = |s: String, h: &KmsanHost| s.replace(&format!("{:016x}", Self::abs(h, rel)), "ADDR");

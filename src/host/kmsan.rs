@@ -68,7 +68,7 @@ impl KmsanHost {
     /// First vmalloc address.
     #[must_use]
     pub fn vmalloc(&self) -> usize {
-        self.kmsan.layout().vmalloc.data.start
+        self.kmsan.layout().vmalloc.start
     }
 
     /// First image address.

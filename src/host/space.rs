@@ -127,7 +127,7 @@ impl HostSpace {
             origin: d.start + KMSAN_ORIGIN_OFFSET,
         };
         let l = &self.layout;
-        crate::kmsan::KmsanLayout { direct_map: r(l.direct_map), vmalloc: r(l.vmalloc), image: r(l.image) }
+        crate::kmsan::KmsanLayout { direct_map: r(l.direct_map), vmalloc: l.vmalloc, image: r(l.image) }
     }
 
     /// The range a KMSAN mapper must accept (shadow through origin).

@@ -6,7 +6,7 @@
 //!  buddy alloc ─► page_alloc(zeroed?) ─► [slab_page_alloc | stack_alloc]
 //!  slab:   slab_alloc(zeroed?) ... slab_free ─► (slab page empty) slab_page_free ─► page_free
 //!  stacks: stack_alloc ... stack_free ─► page_free
-//!  vmalloc: vmalloc_alloc(zeroed?) ... vmalloc_free
+//!  vmalloc: page_alloc per page ─► vmap(area, frames) ... vunmap ─► page_free
 //! ```
 //!
 //! Pages allocated without zeroing are uninitialized with the allocation as
@@ -22,6 +22,7 @@ use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
 use crate::platform::Platform;
 use crate::stats::Stats;
+use core::sync::atomic::Ordering::Relaxed;
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Page frames of `[addr, addr + 2^order pages)` after checking they are RAM.
@@ -214,51 +215,53 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.untrack(addr, order, PageKind::Stack)
     }
 
-    /// A vmalloc area of `area_len` bytes at `addr` (page aligned) holds
-    /// `size` usable bytes; `zeroed` for `vzalloc`.
-    pub fn vmalloc_alloc(&self, addr: usize, size: usize, area_len: usize, zeroed: bool) -> Result<(), HookError> {
+    /// RAM frames `pfns` (page frame numbers of the direct map) are mapped
+    /// at `addr` in the vmalloc window (vmalloc, vmap): accesses there use
+    /// the frames' own metadata, so what is initialized through one mapping
+    /// is initialized through the other.
+    pub fn vmap(&self, addr: usize, pfns: &[usize]) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
         }
-        let vm = self.layout.vmalloc.data;
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+        let first = self.vm_index(addr, pfns.len())?;
+        if pfns.iter().any(|&p| p >= self.ram.len()) {
+            return Err(HookError::NotRam);
         }
-        if size == 0 || size > area_len {
-            return Err(HookError::BadSize);
+        let slots = &self.vm_alias[first..first + pfns.len()];
+        if slots.iter().any(|s| s.load(Relaxed) != 0) {
+            return Err(HookError::PageInUse);
         }
-        if !vm.contains_range(addr, area_len) {
-            return Err(HookError::NotVmalloc);
-        }
-        let mapped = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let mut inner = self.inner.lock();
-        for (a, _) in chunks(addr, mapped) {
-            self.take_area_page(&mut inner, self.place(a), if zeroed { 0 } else { 0xFF });
-        }
-        if !zeroed {
-            let o = self.new_origin(&mut inner, false);
-            self.set_range(&mut inner, addr, mapped, true, o);
+        for (s, &p) in slots.iter().zip(pfns) {
+            s.store(p as u32 + 1, Relaxed);
         }
         Ok(())
     }
 
-    /// The vmalloc area at `addr` is gone.
-    pub fn vmalloc_free(&self, addr: usize, area_len: usize) -> Result<(), HookError> {
+    /// `pages` pages at `addr` in the vmalloc window are unmapped.
+    pub fn vunmap(&self, addr: usize, pages: usize) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
         }
-        let vm = self.layout.vmalloc.data;
+        let first = self.vm_index(addr, pages)?;
+        for s in &self.vm_alias[first..first + pages] {
+            s.store(0, Relaxed);
+        }
+        Ok(())
+    }
+
+    fn vm_index(&self, addr: usize, pages: usize) -> Result<usize, HookError> {
         if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(HookError::Unaligned);
         }
-        if !vm.contains_range(addr, area_len) {
+        let vm = self.layout.vmalloc;
+        let len = pages.checked_mul(PAGE_SIZE).ok_or(HookError::BadSize)?;
+        if pages == 0 {
+            return Err(HookError::BadSize);
+        }
+        if !vm.contains_range(addr, len) || u32::try_from(self.ram.len()).is_err() {
             return Err(HookError::NotVmalloc);
         }
-        let mut inner = self.inner.lock();
-        for (a, _) in chunks(addr, area_len) {
-            self.drop_area_page(&mut inner, self.place(a));
-        }
-        Ok(())
+        Ok((addr - vm.start) / PAGE_SIZE)
     }
 
     /// The metadata state of `addr`'s page (tests and statistics).

@@ -8,9 +8,13 @@
 //!  addr            ──►  shadow + (addr - start)         origin + ((addr & !3) - start)
 //! ```
 //!
-//! The kernel chooses the three bases per region (there is no single offset
-//! that maps Linux's direct map, vmalloc window and image into free space
-//! twice over); [`KmsanLayout::validate`] refuses overlaps and misalignment.
+//! The kernel chooses the bases per region (there is no single offset that
+//! maps Linux's direct map and image into free space twice over);
+//! [`KmsanLayout::validate`] refuses overlaps and misalignment.
+//!
+//! The vmalloc window has no metadata of its own: a vmalloc (or vmap)
+//! address uses the metadata of the RAM page mapped there, as in Linux,
+//! so data written through one mapping is initialized through the other.
 
 use crate::layout::Region;
 use crate::mapper::PAGE_SIZE;
@@ -59,8 +63,8 @@ impl MetaRegion {
 pub struct KmsanLayout {
     /// All RAM: page frame `n` at `direct_map.data.start + n * 4096`.
     pub direct_map: MetaRegion,
-    /// The vmalloc window (metadata mapped per area).
-    pub vmalloc: MetaRegion,
+    /// The vmalloc window: its pages alias RAM pages (see [`crate::kmsan::Kmsan::vmap`]).
+    pub vmalloc: Region,
     /// The kernel image (globals; metadata mapped at init).
     pub image: MetaRegion,
 }
@@ -72,20 +76,23 @@ pub enum KmsanLayoutError {
     Unaligned,
     /// A region wraps around the address space.
     Wraps,
-    /// Two of the nine ranges (three data, three shadow, three origin) overlap.
+    /// Two of the seven ranges (three data, two shadow, two origin) overlap.
     Overlap,
 }
 
 impl KmsanLayout {
-    /// The three regions.
+    /// The regions with metadata.
     #[must_use]
-    pub const fn regions(&self) -> [MetaRegion; 3] {
-        [self.direct_map, self.vmalloc, self.image]
+    pub const fn regions(&self) -> [MetaRegion; 2] {
+        [self.direct_map, self.image]
     }
 
     /// Check alignment, wrap-around and that no two ranges overlap.
     pub fn validate(&self) -> Result<(), KmsanLayoutError> {
-        let mut all = [Region { start: 0, end: 0 }; 9];
+        if self.vmalloc.start % PAGE_SIZE != 0 || self.vmalloc.end % PAGE_SIZE != 0 || self.vmalloc.end < self.vmalloc.start {
+            return Err(KmsanLayoutError::Unaligned);
+        }
+        let mut all = [self.vmalloc; 7];
         for (i, r) in self.regions().iter().enumerate() {
             let len = r.data.len();
             if r.data.end < r.data.start || len == 0 {
@@ -99,9 +106,9 @@ impl KmsanLayout {
                     return Err(KmsanLayoutError::Wraps);
                 }
             }
-            all[3 * i] = r.data;
-            all[3 * i + 1] = r.shadow_range();
-            all[3 * i + 2] = r.origin_range();
+            all[3 * i + 1] = r.data;
+            all[3 * i + 2] = r.shadow_range();
+            all[3 * i + 3] = r.origin_range();
         }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
@@ -137,14 +144,14 @@ impl KmsanLayout {
     /// Pages of the vmalloc window.
     #[must_use]
     pub const fn vmalloc_pages(&self) -> usize {
-        self.vmalloc.data.len() / PAGE_SIZE
+        self.vmalloc.len() / PAGE_SIZE
     }
 
     /// The region holding `addr`, if any.
     #[inline]
     #[must_use]
     pub fn region_of(&self, addr: usize) -> Option<&MetaRegion> {
-        [&self.direct_map, &self.vmalloc, &self.image].into_iter().find(|r| r.data.contains(addr))
+        [&self.direct_map, &self.image].into_iter().find(|r| r.data.contains(addr))
     }
 }
 
@@ -152,17 +159,21 @@ impl KmsanLayout {
 mod tests {
     use super::*;
 
-    /// The guest's choice: Linux's data addresses, metadata one address bit away.
+    /// The guest's choice: Linux's data addresses, metadata in the region
+    /// KASAN's shadow uses (a kernel is built with one sanitizer).
     fn guest() -> KmsanLayout {
-        let r = |start: usize, len: usize| MetaRegion {
-            data: Region::new(start, len),
-            shadow: start ^ (1 << 45),
-            origin: start ^ (1 << 44),
-        };
         KmsanLayout {
-            direct_map: r(0xffff_8880_0000_0000, 1 << 30),
-            vmalloc: r(0xffff_c900_0000_0000, 1 << 30),
-            image: r(0xffff_ffff_8000_0000, 16 << 20),
+            direct_map: MetaRegion {
+                data: Region::new(0xffff_8880_0000_0000, 1 << 30),
+                shadow: 0xffff_ec00_0000_0000,
+                origin: 0xffff_ed00_0000_0000,
+            },
+            vmalloc: Region::new(0xffff_c900_0000_0000, 1 << 30),
+            image: MetaRegion {
+                data: Region::new(0xffff_ffff_8000_0000, 16 << 20),
+                shadow: 0xffff_ee00_0000_0000,
+                origin: 0xffff_ef00_0000_0000,
+            },
         }
     }
 
@@ -171,9 +182,11 @@ mod tests {
         let l = guest();
         assert_eq!(l.validate(), Ok(()));
         let dm = l.direct_map;
-        assert_eq!(dm.shadow_of(0xffff_8880_0000_1235), 0xffff_a880_0000_1235);
-        assert_eq!(dm.origin_of(0xffff_8880_0000_1235), 0xffff_9880_0000_1234);
-        assert_eq!(l.region_of(0xffff_c900_0000_0008), Some(&l.vmalloc));
+        assert_eq!(dm.shadow_of(0xffff_8880_0000_1235), 0xffff_ec00_0000_1235);
+        assert_eq!(dm.origin_of(0xffff_8880_0000_1235), 0xffff_ed00_0000_1234);
+        assert_eq!(l.meta_span(), Region { start: 0xffff_ec00_0000_0000, end: 0xffff_ef00_0100_0000 });
+        assert_eq!(l.region_of(0xffff_ffff_8000_0008), Some(&l.image));
+        assert_eq!(l.region_of(0xffff_c900_0000_0008), None, "vmalloc has no metadata of its own");
         assert_eq!(l.region_of(0x1000), None);
         assert_eq!(l.ram_pages(), 1 << 18);
     }
@@ -184,7 +197,7 @@ mod tests {
         l.image.origin = l.direct_map.shadow;
         assert_eq!(l.validate(), Err(KmsanLayoutError::Overlap));
         let mut l = guest();
-        l.vmalloc.shadow += 8;
+        l.image.shadow += 8;
         assert_eq!(l.validate(), Err(KmsanLayoutError::Unaligned));
         let mut l = guest();
         l.image.shadow = usize::MAX & !0xfff;

@@ -26,7 +26,6 @@ use crate::kmsan::origin::{Origin, UNWRITTEN};
 use crate::kmsan::runtime::{Kmsan, Place};
 use crate::kmsan::state::MetaBacking;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
-use crate::page_state::PageKind;
 use crate::platform::Platform;
 use crate::stats::Stats;
 
@@ -95,12 +94,23 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Metadata addresses for a load of `size` bytes at `addr`.
     #[inline]
     pub fn meta_load(&self, ctx: &mut Context, addr: usize, size: usize) -> MetaPtrs {
-        let _ = size;
         self.settle(ctx);
         let zero = MetaPtrs { shadow: ZEROS.0.as_ptr().cast_mut(), origin: ZEROS.0.as_ptr().cast_mut().cast() };
         if !self.on() {
             return zero;
         }
+        if self.split(addr, size) {
+            // Two vmalloc pages whose frames' metadata is not contiguous:
+            // gather the shadow into the sink (nothing is pending now).
+            let n = size.min(SINK_BYTES);
+            for k in 0..n {
+                ctx.sink_shadow[k] = self.shadow_at(addr + k);
+            }
+            ctx.load_origin = self.origin_at(addr);
+            Stats::bump(&self.stats.slow_path_checks);
+            return MetaPtrs { shadow: ctx.sink_shadow.as_mut_ptr(), origin: &mut ctx.load_origin };
+        }
+        let Some(addr) = self.canon(addr) else { return zero };
         let place = self.place(addr);
         let Some((r, p)) = self.page_of(place) else { return zero };
         let shadow = r.shadow_of(addr) as *mut u8;
@@ -120,6 +130,15 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() || size == 0 {
             return ctx.sink();
         }
+        if addr.checked_add(size - 1).is_none() {
+            return ctx.sink();
+        }
+        if self.split(addr, size) && size <= SINK_BYTES {
+            Stats::bump(&self.stats.slow_path_checks);
+            self.defer(ctx, addr, size, false);
+            return ctx.sink();
+        }
+        let Some(addr) = self.canon(addr) else { return ctx.sink() };
         let Some(last) = addr.checked_add(size - 1) else { return ctx.sink() };
         match self.writable(addr, last) {
             Writable::Both => {
@@ -163,6 +182,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Stats::bump(&self.stats.slow_path_checks);
         self.defer(ctx, addr, size, false);
         ctx.sink()
+    }
+
+    /// Whether `[addr, addr + size)` crosses from one vmalloc page to
+    /// another (whose frames' metadata need not be adjacent).
+    #[inline(always)]
+    fn split(&self, addr: usize, size: usize) -> bool {
+        self.layout.vmalloc.contains(addr) && (addr % PAGE_SIZE) + size > PAGE_SIZE
     }
 
     fn defer(&self, ctx: &mut Context, addr: usize, size: usize, origin_only: bool) {
@@ -210,8 +236,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let end = addr + size;
         while a < end {
             let e = end.min((a & !(PAGE_SIZE - 1)) + PAGE_SIZE);
-            let place = self.place(a);
-            let Some((r, p)) = self.page_of(place) else {
+            let Some((c, place, r, p)) = self.canon(a).and_then(|c| {
+                let place = self.place(c);
+                self.page_of(place).map(|(r, p)| (c, place, r, p))
+            }) else {
                 a = e;
                 continue;
             };
@@ -222,7 +250,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             let writable = match p.backing {
                 MetaBacking::Private => true,
                 MetaBacking::Unchecked => false,
-                _ if matches!(place, Place::Vmalloc(_)) && p.kind == PageKind::None => false,
                 MetaBacking::Init if sh.iter().all(|&b| b == 0) && !origin_written => false,
                 MetaBacking::Init | MetaBacking::Uninit => {
                     let g = inner.get_or_insert_with(|| self.inner.lock());
@@ -232,7 +259,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             if writable {
                 // SAFETY: the page's shadow is private and writable;
                 // `[a, e)` lies inside the page.
-                unsafe { core::ptr::copy_nonoverlapping(sh.as_ptr(), r.shadow_of(a) as *mut u8, e - a) };
+                unsafe { core::ptr::copy_nonoverlapping(sh.as_ptr(), r.shadow_of(c) as *mut u8, e - a) };
             }
             a = e;
         }
@@ -241,7 +268,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             if o == UNWRITTEN {
                 continue;
             }
-            let slot = base + 4 * k;
+            let Some(slot) = self.canon(base + 4 * k) else { continue };
             if let Some((_, p)) = self.page_of(self.place(slot)) {
                 if p.backing == MetaBacking::Private {
                     let g = inner.get_or_insert_with(|| self.inner.lock());

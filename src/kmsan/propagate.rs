@@ -41,15 +41,14 @@ pub(crate) fn chunks(addr: usize, size: usize) -> impl Iterator<Item = (usize, u
 }
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
-    /// Make `[a, e)` (inside one page) writable; false when it has no
-    /// metadata to write (outside, no vmalloc area, no frame).
-    pub(crate) fn writable_chunk(&self, inner: &mut KInner<M>, a: usize) -> bool {
-        let place = self.place(a);
+    /// Make the metadata of the page holding (canonical) `c` writable;
+    /// false when it has none to write (outside, no frame).
+    pub(crate) fn writable_chunk(&self, inner: &mut KInner<M>, c: usize) -> bool {
+        let place = self.place(c);
         let Some((_, p)) = self.page_of(place) else { return false };
-        match (place, p.backing) {
-            (_, MetaBacking::Private) => true,
-            (_, MetaBacking::Unchecked) => false,
-            (Place::Vmalloc(_), _) => false,
+        match p.backing {
+            MetaBacking::Private => true,
+            MetaBacking::Unchecked => false,
             _ => self.materialize(inner, place),
         }
     }
@@ -61,7 +60,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return;
         }
         let fill = if poison { 0xFF } else { 0 };
-        for (a, e) in chunks(addr, size) {
+        for (a0, e0) in chunks(addr, size) {
+            let Some(a) = self.canon(a0) else { continue };
+            let e = a + (e0 - a0);
             let place = self.place(a);
             let Some((r, p)) = self.page_of(place) else { continue };
             if let Place::Ram(i) = place {
@@ -101,7 +102,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// Whether every byte of `[addr, addr + size)` is initialized.
     pub(crate) fn all_init(&self, addr: usize, size: usize) -> bool {
-        for (a, e) in chunks(addr, size) {
+        for (a0, e0) in chunks(addr, size) {
+            let Some(a) = self.canon(a0) else { continue };
+            let e = a + (e0 - a0);
             let Some((r, p)) = self.page_of(self.place(a)) else { continue };
             match p.backing {
                 MetaBacking::Init | MetaBacking::Unchecked => continue,
@@ -156,12 +159,15 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         // Make every destination page writable first, then copy byte by
         // byte (backwards when the destination is above the source).
         for (a, _) in chunks(dst, n) {
-            self.writable_chunk(&mut inner, a);
+            if let Some(c) = self.canon(a) {
+                self.writable_chunk(&mut inner, c);
+            }
         }
         let mut cache: (Origin, Origin) = (NO_ORIGIN, NO_ORIGIN);
         let step = |i: usize, inner: &mut KInner<M>, cache: &mut (Origin, Origin)| {
-            let (s, d) = (src + i, dst + i);
+            let s = src + i;
             let sh = self.shadow_at(s);
+            let Some(d) = self.canon(dst + i) else { return };
             let Some((r, p)) = self.page_of(self.place(d)) else { return };
             if p.backing != MetaBacking::Private {
                 return;
@@ -211,8 +217,14 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let mut i = 0;
         while i < size {
             let a = addr + i;
-            // Skip wholly initialized shared pages at once.
-            if let Some((_, p)) = self.page_of(self.place(a)) {
+            // Skip wholly initialized shared pages (and memory without
+            // metadata) at once.
+            let page = self.canon(a).and_then(|c| self.page_of(self.place(c)));
+            if run.is_none() && page.is_none() {
+                i += ((a & !(PAGE_SIZE - 1)) + PAGE_SIZE - a).min(size - i);
+                continue;
+            }
+            if let Some((_, p)) = page {
                 if run.is_none() && matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked) {
                     i += ((a & !(PAGE_SIZE - 1)) + PAGE_SIZE - a).min(size - i);
                     continue;

@@ -10,8 +10,8 @@
 //!   no frame for a private page              ──► Unchecked (reads initialized; counted)
 //! ```
 //!
-//! vmalloc pages are `Private` while an area covers them and `Init` (shared
-//! zero) otherwise; the image is private from init. In `full` every RAM page
+//! A vmalloc address has the metadata of the RAM page mapped there
+//! ([`Kmsan::vmap`]); the image is private from init. In `full` every RAM page
 //! has private shadow and origin pages from init, as Linux's KMSAN does.
 //!
 //! A private origin page is mapped only when a non-zero origin is first
@@ -46,8 +46,6 @@ pub enum KmsanInitError {
 pub(crate) enum Place {
     /// Direct-map page frame `pfn`.
     Ram(usize),
-    /// vmalloc page `i` of the window.
-    Vmalloc(usize),
     /// The kernel image (metadata always private).
     Image,
     /// No metadata: reads as initialized, stores are dropped.
@@ -69,8 +67,8 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Per direct-map page: the origin of every byte while the page is
     /// `Uninit` with a shared shadow page (hybrid only).
     pub(crate) ram_origin: &'static [AtomicU32],
-    /// Per vmalloc page.
-    pub(crate) vm: MetaPages,
+    /// Per vmalloc page: the RAM frame mapped there, plus one (0: none).
+    pub(crate) vm_alias: &'static [AtomicU32],
     pub(crate) inner: spin::Mutex<KInner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
@@ -78,6 +76,13 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Non-zero while the runtime prints (instrumented formatting code must
     /// not report into a report).
     pub(crate) busy: AtomicUsize,
+}
+
+fn atomics_u32(mem: &'static mut [u8]) -> &'static [AtomicU32] {
+    mem.fill(0);
+    // SAFETY: `take` aligned the memory to 4; zero bytes are valid
+    // AtomicU32s; the exclusive borrow is given up.
+    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU32>(), mem.len() / 4) }
 }
 
 fn take(rest: &mut &'static mut [u8], n: usize, align: usize) -> Option<&'static mut [u8]> {
@@ -116,11 +121,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return StackDepot::bytes_for(1) + 16;
         }
         let pages = layout.ram_pages();
-        pages + 4 * pages + layout.vmalloc_pages() + StackDepot::bytes_for(Self::depot_stacks(cfg, layout)) + 32
+        pages + 4 * pages + 4 * layout.vmalloc_pages() + StackDepot::bytes_for(Self::depot_stacks(cfg, layout)) + 32
     }
 
     /// Start the runtime. Every RAM page starts free (uninitialized, no
-    /// origin), the image initialized, the vmalloc window without areas.
+    /// origin), the image initialized, nothing mapped in the vmalloc window.
     pub fn new(
         cfg: Config,
         layout: KmsanLayout,
@@ -136,27 +141,24 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let mut rest = arena;
         let ram_mem = take(&mut rest, pages, 1).ok_or(KmsanInitError::ArenaTooSmall)?;
         let origin_mem = take(&mut rest, 4 * pages, 4).ok_or(KmsanInitError::ArenaTooSmall)?;
-        let vm_mem = take(&mut rest, vm_pages, 1).ok_or(KmsanInitError::ArenaTooSmall)?;
+        let vm_mem = take(&mut rest, 4 * vm_pages, 4).ok_or(KmsanInitError::ArenaTooSmall)?;
         let depot_len = StackDepot::bytes_for(stacks);
         let depot_mem = take(&mut rest, depot_len, 8).ok_or(KmsanInitError::ArenaTooSmall)?;
         let depot = StackDepot::new(depot_mem, stacks).ok_or(KmsanInitError::ArenaTooSmall)?;
-        origin_mem.fill(0);
-        // SAFETY: `take` aligned the memory to 4; zero bytes are valid
-        // AtomicU32s; the exclusive borrow is given up.
-        let ram_origin = unsafe { core::slice::from_raw_parts(origin_mem.as_ptr().cast::<AtomicU32>(), pages) };
+        let ram_origin = atomics_u32(origin_mem);
+        let vm_alias = atomics_u32(vm_mem);
         let full = cfg.mode == Mode::Full;
         let ram_init = if full {
             MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None }
         } else {
             MetaPage::FREE
         };
-        let vm_init = MetaPage { backing: MetaBacking::Init, origin_private: false, kind: PageKind::None };
         let k = Kmsan {
             cfg,
             layout,
             ram: MetaPages::new(ram_mem, ram_init),
             ram_origin,
-            vm: MetaPages::new(vm_mem, vm_init),
+            vm_alias,
             inner: spin::Mutex::new(KInner { mapper, depot }),
             platform,
             stats: Stats::default(),
@@ -164,7 +166,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             busy: AtomicUsize::new(0),
         };
         k.stats.per_page_bytes.store(pages * 5, Relaxed);
-        k.stats.block_table_bytes.store(vm_pages, Relaxed);
+        k.stats.block_table_bytes.store(4 * vm_pages, Relaxed);
         k.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
         if !off {
             k.map_initial()?;
@@ -190,9 +192,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             m.map_shared_range(s.start, s.end, SharedPage::PageFree).map_err(err)?;
             let o = dm.origin_range();
             m.map_shared_range(o.start, o.end, SharedPage::Zero).map_err(err)?;
-        }
-        for r in [l.vmalloc.shadow_range(), l.vmalloc.origin_range()] {
-            m.map_shared_range(r.start, r.end, SharedPage::Zero).map_err(err)?;
         }
         let img = l.image;
         for off in (0..img.data.len()).step_by(PAGE_SIZE) {
@@ -235,14 +234,29 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.stats.snapshot(tables)
     }
 
-    /// Where `addr` lives.
+    /// The address whose metadata `addr` uses: itself in RAM and the
+    /// image, the RAM address mapped there for a vmalloc address, `None`
+    /// where there is no metadata.
+    #[inline(always)]
+    pub(crate) fn canon(&self, addr: usize) -> Option<usize> {
+        let l = &self.layout;
+        if l.direct_map.data.contains(addr) || l.image.data.contains(addr) {
+            return Some(addr);
+        }
+        if l.vmalloc.contains(addr) {
+            let i = (addr - l.vmalloc.start) / PAGE_SIZE;
+            let pfn = self.vm_alias.get(i)?.load(Relaxed).checked_sub(1)?;
+            return Some(l.direct_map.data.start + pfn as usize * PAGE_SIZE + addr % PAGE_SIZE);
+        }
+        None
+    }
+
+    /// Where the (canonical, see [`Self::canon`]) address `addr` lives.
     #[inline(always)]
     pub(crate) fn place(&self, addr: usize) -> Place {
         let l = &self.layout;
         if l.direct_map.data.contains(addr) {
             Place::Ram((addr - l.direct_map.data.start) / PAGE_SIZE)
-        } else if l.vmalloc.data.contains(addr) {
-            Place::Vmalloc((addr - l.vmalloc.data.start) / PAGE_SIZE)
         } else if l.image.data.contains(addr) {
             Place::Image
         } else {
@@ -255,7 +269,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     pub(crate) fn page_of(&self, place: Place) -> Option<(&MetaRegion, MetaPage)> {
         match place {
             Place::Ram(i) => Some((&self.layout.direct_map, self.ram.get(i))),
-            Place::Vmalloc(i) => Some((&self.layout.vmalloc, self.vm.get(i))),
             Place::Image => Some((
                 &self.layout.image,
                 MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::Reserved },
@@ -267,18 +280,14 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     fn set_page(&self, place: Place, p: MetaPage) {
         match place {
             Place::Ram(i) => self.ram.set(i, p),
-            Place::Vmalloc(i) => self.vm.set(i, p),
             Place::Image | Place::Outside => {}
         }
     }
 
     /// Shadow and origin page addresses of the page at `place`.
     fn meta_pages(&self, place: Place) -> Option<(usize, usize)> {
-        let (r, i) = match place {
-            Place::Ram(i) => (&self.layout.direct_map, i),
-            Place::Vmalloc(i) => (&self.layout.vmalloc, i),
-            _ => return None,
-        };
+        let Place::Ram(i) = place else { return None };
+        let r = &self.layout.direct_map;
         Some((r.shadow + i * PAGE_SIZE, r.origin + i * PAGE_SIZE))
     }
 
@@ -288,6 +297,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() {
             return 0;
         }
+        let Some(addr) = self.canon(addr) else { return 0 };
         match self.layout.region_of(addr) {
             // SAFETY: every shadow page of a region is mapped from init on
             // (shared or private), so the load hits mapped memory.
@@ -302,6 +312,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() {
             return NO_ORIGIN;
         }
+        let Some(addr) = self.canon(addr) else { return NO_ORIGIN };
         let place = self.place(addr);
         let Some((r, p)) = self.page_of(place) else { return NO_ORIGIN };
         if let (Place::Ram(i), MetaBacking::Uninit) = (place, p.backing) {
@@ -405,7 +416,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// Back the page at `place` by a shared page again: `Init` when
     /// `origin` is `None`, else `Uninit` with that per-page origin.
-    /// Only for RAM pages (vmalloc pages go `Init` through [`Self::drop_area_page`]).
     pub(crate) fn share(&self, inner: &mut KInner<M>, place: Place, origin: Option<Origin>, kind: PageKind) {
         let Place::Ram(i) = place else { return };
         let p = self.ram.get(i);
@@ -453,56 +463,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         self.ram_origin[i].store(origin.unwrap_or(NO_ORIGIN), Relaxed);
         self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
-    }
-
-    /// A vmalloc page leaves its area: back it by the shared zero pages.
-    pub(crate) fn drop_area_page(&self, inner: &mut KInner<M>, place: Place) {
-        let Place::Vmalloc(i) = place else { return };
-        let p = self.vm.get(i);
-        let Some((spage, opage)) = self.meta_pages(place) else { return };
-        if p.backing == MetaBacking::Private {
-            if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
-                f.flush(&mut inner.mapper);
-            }
-            self.stats.ondemand_dec();
-        }
-        if p.backing == MetaBacking::Unchecked {
-            self.stats.unchecked_pages.fetch_sub(1, Relaxed);
-        }
-        if p.origin_private {
-            if let Ok(f) = inner.mapper.map_shared(opage, SharedPage::Zero) {
-                f.flush(&mut inner.mapper);
-            }
-            self.stats.ondemand_dec();
-        }
-        self.vm.set(i, MetaPage { backing: MetaBacking::Init, origin_private: false, kind: PageKind::None });
-    }
-
-    /// A vmalloc page joins an area: private shadow filled with `fill`.
-    pub(crate) fn take_area_page(&self, inner: &mut KInner<M>, place: Place, fill: u8) -> bool {
-        let Place::Vmalloc(i) = place else { return false };
-        let Some((spage, _)) = self.meta_pages(place) else { return false };
-        let p = self.vm.get(i);
-        if p.backing == MetaBacking::Private {
-            // SAFETY: the page is private and writable.
-            unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
-            self.vm.set(i, MetaPage { kind: PageKind::Page, ..p });
-            return true;
-        }
-        match inner.mapper.map_private(spage, fill) {
-            Ok(f) => {
-                f.flush(&mut inner.mapper);
-                self.stats.ondemand_inc();
-                self.vm.set(i, MetaPage { backing: MetaBacking::Private, origin_private: false, kind: PageKind::Page });
-                true
-            }
-            Err(_) => {
-                self.vm.set(i, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, kind: PageKind::Page });
-                self.stats.unchecked_pages.fetch_add(1, Relaxed);
-                Stats::bump(&self.stats.unchecked_events);
-                false
-            }
-        }
     }
 
     /// Save the current stack as an origin.

@@ -196,19 +196,34 @@ fn memcpy_keeps_origins_across_initialized_gaps() {
 }
 
 #[test]
-fn vmalloc_areas_and_page_reuse() {
+fn vmalloc_uses_the_metadata_of_the_frames_mapped_there() {
     for mode in MODES {
         let h = &mut host(mode);
         let live0 = h.kmsan.stats().ondemand_live_pages;
+        // Two non-adjacent frames, allocated uninitialized, mapped together.
+        let (a, b) = (h.ram() + 20 * PAGE_SIZE, h.ram() + 40 * PAGE_SIZE);
+        h.call("alloc_pages_caller", |h| {
+            h.kmsan.page_alloc(a, 0, false).unwrap();
+            h.kmsan.page_alloc(b, 0, false).unwrap();
+        });
         let v = h.vmalloc() + 2 * PAGE_SIZE;
-        h.kmsan.vmalloc_alloc(v, 8 * PAGE_SIZE, 9 * PAGE_SIZE, false).unwrap();
+        h.kmsan.vmap(v, &[20, 40]).unwrap();
         assert_eq!(h.load(v + 5000, 8).0, [0xFF; 8]);
-        h.kmsan.memset_meta(v, 8 * PAGE_SIZE);
-        for k in 0..8 {
-            assert!(h.kmsan.check_memory(v + k * PAGE_SIZE, PAGE_SIZE, 0).is_ok());
-        }
-        h.kmsan.vmalloc_free(v, 9 * PAGE_SIZE).unwrap();
-        assert_eq!(h.kmsan.stats().ondemand_live_pages, live0, "{mode:?}");
+        // A store across the two pages lands in both frames' metadata.
+        h.store(v + PAGE_SIZE - 4, &[0; 8], NO_ORIGIN);
+        assert_eq!(h.load(v + PAGE_SIZE - 4, 8).0, [0; 8], "{mode:?}");
+        assert_eq!(h.load(a + PAGE_SIZE - 4, 4).0, [0; 4]);
+        assert_eq!(h.load(b, 4).0, [0; 4]);
+        assert_eq!(h.load(b + 4, 4).0, [0xFF; 4]);
+        // test_init_kmsan_vmap_vunmap: memset through the mapping, check
+        // through the direct map.
+        h.kmsan.memset_meta(v, 2 * PAGE_SIZE);
+        assert!(h.kmsan.check_memory(a, PAGE_SIZE, 0).is_ok(), "{mode:?}");
+        assert!(h.kmsan.check_memory(b, PAGE_SIZE, 0).is_ok(), "{mode:?}");
+        h.kmsan.vunmap(v, 2).unwrap();
+        assert_eq!(h.load(v, 8).0, [0; 8], "unmapped: no metadata, reads initialized");
+        h.kmsan.page_free(a, 0).unwrap();
+        h.kmsan.page_free(b, 0).unwrap();
         // A slab page returned to the page allocator and reused.
         let page = slab_object(h, 12, 128, false);
         h.kmsan.slab_free(page, 128).unwrap();
@@ -231,6 +246,9 @@ fn hooks_refuse_bad_input() {
     h.kmsan.page_alloc(p, 0, false).unwrap();
     assert_eq!(h.kmsan.page_alloc(p, 0, false), Err(HookError::PageInUse));
     assert_eq!(h.kmsan.slab_alloc(p, 8, false), Err(HookError::WrongPageState));
-    assert_eq!(h.kmsan.vmalloc_alloc(h.vmalloc(), 0, PAGE_SIZE, false), Err(HookError::BadSize));
-    assert_eq!(h.kmsan.vmalloc_alloc(p, 8, PAGE_SIZE, false), Err(HookError::NotVmalloc));
+    assert_eq!(h.kmsan.vmap(h.vmalloc(), &[]), Err(HookError::BadSize));
+    assert_eq!(h.kmsan.vmap(p, &[1]), Err(HookError::NotVmalloc));
+    assert_eq!(h.kmsan.vmap(h.vmalloc(), &[1 << 30]), Err(HookError::NotRam));
+    h.kmsan.vmap(h.vmalloc(), &[1]).unwrap();
+    assert_eq!(h.kmsan.vmap(h.vmalloc(), &[2]), Err(HookError::PageInUse));
 }
