@@ -104,24 +104,7 @@ fn rt() -> Option<&'static dyn AbiRuntime> {
     }
 }
 
-/// The return address of the calling `__asan_*` function: the
-/// instrumented code's address (needs frame pointers, as the kernel is
-/// built with them). 0 where that cannot be read.
-#[inline(always)]
-fn caller_ip() -> usize {
-    #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-    {
-        let ip: usize;
-        // SAFETY: with frame pointers forced, the enclosing (non-inlined)
-        // ABI function has pushed rbp, so [rbp + 8] is its return address.
-        unsafe { core::arch::asm!("mov {}, [rbp + 8]", out(reg) ip, options(nostack, readonly, preserves_flags)) };
-        ip
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
-    {
-        0
-    }
-}
+use crate::caller::caller_ip;
 
 /// One-load fast path for sizes up to 16: true when the shadow proves it.
 #[inline(always)]

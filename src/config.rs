@@ -80,6 +80,10 @@ pub enum ConfigError<'a> {
     BadMixed(&'a str),
     /// `kasan.promote_max=` without a number.
     BadPromoteMax(&'a str),
+    /// `kmsan.shadow=` with a value other than off/full/hybrid.
+    BadKmsanShadow(&'a str),
+    /// `kmsan.fault=` with a value other than report/panic.
+    BadKmsanFault(&'a str),
 }
 
 impl core::fmt::Display for ConfigError<'_> {
@@ -96,6 +100,14 @@ impl core::fmt::Display for ConfigError<'_> {
             ConfigError::BadPromoteMax(v) => write!(
                 f,
                 "kasan: bad value '{v}' for kasan.promote_max (a number of blocks), keeping the default"
+            ),
+            ConfigError::BadKmsanShadow(v) => write!(
+                f,
+                "kmsan: bad value '{v}' for kmsan.shadow (off|full|hybrid), keeping the default"
+            ),
+            ConfigError::BadKmsanFault(v) => write!(
+                f,
+                "kmsan: bad value '{v}' for kmsan.fault (report|panic), keeping the default"
             ),
             ConfigError::BadMixed(v) => write!(
                 f,
@@ -195,6 +207,35 @@ impl Config {
             }
         }
     }
+
+    /// Apply the `kmsan*` words of a command line (a kernel built with
+    /// KMSAN): `kmsan.shadow=off|full|hybrid`, `kmsan.fault=report|panic`
+    /// (and Linux's `kmsan.panic=1`), `kmsan_multi_shot`. Other words are
+    /// ignored; each unusable word goes to `bad` and the default stays.
+    pub fn parse_kmsan_cmdline<'a>(&mut self, cmdline: &'a str, mut bad: impl FnMut(ConfigError<'a>)) {
+        for word in cmdline.split_ascii_whitespace() {
+            if let Some(v) = word.strip_prefix("kmsan.shadow=") {
+                match Mode::from_name(v) {
+                    Some(m) => self.mode = m,
+                    None => bad(ConfigError::BadKmsanShadow(v)),
+                }
+            } else if let Some(v) = word.strip_prefix("kmsan.fault=") {
+                match v {
+                    "report" => self.fault = FaultAction::Report,
+                    "panic" => self.fault = FaultAction::Panic,
+                    _ => bad(ConfigError::BadKmsanFault(v)),
+                }
+            } else if let Some(v) = word.strip_prefix("kmsan.panic=") {
+                match v {
+                    "0" => self.fault = FaultAction::Report,
+                    "1" => self.fault = FaultAction::Panic,
+                    _ => bad(ConfigError::BadKmsanFault(v)),
+                }
+            } else if word == "kmsan_multi_shot" {
+                self.multi_shot = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,5 +270,19 @@ mod tests {
         assert_eq!(errs[0], Some(ConfigError::BadShadow("bogus")));
         assert_eq!(errs[1], Some(ConfigError::BadFault("")));
         assert_eq!(errs[2], Some(ConfigError::BadMixed("x")));
+    }
+
+    #[test]
+    fn parses_kmsan_knobs_and_ignores_kasan_ones() {
+        let mut c = Config::default();
+        let mut errs = std::vec::Vec::new();
+        c.parse_kmsan_cmdline("kasan.shadow=off kmsan.shadow=full kmsan.panic=1 kmsan_multi_shot", |e| errs.push(e));
+        assert!(errs.is_empty());
+        assert_eq!((c.mode, c.fault, c.multi_shot), (Mode::Full, FaultAction::Panic, true));
+        let mut c = Config::default();
+        c.parse_kmsan_cmdline("kmsan.shadow=half kmsan.fault=maybe", |e| errs.push(e));
+        assert_eq!(c.mode, Mode::Hybrid);
+        assert_eq!(errs, [ConfigError::BadKmsanShadow("half"), ConfigError::BadKmsanFault("maybe")]);
+        assert!(std::format!("{}", errs[0]).contains("kmsan.shadow"));
     }
 }

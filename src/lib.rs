@@ -23,6 +23,7 @@
 extern crate std;
 
 pub mod cache;
+mod caller;
 pub mod check;
 pub mod config;
 pub mod depot;

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build and boot the hybrid-shadow test guest.
 #   tests/guest_run.sh <mode> <suite> [ram_mib]
-#     mode:  off | full | hybrid      (kasan.shadow=<mode>)
+#     mode:  off | full | hybrid      (kasan.shadow=<mode>, or kmsan.shadow=<mode>)
 #     suite: guest suite name (suite=<suite>)
+# GUEST_SANITIZER=kasan|kmsan picks the kernel (default kasan): the KMSAN kernel
+# is built with profile kmsan, feature kmsan and target x86_64-kmsan.json.
 # Environment: GUEST_PROFILE=dev|release (default dev), GUEST_APPEND="extra cmdline words",
 #              GUEST_TIMEOUT=seconds (default 300), GUEST_FEATURES="cargo features" (e.g. runtime),
 #              GUEST_NO_BUILD=1 to reuse the last build, QEMU_MACHINE=microvm|q35.
-# Serial log: target/guest-logs/<mode>/<suite>.log. Prints "qemu exit code: N" and exits with N.
+# Serial log: target/guest-logs/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
+# kmsan suite, <mode>/kmsan-<suite>.log for others). Prints "qemu exit code: N" and exits with N.
 # Guest exit codes (QEMU status = (code << 1) | 1): 33 success, 35 failure, 37 panic,
 # 39 page fault, 41 #GP, 43 double fault, 45 other exception, 47 KASAN panic,
 # 49 bad boot. 0 = triple fault (-no-reboot), 124 = timeout.
@@ -21,12 +24,22 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 guest="$here/guest"
 target_dir="$root/target/guest"
-profile=${GUEST_PROFILE:-dev}
+sanitizer=${GUEST_SANITIZER:-kasan}
+case "$sanitizer" in kasan|kmsan) ;; *) echo "guest_run.sh: GUEST_SANITIZER must be kasan|kmsan, got '$sanitizer'" >&2; exit 2;; esac
+if [ "$sanitizer" = kmsan ]; then
+    profile=kmsan
+    triple=x86_64-kmsan
+    logname=$([ "$suite" = kmsan ] && echo kmsan || echo "kmsan-$suite")
+else
+    profile=${GUEST_PROFILE:-dev}
+    triple=x86_64-unknown-none
+    logname=$suite
+fi
 profdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-linked="$target_dir/x86_64-unknown-none/$profdir/hybrid-guest"
+linked="$target_dir/$triple/$profdir/hybrid-guest"
 elf="$linked.ksyms"   # with the symbol table written in (ksyms.sh)
 logdir="$root/target/guest-logs/$mode"
-log="$logdir/$suite.log"
+log="$logdir/$logname.log"
 
 # A nested build must not inherit the outer cargo's environment.
 for v in $(env | sed -n 's/^\(CARGO_[A-Za-z0-9_]*\|RUSTUP_TOOLCHAIN\|RUSTFLAGS\|RUSTDOCFLAGS\|RUSTC\|RUSTC_WRAPPER\|RUSTC_WORKSPACE_WRAPPER\|__CARGO_[A-Za-z0-9_]*\)=.*/\1/p'); do
@@ -56,7 +69,9 @@ need_tools() {
 build() {
     local feats=()
     [ -n "${GUEST_FEATURES:-}" ] && feats=(--no-default-features --features "$GUEST_FEATURES")
-    (cd "$guest" && cargo +nightly build --profile "$profile" --target-dir "$target_dir" "${feats[@]}" >&2)
+    local target=()
+    [ "$sanitizer" = kmsan ] && target=(--features kmsan --target x86_64-kmsan.json -Zjson-target-spec)
+    (cd "$guest" && cargo +nightly build --profile "$profile" --target-dir "$target_dir" "${feats[@]}" "${target[@]}" >&2)
     "$here/guest/ksyms.sh" "$linked" "$elf" >&2
 }
 
@@ -65,7 +80,7 @@ need_tools
 
 mkdir -p "$logdir"
 machine=${QEMU_MACHINE:-microvm}
-append="kasan.shadow=$mode suite=$suite ${GUEST_APPEND:-}"
+append="$sanitizer.shadow=$mode suite=$suite ${GUEST_APPEND:-}"
 set +e
 timeout "${GUEST_TIMEOUT:-300}" qemu-system-x86_64 \
     -M "$machine" -accel tcg -cpu max -m "$ram" -smp 1 \

@@ -56,6 +56,12 @@ impl KmsanHost {
         let arena = std::vec![0u8; Kmsan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg)];
         let arena: &'static mut [u8] = std::boxed::Box::leak(arena.into_boxed_slice());
         let kmsan = Kmsan::new(cfg, layout, mapper, plat.clone(), arena).map_err(KmsanHostError::Init)?;
+        if cfg.mode == Mode::Full {
+            // Linux's cost, as a kernel pays it at boot: metadata for every page.
+            for pfn in 0..layout.ram_pages() {
+                kmsan.full_back_page(layout.direct_map.data.start + pfn * crate::mapper::PAGE_SIZE);
+            }
+        }
         Ok(KmsanHost { kmsan, plat, ctx: std::boxed::Box::new(Context::new()), _space: space })
     }
 

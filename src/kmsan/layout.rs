@@ -89,7 +89,7 @@ impl KmsanLayout {
 
     /// Check alignment, wrap-around and that no two ranges overlap.
     pub fn validate(&self) -> Result<(), KmsanLayoutError> {
-        if self.vmalloc.start % PAGE_SIZE != 0 || self.vmalloc.end % PAGE_SIZE != 0 || self.vmalloc.end < self.vmalloc.start {
+        if !self.vmalloc.start.is_multiple_of(PAGE_SIZE) || !self.vmalloc.end.is_multiple_of(PAGE_SIZE) || self.vmalloc.end < self.vmalloc.start {
             return Err(KmsanLayoutError::Unaligned);
         }
         let mut all = [self.vmalloc; 7];
@@ -99,7 +99,7 @@ impl KmsanLayout {
                 return Err(KmsanLayoutError::Unaligned);
             }
             for start in [r.data.start, r.shadow, r.origin] {
-                if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+                if !start.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
                     return Err(KmsanLayoutError::Unaligned);
                 }
                 if start.checked_add(len).is_none() {

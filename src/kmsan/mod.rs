@@ -19,6 +19,8 @@
 //! page and maps private pages only under slab pages, stacks, vmalloc
 //! areas, the image, and pages holding partly initialized data.
 
+#[cfg(feature = "kmsan-abi")]
+pub mod abi;
 pub mod hooks;
 pub mod layout;
 pub mod meta;

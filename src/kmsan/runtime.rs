@@ -11,8 +11,12 @@
 //! ```
 //!
 //! A vmalloc address has the metadata of the RAM page mapped there
-//! ([`Kmsan::vmap`]); the image is private from init. In `full` every RAM page
-//! has private shadow and origin pages from init, as Linux's KMSAN does.
+//! ([`Kmsan::vmap`]); the image is private from init.
+//!
+//! In `full`, as in Linux's KMSAN, the kernel hands the runtime metadata
+//! for its free pages at boot ([`Kmsan::full_back_page`]: one shadow and one
+//! origin page per data page, so a third of the free RAM stays usable);
+//! those pages keep private metadata for good.
 //!
 //! A private origin page is mapped only when a non-zero origin is first
 //! written to the page: until then it is the shared zero page, which is
@@ -147,12 +151,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let depot = StackDepot::new(depot_mem, stacks).ok_or(KmsanInitError::ArenaTooSmall)?;
         let ram_origin = atomics_u32(origin_mem);
         let vm_alias = atomics_u32(vm_mem);
-        let full = cfg.mode == Mode::Full;
-        let ram_init = if full {
-            MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None }
-        } else {
-            MetaPage::FREE
-        };
+        let ram_init = MetaPage::FREE;
         let k = Kmsan {
             cfg,
             layout,
@@ -181,18 +180,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let err = KmsanInitError::Map;
         let mut private = 0;
         let dm = l.direct_map;
-        if self.cfg.mode == Mode::Full {
-            for off in (0..dm.data.len()).step_by(PAGE_SIZE) {
-                m.map_private(dm.shadow + off, 0xFF).map_err(err)?.flush(m);
-                m.map_private(dm.origin + off, 0).map_err(err)?.flush(m);
-                private += 2;
-            }
-        } else {
-            let s = dm.shadow_range();
-            m.map_shared_range(s.start, s.end, SharedPage::PageFree).map_err(err)?;
-            let o = dm.origin_range();
-            m.map_shared_range(o.start, o.end, SharedPage::Zero).map_err(err)?;
-        }
+        let s = dm.shadow_range();
+        m.map_shared_range(s.start, s.end, SharedPage::PageFree).map_err(err)?;
+        let o = dm.origin_range();
+        m.map_shared_range(o.start, o.end, SharedPage::Zero).map_err(err)?;
         let img = l.image;
         for off in (0..img.data.len()).step_by(PAGE_SIZE) {
             m.map_private(img.shadow + off, 0).map_err(err)?.flush(m);
@@ -420,10 +411,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let Place::Ram(i) = place else { return };
         let p = self.ram.get(i);
         let Some((spage, opage)) = self.meta_pages(place) else { return };
-        if self.cfg.mode == Mode::Full {
-            // Full keeps private pages: write the state into them.
+        if self.cfg.mode == Mode::Full && p.backing == MetaBacking::Private && p.origin_private {
+            // Full keeps the metadata it was given at boot: write the state in.
             let fill = if origin.is_some() { 0xFF } else { 0 };
-            // SAFETY: in full mode every RAM metadata page is private.
+            // SAFETY: both metadata pages of the page are private.
             unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
             fill_origin_page(opage, origin.unwrap_or(NO_ORIGIN));
             self.ram.set(i, MetaPage { kind, ..p });
@@ -463,6 +454,44 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         self.ram_origin[i].store(origin.unwrap_or(NO_ORIGIN), Relaxed);
         self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
+    }
+
+    /// `full` mode at boot: give the free RAM page at `addr` private shadow
+    /// (uninitialized) and origin pages for good, as Linux's KMSAN gives
+    /// every page its metadata. The kernel calls this for each free page
+    /// until frames run out (the frames come from the same free RAM).
+    /// Returns false when no frame was left (nothing changed) or the page
+    /// cannot take metadata (not `full`, not RAM, not free, already backed).
+    pub fn full_back_page(&self, addr: usize) -> bool {
+        if self.cfg.mode != Mode::Full || !addr.is_multiple_of(PAGE_SIZE) {
+            return false;
+        }
+        let place = self.place(addr);
+        let Place::Ram(i) = place else { return false };
+        let p = self.ram.get(i);
+        if p.kind != PageKind::None || p.backing != MetaBacking::Uninit {
+            return false;
+        }
+        let Some((spage, opage)) = self.meta_pages(place) else { return false };
+        let mut inner = self.inner.lock();
+        let m = &mut inner.mapper;
+        match m.map_private(spage, 0xFF) {
+            Ok(f) => f.flush(m),
+            Err(_) => return false,
+        }
+        match m.map_private(opage, 0) {
+            Ok(f) => f.flush(m),
+            Err(_) => {
+                if let Ok(f) = m.map_shared(spage, SharedPage::PageFree) {
+                    f.flush(m);
+                }
+                return false;
+            }
+        }
+        fill_origin_page(opage, self.ram_origin[i].load(Relaxed));
+        self.ram.set(i, MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None });
+        self.stats.init_shadow_pages.fetch_add(2, Relaxed);
+        true
     }
 
     /// Save the current stack as an origin.

@@ -40,6 +40,18 @@ fn frames_free(pa: u64) {
 
 static mut INFO: Option<&'static BootInfo> = None;
 
+/// The sanitizer this kernel is built with (log prefixes).
+pub const SANITIZER: &str = if cfg!(feature = "kmsan") { "kmsan" } else { "kasan" };
+
+/// A value the uninstrumented runtime crate wrote into this crate's memory
+/// (a struct returned through a hidden pointer): under KMSAN, tell the
+/// runtime it is initialized, as Linux does at its uninstrumented edges.
+pub fn from_runtime<T>(v: &mut T) {
+    #[cfg(feature = "kmsan")]
+    hybrid_shadow::kmsan::abi::kmsan_unpoison_memory(v as *mut T as usize, core::mem::size_of::<T>());
+    let _ = v;
+}
+
 fn info() -> &'static BootInfo {
     // SAFETY: written once in early_init, single CPU.
     unsafe { (*core::ptr::addr_of!(INFO)).expect("kasan_glue: early_init not called") }
@@ -80,8 +92,10 @@ pub fn page_allocator_ready() {
         vmalloc: (vs, ve),
         pml4: guest_boot::paging::pml4_phys(),
     };
-    if let Err(e) = guest_kasan::init(&params, &OPS) {
-        println!("kasan: init failed: {}", e);
+    let mut r = guest_kasan::init(&params, &OPS);
+    from_runtime(&mut r);
+    if let Err(e) = r {
+        println!("{}: init failed: {}", SANITIZER, e);
         guest_boot::exit(guest_boot::code::BAD_BOOT);
     }
     let mut runs = 0;
@@ -90,7 +104,7 @@ pub fn page_allocator_ready() {
         runs += 1;
     });
     guest_kasan::install();
-    let s = guest_kasan::stats().unwrap_or_default();
+    let s = stats().unwrap_or_default();
     println!(
         "kasan: mode {} ready ({} reserved ranges, {} KiB metadata at init)",
         mode().name(),
@@ -103,7 +117,7 @@ pub fn page_allocator_ready() {
 /// print the metadata spent at init and the boot time.
 pub fn late_init(_info: &'static BootInfo) {
     let now = guest_boot::time::rdtsc();
-    let s = guest_kasan::stats().unwrap_or_default();
+    let s = stats().unwrap_or_default();
     println!(
         "kasan-meta: mode={} metadata_init_bytes={} per_page={} block_tables={} depot={} init_shadow_pages={} shadow_tables={} runtime_frames={}",
         mode().name(),
@@ -140,14 +154,37 @@ pub fn mode() -> Mode {
     guest_kasan::mode()
 }
 
-/// Whether the runtime checks (full or hybrid).
+/// Whether KASAN checks (full or hybrid): the KASAN-only services
+/// (quarantine liveness, ksize unpoisoning) apply. False in a KMSAN kernel.
 pub fn checking() -> bool {
-    mode() != Mode::Off
+    cfg!(not(feature = "kmsan")) && mode() != Mode::Off
+}
+
+/// Whether KMSAN tracks (a KMSAN kernel in full or hybrid mode).
+pub fn kmsan_on() -> bool {
+    cfg!(feature = "kmsan") && mode() != Mode::Off
+}
+
+/// The task in scheduler slot `slot` runs next (KMSAN: its compiler
+/// context becomes current; call before switching stacks).
+pub fn context_switch(slot: usize) {
+    #[cfg(feature = "kmsan")]
+    guest_kasan::task_context_switch(slot);
+    let _ = slot;
+}
+
+/// A new task takes scheduler slot `slot` (KMSAN: a clean context).
+pub fn context_reset(slot: usize) {
+    #[cfg(feature = "kmsan")]
+    guest_kasan::task_context_reset(slot);
+    let _ = slot;
 }
 
 /// The runtime's counters (None before init).
 pub fn stats() -> Option<StatsSnapshot> {
-    guest_kasan::stats()
+    let mut s = guest_kasan::stats();
+    from_runtime(&mut s);
+    s
 }
 
 /// Run the runtime's shrinker (promoted mixed-block shadow is a cache):
@@ -189,7 +226,9 @@ pub fn page_free(addr: usize, order: u32, ip: usize) -> bool {
 /// A cache is being created: (id, slot size, offset of the first slot in
 /// a slab page). The runtime chooses the slot (object + redzone + metadata).
 pub fn cache_create(name: &'static str, object_size: usize, align: usize) -> (CacheId, usize, usize) {
-    match guest_kasan::cache_create(name, object_size, align) {
+    let mut r = guest_kasan::cache_create(name, object_size, align);
+    from_runtime(&mut r);
+    match r {
         Some((id, slot, off)) => (id as CacheId, slot, off),
         None => (UNTRACKED, (object_size + align - 1) & !(align - 1), 0),
     }

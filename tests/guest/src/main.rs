@@ -9,6 +9,7 @@ pub use guest_boot::{print, println};
 use guest_boot::{code, exit, BootInfo};
 
 pub mod kasan_glue;
+#[cfg(not(feature = "kmsan"))]
 pub mod kasan_suite;
 pub mod mm;
 pub mod selftest;
@@ -39,6 +40,7 @@ fn run_suite(name: &str) -> bool {
         "vmalloc" => selftest::vmalloc(),
         "tasks" => selftest::tasks(),
         "selftest" => selftest::mm() & selftest::vmalloc() & selftest::tasks(),
+        #[cfg(not(feature = "kmsan"))]
         "kasan" => kasan_suite::run(),
         "workload" => workload::run(),
         "panic" => panic!("requested panic (suite=panic)"),

@@ -85,6 +85,8 @@ pub fn init() {
     let sc = s();
     sc.tasks[0] = Task { name: "kmain", pid: 1, state: State::Ready, rsp: 0, stack: 0, entry: None, arg: 0 };
     sc.current = 0;
+    kasan_glue::context_reset(0);
+    kasan_glue::context_switch(0);
     kasan_glue::task_switch("kmain", 1);
 }
 
@@ -123,6 +125,7 @@ pub fn spawn(name: &'static str, f: fn(usize), arg: usize) -> u32 {
         frame.add(6).write(guest_task_trampoline as *const () as usize as u64);
         frame.add(7).write(0);
     }
+    kasan_glue::context_reset(slot);
     let pid = sc.next_pid;
     sc.next_pid += 1;
     sc.tasks[slot] = Task { name, pid, state: State::Ready, rsp: frame as u64, stack, entry: Some(f), arg };
@@ -168,6 +171,7 @@ fn switch_to_next() {
         return;
     }
     sc.current = n;
+    kasan_glue::context_switch(n);
     let old = core::ptr::addr_of_mut!(sc.tasks[cur].rsp);
     let new = sc.tasks[n].rsp;
     unsafe { guest_switch_context(old, new) };

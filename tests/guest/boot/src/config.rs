@@ -32,10 +32,23 @@ pub struct Config {
 
 pub const DEFAULT_SUITE: &str = "smoke";
 
-/// Keys read by other parts: the sanitizer runtime's own `kasan.*` knobs
-/// and the workload's parameters (`tests/guest/src/workload`).
-const OTHER_KEYS: &[&str] =
-    &["kasan.mixed", "kasan.promote_max", "units", "jobs", "anon", "anon_base", "samples", "obj", "folio"];
+/// Keys read by other parts: the sanitizer runtime's own `kasan.*` and
+/// `kmsan.*` knobs (hybrid-shadow's `Config` parses them) and the
+/// workload's parameters (`tests/guest/src/workload`).
+const OTHER_KEYS: &[&str] = &[
+    "kasan.mixed",
+    "kasan.promote_max",
+    "kmsan.shadow",
+    "kmsan.fault",
+    "kmsan.panic",
+    "units",
+    "jobs",
+    "anon",
+    "anon_base",
+    "samples",
+    "obj",
+    "folio",
+];
 
 impl Config {
     pub const fn default() -> Self {
@@ -73,6 +86,7 @@ impl Config {
                     _ => println!("cmdline: bad value kasan.fault={} (want report|panic), using {:?}", v, c.fault),
                 },
                 ("kasan_multi_shot", None) => c.multi_shot = true,
+                ("kmsan_multi_shot", None) => {}
                 ("kasan_multi_shot", Some(v)) => match v {
                     "1" | "y" | "on" => c.multi_shot = true,
                     "0" | "n" | "off" => c.multi_shot = false,

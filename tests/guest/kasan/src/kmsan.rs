@@ -1,0 +1,473 @@
+//! The KMSAN instance: `Kmsan<X86ShadowMapper<PoolFrames>, GuestPlatform>`,
+//! the per-task compiler contexts, and the non-generic hook wrappers
+//! `kasan_glue.rs` calls (same names as the KASAN build's; KASAN-only
+//! services such as the quarantine answer as a kernel without it would).
+//!
+//! ```text
+//!  metadata (inside the region KASAN's shadow uses; a kernel has one sanitizer)
+//!  0xffffec0000000000  shadow of RAM        (1 TiB slot)
+//!  0xffffed0000000000  origins of RAM
+//!  0xffffee0000000000  shadow of the image
+//!  0xffffef0000000000  origins of the image
+//!  vmalloc addresses use the metadata of the frames mapped there
+//! ```
+//!
+//! Metadata pages may be mapped inside any instrumented code (a deferred
+//! store settles at the next access), including the page allocator's own.
+//! So the mapper never calls the page allocator: it takes frames from a
+//! small pool that every hook tops up (the allocator is consistent when a
+//! hook runs) and gives frames back to it. An empty pool makes the page
+//! `Unchecked` (counted), never a false report.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+use guest_boot::println;
+use hybrid_shadow::kmsan::abi::{self, TaskContext};
+use hybrid_shadow::kmsan::{Kmsan, KmsanLayout, MetaRegion};
+use hybrid_shadow::{Backing, Config, FaultAction, Mode, Region, StatsSnapshot};
+use hybrid_shadow_x86_64::{FrameSource, PhysAddr, X86ShadowMapper};
+
+pub use hybrid_shadow::page_state::PageState;
+
+use crate::{build_ranges, ops, refused, FreeAction, GuestOps, GuestPlatform, Params, FRAMES_HELD, OPS};
+
+/// Frames the pool keeps ready for the mapper.
+const POOL_LOW: usize = 16;
+/// Frames the pool holds at most (more go back at the next hook).
+const POOL_MAX: usize = 64;
+
+struct Pool {
+    frames: [u64; POOL_MAX],
+    n: usize,
+    /// Frames given back while the pool was full: returned at the next hook.
+    spill: [u64; POOL_MAX],
+    nspill: usize,
+}
+
+struct PoolCell(UnsafeCell<Pool>);
+// SAFETY: one CPU; the pool is touched only by the mapper (under the
+// runtime lock) and by `refill` in hooks, which never run inside the mapper.
+unsafe impl Sync for PoolCell {}
+static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool { frames: [0; POOL_MAX], n: 0, spill: [0; POOL_MAX], nspill: 0 }));
+/// During init the mapper may take frames from the page allocator directly.
+static DIRECT: AtomicBool = AtomicBool::new(true);
+/// Frames the mapper wanted while the pool was empty.
+static POOL_MISSES: AtomicUsize = AtomicUsize::new(0);
+
+fn pool() -> &'static mut Pool {
+    // SAFETY: see `PoolCell`: no two users at once on one CPU.
+    unsafe { &mut *POOL.0.get() }
+}
+
+fn buddy_frame() -> Option<u64> {
+    let pa = (ops().alloc_frames)(0, true)?;
+    FRAMES_HELD.fetch_add(1, Relaxed);
+    Some(pa)
+}
+
+fn buddy_free(pa: u64) {
+    FRAMES_HELD.fetch_sub(1, Relaxed);
+    (ops().free_frame)(pa);
+}
+
+/// Top the pool up and return spilled frames (at a hook: the page
+/// allocator is consistent).
+fn refill() {
+    let p = pool();
+    while p.nspill > 0 {
+        p.nspill -= 1;
+        buddy_free(p.spill[p.nspill]);
+    }
+    while p.n < POOL_LOW {
+        match buddy_frame() {
+            Some(pa) => {
+                p.frames[p.n] = pa;
+                p.n += 1;
+            }
+            None => break,
+        }
+    }
+}
+
+/// Frames for the metadata mapper: the pool (see the module docs).
+pub struct PoolFrames;
+
+// SAFETY: every frame comes from `alloc_frames(0, true)` (4 KiB aligned,
+// RAM mapped in the direct map, kept allocated until given back) and goes
+// back through the pool or `free_frame` exactly once.
+unsafe impl FrameSource for PoolFrames {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        let p = pool();
+        if p.n > 0 {
+            p.n -= 1;
+            return Some(PhysAddr::new(p.frames[p.n]));
+        }
+        if DIRECT.load(Relaxed) {
+            return buddy_frame().map(PhysAddr::new);
+        }
+        POOL_MISSES.fetch_add(1, Relaxed);
+        None
+    }
+
+    fn free_frame(&mut self, frame: PhysAddr) {
+        let p = pool();
+        if p.n < POOL_MAX {
+            p.frames[p.n] = frame.as_u64();
+            p.n += 1;
+        } else if p.nspill < POOL_MAX {
+            p.spill[p.nspill] = frame.as_u64();
+            p.nspill += 1;
+        } else if DIRECT.load(Relaxed) {
+            buddy_free(frame.as_u64());
+        } else {
+            // Both full: keep the frame out of use (counted as held) rather
+            // than enter the page allocator from inside it.
+            POOL_MISSES.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The mapper type of the guest.
+pub type Mapper = X86ShadowMapper<PoolFrames>;
+/// The runtime type of the guest.
+pub type Rt = Kmsan<Mapper, GuestPlatform>;
+
+static KMSAN: spin::Once<Rt> = spin::Once::new();
+
+/// The runtime, once [`init`] ran.
+pub fn rt() -> Option<&'static Rt> {
+    KMSAN.get()
+}
+
+/// Tasks the guest runs at once (its scheduler's slots).
+pub const MAX_CONTEXTS: usize = 64;
+
+struct Contexts(UnsafeCell<[TaskContext; MAX_CONTEXTS]>);
+// SAFETY: one CPU; slot `i` belongs to the task in scheduler slot `i`.
+unsafe impl Sync for Contexts {}
+static CONTEXTS: Contexts = Contexts(UnsafeCell::new([const { TaskContext::new() }; MAX_CONTEXTS]));
+
+/// The task in scheduler slot `slot` runs next: its compiler context
+/// becomes current (call just before switching stacks).
+pub fn task_context_switch(slot: usize) {
+    if slot >= MAX_CONTEXTS {
+        return;
+    }
+    // SAFETY: slot `slot` belongs to the task about to run; the pointer
+    // stays valid (static) until the next switch.
+    unsafe { abi::set_current(CONTEXTS.0.get().cast::<TaskContext>().add(slot)) };
+}
+
+/// A new task takes scheduler slot `slot`: its context starts clean.
+pub fn task_context_reset(slot: usize) {
+    if slot >= MAX_CONTEXTS {
+        return;
+    }
+    // SAFETY: the slot is not running (it is being set up for a new task).
+    unsafe { CONTEXTS.0.get().cast::<TaskContext>().add(slot).write(TaskContext::new()) };
+}
+
+const TIB: usize = 1 << 40;
+const META_BASE: usize = hybrid_shadow_x86_64::SHADOW_START;
+const fn up(x: usize, a: usize) -> usize {
+    (x + a - 1) & !(a - 1)
+}
+
+/// Start the runtime: metadata mapper over the guest's PML4, arena from
+/// the page allocator, initial metadata. The caller then marks reserved
+/// RAM ([`mark_reserved`]) and calls [`install`].
+pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
+    OPS.call_once(|| guest);
+    build_ranges();
+    let mut cfg = Config::default();
+    cfg.parse_kmsan_cmdline(p.cmdline, |e| println!("{}", e));
+    let dm_start = hybrid_shadow_x86_64::DIRECT_MAP_BASE;
+    let ram = up(p.ram_end as usize, 4096);
+    let img_start = p.kernel_vma + (p.kernel_phys.0 as usize & !0xfff);
+    let img_end = p.kernel_vma + up(p.kernel_phys.1 as usize, 4096);
+    if ram > TIB || img_end - img_start > TIB {
+        return Err("RAM or image larger than a metadata slot (1 TiB)");
+    }
+    let layout = KmsanLayout {
+        direct_map: MetaRegion { data: Region { start: dm_start, end: dm_start + ram }, shadow: META_BASE, origin: META_BASE + TIB },
+        vmalloc: Region { start: p.vmalloc.0, end: p.vmalloc.1 },
+        image: MetaRegion {
+            data: Region { start: img_start, end: img_end },
+            shadow: META_BASE + 2 * TIB,
+            origin: META_BASE + 3 * TIB,
+        },
+    };
+    layout.validate().map_err(|_| "bad KMSAN layout")?;
+    // SAFETY: the PML4 is the live one; its slots over KASAN's shadow
+    // region (unused in a KMSAN kernel) are left to the mapper; all RAM is
+    // mapped at DIRECT_MAP_BASE; one CPU at CPL 0; EFER.NXE set at boot.
+    let mapper = unsafe { Mapper::kernel(PhysAddr::new(p.pml4), PoolFrames) }
+        .map_err(|_| "metadata mapper init failed")?;
+    let arena = crate::alloc_arena(Rt::arena_bytes(&layout, &cfg), guest)?;
+    let k = Rt::new(cfg, layout, mapper, GuestPlatform, arena).map_err(|_| "runtime init failed")?;
+    let k = KMSAN.call_once(|| k);
+    if k.config().mode == Mode::Full {
+        let n = full_back_free_pages(k, guest);
+        println!("kmsan: full: metadata for {} free pages at boot ({} MiB of data left)", n, n >> 8);
+    }
+    DIRECT.store(false, Relaxed);
+    refill();
+    Ok(())
+}
+
+/// `full` at boot, as Linux: every free page gets its shadow and origin
+/// page, taken from the same free memory, until none is left; a third of
+/// it stays usable. The pages are held (linked through their first word)
+/// while it runs, so the page allocator hands out each one once.
+fn full_back_free_pages(k: &Rt, guest: &GuestOps) -> usize {
+    let dm = hybrid_shadow_x86_64::DIRECT_MAP_BASE;
+    let mut head = 0u64;
+    let mut n = 0;
+    while let Some(pa) = (guest.alloc_frames)(0, false) {
+        if !k.full_back_page(dm + pa as usize) {
+            (guest.free_frame)(pa);
+            break;
+        }
+        // SAFETY: the frame was just taken from the page allocator and is
+        // mapped in the direct map; it holds the list link until freed below.
+        unsafe { ((dm + pa as usize) as *mut u64).write(head) };
+        head = pa;
+        n += 1;
+    }
+    while head != 0 {
+        // SAFETY: written above; the frame is still held.
+        let next = unsafe { ((dm + head as usize) as *const u64).read() };
+        (guest.free_frame)(head);
+        head = next;
+    }
+    n
+}
+
+/// Route the compiler's `__msan_*` calls to the runtime (no-op in `off`).
+pub fn install() {
+    if let Some(k) = rt() {
+        abi::install(k);
+    }
+}
+
+/// Run a hook: the current task's deferred store lands first, the pool is
+/// topped up, and the runtime's own calls into instrumented code (the
+/// current task's name) are not tracked.
+fn hook<R>(f: impl FnOnce(&'static Rt) -> R) -> Option<R> {
+    let k = rt()?;
+    abi::settle_current();
+    refill();
+    Some(abi::without_tracking(|| f(k)))
+}
+
+/// The mode in force (`off` before init).
+pub fn mode() -> Mode {
+    rt().map_or(Mode::Off, |k| k.config().mode)
+}
+
+/// Whether reports panic.
+pub fn fault_panics() -> bool {
+    rt().is_some_and(|k| k.config().fault == FaultAction::Panic)
+}
+
+/// Counters.
+pub fn stats() -> Option<StatsSnapshot> {
+    rt().map(|k| k.stats())
+}
+
+/// Frames the mapper wanted while its pool was empty (pages went unchecked).
+pub fn pool_misses() -> usize {
+    POOL_MISSES.load(Relaxed)
+}
+
+/// KASAN's shrinker: nothing to give back here.
+pub fn shrink() -> usize {
+    0
+}
+
+/// KASAN's block backing: not used by KMSAN.
+pub fn backing_of(_addr: usize) -> Option<Backing> {
+    None
+}
+
+/// KASAN's per-page state: not used by KMSAN.
+pub fn page_state(_addr: usize) -> Option<PageState> {
+    None
+}
+
+/// RAM outside every allocator: initialized.
+pub fn mark_reserved(addr: usize, len: usize) {
+    if let Some(Err(e)) = hook(|k| k.mark_reserved(addr, len)) {
+        refused("mark_reserved", addr, e);
+    }
+}
+
+/// 2^order pages were allocated (uninitialized, created here).
+pub fn page_alloc(addr: usize, order: u32) {
+    if let Some(Err(e)) = hook(|k| k.page_alloc(addr, order, false)) {
+        refused("page_alloc", addr, e);
+    }
+}
+
+/// 2^order pages are freed; always true (KMSAN finds no bad frees).
+pub fn page_free(addr: usize, order: u32, _ip: usize) -> bool {
+    if let Some(Err(e)) = hook(|k| k.page_free(addr, order)) {
+        refused("page_free", addr, e);
+    }
+    true
+}
+
+const MAX_CACHES: usize = 1024;
+/// Object size per cache id (the slab poisons whole objects, as Linux).
+static CACHE_SIZE: [AtomicUsize; MAX_CACHES] = [const { AtomicUsize::new(0) }; MAX_CACHES];
+static NEXT_CACHE: AtomicUsize = AtomicUsize::new(0);
+
+/// A cache: its id, slot size (no redzones under KMSAN) and first-slot offset.
+pub fn cache_create(_name: &'static str, size: usize, align: usize) -> Option<(u16, usize, usize)> {
+    rt()?;
+    let id = NEXT_CACHE.fetch_add(1, Relaxed);
+    if id >= MAX_CACHES {
+        println!("kmsan-glue: more than {} caches; cache of size {} unchecked", MAX_CACHES, size);
+        return None;
+    }
+    CACHE_SIZE[id].store(size, Relaxed);
+    Some((id as u16, up(size.max(1), align.max(1)), 0))
+}
+
+fn object_size(id: u16) -> usize {
+    CACHE_SIZE.get(id as usize).map_or(0, |s| s.load(Relaxed))
+}
+
+/// A cache is destroyed (its id is not reused).
+pub fn cache_destroy(_id: u16) {}
+
+pub fn slab_page_alloc(_id: u16, base: usize, order: u32) {
+    if let Some(Err(e)) = hook(|k| k.slab_page_alloc(base, order)) {
+        refused("slab_page_alloc", base, e);
+    }
+}
+
+pub fn slab_page_free(base: usize, order: u32) {
+    if let Some(Err(e)) = hook(|k| k.slab_page_free(base, order)) {
+        refused("slab_page_free", base, e);
+    }
+}
+
+/// An object was allocated: uninitialized, created here (`kzalloc`'s
+/// memset initializes it right after).
+pub fn slab_alloc(id: u16, ptr: usize, _size: usize) {
+    let n = object_size(id);
+    if let Some(Err(e)) = hook(|k| k.slab_alloc(ptr, n, false)) {
+        refused("slab_alloc", ptr, e);
+    }
+}
+
+/// An object is freed: uninitialized, a later use is a use-after-free.
+pub fn slab_free(id: u16, _base: usize, ptr: usize, _ip: usize) -> FreeAction {
+    let n = object_size(id);
+    if let Some(Err(e)) = hook(|k| k.slab_free(ptr, n)) {
+        refused("slab_free", ptr, e);
+    }
+    FreeAction::Now
+}
+
+/// No quarantine under KMSAN.
+pub fn quarantine_pop() -> Option<usize> {
+    None
+}
+
+/// No quarantine under KMSAN.
+pub fn quarantine_drain() -> Option<usize> {
+    None
+}
+
+/// No quarantine under KMSAN.
+pub fn quarantine_release_cache(_id: u16) -> usize {
+    0
+}
+
+/// The usable size: the cache's object size.
+pub fn ksize(id: u16, _ptr: usize, _ip: usize) -> usize {
+    object_size(id)
+}
+
+/// In-place krealloc: the object's bytes keep their state.
+pub fn slab_resize(_id: u16, _ptr: usize, _new_size: usize) {}
+
+/// KASAN's accessibility check: everything is accessible under KMSAN.
+pub fn check_byte(_ptr: usize, _ip: usize) -> bool {
+    true
+}
+
+/// KASAN's view of liveness: not kept by KMSAN (the slab's own view rules).
+pub fn slab_object_live(_id: u16, _base: usize, _ptr: usize) -> bool {
+    true
+}
+
+/// Page-backed kmalloc: its pages are uninitialized since `page_alloc`.
+pub fn kmalloc_large(_addr: usize, _order: u32, _size: usize) {}
+
+/// Always frees (KMSAN finds no bad frees); `page_free` poisons.
+pub fn kfree_large(_ptr: usize, _order: u32, _ip: usize) -> bool {
+    true
+}
+
+/// A bad free the guest's allocator found: printed (no KMSAN report type).
+pub fn report_invalid_free(ptr: usize, ip: usize) {
+    println!("kmsan-glue: invalid free of {:#x} from {:#x}", ptr, ip);
+}
+
+pub fn stack_alloc(addr: usize, order: u32) {
+    if let Some(Err(e)) = hook(|k| k.stack_alloc(addr, order)) {
+        refused("stack_alloc", addr, e);
+    }
+}
+
+pub fn stack_free(addr: usize, order: u32) {
+    if let Some(Err(e)) = hook(|k| k.stack_free(addr, order)) {
+        refused("stack_free", addr, e);
+    }
+}
+
+/// A vmalloc area of `area_len` bytes (guard page included) at `addr`:
+/// its mapped pages alias their frames' metadata.
+pub fn vmalloc_alloc(addr: usize, _size: usize, area_len: usize) {
+    let pages = area_len / 4096;
+    let mut pfns = [0usize; 512];
+    let mut n = 0;
+    let mut at = addr;
+    while n < pages.min(pfns.len()) {
+        let Some(pa) = guest_boot::paging::virt_to_phys(at as u64) else { break };
+        pfns[n] = (pa / 4096) as usize;
+        n += 1;
+        at += 4096;
+    }
+    let mut off = 0;
+    while off < n {
+        let k = (n - off).min(pfns.len());
+        if let Some(Err(e)) = hook(|r| r.vmap(addr + off * 4096, &pfns[off..off + k])) {
+            refused("vmap", addr, e);
+        }
+        off += k;
+    }
+    if pages > pfns.len() {
+        println!("kmsan-glue: vmalloc area of {} pages: only {} mapped for KMSAN", pages, pfns.len());
+    }
+}
+
+/// The vmalloc area at `addr` goes away.
+pub fn vmalloc_free(addr: usize, area_len: usize) {
+    let pages = area_len / 4096;
+    if pages == 0 {
+        return;
+    }
+    if let Some(Err(e)) = hook(|k| k.vunmap(addr, pages)) {
+        refused("vunmap", addr, e);
+    }
+}
+
+/// KASAN's explicit access check: nothing to check under KMSAN.
+pub fn check_access(_addr: usize, _size: usize, _write: bool, _ip: usize) -> bool {
+    true
+}
