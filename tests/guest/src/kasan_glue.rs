@@ -165,6 +165,24 @@ pub fn kmsan_on() -> bool {
     cfg!(feature = "kmsan") && mode() != Mode::Off
 }
 
+/// Data arriving from outside the kernel's instrumented code, `write`
+/// filling `[addr, addr + len)`: a device's DMA (a disk read), a copy from
+/// user space, user space writing its own pages. KMSAN cannot see those
+/// writes; as Linux does at DMA completion and in `copy_from_user`, the
+/// range is marked initialized afterwards. (KASAN checks them as usual.)
+pub fn outside_write(addr: usize, len: usize, write: impl FnOnce()) {
+    #[cfg(feature = "kmsan")]
+    {
+        hybrid_shadow::kmsan::abi::without_tracking(write);
+        hybrid_shadow::kmsan::abi::kmsan_unpoison_memory(addr, len);
+    }
+    #[cfg(not(feature = "kmsan"))]
+    {
+        let _ = (addr, len);
+        write();
+    }
+}
+
 /// The task in scheduler slot `slot` runs next (KMSAN: its compiler
 /// context becomes current; call before switching stacks).
 pub fn context_switch(slot: usize) {

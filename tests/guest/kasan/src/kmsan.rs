@@ -33,7 +33,7 @@ pub use hybrid_shadow::page_state::PageState;
 use crate::{build_ranges, ops, refused, FreeAction, GuestOps, GuestPlatform, Params, FRAMES_HELD, OPS};
 
 /// Frames the pool keeps ready for the mapper.
-const POOL_LOW: usize = 16;
+const POOL_LOW: usize = 32;
 /// Frames the pool holds at most (more go back at the next hook).
 const POOL_MAX: usize = 64;
 
@@ -50,7 +50,9 @@ struct PoolCell(UnsafeCell<Pool>);
 // runtime lock) and by `refill` in hooks, which never run inside the mapper.
 unsafe impl Sync for PoolCell {}
 static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool { frames: [0; POOL_MAX], n: 0, spill: [0; POOL_MAX], nspill: 0 }));
-/// During init the mapper may take frames from the page allocator directly.
+/// During init and inside hooks (the page allocator is consistent then)
+/// the mapper takes frames from, and gives them back to, the page
+/// allocator directly; elsewhere it uses the pool.
 static DIRECT: AtomicBool = AtomicBool::new(true);
 /// Frames the mapper wanted while the pool was empty.
 static POOL_MISSES: AtomicUsize = AtomicUsize::new(0);
@@ -71,13 +73,18 @@ fn buddy_free(pa: u64) {
     (ops().free_frame)(pa);
 }
 
-/// Top the pool up and return spilled frames (at a hook: the page
-/// allocator is consistent).
+/// Bring the pool to `POOL_LOW` frames and return spilled ones (at a hook:
+/// the page allocator is consistent), so that between hooks the pool's
+/// size does not depend on what the mapper did.
 fn refill() {
     let p = pool();
     while p.nspill > 0 {
         p.nspill -= 1;
         buddy_free(p.spill[p.nspill]);
+    }
+    while p.n > POOL_LOW {
+        p.n -= 1;
+        buddy_free(p.frames[p.n]);
     }
     while p.n < POOL_LOW {
         match buddy_frame() {
@@ -112,14 +119,14 @@ unsafe impl FrameSource for PoolFrames {
 
     fn free_frame(&mut self, frame: PhysAddr) {
         let p = pool();
-        if p.n < POOL_MAX {
+        if DIRECT.load(Relaxed) {
+            buddy_free(frame.as_u64());
+        } else if p.n < POOL_MAX {
             p.frames[p.n] = frame.as_u64();
             p.n += 1;
         } else if p.nspill < POOL_MAX {
             p.spill[p.nspill] = frame.as_u64();
             p.nspill += 1;
-        } else if DIRECT.load(Relaxed) {
-            buddy_free(frame.as_u64());
         } else {
             // Both full: keep the frame out of use (counted as held) rather
             // than enter the page allocator from inside it.
@@ -258,7 +265,10 @@ fn hook<R>(f: impl FnOnce(&'static Rt) -> R) -> Option<R> {
     let k = rt()?;
     abi::settle_current();
     refill();
-    Some(abi::without_tracking(|| f(k)))
+    DIRECT.store(true, Relaxed);
+    let r = abi::without_tracking(|| f(k));
+    DIRECT.store(false, Relaxed);
+    Some(r)
 }
 
 /// The mode in force (`off` before init).

@@ -172,13 +172,14 @@ impl Cc {
         // The compiler heap grows as the unit is compiled.
         if self.nanon < self.anon_cap && (v & 7) == 0 {
             let p = mem::anon_page();
-            unsafe {
+            // User space writing its own memory (outside the kernel).
+            crate::kasan_glue::outside_write(p, crate::mm::PAGE_SIZE, || unsafe {
                 let w = p as *mut u64;
                 for i in 0..8 {
                     w.add(i * 64).write(v ^ i as u64);
                 }
-                *self.anon.add(self.nanon) = p;
-            }
+            });
+            unsafe { *self.anon.add(self.nanon) = p };
             self.nanon += 1;
         }
     }

@@ -200,6 +200,7 @@ pub fn run() -> bool {
     let s0: Option<StatsSnapshot> = stats_snapshot();
     let st0 = s0.unwrap_or_default();
     let free0 = buddy::free_page_count();
+    let held0 = crate::kasan_glue::frames_held();
     let (_, _, objs0) = slab::usage();
     let managed = buddy::managed_pages();
 
@@ -298,12 +299,12 @@ pub fn run() -> bool {
     } else {
         0
     };
-    let table_delta = s1.shadow_table_bytes.saturating_sub(st0.shadow_table_bytes) / PAGE_SIZE;
-    // Pages the runtime still holds for shadow (tables, on-demand pages in
-    // blocks that changed state) are not the workload's: the host judges
-    // `ondemand_end_bytes` against `ondemand_before_bytes` separately.
-    let od_delta = s1.ondemand_live_pages as i64 - st0.ondemand_live_pages as i64;
-    let leaked = free0 as i64 - free1 as i64 - table_delta as i64 - od_delta;
+    // Frames the runtime still holds for shadow (tables, on-demand pages
+    // in blocks that changed state, KMSAN's frame pool) are not the
+    // workload's: the host judges `ondemand_end_bytes` against
+    // `ondemand_before_bytes` separately.
+    let held_delta = crate::kasan_glue::frames_held() as i64 - held0 as i64;
+    let leaked = free0 as i64 - free1 as i64 - held_delta;
     let mut problems = 0u64;
     let mut problem = |cond: bool, what: &str| {
         if !cond {

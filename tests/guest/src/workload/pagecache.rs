@@ -158,13 +158,17 @@ fn word_of(base: u64, i: usize) -> u64 {
     (base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left((i & 63) as u32)
 }
 
-/// Fill a page with its disk content ("read from disk").
+/// Fill a page with its disk content: a read from disk (the device's DMA)
+/// or a write from user space (`copy_from_user`), both outside the
+/// kernel's instrumented code (see `kasan_glue::outside_write`).
 pub fn fill(addr: usize, content: u64, index: usize) {
-    let w = addr as *mut u64;
-    let base = page_base(content, index);
-    for i in 0..PAGE_SIZE / 8 {
-        unsafe { w.add(i).write(word_of(base, i)) };
-    }
+    crate::kasan_glue::outside_write(addr, PAGE_SIZE, || {
+        let w = addr as *mut u64;
+        let base = page_base(content, index);
+        for i in 0..PAGE_SIZE / 8 {
+            unsafe { w.add(i).write(word_of(base, i)) };
+        }
+    });
 }
 
 /// Whether a page holds its disk content.
