@@ -494,6 +494,21 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         true
     }
 
+    /// Save the current stack in the depot (0: not stored).
+    pub fn save_stack(&self) -> u32 {
+        if !self.on() {
+            return 0;
+        }
+        let mut inner = self.inner.lock();
+        origin::handle(self.new_origin(&mut inner, false))
+    }
+
+    /// The frames of a stack saved with [`Kmsan::save_stack`].
+    #[must_use]
+    pub fn fetch_stack(&self, h: u32) -> crate::depot::Trace {
+        self.inner.lock().depot.fetch(h)
+    }
+
     /// Save the current stack as an origin.
     pub(crate) fn new_origin(&self, inner: &mut KInner<M>, uaf: bool) -> Origin {
         let mut buf = [0usize; MAX_FRAMES];

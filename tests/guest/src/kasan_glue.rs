@@ -25,6 +25,7 @@ pub const UNTRACKED: CacheId = u32::MAX;
 static OPS: GuestOps = GuestOps {
     alloc_frames: frames_alloc,
     free_frame: frames_free,
+    free_frames: frames_free_order,
     current_task: crate::task::current,
     slab_of: crate::mm::slab::slab_ref,
 };
@@ -32,6 +33,10 @@ static OPS: GuestOps = GuestOps {
 fn frames_alloc(order: usize, runtime_owned: bool) -> Option<u64> {
     let va = crate::mm::buddy::alloc_pages_raw(order, runtime_owned)?;
     guest_boot::paging::virt_to_phys(va as u64)
+}
+
+fn frames_free_order(pa: u64, order: usize) {
+    crate::mm::buddy::free_pages_raw(guest_boot::paging::phys_to_virt(pa) as usize, order);
 }
 
 fn frames_free(pa: u64) {
@@ -181,6 +186,35 @@ pub fn outside_write(addr: usize, len: usize, write: impl FnOnce()) {
         let _ = (addr, len);
         write();
     }
+}
+
+/// KMSAN: report uninitialized bytes of `[addr, addr + len)` (titled with
+/// the caller, as Linux's `kmsan_check_memory`). No-op under KASAN.
+#[inline(always)]
+pub fn check_initialized(addr: usize, len: usize) {
+    #[cfg(feature = "kmsan")]
+    hybrid_shadow::kmsan::abi::kmsan_check_memory(addr, len);
+    let _ = (addr, len);
+}
+
+/// KMSAN: save the current stack in the runtime's depot (0: not stored).
+#[cfg(feature = "kmsan")]
+pub fn stackdepot_save() -> u32 {
+    guest_kasan::stackdepot_save()
+}
+
+/// KMSAN: the frames of a saved stack, copied into `out`; returns how many.
+#[cfg(feature = "kmsan")]
+pub fn stackdepot_fetch(h: u32, out: &mut [usize]) -> usize {
+    let n = guest_kasan::stackdepot_fetch(h, out);
+    hybrid_shadow::kmsan::abi::kmsan_unpoison_memory(out.as_ptr() as usize, core::mem::size_of_val(out));
+    n
+}
+
+/// KMSAN: how the metadata of the RAM page at `addr` is backed.
+#[cfg(feature = "kmsan")]
+pub fn kmsan_page_backing(addr: usize) -> Option<hybrid_shadow::kmsan::MetaBacking> {
+    guest_kasan::page_backing(addr)
 }
 
 /// The task in scheduler slot `slot` runs next (KMSAN: its compiler

@@ -11,6 +11,10 @@ use guest_boot::{code, exit, BootInfo};
 pub mod kasan_glue;
 #[cfg(not(feature = "kmsan"))]
 pub mod kasan_suite;
+#[cfg(feature = "kmsan")]
+pub mod kmsan_cases;
+#[cfg(feature = "kmsan")]
+pub mod kmsan_suite;
 pub mod mm;
 pub mod selftest;
 pub mod task;
@@ -42,6 +46,8 @@ fn run_suite(name: &str) -> bool {
         "selftest" => selftest::mm() & selftest::vmalloc() & selftest::tasks(),
         #[cfg(not(feature = "kmsan"))]
         "kasan" => kasan_suite::run(),
+        #[cfg(feature = "kmsan")]
+        "kmsan" => kmsan_suite::run(),
         "workload" => workload::run(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {

@@ -225,27 +225,41 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
 
 /// `full` at boot, as Linux: every free page gets its shadow and origin
 /// page, taken from the same free memory, until none is left; a third of
-/// it stays usable. The pages are held (linked through their first word)
-/// while it runs, so the page allocator hands out each one once.
+/// it stays usable. Data is taken in blocks of the highest order first and
+/// its metadata frames one by one, so that the data left for the kernel
+/// stays in large blocks (Linux keeps metadata of the same order as its
+/// data). The blocks are held (linked through their first words) while it
+/// runs, so the page allocator hands out each one once.
 fn full_back_free_pages(k: &Rt, guest: &GuestOps) -> usize {
     let dm = hybrid_shadow_x86_64::DIRECT_MAP_BASE;
     let mut head = 0u64;
     let mut n = 0;
-    while let Some(pa) = (guest.alloc_frames)(0, false) {
-        if !k.full_back_page(dm + pa as usize) {
-            (guest.free_frame)(pa);
-            break;
+    'orders: for order in (0..=9usize).rev() {
+        while let Some(pa) = (guest.alloc_frames)(order, false) {
+            let va = dm + pa as usize;
+            let mut backed = 0;
+            while backed < 1 << order && k.full_back_page(va + backed * 4096) {
+                backed += 1;
+            }
+            n += backed;
+            // SAFETY: the block was just taken from the page allocator and
+            // is mapped in the direct map; its first two words hold the
+            // list link until it is freed below.
+            unsafe {
+                (va as *mut u64).write(head);
+                (va as *mut u64).add(1).write(order as u64);
+            }
+            head = pa;
+            if backed < 1 << order {
+                break 'orders;
+            }
         }
-        // SAFETY: the frame was just taken from the page allocator and is
-        // mapped in the direct map; it holds the list link until freed below.
-        unsafe { ((dm + pa as usize) as *mut u64).write(head) };
-        head = pa;
-        n += 1;
     }
     while head != 0 {
-        // SAFETY: written above; the frame is still held.
-        let next = unsafe { ((dm + head as usize) as *const u64).read() };
-        (guest.free_frame)(head);
+        let va = dm + head as usize;
+        // SAFETY: written above; the block is still held.
+        let (next, order) = unsafe { ((va as *const u64).read(), (va as *const u64).add(1).read()) };
+        (guest.free_frames)(head, order as usize);
         head = next;
     }
     n
@@ -475,6 +489,25 @@ pub fn vmalloc_free(addr: usize, area_len: usize) {
     if let Some(Err(e)) = hook(|k| k.vunmap(addr, pages)) {
         refused("vunmap", addr, e);
     }
+}
+
+/// Save the current stack in the runtime's depot (0: not stored).
+pub fn stackdepot_save() -> u32 {
+    hook(|k| k.save_stack()).unwrap_or(0)
+}
+
+/// Copy the frames of a saved stack into `out`; returns how many.
+pub fn stackdepot_fetch(h: u32, out: &mut [usize]) -> usize {
+    let Some(t) = hook(|k| k.fetch_stack(h)) else { return 0 };
+    let n = t.len().min(out.len());
+    out[..n].copy_from_slice(&t[..n]);
+    n
+}
+
+/// How the metadata of the RAM page holding `addr` is backed (None: no
+/// metadata there).
+pub fn page_backing(addr: usize) -> Option<hybrid_shadow::kmsan::MetaBacking> {
+    rt()?.page_meta(addr).map(|p| p.backing)
 }
 
 /// KASAN's explicit access check: nothing to check under KMSAN.

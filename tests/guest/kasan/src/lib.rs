@@ -40,6 +40,8 @@ pub struct GuestOps {
     pub alloc_frames: fn(order: usize, runtime_owned: bool) -> Option<u64>,
     /// Give back a frame from `alloc_frames(0, true)` (no hooks).
     pub free_frame: fn(phys: u64),
+    /// Give back a block of 2^order pages from `alloc_frames(order, false)` (no hooks).
+    pub free_frames: fn(phys: u64, order: usize),
     /// Name and pid of the running task.
     pub current_task: fn() -> (&'static str, u32),
     /// The slab holding `addr`: (runtime cache id, first slot).

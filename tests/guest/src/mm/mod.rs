@@ -10,11 +10,32 @@ pub use slab::{
 };
 pub use vmalloc::{vfree, vmalloc};
 
+/// Copy `n` bytes from kernel address `src` to `dst` unless `src` is not
+/// mapped (Linux's `copy_from_kernel_nofault`, for debuggers and tracers).
+/// Under KMSAN the source must be initialized: this is where data leaves
+/// the kernel's checked flow, so uninitialized bytes are reported here.
+#[inline(never)]
+pub fn copy_from_kernel_nofault(dst: *mut u8, src: *const u8, n: usize) -> bool {
+    let (first, last) = (src as u64, src as u64 + n.max(1) as u64 - 1);
+    if guest_boot::paging::virt_to_phys(first).is_none() || guest_boot::paging::virt_to_phys(last).is_none() {
+        return false;
+    }
+    crate::kasan_glue::check_initialized(src as usize, n);
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
+    true
+}
+
 /// Return address of the caller of the function this is called in (for
 /// free-path hooks: `ip`). Approximate: reads the saved return address of
 /// the current frame.
+///
+/// Read with inline assembly: the `call` instruction wrote the slot, which
+/// KMSAN cannot see, and an assembly output counts as initialized.
 #[inline(always)]
 pub fn caller_ip() -> usize {
-    let rbp = guest_boot::stack::current_rbp();
-    unsafe { *((rbp + 8) as *const usize) }
+    let ip: usize;
+    // SAFETY: frame pointers are forced in the guest, so [rbp + 8] is the
+    // current function's return address.
+    unsafe { core::arch::asm!("mov {}, [rbp + 8]", out(reg) ip, options(nostack, readonly, preserves_flags)) };
+    ip
 }

@@ -19,6 +19,8 @@ struct Area {
     addr: usize,
     pages: usize, // mapped pages (guard not included)
     size: usize,  // requested bytes
+    /// Made by `vmap`: the pages belong to someone else (not freed here).
+    mapped: bool,
 }
 
 static mut AREAS: [Option<Area>; MAX_AREAS] = [None; MAX_AREAS];
@@ -71,9 +73,49 @@ pub fn vmalloc(size: usize) -> *mut u8 {
             return core::ptr::null_mut();
         }
     }
-    areas()[slot] = Some(Area { addr, pages, size });
+    areas()[slot] = Some(Area { addr, pages, size, mapped: false });
     kasan_glue::vmalloc_alloc(addr, size, pages * PAGE_SIZE);
     addr as *mut u8
+}
+
+/// Map the pages at direct-map addresses `pages` together into the
+/// vmalloc window (Linux's `vmap`); null when there is no room.
+pub fn vmap(pages: &[usize]) -> *mut u8 {
+    let n = pages.len();
+    if n == 0 {
+        return core::ptr::null_mut();
+    }
+    let Some(slot) = areas().iter().position(|a| a.is_none()) else { return core::ptr::null_mut() };
+    let Some(addr) = find_space((n + 1) * PAGE_SIZE) else { return core::ptr::null_mut() };
+    for (i, &pg) in pages.iter().enumerate() {
+        let ok = paging::virt_to_phys(pg as u64).and_then(|pa| {
+            let mut alloc = || table_page();
+            unsafe { paging::map_4k((addr + i * PAGE_SIZE) as u64, pa, PTE_W | PTE_G | PTE_NX, &mut alloc).ok() }
+        });
+        if ok.is_none() {
+            for k in 0..i {
+                unsafe { paging::unmap_4k((addr + k * PAGE_SIZE) as u64) };
+            }
+            return core::ptr::null_mut();
+        }
+    }
+    areas()[slot] = Some(Area { addr, pages: n, size: n * PAGE_SIZE, mapped: true });
+    kasan_glue::vmalloc_alloc(addr, n * PAGE_SIZE, n * PAGE_SIZE);
+    addr as *mut u8
+}
+
+/// Undo [`vmap`]: the pages stay allocated to their owner.
+pub fn vunmap(ptr: *const u8) {
+    let p = ptr as usize;
+    let Some(slot) = areas().iter().position(|a| a.is_some_and(|a| a.addr == p && a.mapped)) else {
+        kasan_glue::bad_free(p, crate::mm::caller_ip(), "vunmap: not a vmap area");
+        return;
+    };
+    let a = areas()[slot].take().unwrap();
+    kasan_glue::vmalloc_free(a.addr, a.pages * PAGE_SIZE);
+    for i in 0..a.pages {
+        unsafe { paging::unmap_4k((a.addr + i * PAGE_SIZE) as u64) };
+    }
 }
 
 pub fn vzalloc(size: usize) -> *mut u8 {
@@ -100,7 +142,7 @@ pub fn vfree(ptr: *const u8) {
     if p == 0 {
         return;
     }
-    let Some(slot) = areas().iter().position(|a| a.map_or(false, |a| a.addr == p)) else {
+    let Some(slot) = areas().iter().position(|a| a.map_or(false, |a| a.addr == p && !a.mapped)) else {
         kasan_glue::bad_free(p, ip, "vfree: not the start of a vmalloc area");
         return;
     };
