@@ -22,7 +22,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 
-use crate::caller::caller_ip;
+use crate::caller::{caller_ip, caller_ip2};
 use crate::kmsan::meta::{Context, MetaPtrs};
 use crate::kmsan::origin::Origin;
 use crate::kmsan::runtime::Kmsan;
@@ -102,7 +102,7 @@ pub trait AbiKmsan: Sync {
     /// Link the current stack into an origin.
     fn chain_origin(&self, o: Origin) -> Origin;
     /// A local variable starts uninitialized.
-    fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize);
+    fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize, pc2: usize);
     /// Mark initialized.
     fn unpoison(&self, addr: usize, size: usize);
     /// Mark uninitialized, created here.
@@ -129,8 +129,8 @@ impl<M: ShadowMapper + Send, P: Platform + Sync> AbiKmsan for Kmsan<M, P> {
     fn chain_origin(&self, o: Origin) -> Origin {
         Kmsan::chain_origin(self, o)
     }
-    fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize) {
-        Kmsan::poison_alloca(self, addr, size, name, pc);
+    fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize, pc2: usize) {
+        Kmsan::poison_alloca(self, addr, size, name, pc, pc2);
     }
     fn unpoison(&self, addr: usize, size: usize) {
         self.unpoison_memory(addr, size);
@@ -333,7 +333,7 @@ pub extern "C" fn __msan_chain_origin(origin: u32) -> u32 {
 #[no_mangle]
 #[inline(never)]
 pub unsafe extern "C" fn __msan_poison_alloca(addr: usize, size: u64, descr: *const u8) {
-    let pc = caller_ip();
+    let (pc, pc2) = (caller_ip(), caller_ip2());
     let name: &'static [u8] = if descr.is_null() {
         &[]
     } else {
@@ -347,7 +347,7 @@ pub unsafe extern "C" fn __msan_poison_alloca(addr: usize, size: u64, descr: *co
         unsafe { core::slice::from_raw_parts(descr, n) }
     };
     if let Some((rt, _)) = enter() {
-        rt.poison_alloca(addr, size as usize, name, pc);
+        rt.poison_alloca(addr, size as usize, name, pc, pc2);
         leave();
     }
 }

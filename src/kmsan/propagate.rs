@@ -270,13 +270,14 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     /// `__msan_poison_alloca`: local variable `name` at `[addr, addr + size)`
-    /// starts uninitialized; `pc` is the function creating it.
-    pub fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize) {
+    /// starts uninitialized; `pc` is the function creating it, `pc2` its
+    /// caller (0 when unknown).
+    pub fn poison_alloca(&self, addr: usize, size: usize, name: &'static [u8], pc: usize, pc2: usize) {
         if !self.on() {
             return;
         }
         let mut inner = self.inner.lock();
-        let o = self.alloca_origin(&mut inner, name, pc);
+        let o = self.alloca_origin(&mut inner, name, pc, pc2);
         self.set_range(&mut inner, addr, size, true, o);
     }
 

@@ -49,8 +49,9 @@ const MAX_LINKS: usize = origin::MAX_DEPTH as usize + 1;
 enum Creation {
     /// A stack (allocation, poisoning, free).
     Stack(Trace),
-    /// A local variable: its name and the code that created it.
-    Local(&'static [u8], usize),
+    /// A local variable: its name, the code that created it and that
+    /// code's caller (0 when unknown).
+    Local(&'static [u8], usize, usize),
     /// No origin recorded.
     Unknown,
 }
@@ -78,11 +79,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                     }
                     cur = t[1] as Origin;
                 }
-                Some(&ALLOCA_MAGIC) if t.len() == 4 => {
+                Some(&ALLOCA_MAGIC) if t.len() == 5 => {
                     // SAFETY: the pointer and length were stored from a
                     // `&'static [u8]` by `alloca_origin`.
                     let name = unsafe { core::slice::from_raw_parts(t[1] as *const u8, t[2]) };
-                    chain.creation = Creation::Local(name, t[3]);
+                    chain.creation = Creation::Local(name, t[3], t[4]);
                     break;
                 }
                 _ => {
@@ -177,12 +178,17 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 out.write_str("Uninit was created at:\n")?;
                 self.write_stack(out, t)?;
             }
-            Creation::Local(name, pc) => {
+            Creation::Local(name, pc, pc2) => {
                 out.write_str("Local variable ")?;
                 write_var_name(out, name)?;
                 out.write_str(" created at:\n ")?;
                 self.write_frame(out, *pc)?;
                 out.write_str("\n")?;
+                if *pc2 != 0 {
+                    out.write_str(" ")?;
+                    self.write_frame(out, *pc2)?;
+                    out.write_str("\n")?;
+                }
             }
             Creation::Unknown => {
                 out.write_str("Uninit was created at:\n (stack is not available)\n")?;
@@ -197,20 +203,20 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             }
             writeln!(out, "Memory access of size {size} starts at {start:016x}")?;
         }
-        out.write_str("\nCPU: 0 PID: ")?;
-        write!(out, "{} Comm: ", self.platform.current_pid())?;
+        write!(out, "\nCPU: 0 UID: 0 PID: {} Comm: ", self.platform.current_pid())?;
         let _ = self.platform.write_task_name(out);
-        out.write_str("\nHardware name: hybrid-shadow KMSAN runtime\n")?;
+        out.write_str(" Tainted: G    B\nTainted: [B]=BAD_PAGE\nHardware name: hybrid-shadow KMSAN runtime\n")?;
         out.write_str(RULE)
     }
 }
 
-/// Print a variable name from the compiler's description (`----name@func`
-/// in clang's style: dashes dropped, cut at `@`), as `[A-Za-z0-9_.]`.
+/// Print a variable name from the compiler's description: the name (rustc),
+/// or `----name@func` (clang): dashes dropped, cut at `@`, and cut at the
+/// first `.` (LLVM's suffixes such as `.sroa.0` for a split variable).
 fn write_var_name(out: &mut dyn Write, descr: &[u8]) -> fmt::Result {
     let mut any = false;
     for &b in descr.iter().take(128) {
-        if b == b'@' || b == 0 {
+        if b == b'@' || b == 0 || b == b'.' {
             break;
         }
         if b == b'-' {

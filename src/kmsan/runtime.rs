@@ -542,9 +542,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         origin::make(h, d + 1, origin::is_uaf(o))
     }
 
-    /// The origin of a local variable named `name` created by the code at `pc`.
-    pub(crate) fn alloca_origin(&self, inner: &mut KInner<M>, name: &'static [u8], pc: usize) -> Origin {
-        let words = [origin::ALLOCA_MAGIC, name.as_ptr() as usize, name.len(), pc];
+    /// The origin of a local variable named `name` created by the code at
+    /// `pc`, called from `pc2` (0 when unknown).
+    pub(crate) fn alloca_origin(&self, inner: &mut KInner<M>, name: &'static [u8], pc: usize, pc2: usize) -> Origin {
+        let words = [origin::ALLOCA_MAGIC, name.as_ptr() as usize, name.len(), pc, pc2];
         let h = inner.depot.save(&words);
         origin::make(h, 0, false)
     }

@@ -158,12 +158,12 @@ fn local_variable_origin_names_the_variable() {
         h.kmsan.page_alloc(stack, 2, false).unwrap();
         h.kmsan.stack_alloc(stack, 2).unwrap();
         let pc = h.plat.func("do_uninit_local");
-        h.kmsan.poison_alloca(stack + 100, 4, b"----uninit@do_uninit_local", pc);
+        h.kmsan.poison_alloca(stack + 100, 4, b"----uninit.sroa.0@do_uninit_local", pc, h.plat.func("its_caller"));
         let (sh, o) = h.load(stack + 100, 4);
         assert_eq!(sh, [0xFF; 4]);
         h.kmsan.warning(o, h.plat.func("test_uninit_stack_var"));
         let log = h.take_log();
-        assert!(log.contains("Local variable uninit created at:\n do_uninit_local+0x2a/0x100"), "{log}");
+        assert!(log.contains("Local variable uninit created at:\n do_uninit_local+0x2a/0x100\n its_caller+0x2a/0x100\n"), "{log}");
         h.kmsan.unpoison_alloca(stack + 100, 4);
         assert_eq!(h.load(stack + 100, 4).0, [0; 4]);
     }

@@ -25,6 +25,33 @@ pub fn log_path(mode: &str, suite: &str) -> PathBuf {
     root().join("target/guest-logs").join(mode).join(format!("{suite}.log"))
 }
 
+/// Which kernel a boot uses (tests/guest_run.sh's GUEST_SANITIZER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sanitizer {
+    /// The KASAN kernel.
+    Kasan,
+    /// The KMSAN kernel.
+    Kmsan,
+}
+
+impl Sanitizer {
+    fn name(self) -> &'static str {
+        match self {
+            Sanitizer::Kasan => "kasan",
+            Sanitizer::Kmsan => "kmsan",
+        }
+    }
+
+    /// Where tests/guest_run.sh keeps the log of `suite` in `mode`.
+    pub fn log_path(self, mode: &str, suite: &str) -> PathBuf {
+        match (self, suite) {
+            (Sanitizer::Kasan, _) => log_path(mode, suite),
+            (Sanitizer::Kmsan, "kmsan") => log_path(mode, "kmsan"),
+            (Sanitizer::Kmsan, _) => log_path(mode, &format!("kmsan-{suite}")),
+        }
+    }
+}
+
 /// Remove the outer cargo's variables from a nested command.
 fn clean_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
@@ -82,11 +109,12 @@ fn ensure_tools() {
     }
 }
 
-fn run_script(mode: &str, suite: &str, append: &str, build: bool) -> Output {
+fn run_script(san: Sanitizer, mode: &str, suite: &str, append: &str, build: bool) -> Output {
     let mut cmd = Command::new("bash");
     cmd.arg(root().join("tests/guest_run.sh")).arg(mode).arg(suite).current_dir(root());
     clean_env(&mut cmd);
     cmd.env("GUEST_APPEND", append);
+    cmd.env("GUEST_SANITIZER", san.name());
     if !build {
         cmd.env("GUEST_NO_BUILD", "1");
     }
@@ -103,18 +131,28 @@ fn tail(s: &str, n: usize) -> &str {
 }
 
 static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+static BUILT_KMSAN: OnceLock<Result<(), String>> = OnceLock::new();
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
-/// Build the guest once per test binary (rustup installs the nightly
+/// Build the KASAN guest once per test binary (rustup installs the nightly
 /// components guest_run.sh needs). Panics with the build output on failure.
 pub fn build() {
-    let r = BUILT.get_or_init(|| {
+    build_san(Sanitizer::Kasan);
+}
+
+/// Build the guest for `san` once per test binary.
+pub fn build_san(san: Sanitizer) {
+    let cell = match san {
+        Sanitizer::Kasan => &BUILT,
+        Sanitizer::Kmsan => &BUILT_KMSAN,
+    };
+    let r = cell.get_or_init(|| {
         ensure_tools();
         let t = Instant::now();
         // Builds, then boots the smoke suite in `off` mode as a sanity check.
-        let out = run_script("off", "smoke", "", true);
+        let out = run_script(san, "off", "smoke", "", true);
         let code = out.status.code().unwrap_or(-1);
-        eprintln!("guest build + smoke boot: {:.1}s, exit {code}", t.elapsed().as_secs_f64());
+        eprintln!("{} guest build + smoke boot: {:.1}s, exit {code}", san.name(), t.elapsed().as_secs_f64());
         if code == 33 {
             Ok(())
         } else {
@@ -144,14 +182,19 @@ pub struct Boot {
 
 /// Boot `suite` in `mode` with extra command-line words (builds first).
 pub fn boot(mode: &str, suite: &str, append: &str) -> Boot {
-    build();
+    boot_san(Sanitizer::Kasan, mode, suite, append)
+}
+
+/// Boot the `san` kernel's `suite` in `mode` (builds first).
+pub fn boot_san(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Boot {
+    build_san(san);
     // One QEMU at a time per test binary: keeps timings comparable.
     let _g = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
-    let out = run_script(mode, suite, append, false);
+    let out = run_script(san, mode, suite, append, false);
     let secs = t.elapsed().as_secs_f64();
     let code = out.status.code().unwrap_or(-1);
-    let path = log_path(mode, suite);
+    let path = san.log_path(mode, suite);
     let log = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     eprintln!("guest {mode}/{suite}: exit {code} in {secs:.1}s (log {})", path.display());
     Boot { code, log, secs, path }

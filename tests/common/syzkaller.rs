@@ -1,5 +1,5 @@
-//! syzkaller's rules for Linux KASAN reports (pkg/report/linux.go, as
-//! published), checked on every report the tests see.
+//! syzkaller's rules for Linux KASAN and KMSAN reports
+//! (pkg/report/linux.go, as published), checked on every report the tests see.
 
 use regex::Regex;
 
@@ -80,4 +80,54 @@ pub fn check_report(report: &str) -> Result<Title, String> {
 /// Parse every report of a log; panics with the report on a corrupted one.
 pub fn titles(log: &str) -> Vec<Title> {
     reports(log).iter().map(|r| check_report(r).unwrap_or_else(|e| panic!("{e}"))).collect()
+}
+
+const KMSAN_RULE: &str = "=====================================================";
+
+/// Split a console log into KMSAN reports (text between the shorter rules).
+pub fn kmsan_reports(log: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur: Option<Vec<&str>> = None;
+    for line in log.lines() {
+        if line.trim_end() == KMSAN_RULE {
+            match cur.take() {
+                Some(lines) if !lines.is_empty() => out.push(lines.join("\n")),
+                _ => cur = Some(vec![]),
+            }
+            continue;
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push(line);
+        }
+    }
+    out
+}
+
+/// Check one KMSAN report against syzkaller's rules: the title
+/// `BUG: KMSAN: <type> in FUNC`, at least 16 lines (with the rules), a
+/// frame in the first stack after the title and one in the origin stack
+/// after `Uninit was created at:` / `Local variable ... created at:`.
+pub fn check_kmsan_report(report: &str) -> Result<Title, String> {
+    let func = r"([a-zA-Z0-9_]+)(?:\.|\+)";
+    let title = Regex::new(&format!(r"BUG: KMSAN: ([a-z\-]+) in {func}")).unwrap();
+    let Some(c) = title.captures(report) else {
+        return Err(format!("corrupted: no title matches syzkaller's KMSAN regexp:\n{report}"));
+    };
+    let t = Title { bug: c[1].to_string(), func: c[2].to_string() };
+    let lines: Vec<&str> = report.lines().collect();
+    if lines.len() + 2 < 16 {
+        return Err(format!("a KMSAN report needs at least 16 lines, this one has {}:\n{report}", lines.len() + 2));
+    }
+    let frame = Regex::new(&format!(r"^ *(?:\[<[0-9a-f]+>\] ){{0,2}}{func}")).unwrap();
+    if !lines.get(1).is_some_and(|l| frame.is_match(l)) {
+        return Err(format!("corrupted: no frame right after the title:\n{report}"));
+    }
+    let origin = lines
+        .iter()
+        .position(|l| *l == "Uninit was created at:" || (l.starts_with("Local variable ") && l.ends_with(" created at:")));
+    let Some(o) = origin else { return Err(format!("corrupted: no origin section:\n{report}")) };
+    if !lines.get(o + 1).is_some_and(|l| frame.is_match(l)) {
+        return Err(format!("corrupted: the origin section has no frame:\n{report}"));
+    }
+    Ok(t)
 }

@@ -239,7 +239,7 @@ pub fn test_printk() {
 /// memcpy that the compiler can neither see through (it would drop a copy
 /// from a never-written local) nor turn into a load/store pair.
 #[inline(never)]
-fn memcpy(dst: *mut u8, src: *const u8, n: usize) {
+fn memcpy_noinline(dst: *mut u8, src: *const u8, n: usize) {
     unsafe { core::ptr::copy_nonoverlapping(black_box(src), black_box(dst), black_box(n)) };
 }
 
@@ -247,7 +247,7 @@ fn memcpy(dst: *mut u8, src: *const u8, n: usize) {
 pub fn test_init_memcpy() {
     let src: u64 = black_box(0x1234_5678);
     let mut dst = MaybeUninit::<u64>::uninit();
-    memcpy(dst.as_mut_ptr() as *mut u8, &src as *const u64 as *const u8, 8);
+    memcpy_noinline(dst.as_mut_ptr() as *mut u8, &src as *const u64 as *const u8, 8);
     check(dst.as_ptr() as *const u8, 8);
 }
 
@@ -255,7 +255,7 @@ pub fn test_init_memcpy() {
 pub fn test_memcpy_aligned_to_aligned() {
     let uninit_src = MaybeUninit::<u32>::uninit();
     let mut dst: u32 = black_box(0);
-    memcpy(&mut dst as *mut u32 as *mut u8, uninit_src.as_ptr() as *const u8, 4);
+    memcpy_noinline(&mut dst as *mut u32 as *mut u8, uninit_src.as_ptr() as *const u8, 4);
     check(&dst as *const u32 as *const u8, 4);
 }
 
@@ -263,7 +263,7 @@ pub fn test_memcpy_aligned_to_aligned() {
 pub fn test_memcpy_aligned_to_unaligned() {
     let uninit_src = MaybeUninit::<u32>::uninit();
     let mut dst: [u8; 8] = black_box([0; 8]);
-    memcpy(unsafe { dst.as_mut_ptr().add(1) }, uninit_src.as_ptr() as *const u8, 4);
+    memcpy_noinline(unsafe { dst.as_mut_ptr().add(1) }, uninit_src.as_ptr() as *const u8, 4);
     check(dst.as_ptr(), 4);
     check(unsafe { dst.as_ptr().add(4) }, 4);
 }
@@ -276,7 +276,7 @@ pub fn test_memcpy_initialized_gap() {
         unsafe { write_volatile(s.add(i), i as u8) };
     }
     let mut dst: [u8; 8] = black_box([0; 8]);
-    memcpy(dst.as_mut_ptr(), unsafe { s.add(2) }, 8);
+    memcpy_noinline(dst.as_mut_ptr(), unsafe { s.add(2) }, 8);
     check(dst.as_ptr(), 4);
     check(unsafe { dst.as_ptr().add(2) }, 4);
     check(unsafe { dst.as_ptr().add(4) }, 4);
@@ -392,7 +392,7 @@ pub fn test_uninit_slab_to_pagecache() {
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
     unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE) };
     backing_is(page, MetaBacking::Init, "a zeroed page is backed by the shared zero page");
-    memcpy((page + 128) as *mut u8, obj, 64);
+    memcpy_noinline((page + 128) as *mut u8, obj, 64);
     backing_is(page, MetaBacking::Private, "uninit bytes copied in make the page private");
     mm::kfree(obj);
     check((page + 128) as *const u8, 64);
