@@ -140,6 +140,7 @@ impl Run {
 fn run_one(cfg: &Cfg, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) -> Run {
     let b = Boot {
         elf,
+        san: San::Kasan,
         mode,
         suite: "workload",
         ram_mib: ram,

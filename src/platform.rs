@@ -41,4 +41,13 @@ pub trait Platform {
     fn slab_of(&self, addr: usize) -> Option<SlabRef>;
     /// Stop the kernel after a report under `kasan.fault=panic`.
     fn panic(&self, msg: &str) -> !;
+    /// The direct-map address of the RAM byte mapped at vmalloc address
+    /// `addr`, if any (Linux's `vmalloc_to_page`). KMSAN uses it: a vmalloc
+    /// (or vmap) address has the metadata of the frame mapped there, so
+    /// what is initialized through one mapping is initialized through the
+    /// other. Without it (the default) vmalloc memory reads as initialized.
+    fn vmalloc_to_ram(&self, addr: usize) -> Option<usize> {
+        let _ = addr;
+        None
+    }
 }

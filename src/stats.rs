@@ -8,6 +8,7 @@ pub struct Stats {
     pub(crate) per_page_bytes: AtomicUsize,
     pub(crate) block_table_bytes: AtomicUsize,
     pub(crate) depot_bytes: AtomicUsize,
+    pub(crate) context_bytes: AtomicUsize,
     pub(crate) init_shadow_pages: AtomicUsize,
     pub(crate) ondemand_live: AtomicUsize,
     pub(crate) ondemand_peak: AtomicUsize,
@@ -48,6 +49,8 @@ pub struct StatsSnapshot {
     pub block_table_bytes: usize,
     /// Bytes reserved for the stack depot.
     pub depot_bytes: usize,
+    /// Bytes of per-task sanitizer contexts the kernel set aside (KMSAN).
+    pub context_bytes: usize,
     /// Private shadow pages mapped at init (all RAM in `full`, the image in both).
     pub init_shadow_pages: usize,
     /// Page-table bytes the mapper holds for the shadow.
@@ -92,6 +95,7 @@ impl StatsSnapshot {
         self.per_page_bytes
             + self.block_table_bytes
             + self.depot_bytes
+            + self.context_bytes
             + self.init_shadow_pages * crate::mapper::PAGE_SIZE
             + self.shadow_table_bytes
     }
@@ -113,6 +117,7 @@ impl Stats {
             per_page_bytes: self.per_page_bytes.load(Relaxed),
             block_table_bytes: self.block_table_bytes.load(Relaxed),
             depot_bytes: self.depot_bytes.load(Relaxed),
+            context_bytes: self.context_bytes.load(Relaxed),
             init_shadow_pages: self.init_shadow_pages.load(Relaxed),
             shadow_table_bytes,
             ondemand_live_pages: self.ondemand_live.load(Relaxed),

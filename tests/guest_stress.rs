@@ -1,14 +1,16 @@
 //! Stress: the kernel-build-like workload (guest suite `workload`) in `full`
 //! and `hybrid` at 128 MiB, with enough compilation units for at least one
-//! million slab allocations in each run. Asserts the exact QEMU exit status,
-//! no KASAN report, the allocators' invariants (checked in the guest), the
-//! slab-allocation count, the same build result in both modes, and that
-//! `hybrid`'s on-demand shadow comes back to its level before the workload.
+//! million slab allocations in each run, on the KASAN kernel and on the
+//! KMSAN kernel. Asserts the exact QEMU exit status, no sanitizer report,
+//! the allocators' invariants (checked in the guest), the slab-allocation
+//! count, the same build result in both modes, and that `hybrid`'s
+//! on-demand metadata comes back to its level before the workload.
 //!
 //! Needs QEMU and rustup's nightly (installed when missing and possible,
 //! else the test fails naming the command). Log files:
-//! target/guest-stress/logs/<mode>.log. Environment: STRESS_UNITS (default
-//! 240), STRESS_JOBS (4), STRESS_SEED (1), STRESS_TIMEOUT seconds (1200).
+//! target/guest-stress/logs/<mode>.log (KASAN), kmsan-<mode>.log (KMSAN).
+//! Environment: STRESS_UNITS (default 240), STRESS_JOBS (4), STRESS_SEED
+//! (1), STRESS_TIMEOUT seconds (1200).
 #![cfg(target_os = "linux")]
 
 mod guest_driver;
@@ -22,8 +24,22 @@ fn env_or(k: &str, d: u64) -> u64 {
 
 #[test]
 fn workload_full_and_hybrid_128mib() {
+    stress(San::Kasan);
+}
+
+#[test]
+fn kmsan_workload_full_and_hybrid_128mib() {
+    stress(San::Kmsan);
+}
+
+/// One sanitizer's pair of QEMUs at a time (each is single-threaded TCG).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn stress(san: San) {
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("target/guest-stress");
-    let elf = build_guest("release", &dir.join("build")).unwrap_or_else(|e| panic!("{e}"));
+    let elf = build_guest_san(san, san.release_profile(), &dir.join("build")).unwrap_or_else(|e| panic!("{e}"));
+    let prefix = if san == San::Kasan { "" } else { "kmsan-" };
     let units = env_or("STRESS_UNITS", 240);
     let jobs = env_or("STRESS_JOBS", 4);
     let seed = env_or("STRESS_SEED", 1);
@@ -37,12 +53,13 @@ fn workload_full_and_hybrid_128mib() {
             .map(|mode| {
                 let b = Boot {
                     elf: &elf,
+                    san,
                     mode,
                     suite: "workload",
                     ram_mib: 128,
                     append: append.clone(),
                     timeout,
-                    log: dir.join("logs").join(format!("{mode}.log")),
+                    log: dir.join("logs").join(format!("{prefix}{mode}.log")),
                     icount: false,
                 };
                 s.spawn(move || (mode, boot(&b).unwrap_or_else(|e| panic!("{mode}: {e}"))))
@@ -53,9 +70,9 @@ fn workload_full_and_hybrid_128mib() {
 
     let mut sums = Vec::new();
     for (mode, out) in &runs {
-        let ctx = || format!("mode {mode}, log target/guest-stress/logs/{mode}.log:\n{}", out.tail(25));
+        let ctx = || format!("{} mode {mode}, log target/guest-stress/logs/{prefix}{mode}.log:\n{}", san.name(), out.tail(25));
         assert_eq!(out.exit, EXIT_SUCCESS, "QEMU exit status (33 = suite passed, 124 = timeout); {}", ctx());
-        assert_eq!(out.kasan_reports(), 0, "KASAN report during the workload; {}", ctx());
+        assert_eq!(out.reports(), 0, "sanitizer report during the workload; {}", ctx());
         let r = out.line("wl-result").unwrap_or_else(|| panic!("no wl-result line; {}", ctx()));
         assert_eq!(r.get("mode"), Some(*mode), "{}", ctx());
         assert_eq!(r.get("runtime"), Some("real"), "the runtime must be linked; {}", ctx());
@@ -74,7 +91,8 @@ fn workload_full_and_hybrid_128mib() {
             assert!(r.num("ondemand_peak_bytes") > before, "hybrid: no on-demand shadow was mapped; {}", ctx());
         }
         eprintln!(
-            "stress {mode}: {:.1}s wall, workload {:.1}s, {} slab allocs, ondemand peak {} KiB, min free {} KiB, {} pages reclaimed",
+            "stress {} {mode}: {:.1}s wall, workload {:.1}s, {} slab allocs, ondemand peak {} KiB, min free {} KiB, {} pages reclaimed",
+            san.name(),
             out.wall.as_secs_f64(),
             r.num("workload_ns") as f64 / 1e9,
             slab,
@@ -84,5 +102,5 @@ fn workload_full_and_hybrid_128mib() {
         );
         sums.push(r.get("checksum").unwrap_or("").to_string());
     }
-    assert_eq!(sums[0], sums[1], "full and hybrid built different images (checksums)");
+    assert_eq!(sums[0], sums[1], "{}: full and hybrid built different images (checksums)", san.name());
 }

@@ -191,7 +191,7 @@ impl Pair {
             self.both("vmalloc_site", |h, at| h.kmsan.page_alloc(at, 0, false), pfn * PAGE).unwrap();
             pfns.push(pfn);
         }
-        self.both("vmalloc_site", |h, at| h.kmsan.vmap(at, &pfns), rel).unwrap();
+        self.both("vmalloc_site", |h, at| h.vmap(at, &pfns), rel);
         for (k, &pfn) in pfns.iter().enumerate() {
             self.alias.insert(rel + k * PAGE, pfn * PAGE);
             self.set_init(pfn * PAGE, PAGE, false);
@@ -202,7 +202,7 @@ impl Pair {
     fn vfree(&mut self, i: usize) {
         let l = self.live.swap_remove(i);
         let Kind::Vmalloc(pages) = l.kind else { unreachable!() };
-        self.both("vfree_site", |h, at| h.kmsan.vunmap(at, pages), l.rel).unwrap();
+        self.both("vfree_site", |h, at| h.vunmap(at, pages), l.rel);
         for k in 0..pages {
             let pfn_rel = self.alias.remove(&(l.rel + k * PAGE)).unwrap();
             self.both("vfree_site", |h, at| h.kmsan.page_free(at, 0), pfn_rel).unwrap();

@@ -109,6 +109,18 @@ impl KmsanHost {
         unsafe { (core::slice::from_raw_parts(p.shadow, n).to_vec(), p.origin.read()) }
     }
 
+    /// Map the RAM frames `pfns` together at vmalloc address `addr` (what a
+    /// kernel's vmalloc or vmap does with its page tables).
+    pub fn vmap(&mut self, addr: usize, pfns: &[usize]) {
+        let ram: Vec<usize> = pfns.iter().map(|p| self.ram() + p * crate::mapper::PAGE_SIZE).collect();
+        self.plat.map_vmalloc(addr, &ram);
+    }
+
+    /// Unmap `pages` pages at vmalloc address `addr`.
+    pub fn vunmap(&mut self, addr: usize, pages: usize) {
+        self.plat.unmap_vmalloc(addr, pages);
+    }
+
     /// Settle the context's deferred store (what the next runtime entry does).
     pub fn settle(&mut self) {
         self.kmsan.settle(&mut self.ctx);

@@ -23,6 +23,8 @@ struct State {
     names: Vec<String>,
     stack: Vec<usize>,
     slabs: BTreeMap<usize, SlabRef>,
+    /// vmalloc page -> the RAM page mapped there.
+    vm: BTreeMap<usize, usize>,
 }
 
 /// The host platform; clones share state.
@@ -104,6 +106,23 @@ impl HostPlatform {
         }
     }
 
+    /// Map the RAM pages at `ram` (direct-map addresses) at vmalloc
+    /// address `addr`, one after the other (the kernel's page tables).
+    pub fn map_vmalloc(&self, addr: usize, ram: &[usize]) {
+        let mut s = self.lock();
+        for (k, &r) in ram.iter().enumerate() {
+            s.vm.insert(addr + k * 4096, r);
+        }
+    }
+
+    /// Unmap `pages` pages at vmalloc address `addr`.
+    pub fn unmap_vmalloc(&self, addr: usize, pages: usize) {
+        let mut s = self.lock();
+        for k in 0..pages {
+            s.vm.remove(&(addr + k * 4096));
+        }
+    }
+
     /// Take the console text written so far.
     pub fn take_log(&self) -> String {
         core::mem::take(&mut self.lock().log)
@@ -160,5 +179,9 @@ impl Platform for HostPlatform {
 
     fn panic(&self, msg: &str) -> ! {
         panic!("{msg}")
+    }
+
+    fn vmalloc_to_ram(&self, addr: usize) -> Option<usize> {
+        self.lock().vm.get(&(addr & !4095)).map(|r| r + addr % 4096)
     }
 }

@@ -6,7 +6,8 @@
 //!  buddy alloc ─► page_alloc(zeroed?) ─► [slab_page_alloc | stack_alloc]
 //!  slab:   slab_alloc(zeroed?) ... slab_free ─► (slab page empty) slab_page_free ─► page_free
 //!  stacks: stack_alloc ... stack_free ─► page_free
-//!  vmalloc: page_alloc per page ─► vmap(area, frames) ... vunmap ─► page_free
+//!  vmalloc: page_alloc per page, mapped in the window (no hook: a vmalloc
+//!           address uses the metadata of the frame the page tables map there)
 //! ```
 //!
 //! Pages allocated without zeroing are uninitialized with the allocation as
@@ -22,7 +23,6 @@ use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
 use crate::platform::Platform;
 use crate::stats::Stats;
-use core::sync::atomic::Ordering::Relaxed;
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Page frames of `[addr, addr + 2^order pages)` after checking they are RAM.
@@ -213,55 +213,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
         }
         self.untrack(addr, order, PageKind::Stack)
-    }
-
-    /// RAM frames `pfns` (page frame numbers of the direct map) are mapped
-    /// at `addr` in the vmalloc window (vmalloc, vmap): accesses there use
-    /// the frames' own metadata, so what is initialized through one mapping
-    /// is initialized through the other.
-    pub fn vmap(&self, addr: usize, pfns: &[usize]) -> Result<(), HookError> {
-        if !self.on() {
-            return Ok(());
-        }
-        let first = self.vm_index(addr, pfns.len())?;
-        if pfns.iter().any(|&p| p >= self.ram.len()) {
-            return Err(HookError::NotRam);
-        }
-        let slots = &self.vm_alias[first..first + pfns.len()];
-        if slots.iter().any(|s| s.load(Relaxed) != 0) {
-            return Err(HookError::PageInUse);
-        }
-        for (s, &p) in slots.iter().zip(pfns) {
-            s.store(p as u32 + 1, Relaxed);
-        }
-        Ok(())
-    }
-
-    /// `pages` pages at `addr` in the vmalloc window are unmapped.
-    pub fn vunmap(&self, addr: usize, pages: usize) -> Result<(), HookError> {
-        if !self.on() {
-            return Ok(());
-        }
-        let first = self.vm_index(addr, pages)?;
-        for s in &self.vm_alias[first..first + pages] {
-            s.store(0, Relaxed);
-        }
-        Ok(())
-    }
-
-    fn vm_index(&self, addr: usize, pages: usize) -> Result<usize, HookError> {
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
-        }
-        let vm = self.layout.vmalloc;
-        let len = pages.checked_mul(PAGE_SIZE).ok_or(HookError::BadSize)?;
-        if pages == 0 {
-            return Err(HookError::BadSize);
-        }
-        if !vm.contains_range(addr, len) || u32::try_from(self.ram.len()).is_err() {
-            return Err(HookError::NotVmalloc);
-        }
-        Ok((addr - vm.start) / PAGE_SIZE)
     }
 
     /// The metadata state of `addr`'s page (tests and statistics).

@@ -63,7 +63,8 @@ impl MetaRegion {
 pub struct KmsanLayout {
     /// All RAM: page frame `n` at `direct_map.data.start + n * 4096`.
     pub direct_map: MetaRegion,
-    /// The vmalloc window: its pages alias RAM pages (see [`crate::kmsan::Kmsan::vmap`]).
+    /// The vmalloc window: its pages alias RAM pages (see
+    /// [`crate::Platform::vmalloc_to_ram`]).
     pub vmalloc: Region,
     /// The kernel image (globals; metadata mapped at init).
     pub image: MetaRegion,

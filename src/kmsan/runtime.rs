@@ -10,8 +10,9 @@
 //!   no frame for a private page              ──► Unchecked (reads initialized; counted)
 //! ```
 //!
-//! A vmalloc address has the metadata of the RAM page mapped there
-//! ([`Kmsan::vmap`]); the image is private from init.
+//! A vmalloc address has the metadata of the RAM page mapped there (asked
+//! of the kernel, [`crate::Platform::vmalloc_to_ram`], as Linux's
+//! `vmalloc_to_page`); the image is private from init.
 //!
 //! In `full`, as in Linux's KMSAN, the kernel hands the runtime metadata
 //! for its free pages at boot ([`Kmsan::full_back_page`]: one shadow and one
@@ -71,8 +72,6 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Per direct-map page: the origin of every byte while the page is
     /// `Uninit` with a shared shadow page (hybrid only).
     pub(crate) ram_origin: &'static [AtomicU32],
-    /// Per vmalloc page: the RAM frame mapped there, plus one (0: none).
-    pub(crate) vm_alias: &'static [AtomicU32],
     pub(crate) inner: spin::Mutex<KInner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
@@ -125,7 +124,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return StackDepot::bytes_for(1) + 16;
         }
         let pages = layout.ram_pages();
-        pages + 4 * pages + 4 * layout.vmalloc_pages() + StackDepot::bytes_for(Self::depot_stacks(cfg, layout)) + 32
+        pages + 4 * pages + StackDepot::bytes_for(Self::depot_stacks(cfg, layout)) + 32
     }
 
     /// Start the runtime. Every RAM page starts free (uninitialized, no
@@ -140,24 +139,20 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         layout.validate().map_err(KmsanInitError::Layout)?;
         let off = cfg.mode == Mode::Off;
         let pages = if off { 0 } else { layout.ram_pages() };
-        let vm_pages = if off { 0 } else { layout.vmalloc_pages() };
         let stacks = if off { 1 } else { Self::depot_stacks(&cfg, &layout) };
         let mut rest = arena;
         let ram_mem = take(&mut rest, pages, 1).ok_or(KmsanInitError::ArenaTooSmall)?;
         let origin_mem = take(&mut rest, 4 * pages, 4).ok_or(KmsanInitError::ArenaTooSmall)?;
-        let vm_mem = take(&mut rest, 4 * vm_pages, 4).ok_or(KmsanInitError::ArenaTooSmall)?;
         let depot_len = StackDepot::bytes_for(stacks);
         let depot_mem = take(&mut rest, depot_len, 8).ok_or(KmsanInitError::ArenaTooSmall)?;
         let depot = StackDepot::new(depot_mem, stacks).ok_or(KmsanInitError::ArenaTooSmall)?;
         let ram_origin = atomics_u32(origin_mem);
-        let vm_alias = atomics_u32(vm_mem);
         let ram_init = MetaPage::FREE;
         let k = Kmsan {
             cfg,
             layout,
             ram: MetaPages::new(ram_mem, ram_init),
             ram_origin,
-            vm_alias,
             inner: spin::Mutex::new(KInner { mapper, depot }),
             platform,
             stats: Stats::default(),
@@ -165,7 +160,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             busy: AtomicUsize::new(0),
         };
         k.stats.per_page_bytes.store(pages * 5, Relaxed);
-        k.stats.block_table_bytes.store(4 * vm_pages, Relaxed);
         k.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
         if !off {
             k.map_initial()?;
@@ -235,9 +229,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return Some(addr);
         }
         if l.vmalloc.contains(addr) {
-            let i = (addr - l.vmalloc.start) / PAGE_SIZE;
-            let pfn = self.vm_alias.get(i)?.load(Relaxed).checked_sub(1)?;
-            return Some(l.direct_map.data.start + pfn as usize * PAGE_SIZE + addr % PAGE_SIZE);
+            let ram = self.platform.vmalloc_to_ram(addr)?;
+            return l.direct_map.data.contains(ram).then_some(ram);
         }
         None
     }
@@ -492,6 +485,12 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.ram.set(i, MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None });
         self.stats.init_shadow_pages.fetch_add(2, Relaxed);
         true
+    }
+
+    /// The kernel set aside `bytes` for per-task contexts
+    /// ([`crate::kmsan::abi::TaskContext`]): counted as metadata at init.
+    pub fn add_context_bytes(&self, bytes: usize) {
+        self.stats.context_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Save the current stack in the depot (0: not stored).

@@ -82,21 +82,71 @@ pub fn ensure_toolchain() -> Result<(), String> {
     }
 }
 
-/// Build the guest (`profile` = "release" or "dev") into `target_dir` and
-/// write its symbol table; returns the bootable ELF.
+/// The sanitizer a guest kernel is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum San {
+    /// KASAN (target x86_64-unknown-none).
+    Kasan,
+    /// KMSAN (target x86_64-kmsan.json, feature kmsan).
+    Kmsan,
+}
+
+impl San {
+    /// "kasan" or "kmsan": the command-line prefix (`kasan.shadow=`) and
+    /// the `sanitizer` field of results.
+    pub fn name(self) -> &'static str {
+        match self {
+            San::Kasan => "kasan",
+            San::Kmsan => "kmsan",
+        }
+    }
+
+    /// Parse a name.
+    pub fn from_name(s: &str) -> Option<San> {
+        match s {
+            "kasan" => Some(San::Kasan),
+            "kmsan" => Some(San::Kmsan),
+            _ => None,
+        }
+    }
+
+    /// The cargo profile for an optimized build of this kernel.
+    pub fn release_profile(self) -> &'static str {
+        match self {
+            San::Kasan => "release",
+            San::Kmsan => "kmsan-release",
+        }
+    }
+}
+
+/// Build the KASAN guest (`profile` = "release" or "dev") into `target_dir`
+/// and write its symbol table; returns the bootable ELF.
 pub fn build_guest(profile: &str, target_dir: &Path) -> Result<PathBuf, String> {
+    build_guest_san(San::Kasan, profile, target_dir)
+}
+
+/// Build the `san` guest with cargo profile `profile` (KMSAN: `kmsan` or
+/// `kmsan-release`) into `target_dir`; returns the bootable ELF.
+pub fn build_guest_san(san: San, profile: &str, target_dir: &Path) -> Result<PathBuf, String> {
     ensure_toolchain()?;
     ensure_qemu()?;
     let guest = root().join("tests/guest");
     let t0 = Instant::now();
     let mut c = clean(Command::new("rustup"));
     c.args(["run", "nightly", "cargo", "build", "--profile", profile, "--target-dir"]).arg(target_dir).current_dir(&guest);
+    let triple = match san {
+        San::Kasan => "x86_64-unknown-none",
+        San::Kmsan => {
+            c.args(["--features", "kmsan", "--target", "x86_64-kmsan.json", "-Zjson-target-spec"]);
+            "x86_64-kmsan"
+        }
+    };
     let st = c.status().map_err(|e| format!("cannot run rustup: {e}"))?;
     if !st.success() {
-        return Err(format!("guest build failed ({st}): (cd tests/guest && cargo +nightly build --profile {profile})"));
+        return Err(format!("guest build failed ({st}): (cd tests/guest && cargo +nightly build --profile {profile}{})", if san == San::Kmsan { " --features kmsan --target x86_64-kmsan.json -Zjson-target-spec" } else { "" }));
     }
     let dir = if profile == "dev" { "debug" } else { profile };
-    let linked = target_dir.join("x86_64-unknown-none").join(dir).join("hybrid-guest");
+    let linked = target_dir.join(triple).join(dir).join("hybrid-guest");
     let elf = linked.with_extension("ksyms");
     let st = clean(Command::new("bash"))
         .arg(guest.join("ksyms.sh"))
@@ -115,6 +165,8 @@ pub fn build_guest(profile: &str, target_dir: &Path) -> Result<PathBuf, String> 
 /// One boot of the guest.
 pub struct Boot<'a> {
     pub elf: &'a Path,
+    /// The kernel's sanitizer (the `<san>.shadow=` word).
+    pub san: San,
     pub mode: &'a str,
     pub suite: &'a str,
     pub ram_mib: u32,
@@ -148,6 +200,10 @@ impl Outcome {
     pub fn kasan_reports(&self) -> usize {
         self.log.matches("BUG: KASAN:").count()
     }
+    /// Sanitizer reports of either kind (KASAN or KMSAN).
+    pub fn reports(&self) -> usize {
+        self.kasan_reports() + self.log.matches("BUG: KMSAN:").count()
+    }
     /// The last lines of the log, for assertion messages.
     pub fn tail(&self, n: usize) -> String {
         let v: Vec<&str> = self.log.lines().collect();
@@ -160,7 +216,7 @@ pub fn boot(b: &Boot) -> Result<Outcome, String> {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let _ = std::fs::remove_file(&b.log);
-    let append = format!("kasan.shadow={} suite={} {}", b.mode, b.suite, b.append);
+    let append = format!("{}.shadow={} suite={} {}", b.san.name(), b.mode, b.suite, b.append);
     let t0 = Instant::now();
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-M", "microvm", "-accel", "tcg"]);

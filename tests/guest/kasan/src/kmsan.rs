@@ -7,9 +7,9 @@
 //!  metadata (inside the region KASAN's shadow uses; a kernel has one sanitizer)
 //!  0xffffec0000000000  shadow of RAM        (1 TiB slot)
 //!  0xffffed0000000000  origins of RAM
-//!  0xffffee0000000000  shadow of the image
-//!  0xffffef0000000000  origins of the image
-//!  vmalloc addresses use the metadata of the frames mapped there
+//!  0xffffee0000000000  shadow of the image's writable part (.data, .bss)
+//!  0xffffef0000000000  origins of the image's writable part
+//!  vmalloc addresses use the metadata of the frames mapped there (page walk)
 //! ```
 //!
 //! Metadata pages may be mapped inside any instrumented code (a deferred
@@ -20,7 +20,7 @@
 //! `Unchecked` (counted), never a false report.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 
 use guest_boot::println;
 use hybrid_shadow::kmsan::abi::{self, TaskContext};
@@ -150,29 +150,33 @@ pub fn rt() -> Option<&'static Rt> {
 /// Tasks the guest runs at once (its scheduler's slots).
 pub const MAX_CONTEXTS: usize = 64;
 
-struct Contexts(UnsafeCell<[TaskContext; MAX_CONTEXTS]>);
-// SAFETY: one CPU; slot `i` belongs to the task in scheduler slot `i`.
-unsafe impl Sync for Contexts {}
-static CONTEXTS: Contexts = Contexts(UnsafeCell::new([const { TaskContext::new() }; MAX_CONTEXTS]));
+/// The per-task contexts, taken from the page allocator at init (metadata:
+/// outside the image, whose writable part would otherwise need metadata
+/// for them too). Null before init.
+static CONTEXTS: AtomicPtr<TaskContext> = AtomicPtr::new(core::ptr::null_mut());
+
+fn context(slot: usize) -> Option<*mut TaskContext> {
+    let base = CONTEXTS.load(Relaxed);
+    // SAFETY: `base` points to MAX_CONTEXTS contexts (set once by `init`).
+    (slot < MAX_CONTEXTS && !base.is_null()).then(|| unsafe { base.add(slot) })
+}
 
 /// The task in scheduler slot `slot` runs next: its compiler context
 /// becomes current (call just before switching stacks).
 pub fn task_context_switch(slot: usize) {
-    if slot >= MAX_CONTEXTS {
-        return;
+    if let Some(c) = context(slot) {
+        // SAFETY: slot `slot` belongs to the task about to run; the context
+        // stays valid (never freed) until the next switch.
+        unsafe { abi::set_current(c) };
     }
-    // SAFETY: slot `slot` belongs to the task about to run; the pointer
-    // stays valid (static) until the next switch.
-    unsafe { abi::set_current(CONTEXTS.0.get().cast::<TaskContext>().add(slot)) };
 }
 
 /// A new task takes scheduler slot `slot`: its context starts clean.
 pub fn task_context_reset(slot: usize) {
-    if slot >= MAX_CONTEXTS {
-        return;
+    if let Some(c) = context(slot) {
+        // SAFETY: the slot is not running (it is being set up for a new task).
+        unsafe { c.write(TaskContext::new()) };
     }
-    // SAFETY: the slot is not running (it is being set up for a new task).
-    unsafe { CONTEXTS.0.get().cast::<TaskContext>().add(slot).write(TaskContext::new()) };
 }
 
 const TIB: usize = 1 << 40;
@@ -191,7 +195,13 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     cfg.parse_kmsan_cmdline(p.cmdline, |e| println!("{}", e));
     let dm_start = hybrid_shadow_x86_64::DIRECT_MAP_BASE;
     let ram = up(p.ram_end as usize, 4096);
-    let img_start = p.kernel_vma + (p.kernel_phys.0 as usize & !0xfff);
+    extern "C" {
+        static __data_start: u8;
+    }
+    // Only the image's writable part (.data, .bss with the boot stack) has
+    // metadata: code and constants are never written, and loads from
+    // memory without metadata read as initialized.
+    let img_start = (&raw const __data_start) as usize;
     let img_end = p.kernel_vma + up(p.kernel_phys.1 as usize, 4096);
     if ram > TIB || img_end - img_start > TIB {
         return Err("RAM or image larger than a metadata slot (1 TiB)");
@@ -213,6 +223,14 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
         .map_err(|_| "metadata mapper init failed")?;
     let arena = crate::alloc_arena(Rt::arena_bytes(&layout, &cfg), guest)?;
     let k = Rt::new(cfg, layout, mapper, GuestPlatform, arena).map_err(|_| "runtime init failed")?;
+    let ctx = crate::alloc_arena(MAX_CONTEXTS * core::mem::size_of::<TaskContext>(), guest)?;
+    let ctx = ctx.as_mut_ptr().cast::<TaskContext>();
+    for i in 0..MAX_CONTEXTS {
+        // SAFETY: the arena holds MAX_CONTEXTS contexts, page aligned.
+        unsafe { ctx.add(i).write(TaskContext::new()) };
+    }
+    CONTEXTS.store(ctx, Relaxed);
+    k.add_context_bytes(MAX_CONTEXTS * core::mem::size_of::<TaskContext>());
     let k = KMSAN.call_once(|| k);
     if k.config().mode == Mode::Full {
         let n = full_back_free_pages(k, guest);
@@ -454,42 +472,12 @@ pub fn stack_free(addr: usize, order: u32) {
     }
 }
 
-/// A vmalloc area of `area_len` bytes (guard page included) at `addr`:
-/// its mapped pages alias their frames' metadata.
-pub fn vmalloc_alloc(addr: usize, _size: usize, area_len: usize) {
-    let pages = area_len / 4096;
-    let mut pfns = [0usize; 512];
-    let mut n = 0;
-    let mut at = addr;
-    while n < pages.min(pfns.len()) {
-        let Some(pa) = guest_boot::paging::virt_to_phys(at as u64) else { break };
-        pfns[n] = (pa / 4096) as usize;
-        n += 1;
-        at += 4096;
-    }
-    let mut off = 0;
-    while off < n {
-        let k = (n - off).min(pfns.len());
-        if let Some(Err(e)) = hook(|r| r.vmap(addr + off * 4096, &pfns[off..off + k])) {
-            refused("vmap", addr, e);
-        }
-        off += k;
-    }
-    if pages > pfns.len() {
-        println!("kmsan-glue: vmalloc area of {} pages: only {} mapped for KMSAN", pages, pfns.len());
-    }
-}
+/// A vmalloc area: nothing to do, its addresses use the metadata of the
+/// frames the page tables map there (`GuestPlatform::vmalloc_to_ram`).
+pub fn vmalloc_alloc(_addr: usize, _size: usize, _area_len: usize) {}
 
-/// The vmalloc area at `addr` goes away.
-pub fn vmalloc_free(addr: usize, area_len: usize) {
-    let pages = area_len / 4096;
-    if pages == 0 {
-        return;
-    }
-    if let Some(Err(e)) = hook(|k| k.vunmap(addr, pages)) {
-        refused("vunmap", addr, e);
-    }
-}
+/// A vmalloc area goes away: nothing to do (see `vmalloc_alloc`).
+pub fn vmalloc_free(_addr: usize, _area_len: usize) {}
 
 /// Save the current stack in the runtime's depot (0: not stored).
 pub fn stackdepot_save() -> u32 {

@@ -202,6 +202,11 @@ impl Platform for GuestPlatform {
         (ops().slab_of)(addr).map(|(c, base)| SlabRef { cache: CacheId(c), base })
     }
 
+    fn vmalloc_to_ram(&self, addr: usize) -> Option<usize> {
+        let pa = guest_boot::paging::virt_to_phys(addr as u64)?;
+        Some(hybrid_shadow_x86_64::DIRECT_MAP_BASE + pa as usize)
+    }
+
     fn panic(&self, msg: &str) -> ! {
         println!("Kernel panic - not syncing: {}", msg);
         guest_boot::exit(guest_boot::code::KASAN_PANIC)
