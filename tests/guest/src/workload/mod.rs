@@ -34,7 +34,6 @@ use crate::kasan_glue::stats as stats_snapshot;
 use hybrid_shadow::StatsSnapshot;
 use crate::mm::{buddy, slab, CacheRef, PAGE_SIZE};
 use crate::{println, task};
-use guest_boot::ShadowMode;
 
 #[derive(Clone, Copy)]
 pub struct Params {
@@ -178,20 +177,14 @@ fn link_task(arg: usize) {
     mem::c().stacks_live -= task::STACK_SIZE;
 }
 
-fn mode_name(m: ShadowMode) -> &'static str {
-    match m {
-        ShadowMode::Off => "off",
-        ShadowMode::Full => "full",
-        ShadowMode::Hybrid => "hybrid",
-    }
-}
 
 /// The suite. True when the workload completed with every check passing.
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
     let p = parse_params(info.cmdline(), info.config.seed);
     unsafe { PARAMS = p };
-    let mode = mode_name(info.config.shadow);
+    // The runtime's mode (kasan.shadow= or kmsan.shadow=, as the kernel's sanitizer reads it).
+    let mode = crate::kasan_glue::mode().name();
     let ram_mib = (info.ram_bytes + (1 << 20) - 1) >> 20;
     let (tsc_hz, tsc_src) = clock::init();
 
@@ -232,7 +225,8 @@ pub fn run() -> bool {
         })
     };
     println!(
-        "wl-start mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
+        "wl-start sanitizer={} mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
+        crate::kasan_glue::SANITIZER,
         mode,
         ram_mib,
         p.units,
@@ -332,7 +326,7 @@ pub fn run() -> bool {
     let slab_allocs = if runtime_real && rt_allocs > 0 { rt_allocs } else { cnt.slab_allocs };
 
     println!(
-        "wl-result mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
+        "wl-result sanitizer={} mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
 ondemand_peak_bytes={} ondemand_end_bytes={} ondemand_before_bytes={} min_free_bytes={} workload_ns={} build_ns={} \
 slowpath_checks={} slowpath_clean={} reports={} slab_allocs={} wl_slab_allocs={} tracked_peak_bytes={} \
 tracked_peak_slab={} tracked_peak_stacks={} tracked_peak_vmalloc={} globals_bytes={} anon_peak_bytes={} \
@@ -340,6 +334,7 @@ pagecache_peak_bytes={} pagecache_hits={} pagecache_misses={} reclaimed_pages={}
 dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} krealloc={} vmallocs={} \
 unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
 slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
+        crate::kasan_glue::SANITIZER,
         mode,
         ram_mib,
         if runtime_real { "real" } else { "stub" },
