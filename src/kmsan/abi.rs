@@ -191,9 +191,10 @@ pub fn disable() {
 /// `ctx` must stay valid and be used by no other running task until the
 /// next `set_current`; null selects the boot context.
 pub unsafe fn set_current(ctx: *mut TaskContext) {
-    if let (Some(rt), Some(old)) = (RUNTIME.get(), current_ctx()) {
-        // The outgoing task's deferred store lands before anyone else runs.
+    // The outgoing task's deferred store lands before anyone else runs.
+    if let Some((rt, old)) = enter() {
         rt.settle(old);
+        leave();
     }
     CURRENT.store(ctx, Relaxed);
 }
@@ -207,11 +208,11 @@ fn current_ptr() -> *mut TaskContext {
     }
 }
 
-fn current_ctx() -> Option<&'static mut Context> {
+fn current_ctx() -> &'static mut Context {
     // SAFETY: the current context belongs to the running task (the
     // contract of `set_current`); the runtime part is only touched here,
     // inside runtime calls, which do not nest (DEPTH).
-    Some(unsafe { &mut (*current_ptr()).rt })
+    unsafe { &mut (*current_ptr()).rt }
 }
 
 /// Enter the runtime: the runtime and the current context, or `None`
@@ -223,7 +224,7 @@ fn enter() -> Option<(&'static dyn AbiKmsan, &'static mut Context)> {
     }
     let rt = *RUNTIME.get()?;
     DEPTH.store(1, Relaxed);
-    Some((rt, current_ctx()?))
+    Some((rt, current_ctx()))
 }
 
 #[inline(always)]

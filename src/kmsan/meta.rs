@@ -44,11 +44,35 @@ pub struct MetaPtrs {
     pub origin: *mut u32,
 }
 
+/// Largest single load or store the metadata functions serve from their own
+/// areas (memory without metadata, accesses split across vmalloc pages):
+/// the compiler emits no larger single access (rustc copies larger values
+/// with `memcpy`, which the runtime handles in full).
+pub const DROP_BYTES: usize = 4 * PAGE_SIZE;
+
 /// Read-only zeros for loads from memory without metadata (user space,
 /// MMIO): such memory reads as initialized.
 #[repr(align(4096))]
-struct Zeros([u8; PAGE_SIZE]);
-static ZEROS: Zeros = Zeros([0; PAGE_SIZE]);
+struct Zeros([u8; DROP_BYTES]);
+static ZEROS: Zeros = Zeros([0; DROP_BYTES]);
+
+/// Where the metadata of stores larger than the sink go when there is
+/// nowhere to keep it (no metadata, no frame): written, never read.
+#[repr(C, align(4096))]
+struct Drop {
+    shadow: core::cell::UnsafeCell<[u8; DROP_BYTES]>,
+    origin: core::cell::UnsafeCell<[u32; DROP_BYTES / 4 + 2]>,
+}
+// SAFETY: nothing ever reads it; racing writes of dropped metadata are harmless.
+unsafe impl Sync for Drop {}
+static DROP: Drop = Drop {
+    shadow: core::cell::UnsafeCell::new([0; DROP_BYTES]),
+    origin: core::cell::UnsafeCell::new([0; DROP_BYTES / 4 + 2]),
+};
+
+fn dropped() -> MetaPtrs {
+    MetaPtrs { shadow: DROP.shadow.get().cast(), origin: DROP.origin.get().cast() }
+}
 
 /// The runtime's part of a task's (or interrupt level's) KMSAN state.
 pub struct Context {
@@ -99,6 +123,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() {
             return zero;
         }
+        if self.split(addr, size) && size > SINK_BYTES {
+            Stats::bump(&self.stats.unchecked_events);
+            return zero;
+        }
         if self.split(addr, size) {
             // Two vmalloc pages whose frames' metadata is not contiguous:
             // gather the shadow into the sink (nothing is pending now).
@@ -123,23 +151,31 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     /// Metadata addresses for a store of `size` bytes at `addr`: the real
-    /// ones when every page touched has private metadata, else the sink.
+    /// ones when every page touched has private metadata, else the sink
+    /// (or, for a store larger than the sink that has nowhere to go, a
+    /// write-only area of [`DROP_BYTES`]; no single store is larger).
     #[inline]
     pub fn meta_store(&self, ctx: &mut Context, addr: usize, size: usize) -> MetaPtrs {
         self.settle(ctx);
+        let nowhere = if size > SINK_BYTES { dropped() } else { ctx.sink() };
         if !self.on() || size == 0 {
-            return ctx.sink();
+            return nowhere;
         }
         if addr.checked_add(size - 1).is_none() {
-            return ctx.sink();
+            return nowhere;
         }
-        if self.split(addr, size) && size <= SINK_BYTES {
+        if self.split(addr, size) {
+            if size > SINK_BYTES {
+                // Too big to gather: not tracked (counted).
+                Stats::bump(&self.stats.unchecked_events);
+                return nowhere;
+            }
             Stats::bump(&self.stats.slow_path_checks);
             self.defer(ctx, addr, size, false);
             return ctx.sink();
         }
-        let Some(addr) = self.canon(addr) else { return ctx.sink() };
-        let Some(last) = addr.checked_add(size - 1) else { return ctx.sink() };
+        let Some(addr) = self.canon(addr) else { return nowhere };
+        let Some(last) = addr.checked_add(size - 1) else { return nowhere };
         match self.writable(addr, last) {
             Writable::Both => {
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
@@ -173,11 +209,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
                 return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: r.origin_of(addr) as *mut u32 };
             }
-            // No metadata to write to (no frame, no area): the compiler's
-            // code writes into the sink's first bytes and more; give it
-            // only stores it can hold.
+            // No metadata to write to (no frame): dropped.
             Stats::bump(&self.stats.unchecked_events);
-            return ctx.sink();
+            return nowhere;
         }
         Stats::bump(&self.stats.slow_path_checks);
         self.defer(ctx, addr, size, false);

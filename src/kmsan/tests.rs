@@ -249,3 +249,26 @@ fn hooks_refuse_bad_input() {
     assert_eq!(h.kmsan.slab_free(p, 8), Err(HookError::WrongPageState));
     assert_eq!(h.kmsan.stack_alloc(h.vmalloc(), 0), Err(HookError::NotRam));
 }
+
+#[test]
+fn large_accesses_without_metadata_stay_in_bounds() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        // User space: no metadata; a large store goes nowhere, loads read initialized.
+        h.store(0x10_0000, &[0xFF; 2000], origin::make(3, 0, false));
+        assert_eq!(h.load(0x10_0000, 2000).0, std::vec![0; 2000]);
+        // A large store across two vmalloc pages mapped to non-adjacent frames.
+        let (a, b) = (h.ram() + 50 * PAGE_SIZE, h.ram() + 70 * PAGE_SIZE);
+        h.kmsan.page_alloc(a, 0, true).unwrap();
+        h.kmsan.page_alloc(b, 0, true).unwrap();
+        let v = h.vmalloc() + 8 * PAGE_SIZE;
+        h.vmap(v, &[50, 70]);
+        h.store(v + PAGE_SIZE - 1000, &[0xFF; 2000], origin::make(3, 0, false));
+        let _ = h.load(v + PAGE_SIZE - 1000, 2000);
+        assert!(h.kmsan.stats().unchecked_events >= 2, "{mode:?}: counted as unchecked");
+        // A small split store is exact.
+        h.store(v + PAGE_SIZE - 2, &[0xFF; 4], origin::make(3, 0, false));
+        assert_eq!(h.load(a + PAGE_SIZE - 2, 2).0, [0xFF; 2]);
+        assert_eq!(h.load(b, 2).0, [0xFF; 2]);
+    }
+}
