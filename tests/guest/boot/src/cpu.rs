@@ -229,6 +229,16 @@ static mut IN_FAULT: u32 = 0;
 
 #[no_mangle]
 extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
+    // The CPU and the entry stub wrote the frame: KMSAN cannot see those
+    // writes (Linux: kmsan_unpoison_entry_regs).
+    #[cfg(feature = "kmsan")]
+    {
+        extern "C" {
+            fn kmsan_unpoison_memory(addr: usize, size: usize);
+        }
+        // SAFETY: the runtime's API; the frame is valid for its size.
+        unsafe { kmsan_unpoison_memory(f as *mut ExceptionFrame as usize, core::mem::size_of::<ExceptionFrame>()) };
+    }
     let cr2 = read_cr2();
     unsafe {
         if IN_FAULT == 0 {
