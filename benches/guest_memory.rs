@@ -1,27 +1,34 @@
 //! Memory benchmark of the test guest: `cargo bench --bench guest_memory`.
 //!
-//! Boots the guest (release build, QEMU TCG) with the kernel-build-like
-//! workload (`suite=workload`) in `off`, `full` and `hybrid` at 64, 128,
-//! 256, 512 and 1024 MiB; below the smallest size at which a mode still
-//! completes, probes smaller sizes (56, 48, 40, 32, 24 MiB) to find its
-//! minimum (then bisects to 2 MiB). Several runs per configuration give
-//! median workload times.
+//! Boots the guest kernels (optimized builds, QEMU TCG): the KASAN kernel
+//! (profile `release`) and the KMSAN kernel (profile `kmsan-release`), each
+//! with the kernel-build-like workload (`suite=workload`) in `off`, `full`
+//! and `hybrid` at 64, 128, 256, 512 and 1024 MiB; below the smallest size
+//! at which a (sanitizer, mode) still completes, probes smaller sizes (56,
+//! 48, 40, 32, 24 MiB) to find its minimum (then bisects to 2 MiB). Several
+//! runs per configuration give median workload times. Under KMSAN the
+//! metadata is shadow (1:1) plus origins (1:1), and "on-demand" counts the
+//! private shadow and origin pages.
 //!
-//! Writes target/guest-bench/results.json (one object per mode and RAM
-//! size), target/guest-bench/memory.svg (memory over time per mode),
-//! target/guest-bench/table.md (the tables below), the serial logs under
-//! target/guest-bench/logs/, and prints the tables and which DESIGN targets
-//! are met.
+//! Writes target/guest-bench/results.json (one object per sanitizer, mode
+//! and RAM size, with a `sanitizer` field), target/guest-bench/memory.svg
+//! (memory over time per sanitizer and mode), target/guest-bench/table.md
+//! (the tables below, both sanitizers side by side), the serial logs under
+//! target/guest-bench/logs/<sanitizer>-<mode>-<ram>-<run>.log, and prints
+//! the tables and which DESIGN targets (KASAN kernel) are met.
 //!
 //! Options (after `--`), or environment variables GUEST_BENCH_<NAME>:
+//!   --sanitizers a,b  guest kernels to measure (kasan,kmsan)
 //!   --runs N        runs per mode and size for the time medians (3)
 //!   --sizes a,b,..  RAM sizes in MiB (64,128,256,512,1024)
 //!   --modes a,b     (off,full,hybrid)
 //!   --units N --jobs N --seed N   workload size (240, 4, 1)
 //!   --parallel N    QEMU instances at once (1; more skews the times)
 //!   --no-probe      do not search below the smallest size
-//!   --plot-ram N    RAM size whose samples are plotted (128)
-//!   --append "..."  extra guest command-line words (e.g. kasan.mixed=private)
+//!   --plot-ram N    RAM size whose samples are plotted (128; the nearest
+//!                   size run when N was not run)
+//!   --append "..."  extra guest command-line words (e.g. kasan.mixed=private),
+//!                   given to both kernels (each ignores the other's knobs)
 //!   --quick         runs 1, sizes 64,128, no probe
 //!   --timeout S     per boot (1800)
 //!   --icount        QEMU -icount shift=0: workload time = guest instructions
@@ -33,7 +40,7 @@ mod guest_driver;
 use guest_driver::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,6 +48,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Clone)]
 struct Cfg {
+    sanitizers: Vec<San>,
     runs: usize,
     sizes: Vec<u32>,
     modes: Vec<String>,
@@ -56,8 +64,21 @@ struct Cfg {
     out: Option<String>,
 }
 
+fn parse_sanitizers(s: &str) -> Vec<San> {
+    let mut v: Vec<San> = Vec::new();
+    for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let san = San::from_name(&w.to_ascii_lowercase()).unwrap_or_else(|| panic!("--sanitizers: unknown sanitizer {w:?} (kasan, kmsan)"));
+        if !v.contains(&san) {
+            v.push(san);
+        }
+    }
+    assert!(!v.is_empty(), "--sanitizers needs at least one of kasan, kmsan");
+    v
+}
+
 fn parse_cfg() -> Cfg {
     let mut c = Cfg {
+        sanitizers: vec![San::Kasan, San::Kmsan],
         runs: 3,
         sizes: vec![64, 128, 256, 512, 1024],
         modes: vec!["off".into(), "full".into(), "hybrid".into()],
@@ -88,6 +109,7 @@ fn parse_cfg() -> Cfg {
     while let Some(a) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
+            "--sanitizers" | "--sanitizer" => c.sanitizers = parse_sanitizers(&val()),
             "--runs" => c.runs = val().parse().expect("--runs N"),
             "--sizes" => c.sizes = list(val()),
             "--modes" => c.modes = val().split(',').map(|s| s.trim().to_string()).collect(),
@@ -115,15 +137,30 @@ fn parse_cfg() -> Cfg {
     c
 }
 
+/// The target directory of a kernel's nested build (own per sanitizer, so
+/// neither build invalidates the other).
+fn build_dir(san: San) -> PathBuf {
+    match san {
+        San::Kasan => root().join("target/guest-bench/build"),
+        San::Kmsan => root().join("target/guest-bench/build-kmsan"),
+    }
+}
+
 struct Run {
+    san: San,
     mode: String,
     ram: u32,
     exit: i32,
     wall: Duration,
     result: Option<Fields>,
+    /// `wl-start` (usable/managed bytes, also when the workload then fails).
+    start: Option<Fields>,
+    /// `kasan-meta:` / `kmsan-meta:` (metadata at init, also when the workload then fails).
+    meta: Option<Fields>,
     samples: Vec<Fields>,
     reports_in_log: usize,
     failure: String,
+    log: PathBuf,
 }
 
 impl Run {
@@ -132,21 +169,26 @@ impl Run {
             && self.reports_in_log == 0
             && self.result.as_ref().is_some_and(|r| r.get("invariants") == Some("ok") && r.u64("reports") == Some(0))
     }
+    /// A field of `wl-result`; when the workload did not get that far, the
+    /// same field of `wl-start` or of the boot's metadata line.
+    fn get(&self, k: &str) -> Option<u64> {
+        [&self.result, &self.start, &self.meta].into_iter().find_map(|f| f.as_ref()?.u64(k))
+    }
     fn r(&self, k: &str) -> u64 {
-        self.result.as_ref().and_then(|r| r.u64(k)).unwrap_or(0)
+        self.get(k).unwrap_or(0)
     }
 }
 
-fn run_one(cfg: &Cfg, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) -> Run {
+fn run_one(cfg: &Cfg, san: San, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) -> Run {
     let b = Boot {
         elf,
-        san: San::Kasan,
+        san,
         mode,
         suite: "workload",
         ram_mib: ram,
         append: format!("units={} jobs={} seed={} samples=300 {}", cfg.units, cfg.jobs, cfg.seed, cfg.append),
         timeout: Duration::from_secs(cfg.timeout),
-        log: dir.join("logs").join(format!("{mode}-{ram}-{rep}.log")),
+        log: dir.join("logs").join(format!("{}-{mode}-{ram}-{rep}.log", san.name())),
         icount: cfg.icount,
     };
     let out = boot(&b).unwrap_or_else(|e| panic!("{e}"));
@@ -156,45 +198,60 @@ fn run_one(cfg: &Cfg, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) 
         out.log
             .lines()
             .rev()
-            .find(|l| l.starts_with("wl-oom") || l.starts_with("wl-fail") || l.starts_with("wl-error") || l.contains("PANIC") || l.contains("BUG:"))
+            .find(|l| {
+                l.starts_with("wl-oom")
+                    || l.starts_with("wl-fail")
+                    || l.starts_with("wl-error")
+                    || l.contains("PANIC")
+                    || l.contains("BUG:")
+                    || l.contains("init failed")
+            })
             .unwrap_or(if out.exit == 124 { "timeout" } else { "no message" })
             .to_string()
     };
     Run {
+        san,
         mode: mode.into(),
         ram,
         exit: out.exit,
         wall: out.wall,
         result: out.line("wl-result"),
+        start: out.line("wl-start"),
+        meta: out.line("kasan-meta:").or_else(|| out.line("kmsan-meta:")),
         samples: out.lines("wl-sample"),
-        reports_in_log: out.kasan_reports(),
+        reports_in_log: out.reports(),
         failure,
+        log: b.log.clone(),
     }
 }
 
-/// Run `jobs` (mode, ram, rep) with `parallel` QEMUs at once.
-fn run_all(cfg: &Cfg, elf: &Path, dir: &Path, jobs: Vec<(String, u32, usize)>) -> Vec<Run> {
+fn log_line(t0: Instant, what: &str, r: &Run) {
+    eprintln!(
+        "[{:>4.0}s] {}{} {:>6} {:>5} MiB: exit {} {} wall {:.1}s workload {:.2}s{}",
+        t0.elapsed().as_secs_f64(),
+        what,
+        r.san.name(),
+        r.mode,
+        r.ram,
+        r.exit,
+        if r.completed() { "ok  " } else { "FAIL" },
+        r.wall.as_secs_f64(),
+        r.r("workload_ns") as f64 / 1e9,
+        if r.failure.is_empty() { String::new() } else { format!(" ({}; {})", r.failure, r.log.display()) }
+    );
+}
+
+/// Run `jobs` (sanitizer, mode, ram, rep) with `parallel` QEMUs at once.
+fn run_all(cfg: &Cfg, elfs: &BTreeMap<San, PathBuf>, dir: &Path, jobs: Vec<(San, String, u32, usize)>, t0: Instant) -> Vec<Run> {
     let total = jobs.len();
     let queue = Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
     let out = Mutex::new(Vec::new());
-    let t0 = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..cfg.parallel {
+        for _ in 0..cfg.parallel.min(total.max(1)) {
             s.spawn(|| loop {
-                let Some((i, (mode, ram, rep))) = queue.lock().unwrap().pop() else { break };
-                let r = run_one(cfg, elf, dir, &mode, ram, rep);
-                eprintln!(
-                    "[{:>4.0}s] {:>6} {:>5} MiB run {}: exit {} {} wall {:.1}s workload {:.2}s{}",
-                    t0.elapsed().as_secs_f64(),
-                    mode,
-                    ram,
-                    rep,
-                    r.exit,
-                    if r.completed() { "ok  " } else { "FAIL" },
-                    r.wall.as_secs_f64(),
-                    r.r("workload_ns") as f64 / 1e9,
-                    if r.failure.is_empty() { String::new() } else { format!(" ({})", r.failure) }
-                );
+                let Some((i, (san, mode, ram, rep))) = queue.lock().unwrap().pop() else { break };
+                let r = run_one(cfg, san, &elfs[&san], dir, &mode, ram, rep);
+                log_line(t0, &format!("run {rep} "), &r);
                 out.lock().unwrap().push((i, r));
             });
         }
@@ -218,8 +275,9 @@ fn median(v: &mut [u64]) -> u64 {
     }
 }
 
-/// One (mode, ram) configuration, over its runs.
+/// One (sanitizer, mode, ram) configuration, over its runs.
 struct Entry<'a> {
+    san: San,
     mode: String,
     ram: u32,
     probe: bool,
@@ -262,12 +320,13 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
         let times: Vec<String> = e.times().iter().map(|t| t.to_string()).collect();
         let _ = writeln!(
             s,
-            "  {{\"mode\": \"{}\", \"ram_mib\": {}, \"completed\": {}, \"probe\": {}, \"exit\": {}, \
+            "  {{\"sanitizer\": \"{}\", \"mode\": \"{}\", \"ram_mib\": {}, \"completed\": {}, \"probe\": {}, \"exit\": {}, \
 \"metadata_init_bytes\": {}, \"usable_bytes\": {}, \"ondemand_peak_bytes\": {}, \"ondemand_end_bytes\": {}, \
 \"ondemand_before_bytes\": {}, \"min_free_bytes\": {}, \"workload_ns\": {}, \"workload_ns_runs\": [{}], \
 \"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"tracked_peak_bytes\": {}, \
 \"pagecache_peak_bytes\": {}, \"reclaimed_pages\": {}, \"managed_bytes\": {}, \"units\": {}, \"jobs\": {}, \"seed\": {}, \
-\"checksum\": \"{}\", \"failure\": \"{}\"}}{}",
+\"checksum\": \"{}\", \"failure\": \"{}\", \"log\": \"{}\"}}{}",
+            e.san.name(),
             e.mode,
             e.ram,
             e.completed(),
@@ -293,6 +352,7 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
             cfg.seed,
             r.result.as_ref().and_then(|x| x.get("checksum")).unwrap_or(""),
             json_escape(&r.failure),
+            json_escape(&r.log.display().to_string()),
             if i + 1 == entries.len() { "" } else { "," }
         );
     }
@@ -300,15 +360,29 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
     std::fs::write(path, s).expect("write results.json");
 }
 
-fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
+/// The RAM size whose samples are plotted: `--plot-ram` when it was run,
+/// else the nearest size that was.
+fn plot_size(cfg: &Cfg, entries: &[Entry]) -> Option<u32> {
+    let run: Vec<u32> = entries.iter().filter(|e| !e.probe).map(|e| e.ram).collect();
+    if run.contains(&cfg.plot_ram) {
+        return Some(cfg.plot_ram);
+    }
+    run.into_iter().min_by_key(|&r| (r.abs_diff(cfg.plot_ram), r))
+}
+
+/// Memory over time: one row per (sanitizer, mode) at `ram` MiB, the
+/// whole memory on the left, the sanitizer's memory on the right. Time and
+/// sanitizer-memory axes are shared by the rows of one sanitizer.
+fn plot(path: &Path, cfg: &Cfg, entries: &[Entry], ram: u32) -> Result<(), String> {
     use plotters::prelude::*;
     let panels: Vec<&Entry> = cfg
-        .modes
+        .sanitizers
         .iter()
-        .filter_map(|m| entries.iter().find(|e| &e.mode == m && e.ram == cfg.plot_ram && !e.probe))
+        .flat_map(|&san| cfg.modes.iter().map(move |m| (san, m)))
+        .filter_map(|(san, m)| entries.iter().find(|e| e.san == san && &e.mode == m && e.ram == ram && !e.probe))
         .collect();
     if panels.is_empty() {
-        return Err(format!("no runs at {} MiB to plot", cfg.plot_ram));
+        return Err(format!("no runs at {ram} MiB to plot"));
     }
     let h = 330 * panels.len() as u32;
     let root = SVGBackend::new(path, (1400, h)).into_drawing_area();
@@ -317,35 +391,49 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
     let split: Vec<_> = rows.iter().map(|r| r.split_horizontally(900)).collect();
     let areas: Vec<_> = split.iter().map(|(l, _)| l.clone()).collect();
     let zooms: Vec<_> = split.iter().map(|(_, r)| r.clone()).collect();
-    // Right column: what the sanitizer holds (metadata at init + on-demand shadow), same scale for all modes.
-    let zmax = panels
-        .iter()
-        .map(|e| {
-            let r = e.rep();
-            let od = r.samples.iter().filter_map(|s| s.u64("ondemand")).max().unwrap_or(0);
-            mib(r.r("metadata_init_bytes") + od.max(r.r("ondemand_peak_bytes")))
-        })
-        .fold(0.5f64, f64::max)
-        * 1.15;
-    let tmax = panels
-        .iter()
-        .flat_map(|e| e.rep().samples.iter().filter_map(|s| s.u64("t_ns")))
-        .max()
-        .unwrap_or(1) as f64
-        / 1e9;
-    for ((area, zoom), e) in areas.iter().zip(zooms.iter()).zip(panels) {
+    // Right column: what the sanitizer holds (metadata at init + on-demand
+    // metadata), same scale for all modes of one sanitizer.
+    let zmax = |san: San| {
+        panels
+            .iter()
+            .filter(|e| e.san == san)
+            .map(|e| {
+                let r = e.rep();
+                let od = r.samples.iter().filter_map(|s| s.u64("ondemand")).max().unwrap_or(0);
+                mib(r.r("metadata_init_bytes") + od.max(r.r("ondemand_peak_bytes")))
+            })
+            .fold(0.5f64, f64::max)
+            * 1.15
+    };
+    let tmax = |san: San| {
+        panels
+            .iter()
+            .filter(|e| e.san == san)
+            .flat_map(|e| e.rep().samples.iter().filter_map(|s| s.u64("t_ns")))
+            .max()
+            .unwrap_or(1) as f64
+            / 1e9
+    };
+    for ((area, zoom), &e) in areas.iter().zip(zooms.iter()).zip(panels.iter()) {
         let r = e.rep();
+        let (tmax, zmax) = (tmax(e.san), zmax(e.san));
         let ram = e.ram as f64;
         let meta = mib(r.r("metadata_init_bytes"));
+        let status = if e.completed() {
+            format!("workload {:.1} s", e.time_ns() as f64 / 1e9)
+        } else {
+            format!("DID NOT COMPLETE ({})", r.failure.chars().take(60).collect::<String>())
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(
                 format!(
-                    "{} at {} MiB: metadata at init {:.1} MiB, on-demand peak {:.2} MiB, workload {:.1} s",
+                    "{} {} at {} MiB: metadata at init {:.1} MiB, on-demand peak {:.2} MiB, {}",
+                    e.san.name().to_ascii_uppercase(),
                     e.mode,
                     e.ram,
                     meta,
                     mib(r.r("ondemand_peak_bytes")),
-                    e.time_ns() as f64 / 1e9
+                    status
                 ),
                 ("sans-serif", 16),
             )
@@ -364,13 +452,17 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
             r.samples.iter().filter_map(|s| Some((s.u64("t_ns")? as f64 / 1e9, f(s)))).collect()
         };
         let get = |s: &Fields, k: &str| mib(s.u64(k).unwrap_or(0));
+        let od_name = match e.san {
+            San::Kasan => "on-demand shadow",
+            San::Kmsan => "on-demand shadow+origins",
+        };
         type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
         let series: Vec<Series> = vec![
             ("free", RGBColor(60, 160, 60), pts(&|s| get(s, "free"))),
             ("page cache", RGBColor(70, 110, 200), pts(&|s| get(s, "pagecache"))),
             ("slab+stacks+globals+vmalloc", RGBColor(230, 140, 20), pts(&|s| get(s, "tracked"))),
             ("anon (compiler heap)", RGBColor(150, 90, 170), pts(&|s| get(s, "anon"))),
-            ("on-demand shadow", RGBColor(220, 30, 30), pts(&|s| get(s, "ondemand"))),
+            (od_name, RGBColor(220, 30, 30), pts(&|s| get(s, "ondemand"))),
             ("metadata at init", RGBColor(0, 0, 0), vec![(0.0, meta), (tmax, meta)]),
         ];
         for (name, color, data) in series {
@@ -382,7 +474,7 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
         }
         // Zoom: sanitizer memory over time.
         let mut z = ChartBuilder::on(zoom)
-            .caption(format!("{}: sanitizer memory (MiB)", e.mode), ("sans-serif", 16))
+            .caption(format!("{} {}: sanitizer memory (MiB)", e.san.name().to_ascii_uppercase(), e.mode), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(45)
@@ -398,7 +490,7 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
         z.draw_series(LineSeries::new(od, red.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label("on-demand shadow")
+            .label(od_name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2)));
         z.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -420,17 +512,86 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry]) -> Result<(), String> {
     Ok(())
 }
 
+/// The smallest RAM per (sanitizer, mode): probe below the smallest size it
+/// completes at (56, 48, .. MiB until a failure), then bisect down to 2 MiB
+/// between the last success and the first failure. Up to `--parallel`
+/// (sanitizer, mode) pairs at once.
+fn probe_all(cfg: &Cfg, elfs: &BTreeMap<San, PathBuf>, dir: &Path, runs: &[Run], t0: Instant) -> Vec<Run> {
+    let smallest = *cfg.sizes.iter().min().unwrap_or(&64);
+    let probe_one = |san: San, m: &str| -> Vec<Run> {
+        let mut out = Vec::new();
+        let try_size = |ram: u32, out: &mut Vec<Run>| -> bool {
+            let r = run_one(cfg, san, &elfs[&san], dir, m, ram, 0);
+            log_line(t0, "probe ", &r);
+            let ok = r.completed();
+            out.push(r);
+            ok
+        };
+        let mut pass = smallest;
+        let mut fail = None;
+        for ram in [56u32, 48, 40, 32, 24, 16].into_iter().filter(|&x| x < smallest) {
+            if try_size(ram, &mut out) {
+                pass = ram;
+            } else {
+                fail = Some(ram);
+                break;
+            }
+        }
+        if let Some(mut f) = fail {
+            while pass - f > 2 {
+                let mid = (f + (pass - f) / 2) & !1;
+                if try_size(mid, &mut out) {
+                    pass = mid;
+                } else {
+                    f = mid;
+                }
+            }
+        }
+        out
+    };
+    let eligible: Vec<(San, String)> = cfg
+        .sanitizers
+        .iter()
+        .flat_map(|&san| cfg.modes.iter().map(move |m| (san, m.clone())))
+        .filter(|(san, m)| {
+            let at: Vec<&Run> = runs.iter().filter(|r| r.san == *san && &r.mode == m && r.ram == smallest).collect();
+            !at.is_empty() && at.iter().all(|r| r.completed())
+        })
+        .collect();
+    let queue = Mutex::new(eligible.into_iter().rev().collect::<Vec<_>>());
+    let out = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..cfg.parallel {
+            s.spawn(|| loop {
+                let Some((san, m)) = queue.lock().unwrap().pop() else { break };
+                let v = probe_one(san, &m);
+                out.lock().unwrap().push(((san, m), v));
+            });
+        }
+    });
+    let mut v = out.into_inner().unwrap();
+    let mode_idx = |m: &str| cfg.modes.iter().position(|x| x == m).unwrap_or(9);
+    v.sort_by_key(|((san, m), _)| (*san, mode_idx(m)));
+    v.into_iter().flat_map(|(_, r)| r).collect()
+}
+
 fn main() {
     let cfg = parse_cfg();
     let dir = cfg.out.as_ref().map(|o| root().join(o)).unwrap_or_else(|| root().join("target/guest-bench"));
     std::fs::create_dir_all(dir.join("logs")).expect("create the output directory");
     let t0 = Instant::now();
-    let elf = build_guest("release", &root().join("target/guest-bench/build")).unwrap_or_else(|e| {
-        eprintln!("guest_memory: {e}");
-        std::process::exit(1)
-    });
+    let mut elfs: BTreeMap<San, PathBuf> = BTreeMap::new();
+    for &san in &cfg.sanitizers {
+        let elf = build_guest_san(san, san.release_profile(), &build_dir(san)).unwrap_or_else(|e| {
+            eprintln!("guest_memory: {} kernel: {e}", san.name());
+            std::process::exit(1)
+        });
+        elfs.insert(san, elf);
+    }
+    let san_names: Vec<&str> = cfg.sanitizers.iter().map(|s| s.name()).collect();
     eprintln!(
-        "guest_memory: {} modes x {:?} MiB x {} run(s), units={} jobs={} seed={}, {} QEMU at once",
+        "guest_memory: {} x {} modes x {:?} MiB x {} run(s), units={} jobs={} seed={}, {} QEMU at once",
+        san_names.join("+"),
         cfg.modes.len(),
         cfg.sizes,
         cfg.runs,
@@ -439,267 +600,394 @@ fn main() {
         cfg.seed,
         cfg.parallel
     );
-    // Interleave modes so that drift in the host's speed hits all alike.
+    // Interleave sanitizers and modes so that drift in the host's speed hits all alike.
     let mut jobs = Vec::new();
     for rep in 0..cfg.runs {
         for &ram in &cfg.sizes {
-            for m in &cfg.modes {
-                jobs.push((m.clone(), ram, rep));
+            for &san in &cfg.sanitizers {
+                for m in &cfg.modes {
+                    jobs.push((san, m.clone(), ram, rep));
+                }
             }
         }
     }
-    let mut runs = run_all(&cfg, &elf, &dir, jobs);
+    let mut runs = run_all(&cfg, &elfs, &dir, jobs, t0);
 
-    // The smallest RAM per mode: probe below the smallest size it completes
-    // at (56, 48, .. MiB until a failure), then bisect down to 2 MiB between
-    // the last success and the first failure. Modes in parallel when --parallel > 1.
-    let mut probe_sizes = Vec::new();
+    let mut probe_sizes: Vec<(San, String, u32)> = Vec::new();
     if cfg.probe {
-        let smallest = *cfg.sizes.iter().min().unwrap_or(&64);
-        let probe_mode = |m: &String| -> Vec<Run> {
-            let mut out = Vec::new();
-            let try_size = |ram: u32, out: &mut Vec<Run>| -> bool {
-                let r = run_one(&cfg, &elf, &dir, m, ram, 0);
-                eprintln!(
-                    "probe {:>6} {:>3} MiB: exit {} {}{}",
-                    m,
-                    ram,
-                    r.exit,
-                    if r.completed() { "ok" } else { "FAIL" },
-                    if r.failure.is_empty() { String::new() } else { format!(" ({})", r.failure) }
-                );
-                let ok = r.completed();
-                out.push(r);
-                ok
-            };
-            let mut pass = smallest;
-            let mut fail = None;
-            for ram in [56u32, 48, 40, 32, 24, 16].into_iter().filter(|&x| x < smallest) {
-                if try_size(ram, &mut out) {
-                    pass = ram;
-                } else {
-                    fail = Some(ram);
-                    break;
-                }
-            }
-            if let Some(mut f) = fail {
-                while pass - f > 2 {
-                    let mid = (f + (pass - f) / 2) & !1;
-                    if try_size(mid, &mut out) {
-                        pass = mid;
-                    } else {
-                        f = mid;
-                    }
-                }
-            }
-            out
-        };
-        let eligible: Vec<&String> = cfg
-            .modes
-            .iter()
-            .filter(|m| runs.iter().filter(|r| &r.mode == *m && r.ram == smallest).all(|r| r.completed()))
-            .collect();
-        let probed: Vec<Run> = if cfg.parallel > 1 {
-            std::thread::scope(|s| {
-                let hs: Vec<_> = eligible.iter().map(|m| s.spawn(|| probe_mode(m))).collect();
-                hs.into_iter().flat_map(|h| h.join().expect("probe thread")).collect()
-            })
-        } else {
-            eligible.iter().flat_map(|m| probe_mode(m)).collect()
-        };
-        for r in probed {
-            probe_sizes.push((r.mode.clone(), r.ram));
+        for r in probe_all(&cfg, &elfs, &dir, &runs, t0) {
+            probe_sizes.push((r.san, r.mode.clone(), r.ram));
             runs.push(r);
         }
     }
 
-    // Group into entries.
-    let mut keys: Vec<(String, u32)> = Vec::new();
+    // Group into entries: by size, then sanitizer, then mode.
+    let mut keys: Vec<(San, String, u32)> = Vec::new();
     for r in &runs {
-        if !keys.contains(&(r.mode.clone(), r.ram)) {
-            keys.push((r.mode.clone(), r.ram));
+        let k = (r.san, r.mode.clone(), r.ram);
+        if !keys.contains(&k) {
+            keys.push(k);
         }
     }
     let mode_idx = |m: &str| cfg.modes.iter().position(|x| x == m).unwrap_or(9);
-    keys.sort_by_key(|(m, ram)| (*ram, mode_idx(m)));
+    let san_idx = |s: San| cfg.sanitizers.iter().position(|&x| x == s).unwrap_or(9);
+    keys.sort_by_key(|(san, m, ram)| (*ram, san_idx(*san), mode_idx(m)));
     let entries: Vec<Entry> = keys
         .iter()
-        .map(|(m, ram)| Entry {
+        .map(|(san, m, ram)| Entry {
+            san: *san,
             mode: m.clone(),
             ram: *ram,
-            probe: probe_sizes.contains(&(m.clone(), *ram)),
-            runs: runs.iter().filter(|r| &r.mode == m && r.ram == *ram).collect(),
+            probe: probe_sizes.contains(&(*san, m.clone(), *ram)),
+            runs: runs.iter().filter(|r| r.san == *san && &r.mode == m && r.ram == *ram).collect(),
         })
         .collect();
-    let find = |m: &str, ram: u32| entries.iter().find(|e| e.mode == m && e.ram == ram);
+    let find = |san: San, m: &str, ram: u32| entries.iter().find(|e| e.san == san && e.mode == m && e.ram == ram);
 
     write_json(&dir.join("results.json"), &cfg, &entries);
     let svg = dir.join("memory.svg");
-    if let Err(e) = plot(&svg, &cfg, &entries) {
-        eprintln!("guest_memory: plot failed: {e}");
+    let plot_ram = plot_size(&cfg, &entries);
+    match plot_ram {
+        Some(ram) => {
+            if let Err(e) = plot(&svg, &cfg, &entries, ram) {
+                eprintln!("guest_memory: plot failed: {e}");
+            }
+        }
+        None => eprintln!("guest_memory: nothing to plot"),
     }
 
     // ---- tables --------------------------------------------------------------
+    let sec = |ns: u64| if ns > 0 { format!("{:.2}", ns as f64 / 1e9) } else { "-".to_string() };
+    let ratio = |a: u64, b: u64| if a > 0 && b > 0 { format!("{:.3}", a as f64 / b as f64) } else { "-".into() };
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Workload: units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG{}, release guest{}.\n",
+        "Workload: units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG{}, optimized guests ({}){}.\n",
         cfg.units,
         cfg.jobs,
         cfg.seed,
         cfg.runs,
         if cfg.icount { " with -icount shift=0 (times = guest instructions x 1 ns)" } else { " (times = wall clock from the TSC, affected by host load)" },
+        cfg.sanitizers
+            .iter()
+            .map(|s| format!("{}: profile {}", s.name().to_ascii_uppercase(), s.release_profile()))
+            .collect::<Vec<_>>()
+            .join("; "),
         if cfg.append.is_empty() { String::new() } else { format!(", extra cmdline `{}`", cfg.append) }
     );
-    let _ = writeln!(t, "| RAM MiB | mode | completes | metadata at init MiB | usable MiB | on-demand peak MiB | on-demand end MiB | lowest free MiB | workload s (median) | slow-path checks | reports | slab allocs |");
-    let _ = writeln!(t, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+
+    // Both sanitizers side by side, one row per (size, sanitizer).
+    let _ = writeln!(t, "Per sanitizer and size (MemTotal = RAM the page allocator has when the workload starts; net available = hybrid MemTotal - hybrid on-demand peak; **no** = did not complete, see the per-run table):\n");
+    let _ = writeln!(t, "| RAM MiB | sanitizer | completes off / full / hybrid | MemTotal off / full / hybrid MiB | hybrid metadata at init MiB | hybrid on-demand peak MiB | tracked peak MiB | on-demand / tracked peak | net available hybrid MiB | net / RAM | time off / full / hybrid (s) | hybrid/full | hybrid slow-path checks |");
+    let _ = writeln!(t, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for &ram in &cfg.sizes {
+        for &san in &cfg.sanitizers {
+            let three = |f: &dyn Fn(&Entry) -> String| -> String {
+                ["off", "full", "hybrid"].iter().map(|m| find(san, m, ram).map(f).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" / ")
+            };
+            if ["off", "full", "hybrid"].iter().all(|m| find(san, m, ram).is_none()) {
+                continue;
+            }
+            let completes = three(&|e| if e.completed() { "yes".into() } else { "**no**".into() });
+            let memtotal = three(&|e| match e.rep().get("usable_bytes") {
+                Some(b) => format!("{:.0}", mib(b)),
+                None => "?".into(),
+            });
+            let times = three(&|e| sec(e.time_ns()));
+            let (full, hyb) = (find(san, "full", ram), find(san, "hybrid", ram));
+            let (meta, od, tracked, odratio, net, netpct, checks) = match hyb {
+                Some(h) => {
+                    let hr = h.rep();
+                    let tracked = hr.r("tracked_peak_bytes");
+                    let od = hr.r("ondemand_peak_bytes");
+                    let ok = h.completed();
+                    // KASAN: 1 shadow byte per 8 (ideal 1.0 x tracked/8); KMSAN: 1:1 shadow + 1:1 origins (ideal 2.0 x tracked).
+                    let odratio = if !ok || tracked == 0 {
+                        "-".to_string()
+                    } else {
+                        match san {
+                            San::Kasan => format!("{:.2} x tracked/8", od as f64 / (tracked as f64 / 8.0)),
+                            San::Kmsan => format!("{:.2} x tracked", od as f64 / tracked as f64),
+                        }
+                    };
+                    let net = hr.r("usable_bytes").saturating_sub(od);
+                    (
+                        format!("{:.2}", mib(hr.r("metadata_init_bytes"))),
+                        if ok { format!("{:.2}", mib(od)) } else { "-".into() },
+                        if ok { format!("{:.2}", mib(tracked)) } else { "-".into() },
+                        odratio,
+                        if ok { format!("{:.0}", mib(net)) } else { "-".into() },
+                        if ok { format!("{:.1}%", 100.0 * net as f64 / (ram as f64 * MIB)) } else { "-".into() },
+                        if ok { hr.r("slowpath_checks").to_string() } else { "-".into() },
+                    )
+                }
+                None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ram,
+                san.name(),
+                completes,
+                memtotal,
+                meta,
+                od,
+                tracked,
+                odratio,
+                net,
+                netpct,
+                times,
+                ratio(hyb.map(|e| e.time_ns()).unwrap_or(0), full.map(|e| e.time_ns()).unwrap_or(0)),
+                checks
+            );
+        }
+    }
+    let _ = writeln!(t, "\non-demand / tracked peak: KASAN's shadow is 1 byte per 8 data bytes, so its on-demand peak is given in units of tracked/8 (1.00 = exactly the shadow of the tracked memory); KMSAN's metadata is 1:1 shadow + 1:1 origins, so its on-demand peak is given in units of the tracked peak itself (2.00 = exactly the shadow and origins of the tracked memory). Tracked = slab+stacks+globals+vmalloc.\n");
+
+    let _ = writeln!(t, "Per run configuration:\n");
+    let _ = writeln!(t, "| RAM MiB | sanitizer | mode | completes | metadata at init MiB | usable MiB | on-demand peak MiB | on-demand end MiB | lowest free MiB | workload s (median) | slow-path checks | reports | slab allocs |");
+    let _ = writeln!(t, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for e in &entries {
         let r = e.rep();
         let _ = writeln!(
             t,
-            "| {}{} | {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
             e.ram,
             if e.probe { " (probe)" } else { "" },
+            e.san.name(),
             e.mode,
-            if e.completed() { "yes".to_string() } else { format!("no: {}", r.failure.replace('|', "/")) },
+            if e.completed() {
+                "yes".to_string()
+            } else {
+                format!(
+                    "**no** (exit {}): {} (log {})",
+                    r.exit,
+                    r.failure.replace('|', "/"),
+                    r.log.strip_prefix(&dir).unwrap_or(&r.log).display()
+                )
+            },
             mib(r.r("metadata_init_bytes")),
             mib(r.r("usable_bytes")),
             mib(r.r("ondemand_peak_bytes")),
             mib(r.r("ondemand_end_bytes")),
             mib(r.r("min_free_bytes")),
-            if e.time_ns() > 0 { format!("{:.2}", e.time_ns() as f64 / 1e9) } else { "-".into() },
+            sec(e.time_ns()),
             r.r("slowpath_checks"),
             r.r("reports") as usize + r.reports_in_log,
             r.r("slab_allocs")
         );
     }
-    let _ = writeln!(t, "\nIn the 2017 per-page-shadow proposal's terms (MemTotal = RAM the page allocator has after init; net available = MemTotal - on-demand shadow at peak):\n");
-    let _ = writeln!(t, "| RAM MiB | MemTotal full | MemTotal hybrid | on-demand at runtime (hybrid peak) | net available hybrid | net available / RAM | 2017 proposal (full / per-page / on-demand / net) |");
-    let _ = writeln!(t, "|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(t, "\nIn the 2017 per-page-shadow proposal's terms (MemTotal = RAM the page allocator has after init; net available = MemTotal - on-demand shadow at peak; the proposal's figures are for KASAN):\n");
+    let _ = writeln!(t, "| RAM MiB | sanitizer | MemTotal full | MemTotal hybrid | on-demand at runtime (hybrid peak) | net available hybrid | net available / RAM | 2017 proposal (full / per-page / on-demand / net) |");
+    let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---|");
     for &ram in &cfg.sizes {
-        let (Some(f), Some(h)) = (find("full", ram), find("hybrid", ram)) else { continue };
-        let (fr, hr) = (f.rep(), h.rep());
-        let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes"));
-        let anchor = match ram {
-            1024 => "858 / 987 / 30 / 957 MiB (kernel build)",
-            4096 => "3477 / 4000 / 50 / 3950 MiB",
-            _ => "",
-        };
-        let _ = writeln!(
-            t,
-            "| {} | {:.0} MiB | {:.0} MiB | {:.1} MiB | {:.0} MiB | {:.1}% | {} |",
-            ram,
-            mib(fr.r("usable_bytes")),
-            mib(hr.r("usable_bytes")),
-            mib(hr.r("ondemand_peak_bytes")),
-            mib(net),
-            100.0 * net as f64 / (ram as f64 * MIB),
-            anchor
-        );
+        for &san in &cfg.sanitizers {
+            let (Some(f), Some(h)) = (find(san, "full", ram), find(san, "hybrid", ram)) else { continue };
+            let (fr, hr) = (f.rep(), h.rep());
+            let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes"));
+            let anchor = match (san, ram) {
+                (San::Kasan, 1024) => "858 / 987 / 30 / 957 MiB (kernel build)",
+                (San::Kasan, 4096) => "3477 / 4000 / 50 / 3950 MiB",
+                _ => "",
+            };
+            let mark = |e: &Entry| if e.completed() { "" } else { " (**no**: did not complete)" };
+            // A hybrid run that did not complete has no on-demand peak to subtract.
+            let (od, net, netpct) = if h.completed() {
+                (format!("{:.1} MiB", mib(hr.r("ondemand_peak_bytes"))), format!("{:.0} MiB", mib(net)), format!("{:.1}%", 100.0 * net as f64 / (ram as f64 * MIB)))
+            } else {
+                ("-".into(), "-".into(), "-".into())
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} MiB{} | {:.0} MiB{} | {} | {} | {} | {} |",
+                ram,
+                san.name(),
+                mib(fr.r("usable_bytes")),
+                mark(f),
+                mib(hr.r("usable_bytes")),
+                mark(h),
+                od,
+                net,
+                netpct,
+                anchor
+            );
+        }
     }
-    let _ = writeln!(t, "\nWorkload time, medians of {} run(s) (s), and ratios:\n", cfg.runs);
-    let _ = writeln!(t, "| RAM MiB | off | full | hybrid | hybrid/full | hybrid/off | full/off | hybrid slow-path checks |");
-    let _ = writeln!(t, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "\nWorkload time, medians of {} run(s) (s), and ratios (- = did not complete):\n", cfg.runs);
+    let _ = writeln!(t, "| RAM MiB | sanitizer | off | full | hybrid | hybrid/full | hybrid/off | full/off | hybrid slow-path checks |");
+    let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for &ram in &cfg.sizes {
-        let tm = |m: &str| find(m, ram).map(|e| e.time_ns()).unwrap_or(0) as f64 / 1e9;
-        let ratio = |a: f64, b: f64| if a > 0.0 && b > 0.0 { format!("{:.3}", a / b) } else { "-".into() };
-        let (o, f, h) = (tm("off"), tm("full"), tm("hybrid"));
-        let _ = writeln!(
-            t,
-            "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
-            ram,
-            o,
-            f,
-            h,
-            ratio(h, f),
-            ratio(h, o),
-            ratio(f, o),
-            find("hybrid", ram).map(|e| e.rep().r("slowpath_checks")).unwrap_or(0)
-        );
+        for &san in &cfg.sanitizers {
+            if ["off", "full", "hybrid"].iter().all(|m| find(san, m, ram).is_none()) {
+                continue;
+            }
+            let tm = |m: &str| find(san, m, ram).map(|e| e.time_ns()).unwrap_or(0);
+            let (o, f, h) = (tm("off"), tm("full"), tm("hybrid"));
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ram,
+                san.name(),
+                sec(o),
+                sec(f),
+                sec(h),
+                ratio(h, f),
+                ratio(h, o),
+                ratio(f, o),
+                find(san, "hybrid", ram).filter(|e| e.completed()).map(|e| e.rep().r("slowpath_checks").to_string()).unwrap_or_else(|| "-".into())
+            );
+        }
     }
-    let _ = writeln!(t, "\nSmallest RAM at which the workload completes:\n");
-    for m in &cfg.modes {
-        let smallest = entries.iter().filter(|e| &e.mode == m && e.completed()).map(|e| e.ram).min();
-        let largest_fail = entries.iter().filter(|e| &e.mode == m && !e.completed()).map(|e| e.ram).filter(|&r| Some(r) < smallest.or(Some(u32::MAX))).max();
-        let _ = writeln!(
-            t,
-            "- {}: {}{}",
-            m,
-            smallest.map(|s| format!("{s} MiB")).unwrap_or("none of the sizes".into()),
-            largest_fail.map(|f| format!(" (fails at {f} MiB)")).unwrap_or_default()
-        );
+    let _ = writeln!(
+        t,
+        "\nSmallest RAM at which the workload completes{}:\n",
+        if cfg.probe { "" } else { " (among the sizes run; no probing)" }
+    );
+    for &san in &cfg.sanitizers {
+        for m in &cfg.modes {
+            let mine = || entries.iter().filter(|e| e.san == san && &e.mode == m);
+            let smallest = mine().filter(|e| e.completed()).map(|e| e.ram).min();
+            let largest_fail = mine().filter(|e| !e.completed()).map(|e| e.ram).filter(|&r| Some(r) < smallest.or(Some(u32::MAX))).max();
+            let _ = writeln!(
+                t,
+                "- {} {}: {}{}",
+                san.name(),
+                m,
+                smallest.map(|s| format!("{s} MiB")).unwrap_or("none of the sizes".into()),
+                largest_fail.map(|f| format!(" (fails at {f} MiB)")).unwrap_or_default()
+            );
+        }
     }
 
     // ---- targets ----------------------------------------------------------------
-    let _ = writeln!(t, "\nDESIGN / issue 4 targets (1024 MiB unless said):\n");
     let tr = 1024;
-    let mut target = |ok: Option<bool>, text: String| {
-        let _ = writeln!(t, "- [{}] {}", match ok { Some(true) => "met", Some(false) => "NOT met", None => "not measured" }, text);
-    };
-    match (find("hybrid", tr), find("full", tr)) {
-        (Some(h), f) => {
-            let hr = h.rep();
-            let ram = tr as f64 * MIB;
-            let meta = hr.r("metadata_init_bytes") as f64;
-            target(
-                Some(meta <= 0.001 * ram),
-                format!(
-                    "hybrid metadata at init <= 0.1% of RAM: {:.3}% ({:.2} MiB){}",
-                    100.0 * meta / ram,
-                    meta / MIB,
-                    f.map(|f| format!("; full {:.2}%", 100.0 * f.rep().r("metadata_init_bytes") as f64 / ram)).unwrap_or_default()
-                ),
-            );
-            let tracked = hr.r("tracked_peak_bytes") as f64;
-            let od = hr.r("ondemand_peak_bytes") as f64;
-            target(
-                Some(tracked > 0.0 && od <= 1.15 * tracked / 8.0),
-                format!(
-                    "hybrid on-demand peak <= 1.15 x (slab+stacks+globals+vmalloc peak)/8: {:.2} MiB vs {:.2} MiB (tracked peak {:.2} MiB; ratio {:.2} x tracked/8)",
-                    od / MIB,
-                    1.15 * tracked / 8.0 / MIB,
-                    tracked / MIB,
-                    if tracked > 0.0 { od / (tracked / 8.0) } else { 0.0 }
-                ),
-            );
-            let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes")) as f64;
-            target(Some(net >= 0.97 * ram), format!("net available (usable - on-demand peak) >= 97% of RAM: {:.2}% ({:.0} MiB)", 100.0 * net / ram, net / MIB));
-            match f {
-                Some(f) if f.time_ns() > 0 && h.time_ns() > 0 => {
-                    let ratio = h.time_ns() as f64 / f.time_ns() as f64;
-                    target(
-                        Some(ratio <= 1.03),
-                        format!(
-                            "workload time hybrid/full <= 1.03: {:.3} (medians {:.2} s / {:.2} s of {} run(s); hybrid slow-path checks {})",
-                            ratio,
-                            h.time_ns() as f64 / 1e9,
-                            f.time_ns() as f64 / 1e9,
-                            cfg.runs,
-                            hr.r("slowpath_checks")
-                        ),
-                    );
+    if cfg.sanitizers.contains(&San::Kasan) {
+        let _ = writeln!(t, "\nDESIGN / issue 4 targets, KASAN kernel (1024 MiB unless said):\n");
+        let mut target = |ok: Option<bool>, text: String| {
+            let _ = writeln!(t, "- [{}] {}", match ok { Some(true) => "met", Some(false) => "NOT met", None => "not measured" }, text);
+        };
+        match (find(San::Kasan, "hybrid", tr), find(San::Kasan, "full", tr)) {
+            (Some(h), f) => {
+                let hr = h.rep();
+                let ram = tr as f64 * MIB;
+                let meta = hr.r("metadata_init_bytes") as f64;
+                target(
+                    Some(meta <= 0.001 * ram),
+                    format!(
+                        "hybrid metadata at init <= 0.1% of RAM: {:.3}% ({:.2} MiB){}",
+                        100.0 * meta / ram,
+                        meta / MIB,
+                        f.map(|f| format!("; full {:.2}%", 100.0 * f.rep().r("metadata_init_bytes") as f64 / ram)).unwrap_or_default()
+                    ),
+                );
+                let tracked = hr.r("tracked_peak_bytes") as f64;
+                let od = hr.r("ondemand_peak_bytes") as f64;
+                target(
+                    Some(tracked > 0.0 && od <= 1.15 * tracked / 8.0),
+                    format!(
+                        "hybrid on-demand peak <= 1.15 x (slab+stacks+globals+vmalloc peak)/8: {:.2} MiB vs {:.2} MiB (tracked peak {:.2} MiB; ratio {:.2} x tracked/8)",
+                        od / MIB,
+                        1.15 * tracked / 8.0 / MIB,
+                        tracked / MIB,
+                        if tracked > 0.0 { od / (tracked / 8.0) } else { 0.0 }
+                    ),
+                );
+                let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes")) as f64;
+                target(Some(net >= 0.97 * ram), format!("net available (usable - on-demand peak) >= 97% of RAM: {:.2}% ({:.0} MiB)", 100.0 * net / ram, net / MIB));
+                match f {
+                    Some(f) if f.time_ns() > 0 && h.time_ns() > 0 => {
+                        let ratio = h.time_ns() as f64 / f.time_ns() as f64;
+                        target(
+                            Some(ratio <= 1.03),
+                            format!(
+                                "workload time hybrid/full <= 1.03: {:.3} (medians {:.2} s / {:.2} s of {} run(s); hybrid slow-path checks {})",
+                                ratio,
+                                h.time_ns() as f64 / 1e9,
+                                f.time_ns() as f64 / 1e9,
+                                cfg.runs,
+                                hr.r("slowpath_checks")
+                            ),
+                        );
+                    }
+                    _ => target(None, "workload time hybrid/full <= 1.03 (needs completed full and hybrid runs at 1024 MiB)".into()),
                 }
-                _ => target(None, "workload time hybrid/full <= 1.03 (needs completed full and hybrid runs at 1024 MiB)".into()),
+            }
+            _ => target(None, "1024 MiB targets (no hybrid run at 1024 MiB)".into()),
+        }
+        match find(San::Kasan, "hybrid", 64) {
+            Some(h) => target(
+                Some(h.completed() && h.rep().r("reports") == 0),
+                format!(
+                    "at 64 MiB the workload completes in hybrid with no report: {}",
+                    if h.completed() { "completed, 0 reports".to_string() } else { format!("did not complete ({})", h.rep().failure) }
+                ),
+            ),
+            None => target(None, "64 MiB hybrid (not run)".into()),
+        }
+    }
+    // KMSAN has no DESIGN targets: the same figures, at the largest size run.
+    if cfg.sanitizers.contains(&San::Kmsan) {
+        if let Some(ram) = cfg.sizes.iter().copied().filter(|&r| find(San::Kmsan, "hybrid", r).is_some()).max() {
+            let _ = writeln!(t, "\nKMSAN kernel at {ram} MiB (no DESIGN targets; metadata = 1:1 shadow + 1:1 origins):\n");
+            let h = find(San::Kmsan, "hybrid", ram).expect("hybrid entry");
+            let f = find(San::Kmsan, "full", ram);
+            let hr = h.rep();
+            let ramb = ram as f64 * MIB;
+            let _ = writeln!(
+                t,
+                "- hybrid metadata at init: {:.3}% of RAM ({:.2} MiB){}",
+                100.0 * hr.r("metadata_init_bytes") as f64 / ramb,
+                mib(hr.r("metadata_init_bytes")),
+                f.map(|f| format!(
+                    "; full {:.2}% ({:.0} MiB), leaving full {:.0} MiB usable ({:.1}% of RAM{})",
+                    100.0 * f.rep().r("metadata_init_bytes") as f64 / ramb,
+                    mib(f.rep().r("metadata_init_bytes")),
+                    mib(f.rep().r("usable_bytes")),
+                    100.0 * f.rep().r("usable_bytes") as f64 / ramb,
+                    if f.completed() { "" } else { "; full did not complete" }
+                ))
+                .unwrap_or_default()
+            );
+            if h.completed() {
+                let tracked = hr.r("tracked_peak_bytes") as f64;
+                let od = hr.r("ondemand_peak_bytes") as f64;
+                let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes")) as f64;
+                let _ = writeln!(
+                    t,
+                    "- hybrid on-demand peak: {:.2} MiB for a tracked peak of {:.2} MiB ({:.2} x tracked; 2.00 = shadow + origins of exactly the tracked memory)",
+                    od / MIB,
+                    tracked / MIB,
+                    if tracked > 0.0 { od / tracked } else { 0.0 }
+                );
+                let _ = writeln!(t, "- net available (usable - on-demand peak): {:.2}% of RAM ({:.0} MiB)", 100.0 * net / ramb, net / MIB);
+                let _ = writeln!(
+                    t,
+                    "- workload time hybrid/full: {} ({} s / {} s; hybrid slow-path checks {})",
+                    ratio(h.time_ns(), f.map(|f| f.time_ns()).unwrap_or(0)),
+                    sec(h.time_ns()),
+                    sec(f.map(|f| f.time_ns()).unwrap_or(0)),
+                    hr.r("slowpath_checks")
+                );
+            } else {
+                let _ = writeln!(t, "- hybrid did not complete: {} (log {})", hr.failure, hr.log.display());
             }
         }
-        _ => target(None, "1024 MiB targets (no hybrid run at 1024 MiB)".into()),
     }
-    match find("hybrid", 64) {
-        Some(h) => target(
-            Some(h.completed() && h.rep().r("reports") == 0),
-            format!(
-                "at 64 MiB the workload completes in hybrid with no report: {}",
-                if h.completed() { "completed, 0 reports".to_string() } else { format!("did not complete ({})", h.rep().failure) }
-            ),
-        ),
-        None => target(None, "64 MiB hybrid (not run)".into()),
-    }
-    let _ = writeln!(t, "\nPlot: {}/memory.svg (samples at {} MiB); data: results.json; logs: logs/.", dir.display(), cfg.plot_ram);
+    let _ = writeln!(
+        t,
+        "\nPlot: {}/memory.svg ({}); data: results.json; logs: logs/<sanitizer>-<mode>-<ram>-<run>.log.",
+        dir.display(),
+        match plot_ram {
+            Some(r) if r == cfg.plot_ram => format!("samples at {r} MiB"),
+            Some(r) => format!("samples at {r} MiB, the size run nearest to --plot-ram {}", cfg.plot_ram),
+            None => "no runs to plot".into(),
+        }
+    );
     let _ = writeln!(t, "Total benchmark time: {:.0} s.", t0.elapsed().as_secs_f64());
     print!("{t}");
     std::fs::write(dir.join("table.md"), &t).expect("write table.md");
 
-    // Mode-independent result: every completed run built the same image.
+    // Mode- and sanitizer-independent result: every completed run built the same image.
     let sums: BTreeMap<&str, usize> = runs
         .iter()
         .filter(|r| r.completed())
@@ -710,5 +998,26 @@ fn main() {
         });
     if sums.len() > 1 {
         eprintln!("guest_memory: WARNING: completed runs disagree on the build checksum: {sums:?}");
+    }
+    // Problems worth a look: sanitizer reports or broken invariants in any
+    // run, or a kernel that says it ran another sanitizer or mode.
+    for r in &runs {
+        for (k, want) in [("sanitizer", r.san.name()), ("mode", r.mode.as_str())] {
+            if let Some(got) = r.result.as_ref().and_then(|x| x.get(k)).filter(|&got| got != want) {
+                eprintln!("guest_memory: WARNING: {} {} {} MiB: wl-result says {k}={got}: {}", r.san.name(), r.mode, r.ram, r.log.display());
+            }
+        }
+        let inv = r.result.as_ref().and_then(|x| x.get("invariants"));
+        if r.reports_in_log > 0 || r.r("reports") > 0 || inv == Some("bad") {
+            eprintln!(
+                "guest_memory: WARNING: {} {} {} MiB: {} report(s) in the log, invariants={}: {}",
+                r.san.name(),
+                r.mode,
+                r.ram,
+                r.reports_in_log,
+                inv.unwrap_or("?"),
+                r.log.display()
+            );
+        }
     }
 }

@@ -85,6 +85,7 @@ fn check_suite(mode: &str) -> Vec<String> {
     let ctx = || format!("mode {mode}, log {}:\n{}", b.path.display(), guest::excerpt(log));
     assert_eq!(b.code, 33, "the suite failed (exit {}) in {}", b.code, ctx());
     assert!(log.contains(&format!("kmsan-suite: done mode={mode} cases={} failed_checks=0", KMSAN_CASES.len())), "{}", ctx());
+    let blank = regex::Regex::new(r"[0-9a-f]{16}").unwrap();
     let mut all = vec![];
     let mut errors = vec![];
     let mut counted = 0;
@@ -111,7 +112,6 @@ fn check_suite(mode: &str) -> Vec<String> {
                 errors.push(m);
             }
         }
-        let blank = regex::Regex::new(r"[0-9a-f]{16}").unwrap();
         all.extend(reports.iter().map(|r| blank.replace_all(r, "ADDR").into_owned()));
     }
     let total = syzkaller::kmsan_reports(log).len();

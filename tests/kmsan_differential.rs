@@ -387,3 +387,122 @@ fn kmsan_differential_fixed_seeds() {
     }
     let _: Origin = origin::make(1, 0, false);
 }
+
+/// A buggy kernel drives the public API with arbitrary addresses, sizes and
+/// orders: every call returns (an error where the input is refused), none
+/// panics, and afterwards the runtime still tracks correctly.
+#[derive(Debug, Clone)]
+enum Misuse {
+    PageAlloc(usize, u32, bool),
+    PageFree(usize, u32),
+    SlabPage(usize, u32, bool),
+    Slab(usize, usize, bool, bool),
+    Stack(usize, u32, bool),
+    Set(usize, usize, bool),
+    Copy(usize, usize, usize),
+    Check(usize, usize),
+    Store(usize, usize),
+    Load(usize, usize),
+    Chain(u32),
+    Warning(u32),
+}
+
+fn misuse_strategy() -> impl Strategy<Value = Misuse> {
+    // Addresses: near RAM's start/end, the vmalloc window, user space, wrap-around.
+    let addr = prop_oneof![
+        (0usize..RAM + PAGE).prop_map(|o| o),
+        Just(usize::MAX - 3),
+        (0usize..1 << 20).prop_map(|o| o | (1 << 63)),
+        any::<usize>(),
+    ];
+    let size = prop_oneof![0usize..64, 0usize..1 << 20, Just(usize::MAX), Just(usize::MAX / 2)];
+    prop_oneof![
+        (addr.clone(), 0u32..24, any::<bool>()).prop_map(|(a, o, z)| Misuse::PageAlloc(a, o, z)),
+        (addr.clone(), 0u32..24).prop_map(|(a, o)| Misuse::PageFree(a, o)),
+        (addr.clone(), 0u32..4, any::<bool>()).prop_map(|(a, o, f)| Misuse::SlabPage(a, o, f)),
+        (addr.clone(), size.clone(), any::<bool>(), any::<bool>()).prop_map(|(a, s, z, f)| Misuse::Slab(a, s, z, f)),
+        (addr.clone(), 0u32..4, any::<bool>()).prop_map(|(a, o, f)| Misuse::Stack(a, o, f)),
+        (addr.clone(), size.clone(), any::<bool>()).prop_map(|(a, s, p)| Misuse::Set(a, s, p)),
+        (addr.clone(), addr.clone(), size.clone()).prop_map(|(d, s, n)| Misuse::Copy(d, s, n)),
+        (addr.clone(), size.clone()).prop_map(|(a, s)| Misuse::Check(a, s)),
+        (addr.clone(), 1usize..20000).prop_map(|(a, s)| Misuse::Store(a, s)),
+        (addr, 1usize..20000).prop_map(|(a, s)| Misuse::Load(a, s)),
+        any::<u32>().prop_map(Misuse::Chain),
+        any::<u32>().prop_map(Misuse::Warning),
+    ]
+}
+
+fn apply_misuse(h: &mut KmsanHost, m: &Misuse) {
+    let rel = |h: &KmsanHost, a: usize| if a < RAM + PAGE { h.ram() + a } else { a };
+    match *m {
+        Misuse::PageAlloc(a, o, z) => {
+            let _ = h.kmsan.page_alloc(rel(h, a), o, z);
+        }
+        Misuse::PageFree(a, o) => {
+            let _ = h.kmsan.page_free(rel(h, a), o);
+        }
+        Misuse::SlabPage(a, o, free) => {
+            let a = rel(h, a);
+            let _ = if free { h.kmsan.slab_page_free(a, o) } else { h.kmsan.slab_page_alloc(a, o) };
+        }
+        Misuse::Slab(a, s, z, free) => {
+            let a = rel(h, a);
+            let _ = if free { h.kmsan.slab_free(a, s) } else { h.kmsan.slab_alloc(a, s, z) };
+        }
+        Misuse::Stack(a, o, free) => {
+            let a = rel(h, a);
+            let _ = if free { h.kmsan.stack_free(a, o) } else { h.kmsan.stack_alloc(a, o) };
+        }
+        Misuse::Set(a, s, p) => {
+            let a = rel(h, a);
+            if p {
+                h.kmsan.poison_memory(a, s)
+            } else {
+                h.kmsan.unpoison_memory(a, s)
+            }
+        }
+        Misuse::Copy(d, s, n) => {
+            let (d, s) = (rel(h, d), rel(h, s));
+            h.kmsan.copy_meta(d, s, n)
+        }
+        Misuse::Check(a, s) => {
+            let _ = h.kmsan.check_memory(rel(h, a), s, 0);
+        }
+        Misuse::Store(a, s) => {
+            let a = rel(h, a);
+            h.store(a, &vec![0xFF; s], origin::make(9, 0, false));
+            h.settle();
+        }
+        Misuse::Load(a, s) => {
+            let _ = h.load(rel(h, a), s);
+        }
+        Misuse::Chain(o) => {
+            let _ = h.kmsan.chain_origin(o);
+        }
+        Misuse::Warning(o) => {
+            let _ = h.kmsan.warning(o, 0);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn kmsan_misuse_is_refused_not_fatal(ops in proptest::collection::vec(misuse_strategy(), 1..40)) {
+        for mode in [Mode::Full, Mode::Hybrid] {
+            let mut h = KmsanHost::new(mode, RAM, VMALLOC, 64 << 10).unwrap();
+            h.plat.enter("misuse");
+            for m in &ops {
+                apply_misuse(&mut h, m);
+            }
+            h.take_log();
+            // Still tracking: a fresh page at the end of RAM behaves.
+            let last = h.ram() + RAM - PAGE;
+            if h.kmsan.page_alloc(last, 0, false).is_ok() {
+                prop_assert_eq!(h.load(last, 4).0, vec![0xFF; 4]);
+                h.store(last, &[0; 4], NO_ORIGIN);
+                prop_assert_eq!(h.load(last, 4).0, vec![0; 4]);
+            }
+        }
+    }
+}

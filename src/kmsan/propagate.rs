@@ -41,6 +41,21 @@ pub(crate) fn chunks(addr: usize, size: usize) -> impl Iterator<Item = (usize, u
 }
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// The page chunks of `[addr, addr + size)` that can have metadata (the
+    /// parts inside RAM, the image and the vmalloc window), in address
+    /// order: work on a range is bounded by those regions, whatever size a
+    /// buggy caller passes.
+    pub(crate) fn meta_chunks(&self, addr: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+        let end = addr.saturating_add(size);
+        let l = &self.layout;
+        let mut regions = [l.direct_map.data, l.image.data, l.vmalloc];
+        regions.sort_unstable_by_key(|r| r.start);
+        regions.into_iter().flat_map(move |r| {
+            let (s, e) = (addr.max(r.start), end.min(r.end));
+            chunks(s, e.saturating_sub(s))
+        })
+    }
+
     /// Make the metadata of the page holding (canonical) `c` writable;
     /// false when it has none to write (outside, no frame).
     pub(crate) fn writable_chunk(&self, inner: &mut KInner<M>, c: usize) -> bool {
@@ -60,7 +75,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return;
         }
         let fill = if poison { 0xFF } else { 0 };
-        for (a0, e0) in chunks(addr, size) {
+        for (a0, e0) in self.meta_chunks(addr, size) {
             let Some(a) = self.canon(a0) else { continue };
             let e = a + (e0 - a0);
             let place = self.place(a);
@@ -102,7 +117,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// Whether every byte of `[addr, addr + size)` is initialized.
     pub(crate) fn all_init(&self, addr: usize, size: usize) -> bool {
-        for (a0, e0) in chunks(addr, size) {
+        for (a0, e0) in self.meta_chunks(addr, size) {
             let Some(a) = self.canon(a0) else { continue };
             let e = a + (e0 - a0);
             let Some((r, p)) = self.page_of(self.place(a)) else { continue };
@@ -151,6 +166,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() || n == 0 || dst == src {
             return;
         }
+        // No copy is larger than RAM (a larger size is a caller's bug).
+        let n = n.min(self.layout.direct_map.data.len());
         let mut inner = self.inner.lock();
         if self.all_init(src, n) {
             self.set_range(&mut inner, dst, n, false, NO_ORIGIN);
@@ -158,16 +175,16 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         // Make every destination page writable first, then copy byte by
         // byte (backwards when the destination is above the source).
-        for (a, _) in chunks(dst, n) {
+        for (a, _) in self.meta_chunks(dst, n) {
             if let Some(c) = self.canon(a) {
                 self.writable_chunk(&mut inner, c);
             }
         }
         let mut cache: (Origin, Origin) = (NO_ORIGIN, NO_ORIGIN);
         let step = |i: usize, inner: &mut KInner<M>, cache: &mut (Origin, Origin)| {
-            let s = src + i;
+            let s = src.wrapping_add(i);
             let sh = self.shadow_at(s);
-            let Some(d) = self.canon(dst + i) else { return };
+            let Some(d) = self.canon(dst.wrapping_add(i)) else { return };
             let Some((r, p)) = self.page_of(self.place(d)) else { return };
             if p.backing != MetaBacking::Private {
                 return;
@@ -213,40 +230,45 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return Ok(());
         }
         let mut first = None;
+        // A run of uninitialized bytes with one origin: (start, origin).
         let mut run: Option<(usize, Origin)> = None;
-        let mut i = 0;
-        while i < size {
-            let a = addr + i;
-            // Skip wholly initialized shared pages (and memory without
-            // metadata) at once.
+        let mut next = addr;
+        // End the run (if any) before index `stop` (exclusive).
+        let end_run = |run: &mut Option<(usize, Origin)>, stop: usize, first: &mut Option<Bug>| {
+            if let Some((start, ro)) = run.take() {
+                let b = self.report_uninit(ro, ip, Some((addr, size, start, stop - 1)));
+                first.get_or_insert(b);
+            }
+        };
+        for (a, e) in self.meta_chunks(addr, size) {
+            if a != next {
+                // Memory without metadata in between: initialized.
+                end_run(&mut run, next - addr, &mut first);
+            }
+            next = e;
+            // Wholly initialized shared pages (or no metadata) at once.
             let page = self.canon(a).and_then(|c| self.page_of(self.place(c)));
-            if run.is_none() && page.is_none() {
-                i += ((a & !(PAGE_SIZE - 1)) + PAGE_SIZE - a).min(size - i);
+            if page.is_none_or(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked)) {
+                end_run(&mut run, a - addr, &mut first);
                 continue;
             }
-            if let Some((_, p)) = page {
-                if run.is_none() && matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked) {
-                    i += ((a & !(PAGE_SIZE - 1)) + PAGE_SIZE - a).min(size - i);
-                    continue;
+            for x in a..e {
+                let i = x - addr;
+                let sh = self.shadow_at(x);
+                let o = if sh != 0 { self.origin_at(x) } else { NO_ORIGIN };
+                match run {
+                    Some((_, ro)) if sh == 0 || o != ro => {
+                        end_run(&mut run, i, &mut first);
+                        if sh != 0 {
+                            run = Some((i, o));
+                        }
+                    }
+                    None if sh != 0 => run = Some((i, o)),
+                    _ => {}
                 }
             }
-            let sh = self.shadow_at(a);
-            let o = if sh != 0 { self.origin_at(a) } else { NO_ORIGIN };
-            match run {
-                Some((start, ro)) if sh == 0 || o != ro => {
-                    let b = self.report_uninit(ro, ip, Some((addr, size, start, i - 1)));
-                    first.get_or_insert(b);
-                    run = if sh != 0 { Some((i, o)) } else { None };
-                }
-                None if sh != 0 => run = Some((i, o)),
-                _ => {}
-            }
-            i += 1;
         }
-        if let Some((start, ro)) = run {
-            let b = self.report_uninit(ro, ip, Some((addr, size, start, size - 1)));
-            first.get_or_insert(b);
-        }
+        end_run(&mut run, next - addr, &mut first);
         match first {
             Some(b) => Err(b),
             None => Ok(()),

@@ -111,7 +111,8 @@ pub fn page_allocator_ready() {
     guest_kasan::install();
     let s = stats().unwrap_or_default();
     println!(
-        "kasan: mode {} ready ({} reserved ranges, {} KiB metadata at init)",
+        "{}: mode {} ready ({} reserved ranges, {} KiB metadata at init)",
+        SANITIZER,
         mode().name(),
         runs,
         s.metadata_init_bytes() >> 10

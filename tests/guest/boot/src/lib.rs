@@ -193,14 +193,19 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
     println!("boot: direct map up to {:#x} at {:#x}", paging::direct_map_end(), paging::DIRECT_MAP_BASE);
     bi.config = Config::parse(bi.cmdline());
     let c = &bi.config;
-    println!(
-        "boot: kasan.shadow={:?} kasan.fault={:?} kasan_multi_shot={} suite={} seed={} symbols={}",
-        c.shadow,
-        c.fault,
-        c.multi_shot,
-        c.suite(),
-        c.seed,
-        if ksyms::available() { "yes" } else { "no" }
-    );
+    // The KMSAN kernel's runtime reads its own kmsan.* words; these are KASAN's.
+    if cfg!(feature = "kmsan") {
+        println!("boot: suite={} seed={} symbols={}", c.suite(), c.seed, if ksyms::available() { "yes" } else { "no" });
+    } else {
+        println!(
+            "boot: kasan.shadow={:?} kasan.fault={:?} kasan_multi_shot={} suite={} seed={} symbols={}",
+            c.shadow,
+            c.fault,
+            c.multi_shot,
+            c.suite(),
+            c.seed,
+            if ksyms::available() { "yes" } else { "no" }
+        );
+    }
     guest_main(boot_info())
 }
