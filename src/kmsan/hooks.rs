@@ -191,6 +191,29 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Ok(())
     }
 
+    /// A page-backed (large) kmalloc of `2^order` pages at `addr` (after
+    /// `page_alloc`): uninitialized, created here (`zeroed` for `kzalloc`).
+    /// The whole block is set, so its pages stay page-granular (the bytes
+    /// past the requested size are as uninitialized as Linux leaves them).
+    pub fn kmalloc_large(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind == PageKind::None) {
+            return Err(HookError::WrongPageState);
+        }
+        Stats::bump(&self.stats.slab_allocs);
+        let mut inner = self.inner.lock();
+        if zeroed {
+            self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
+        } else {
+            let o = self.new_origin(&mut inner, false);
+            self.set_range(&mut inner, addr, PAGE_SIZE << order, true, o);
+        }
+        Ok(())
+    }
+
     /// Allocated pages at `addr` become a kernel stack (initialized;
     /// the compiler poisons each frame's locals).
     pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {

@@ -236,6 +236,25 @@ fn vmalloc_uses_the_metadata_of_the_frames_mapped_there() {
 }
 
 #[test]
+fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let p = h.ram() + 32 * PAGE_SIZE;
+        h.kmsan.page_alloc(p, 2, true).unwrap();
+        h.call("kmalloc_large_caller", |h| h.kmsan.kmalloc_large(p, 2, false)).unwrap();
+        assert_eq!(h.kmsan.stats().slab_allocs, 1);
+        let (sh, o) = h.load(p + 9000, 4);
+        assert_eq!(sh, [0xFF; 4], "{mode:?}");
+        h.kmsan.warning(o, 0);
+        assert!(h.take_log().contains("Uninit was created at:\n kmalloc_large_caller+"));
+        if mode == Mode::Hybrid {
+            assert_eq!(h.kmsan.page_meta(p + 8192).unwrap().backing, MetaBacking::Uninit, "stays page-granular");
+        }
+        assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, false), Err(crate::error::HookError::WrongPageState));
+    }
+}
+
+#[test]
 fn hooks_refuse_bad_input() {
     use crate::error::HookError;
     let h = &mut host(Mode::Hybrid);

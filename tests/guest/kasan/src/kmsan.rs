@@ -447,8 +447,12 @@ pub fn slab_object_live(_id: u16, _base: usize, _ptr: usize) -> bool {
     true
 }
 
-/// Page-backed kmalloc: its pages are uninitialized since `page_alloc`.
-pub fn kmalloc_large(_addr: usize, _order: u32, _size: usize) {}
+/// Page-backed kmalloc: uninitialized, created here.
+pub fn kmalloc_large(addr: usize, order: u32, _size: usize) {
+    if let Some(Err(e)) = hook(|k| k.kmalloc_large(addr, order, false)) {
+        refused("kmalloc_large", addr, e);
+    }
+}
 
 /// Always frees (KMSAN finds no bad frees); `page_free` poisons.
 pub fn kfree_large(_ptr: usize, _order: u32, _ip: usize) -> bool {
