@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The core decides *which* backing each shadow page gets (see
-//! [`crate::hybrid`]); the backend only carries it out. Every remap returns a
+//! [`crate::runtime`]); the backend only carries it out. Every remap returns a
 //! [`Flush`] that must be consumed: a stale TLB entry for the old backing
 //! would let a check read the wrong shadow and hide or invent a report.
 
