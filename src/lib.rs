@@ -22,6 +22,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod backing;
 pub mod cache;
 mod caller;
 pub mod check;
