@@ -1,0 +1,144 @@
+//! Allocator hooks: what a kernel's page allocator, slab, kmalloc, stacks,
+//! vmalloc and global registration tell the runtime.
+//!
+//! Call order a kernel follows (mirrors Linux's KASAN hooks):
+//!
+//! ```text
+//!  buddy alloc ─► page_alloc ─► [slab_page_alloc | kmalloc_large | stack_alloc]
+//!  slab:   cache_create ─► slab_page_alloc ─► slab_alloc ... slab_free ─► quarantine_pop ─► (slot reusable)
+//!          slab page empty ─► slab_page_free ─► page_free ─► buddy free
+//!  large:  kfree_large ─► page_free          stacks: stack_free ─► page_free
+//!  vmalloc: vmalloc_alloc(area incl. guard) ... vmalloc_free
+//! ```
+//!
+//! Hooks that can meet a bug of the caller (double free, invalid free)
+//! report it and return `Err(bug)`; the kernel must then not free. Hooks
+//! given input that breaks the allocator's own contract return a
+//! [`HookError`] and leave the shadow unchanged.
+
+use crate::cache::{read_meta, write_meta, CacheError, CacheId, CacheInfo, ObjMeta, ObjState};
+use crate::config::Mode;
+use crate::depot::{StackHandle, Trace, MAX_FRAMES};
+use crate::error::{GlobalError, HookError};
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::page_state::{PageInfo, PageKind, PageState};
+use crate::platform::Platform;
+use crate::report::{Bug, BugType};
+use crate::runtime::{Inner, Kasan};
+use crate::shadow::{
+    GLOBAL_REDZONE, GRANULE, PAGE_FREE, PAGE_REDZONE, SLAB_FREE, SLAB_REDZONE, VMALLOC_INVALID,
+};
+use crate::stats::Stats;
+
+/// A slab object the quarantine hands back for the kernel to really free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// Its cache.
+    pub cache: CacheId,
+    /// Its address.
+    pub ptr: usize,
+}
+
+/// What the kernel does with an object after a successful `slab_free`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Freed {
+    /// The object is in quarantine: its slot stays taken until
+    /// [`Kasan::quarantine_pop`] returns it.
+    Quarantined,
+    /// No quarantine (`off` mode): free the slot now.
+    FreeNow,
+}
+
+/// The compiler's descriptor of one instrumented global (ASan ABI v8).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GlobalDesc {
+    /// Address of the global.
+    pub beg: usize,
+    /// Its size.
+    pub size: usize,
+    /// Size including the redzone the compiler placed after it.
+    pub size_with_redzone: usize,
+    /// Name (C string).
+    pub name: *const u8,
+    /// Module name (C string).
+    pub module_name: *const u8,
+    /// Whether it has a dynamic initializer.
+    pub has_dynamic_init: usize,
+    /// Source location descriptor.
+    pub location: *const u8,
+    /// ODR indicator.
+    pub odr_indicator: usize,
+}
+
+const fn round_up(x: usize, a: usize) -> usize {
+    (x + a - 1) & !(a - 1)
+}
+
+mod globals;
+mod large;
+mod pages;
+mod poison;
+mod slab;
+mod stacks;
+mod vmalloc;
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+    /// Whether the runtime checks at all; in `off` mode hooks accept and do nothing.
+    fn on(&self) -> bool {
+        self.cfg.mode != Mode::Off
+    }
+
+    /// Frames of `[pfn, pfn + 2^order)` after checking they are RAM.
+    fn page_range(&self, addr: usize, order: u32) -> Result<(usize, usize), HookError> {
+        if order > 20 {
+            return Err(HookError::BadOrder);
+        }
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(HookError::Unaligned);
+        }
+        let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
+        let count = 1usize << order;
+        if pfn + count > self.pages.len() {
+            return Err(HookError::BadOrder);
+        }
+        Ok((pfn, count))
+    }
+
+    pub(crate) fn save_stack(&self, inner: &mut Inner<M>) -> StackHandle {
+        let mut buf = [0usize; MAX_FRAMES];
+        let n = self.platform.stack_trace(&mut buf);
+        let h = inner.depot.save(&buf[..n.min(MAX_FRAMES)]);
+        if h == crate::depot::NO_STACK && n != 0 {
+            Stats::bump(&self.stats.depot_dropped);
+        }
+        h
+    }
+
+    /// The frames of a stored stack.
+    #[must_use]
+    pub fn fetch_stack(&self, h: StackHandle) -> Trace {
+        self.inner.lock().depot.fetch(h)
+    }
+
+    /// Mark RAM that the page allocator never hands out (image, boot data,
+    /// firmware) as valid.
+    pub fn mark_reserved(&self, addr: usize, len: usize) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(HookError::Unaligned);
+        }
+        let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
+        let count = len.div_ceil(PAGE_SIZE);
+        if count == 0 || pfn + count > self.pages.len() {
+            return Err(HookError::BadOrder);
+        }
+        let mut inner = self.inner.lock();
+        let info = PageInfo { state: PageState::Valid, kind: PageKind::Reserved, head: false };
+        self.set_pages(&mut inner, pfn, count, |_| info);
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Page allocator hooks: pages handed out and freed, reserved RAM, and
+//! the page-level tracking the other hooks build on.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+
+    /// The page allocator handed out `2^order` pages at `addr`.
+    pub fn page_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let (pfn, count) = self.page_range(addr, order)?;
+        if (pfn..pfn + count).any(|p| self.pages.get(p).state != PageState::Free) {
+            return Err(HookError::PageInUse);
+        }
+        let mut inner = self.inner.lock();
+        self.set_pages(&mut inner, pfn, count, |i| PageInfo {
+            state: PageState::Valid,
+            kind: PageKind::Page,
+            head: i == 0,
+        });
+        Ok(())
+    }
+
+    /// The page allocator takes back `2^order` pages at `addr`. Freeing a
+    /// page that is already free is reported as a double free.
+    pub fn page_free(&self, addr: usize, order: u32, ip: usize) -> Result<(), Bug> {
+        if self.cfg.mode == Mode::Off {
+            return Ok(());
+        }
+        let (pfn, count) = match self.page_range(addr, order) {
+            Ok(r) => r,
+            Err(_) => return Err(self.report_free(addr, BugType::InvalidFree, ip)),
+        };
+        if self.pages.get(pfn).state == PageState::Free {
+            return Err(self.report_free(addr, BugType::DoubleFree, ip));
+        }
+        let mut inner = self.inner.lock();
+        self.set_pages(&mut inner, pfn, count, |_| PageInfo::FREE);
+        Ok(())
+    }
+
+    /// Turn allocated pages into tracked pages of `kind` (byte shadow).
+    pub(super) fn track_pages(&self, inner: &mut Inner<M>, pfn: usize, count: usize, kind: PageKind) -> bool {
+        self.set_pages(inner, pfn, count, |i| PageInfo { state: PageState::Tracked, kind, head: i == 0 })
+    }
+
+    /// Back to plain allocated pages (before `page_free`).
+    pub(super) fn untrack_pages(&self, inner: &mut Inner<M>, pfn: usize, count: usize) {
+        self.set_pages(inner, pfn, count, |i| PageInfo {
+            state: PageState::Valid,
+            kind: PageKind::Page,
+            head: i == 0,
+        });
+    }
+
+    pub(super) fn allocated(&self, pfn: usize, count: usize) -> bool {
+        (pfn..pfn + count).all(|p| self.pages.get(p).state != PageState::Free)
+    }
+
+    // ---- slab -------------------------------------------------------------
+}

@@ -1,0 +1,69 @@
+//! Explicit poisoning (the kernel API and the compiler's alloca calls)
+//! and the effective shadow of an address (reports, tests).
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+
+    /// Set the shadow of `[addr, addr + size)` (granule aligned) to `value`,
+    /// as `__asan_set_shadow_*` and the poison of stack frames do. Shadow
+    /// that is not private (unchecked) is left alone.
+    pub fn poison_range(&self, addr: usize, size: usize, value: u8) {
+        if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) {
+            return;
+        }
+        let Some(end) = addr.checked_add(size) else { return };
+        if !self.layout.covered.contains_range(addr, size) {
+            return;
+        }
+        self.fill_shadow(addr, end, value);
+    }
+
+    /// Make `[addr, addr + size)` accessible (`addr` granule aligned).
+    pub fn unpoison_range(&self, addr: usize, size: usize) {
+        if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) || !self.layout.covered.contains_range(addr, size) {
+            return;
+        }
+        self.unpoison(addr, size);
+    }
+
+    /// `__asan_alloca_poison`: a dynamically sized stack buffer of `size`
+    /// bytes at `addr` (32-byte aligned) with 32-byte redzones around it.
+    pub fn alloca_poison(&self, addr: usize, size: usize) {
+        const RZ: usize = 32;
+        if !addr.is_multiple_of(RZ) || addr < RZ {
+            return;
+        }
+        let rounded = round_up(size, GRANULE);
+        let padded = round_up(size, RZ);
+        self.unpoison_range(addr, size);
+        self.poison_range(addr - RZ, RZ, crate::shadow::ALLOCA_LEFT);
+        self.poison_range(addr + rounded, padded - rounded + RZ, crate::shadow::ALLOCA_RIGHT);
+    }
+
+    /// `__asan_allocas_unpoison`: the stack from `top` to `bottom` is live again.
+    pub fn allocas_unpoison(&self, top: usize, bottom: usize) {
+        if top == 0 || top > bottom {
+            return;
+        }
+        self.unpoison_range(top & !(GRANULE - 1), bottom - (top & !(GRANULE - 1)));
+    }
+
+    /// The shadow byte an access would see at `addr`, with the per-page
+    /// state resolved for CONSULT blocks: what `full` mode holds there.
+    #[must_use]
+    pub fn effective_shadow(&self, addr: usize) -> Option<u8> {
+        if self.cfg.mode == Mode::Off || !self.layout.covered.contains(addr) {
+            return None;
+        }
+        let v = self.shadow_byte(addr);
+        if v != crate::shadow::CONSULT_PER_PAGE {
+            return Some(v);
+        }
+        Some(match self.pages.pfn(addr).map(|p| self.pages.get(p).state) {
+            Some(PageState::Free) => PAGE_FREE,
+            _ => 0,
+        })
+    }
+}

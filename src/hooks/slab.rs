@@ -1,0 +1,275 @@
+//! Slab hooks: caches, slab pages, objects (alloc, free, quarantine,
+//! ksize, resize).
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+
+    /// Register a cache; the slab must lay out slots of
+    /// [`Kasan::cache_info`]`.slot_size` bytes.
+    pub fn cache_create(&self, name: &'static str, object_size: usize, align: usize) -> Result<CacheId, HookError> {
+        Ok(self.inner.lock().caches.create(name, object_size, align, self.on())?)
+    }
+
+    /// A cache's layout and counters.
+    pub fn cache_info(&self, id: CacheId) -> Result<CacheInfo, CacheError> {
+        self.inner.lock().caches.get(id).copied()
+    }
+
+    /// Destroy a cache: every object must have been freed and released from
+    /// quarantine (see [`Kasan::quarantine_release_cache`]). A second
+    /// destroy is [`CacheError::AlreadyDestroyed`] and changes nothing.
+    pub fn cache_destroy(&self, id: CacheId) -> Result<(), HookError> {
+        Ok(self.inner.lock().caches.destroy(id)?)
+    }
+
+    /// A new slab page (`2^order` pages at `base`) of cache `id`: its shadow
+    /// is poisoned as redzone until objects are allocated.
+    pub fn slab_page_alloc(&self, id: CacheId, base: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let (pfn, count) = self.page_range(base, order)?;
+        if !self.allocated(pfn, count) {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        let cache = *inner.caches.live(id)?;
+        self.track_pages(&mut inner, pfn, count, PageKind::Slab);
+        let end = base + (count << 12);
+        self.fill_shadow(base, end, SLAB_REDZONE);
+        let mut slot = base + cache.slab_offset;
+        while slot + cache.slot_size <= end {
+            // SAFETY: the slot lies inside the slab page the kernel just
+            // handed over; nothing else uses its metadata bytes yet.
+            unsafe { write_meta(&cache, slot, ObjMeta { cache: id.0, ..ObjMeta::EMPTY }) };
+            slot += cache.slot_size;
+        }
+        Ok(())
+    }
+
+    /// A slab page goes back to the page allocator (all its objects free
+    /// and released from quarantine).
+    pub fn slab_page_free(&self, base: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let (pfn, count) = self.page_range(base, order)?;
+        if self.pages.get(pfn).kind != PageKind::Slab {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        self.untrack_pages(&mut inner, pfn, count);
+        Ok(())
+    }
+
+    /// The slab handed out the slot at `ptr` for a `size`-byte request.
+    pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: usize) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        if !ptr.is_multiple_of(GRANULE) {
+            return Err(HookError::Unaligned);
+        }
+        let pfn = self.pages.pfn(ptr).ok_or(HookError::NotRam)?;
+        if self.pages.get(pfn).kind != PageKind::Slab {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        let cache = *inner.caches.live(id)?;
+        if size > cache.object_size {
+            return Err(HookError::BadSize);
+        }
+        // SAFETY: `ptr` is a slot of a live slab page of this cache (the
+        // kernel's contract for this hook, page kind checked above).
+        let meta = unsafe { read_meta(&cache, ptr) };
+        if meta.state() == ObjState::Allocated {
+            return Err(HookError::SlotInUse);
+        }
+        self.unpoison(ptr, size);
+        self.fill_shadow(ptr + round_up(size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);
+        let stack = self.save_stack(&mut inner);
+        let new = ObjMeta {
+            alloc_stack: stack,
+            free_stack: crate::depot::NO_STACK,
+            alloc_pid: self.platform.current_pid(),
+            free_pid: 0,
+            size: size as u32,
+            cache: id.0,
+            state: ObjState::Allocated as u16,
+            qnext: 0,
+        };
+        // SAFETY: as above.
+        unsafe { write_meta(&cache, ptr, new) };
+        if let Ok(c) = inner.caches.get_mut(id) {
+            c.live += 1;
+        }
+        Stats::bump(&self.stats.slab_allocs);
+        Ok(())
+    }
+
+    /// Whether the object at `ptr` of a slab at `base` is allocated now.
+    pub fn slab_object_live(&self, id: CacheId, base: usize, ptr: usize) -> bool {
+        let inner = self.inner.lock();
+        let Ok(cache) = inner.caches.live(id) else { return false };
+        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
+            return false;
+        }
+        // SAFETY: `ptr` is a slot start of the slab at `base` (checked).
+        unsafe { read_meta(cache, ptr) }.state() == ObjState::Allocated
+    }
+
+    /// The kernel frees `ptr` to cache `id` whose slab starts at `base`.
+    /// `Ok` says whether the object went into quarantine (see [`Freed`]). `Err`
+    /// means a double or invalid free was reported: the kernel must do
+    /// nothing.
+    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: usize) -> Result<Freed, Bug> {
+        if self.cfg.mode == Mode::Off {
+            return Ok(Freed::FreeNow);
+        }
+        let mut inner = self.inner.lock();
+        let cache = match inner.caches.live(id) {
+            Ok(c) => *c,
+            Err(_) => {
+                drop(inner);
+                return Err(self.report_free(ptr, BugType::InvalidFree, ip));
+            }
+        };
+        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
+            drop(inner);
+            return Err(self.report_free(ptr, BugType::InvalidFree, ip));
+        }
+        // SAFETY: `ptr` is a slot start of the kernel's live slab at `base`.
+        let mut meta = unsafe { read_meta(&cache, ptr) };
+        match meta.state() {
+            ObjState::Allocated => {}
+            ObjState::Quarantined => {
+                drop(inner);
+                return Err(self.report_free(ptr, BugType::DoubleFree, ip));
+            }
+            ObjState::Available => {
+                drop(inner);
+                let bug = if self.shadow_byte(ptr) == SLAB_FREE { BugType::DoubleFree } else { BugType::InvalidFree };
+                return Err(self.report_free(ptr, bug, ip));
+            }
+        }
+        self.fill_shadow(ptr, ptr + cache.object_span(), SLAB_FREE);
+        meta.free_stack = self.save_stack(&mut inner);
+        meta.free_pid = self.platform.current_pid();
+        meta.state = ObjState::Quarantined as u16;
+        // SAFETY: as above.
+        unsafe { write_meta(&cache, ptr, meta) };
+        // SAFETY: the object stays in its slab page until released by
+        // quarantine_pop (the kernel's contract).
+        unsafe { inner.quarantine.push(ptr + cache.meta_offset(), cache.slot_size) };
+        if let Ok(c) = inner.caches.get_mut(id) {
+            c.live -= 1;
+            c.quarantined += 1;
+        }
+        self.stats.quarantine_bytes.store(inner.quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
+        Ok(Freed::Quarantined)
+    }
+
+    fn release(&self, inner: &mut Inner<M>, all: bool) -> Option<Released> {
+        let Inner { quarantine, caches, .. } = inner;
+        let slot_size = |meta: usize| {
+            // SAFETY: `meta` is on the quarantine's lists, hence valid.
+            let id = unsafe { crate::cache::read_meta_at(meta) }.cache;
+            caches.get(CacheId(id)).map(|c| c.slot_size).unwrap_or(0)
+        };
+        // SAFETY: every object on the lists is in a live slab page.
+        let meta_addr = unsafe { quarantine.pop(all, slot_size) }?;
+        // SAFETY: as above.
+        let mut meta = unsafe { crate::cache::read_meta_at(meta_addr) };
+        let id = CacheId(meta.cache);
+        let c = caches.get_mut(id).ok()?;
+        c.quarantined -= 1;
+        let ptr = meta_addr - c.meta_offset();
+        meta.state = ObjState::Available as u16;
+        // SAFETY: as above.
+        unsafe { crate::cache::write_meta_at(meta_addr, meta) };
+        self.stats.quarantine_bytes.store(quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
+        Some(Released { cache: id, ptr })
+    }
+
+    /// The next quarantined object the kernel must now really free, if the
+    /// quarantine is over its limit (or a cache is being shut down). Call
+    /// in a loop after every free.
+    pub fn quarantine_pop(&self) -> Option<Released> {
+        if self.cfg.mode == Mode::Off {
+            return None;
+        }
+        self.release(&mut self.inner.lock(), false)
+    }
+
+    /// Empty the quarantine one object at a time (memory pressure, tests).
+    pub fn quarantine_drain(&self) -> Option<Released> {
+        if self.cfg.mode == Mode::Off {
+            return None;
+        }
+        self.release(&mut self.inner.lock(), true)
+    }
+
+    /// Move every quarantined object of cache `id` to the release list, so
+    /// the next [`Kasan::quarantine_pop`] calls return them (before
+    /// destroying the cache). Returns how many.
+    pub fn quarantine_release_cache(&self, id: CacheId) -> usize {
+        let mut inner = self.inner.lock();
+        let slot = inner.caches.get(id).map(|c| c.slot_size).unwrap_or(0);
+        // SAFETY: every object on the lists is in a live slab page.
+        let n = unsafe {
+            inner.quarantine.evict_where(|m| crate::cache::read_meta_at(m).cache == id.0, |_| slot)
+        };
+        self.stats.quarantine_bytes.store(inner.quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
+        n
+    }
+
+    /// `ksize()`: the usable size of the object at `ptr`, made accessible
+    /// in full. A freed or invalid `ptr` is reported and 0 returned.
+    pub fn ksize(&self, id: CacheId, ptr: usize, ip: usize) -> usize {
+        if self.cfg.mode == Mode::Off {
+            return self.inner.lock().caches.get(id).map(|c| c.object_size).unwrap_or(0);
+        }
+        if self.check(ptr, 1, false, ip).is_err() {
+            return 0;
+        }
+        let Ok(cache) = self.cache_info(id) else { return 0 };
+        self.unpoison(ptr, cache.object_size);
+        cache.object_size
+    }
+
+    /// `krealloc()` within the same slot: the object now has `new_size`
+    /// bytes (at most the cache's object size).
+    pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: usize) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let inner = self.inner.lock();
+        let cache = *inner.caches.live(id)?;
+        if new_size > cache.object_size || !ptr.is_multiple_of(GRANULE) {
+            return Err(HookError::BadSize);
+        }
+        // SAFETY: `ptr` is an object of this cache (kernel's contract).
+        let mut meta = unsafe { read_meta(&cache, ptr) };
+        if meta.state() != ObjState::Allocated {
+            return Err(HookError::WrongPageState);
+        }
+        self.unpoison(ptr, new_size);
+        self.fill_shadow(ptr + round_up(new_size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);
+        meta.size = new_size as u32;
+        // SAFETY: as above.
+        unsafe { write_meta(&cache, ptr, meta) };
+        drop(inner);
+        Ok(())
+    }
+
+    /// Check that the first byte at `ptr` is accessible (as Linux's
+    /// `kasan_check_byte`, used by krealloc and kfree_sensitive); reports
+    /// and returns `false` if not.
+    pub fn check_byte(&self, ptr: usize, ip: usize) -> bool {
+        self.check(ptr, 1, false, ip).is_ok()
+    }
+
+    // ---- large kmalloc -----------------------------------------------------
+}

@@ -1,0 +1,40 @@
+//! Kernel stacks.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
+
+    /// A kernel stack of `2^order` allocated pages at `addr`: byte tracked,
+    /// all accessible (the compiler poisons frames as they are entered).
+    pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let (pfn, count) = self.page_range(addr, order)?;
+        if !self.allocated(pfn, count) {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        self.track_pages(&mut inner, pfn, count, PageKind::Stack);
+        self.fill_shadow(addr, addr + count * PAGE_SIZE, 0);
+        Ok(())
+    }
+
+    /// A kernel stack is done (before `page_free`): leftover frame poison
+    /// is dropped.
+    pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let (pfn, count) = self.page_range(addr, order)?;
+        if self.pages.get(pfn).kind != PageKind::Stack {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        self.untrack_pages(&mut inner, pfn, count);
+        Ok(())
+    }
+
+    // ---- vmalloc -----------------------------------------------------------
+}
