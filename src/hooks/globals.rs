@@ -4,7 +4,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// Register one global: its bytes accessible, its redzone poisoned.
     pub fn register_global(&self, g: &GlobalDesc) -> Result<(), GlobalError> {
         if self.cfg.mode == Mode::Off {

@@ -4,7 +4,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// A page-backed kmalloc of `size` bytes in the allocated pages at
     /// `addr`: the tail after `size` is poisoned as page redzone.
     pub fn kmalloc_large(&self, addr: usize, order: u32, size: usize) -> Result<(), HookError> {

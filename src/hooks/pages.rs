@@ -5,7 +5,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// The page allocator handed out `2^order` pages at `addr`.
     pub fn page_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
         if !self.on() {

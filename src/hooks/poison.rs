@@ -5,7 +5,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// Set the shadow of `[addr, addr + size)` (granule aligned) to `value`,
     /// as `__asan_set_shadow_*` and the poison of stack frames do. Shadow
     /// that is not private (unchecked) is left alone.

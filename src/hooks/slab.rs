@@ -5,7 +5,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// Register a cache; the slab must lay out slots of
     /// [`Kasan::cache_info`]`.slot_size` bytes.
     pub fn cache_create(&self, name: &'static str, object_size: usize, align: usize) -> Result<CacheId, HookError> {

@@ -4,7 +4,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// A kernel stack of `2^order` allocated pages at `addr`: byte tracked,
     /// all accessible (the compiler poisons frames as they are entered).
     pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {

@@ -4,7 +4,6 @@
 use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
-
     /// A vmalloc area at `addr` (page aligned) spanning `area_len` bytes
     /// including its guard, of which the first `size` are the allocation.
     /// Returns `Ok(false)` when some of its shadow could not be mapped (that
