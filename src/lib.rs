@@ -22,6 +22,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod arena;
 pub mod backing;
 pub mod cache;
 mod caller;

@@ -121,12 +121,7 @@ impl PageArray {
     /// `base`, every page free.
     #[must_use]
     pub fn new(bytes: &'static mut [u8], base: usize) -> Self {
-        bytes.fill(PageInfo::FREE.encode());
-        // SAFETY: AtomicU8 has the same size and alignment as u8, and the
-        // exclusive borrow is given up for the shared atomic view.
-        let bytes = unsafe {
-            core::slice::from_raw_parts(bytes.as_ptr().cast::<AtomicU8>(), bytes.len())
-        };
+        let bytes = crate::arena::atomics_u8(bytes, PageInfo::FREE.encode());
         PageArray { bytes, base }
     }
 

@@ -143,6 +143,61 @@ impl<P: Platform> Write for ConsoleWriter<'_, P> {
 
 const RULE: &str = "==================================================================\n";
 
+/// Print the frame at `pc` as `func+0xoff/0xsize` (or the raw address).
+pub(crate) fn write_frame<P: Platform>(p: &P, out: &mut dyn Write, pc: usize) -> fmt::Result {
+    let mut r = Ok(());
+    let known = p.symbolize(pc, &mut |s| {
+        r = write!(out, "{}+{:#x}/{:#x}", s.name, s.offset, s.size);
+    });
+    if !known {
+        r = write!(out, "{pc:#x}");
+    }
+    r
+}
+
+/// Print a stack, one frame per line, or "(stack is not available)".
+pub(crate) fn write_stack<P: Platform>(p: &P, out: &mut dyn Write, frames: &[usize]) -> fmt::Result {
+    if frames.is_empty() {
+        return out.write_str(" (stack is not available)\n");
+    }
+    for &pc in frames {
+        out.write_str(" ")?;
+        write_frame(p, out, pc)?;
+        out.write_str("\n")?;
+    }
+    Ok(())
+}
+
+/// The stack of the code a report is about, and the address its title
+/// names: the code at `ip`, or where that has no symbol (no return address
+/// available), the innermost frame that has one.
+pub(crate) struct UseStack {
+    frames: [usize; MAX_FRAMES],
+    n: usize,
+    /// The address the title names.
+    pub(crate) title_pc: usize,
+}
+
+impl UseStack {
+    /// The current stack (just `ip` when the platform gives none).
+    pub(crate) fn capture<P: Platform>(p: &P, ip: usize) -> Self {
+        let mut frames = [0usize; MAX_FRAMES];
+        let mut n = p.stack_trace(&mut frames).min(MAX_FRAMES);
+        if n == 0 {
+            frames[0] = ip;
+            n = 1;
+        }
+        let known = |pc: usize| p.symbolize(pc, &mut |_| {});
+        let title_pc = if known(ip) { ip } else { frames[..n].iter().copied().find(|&pc| known(pc)).unwrap_or(ip) };
+        UseStack { frames, n, title_pc }
+    }
+
+    /// Its frames.
+    pub(crate) fn frames(&self) -> &[usize] {
+        &self.frames[..self.n]
+    }
+}
+
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Report a bad access. Returns the bug.
     pub(crate) fn report_access(
@@ -184,33 +239,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Bug { kind, addr, printed: true }
     }
 
-    fn write_frame(&self, out: &mut dyn Write, pc: usize) -> fmt::Result {
-        let mut r = Ok(());
-        let known = self.platform.symbolize(pc, &mut |s| {
-            r = write!(out, "{}+{:#x}/{:#x}", s.name, s.offset, s.size);
-        });
-        if !known {
-            r = write!(out, "{pc:#x}");
-        }
-        r
-    }
-
-    fn write_stack(&self, out: &mut dyn Write, frames: &[usize]) -> fmt::Result {
-        if frames.is_empty() {
-            return out.write_str(" (stack is not available)\n");
-        }
-        for &pc in frames {
-            out.write_str(" ")?;
-            self.write_frame(out, pc)?;
-            out.write_str("\n")?;
-        }
-        Ok(())
-    }
-
     fn write_track(&self, out: &mut dyn Write, what: &str, pid: u32, h: StackHandle) -> fmt::Result {
         writeln!(out, "{what} by task {pid}:")?;
         let frames = if h == NO_STACK { Default::default() } else { self.inner.lock().depot.fetch(h) };
-        self.write_stack(out, &frames)
+        write_stack(&self.platform, out, &frames)
     }
 
     fn write_report(
@@ -222,19 +254,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         access: Option<(usize, bool)>,
         bad: usize,
     ) -> fmt::Result {
-        let mut frames = [0usize; MAX_FRAMES];
-        let n = self.platform.stack_trace(&mut frames);
-        let mut frames = &frames[..n.min(MAX_FRAMES)];
-        if frames.is_empty() {
-            frames = core::slice::from_ref(&ip);
-        }
-        // The title names the code at `ip`; where that has no symbol (no
-        // return address available), the innermost frame that has one.
-        let known = |pc: usize| self.platform.symbolize(pc, &mut |_| {});
-        let title_pc = if known(ip) { ip } else { frames.iter().copied().find(|&pc| known(pc)).unwrap_or(ip) };
+        let stack = UseStack::capture(&self.platform, ip);
+        let (frames, title_pc) = (stack.frames(), stack.title_pc);
         out.write_str(RULE)?;
         write!(out, "BUG: KASAN: {} in ", kind.name())?;
-        self.write_frame(out, title_pc)?;
+        write_frame(&self.platform, out, title_pc)?;
         out.write_str("\n")?;
         match access {
             Some((size, write)) => write!(
@@ -249,7 +273,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let _ = self.platform.write_task_name(out);
         writeln!(out, "/{}", self.platform.current_pid())?;
         out.write_str("\nCall Trace:\n")?;
-        self.write_stack(out, frames)?;
+        write_stack(&self.platform, out, frames)?;
         out.write_str("\n")?;
         self.describe(out, addr)?;
         if self.layout.covered.contains(bad) {
@@ -285,7 +309,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         } else if l.image.contains(addr) {
             writeln!(out, "The buggy address belongs to the variable:")?;
             out.write_str(" ")?;
-            self.write_frame(out, addr)?;
+            write_frame(&self.platform, out, addr)?;
             out.write_str("\n\n")?;
         }
         Ok(())

@@ -27,6 +27,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
+use crate::arena::{atomics_u16, atomics_u8, take};
 use crate::cache::Caches;
 use crate::config::{Config, MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::depot::StackDepot;
@@ -153,32 +154,6 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     /// Non-zero while the runtime itself runs code that may be checked
     /// (printing a report through the platform): checks then pass.
     pub(crate) busy: AtomicUsize,
-}
-
-/// Carve `n` bytes aligned to `align` off the front of `rest`.
-fn take(rest: &mut &'static mut [u8], n: usize, align: usize) -> Option<&'static mut [u8]> {
-    let pad = (rest.as_ptr() as usize).wrapping_neg() & (align - 1);
-    if rest.len() < pad + n {
-        return None;
-    }
-    let all = core::mem::take(rest);
-    let (_, all) = all.split_at_mut(pad);
-    let (head, tail) = all.split_at_mut(n);
-    *rest = tail;
-    Some(head)
-}
-
-fn atomics_u8(mem: &'static mut [u8], init: u8) -> &'static [AtomicU8] {
-    mem.fill(init);
-    // SAFETY: AtomicU8 has u8's layout; the exclusive borrow is given up.
-    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU8>(), mem.len()) }
-}
-
-fn atomics_u16(mem: &'static mut [u8]) -> &'static [AtomicU16] {
-    mem.fill(0);
-    // SAFETY: `take` aligned `mem` to 2; AtomicU16 has u16's layout and
-    // all-zero bytes are a valid value; the exclusive borrow is given up.
-    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU16>(), mem.len() / 2) }
 }
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {

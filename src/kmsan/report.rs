@@ -31,12 +31,12 @@ use core::sync::atomic::Ordering::Relaxed;
 use arrayvec::ArrayVec;
 
 use crate::config::FaultAction;
-use crate::depot::{Trace, MAX_FRAMES};
+use crate::depot::Trace;
 use crate::kmsan::origin::{self, Origin, ALLOCA_MAGIC, CHAIN_MAGIC, NO_ORIGIN};
 use crate::kmsan::runtime::Kmsan;
 use crate::mapper::ShadowMapper;
 use crate::platform::Platform;
-use crate::report::{Bug, BugType, ConsoleWriter};
+use crate::report::{write_frame, write_stack, Bug, BugType, ConsoleWriter, UseStack};
 use crate::stats::Stats;
 
 const RULE: &str = "=====================================================\n";
@@ -120,29 +120,6 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Bug { kind, addr, printed: true }
     }
 
-    fn write_frame(&self, out: &mut dyn Write, pc: usize) -> fmt::Result {
-        let mut r = Ok(());
-        let known = self.platform.symbolize(pc, &mut |s| {
-            r = write!(out, "{}+{:#x}/{:#x}", s.name, s.offset, s.size);
-        });
-        if !known {
-            r = write!(out, "{pc:#x}");
-        }
-        r
-    }
-
-    fn write_stack(&self, out: &mut dyn Write, frames: &[usize]) -> fmt::Result {
-        if frames.is_empty() {
-            return out.write_str(" (stack is not available)\n");
-        }
-        for &pc in frames {
-            out.write_str(" ")?;
-            self.write_frame(out, pc)?;
-            out.write_str("\n")?;
-        }
-        Ok(())
-    }
-
     fn write_report(
         &self,
         out: &mut dyn Write,
@@ -151,42 +128,36 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         chain: &Chain,
         range: Option<(usize, usize, usize, usize)>,
     ) -> fmt::Result {
-        let mut frames = [0usize; MAX_FRAMES];
-        let n = self.platform.stack_trace(&mut frames).min(MAX_FRAMES);
-        let mut frames = &frames[..n];
-        if frames.is_empty() {
-            frames = core::slice::from_ref(&ip);
-        }
-        let known = |pc: usize| self.platform.symbolize(pc, &mut |_| {});
-        let title_pc = if known(ip) { ip } else { frames.iter().copied().find(|&pc| known(pc)).unwrap_or(ip) };
+        let stack = UseStack::capture(&self.platform, ip);
+        let (frames, title_pc) = (stack.frames(), stack.title_pc);
         out.write_str(RULE)?;
         write!(out, "BUG: KMSAN: {} in ", kind.name())?;
-        self.write_frame(out, title_pc)?;
+        write_frame(&self.platform, out, title_pc)?;
         out.write_str("\n")?;
-        self.write_stack(out, frames)?;
+        write_stack(&self.platform, out, frames)?;
         out.write_str("\n")?;
         if chain.cut {
             out.write_str("<Zero or more stacks not recorded to save memory>\n\n")?;
         }
         for link in &chain.links {
             out.write_str("Uninit was stored to memory at:\n")?;
-            self.write_stack(out, link)?;
+            write_stack(&self.platform, out, link)?;
             out.write_str("\n")?;
         }
         match &chain.creation {
             Creation::Stack(t) => {
                 out.write_str("Uninit was created at:\n")?;
-                self.write_stack(out, t)?;
+                write_stack(&self.platform, out, t)?;
             }
             Creation::Local(name, pc, pc2) => {
                 out.write_str("Local variable ")?;
                 write_var_name(out, name)?;
                 out.write_str(" created at:\n ")?;
-                self.write_frame(out, *pc)?;
+                write_frame(&self.platform, out, *pc)?;
                 out.write_str("\n")?;
                 if *pc2 != 0 {
                     out.write_str(" ")?;
-                    self.write_frame(out, *pc2)?;
+                    write_frame(&self.platform, out, *pc2)?;
                     out.write_str("\n")?;
                 }
             }

@@ -25,6 +25,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
+use crate::arena::{atomics_u32, take};
 use crate::config::{Config, Mode};
 use crate::depot::{StackDepot, MAX_FRAMES, NO_STACK};
 use crate::kmsan::layout::{KmsanLayout, MetaRegion};
@@ -79,25 +80,6 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Non-zero while the runtime prints (instrumented formatting code must
     /// not report into a report).
     pub(crate) busy: AtomicUsize,
-}
-
-fn atomics_u32(mem: &'static mut [u8]) -> &'static [AtomicU32] {
-    mem.fill(0);
-    // SAFETY: `take` aligned the memory to 4; zero bytes are valid
-    // AtomicU32s; the exclusive borrow is given up.
-    unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU32>(), mem.len() / 4) }
-}
-
-fn take(rest: &mut &'static mut [u8], n: usize, align: usize) -> Option<&'static mut [u8]> {
-    let pad = (rest.as_ptr() as usize).wrapping_neg() & (align - 1);
-    if rest.len() < pad + n {
-        return None;
-    }
-    let all = core::mem::take(rest);
-    let (_, all) = all.split_at_mut(pad);
-    let (head, tail) = all.split_at_mut(n);
-    *rest = tail;
-    Some(head)
 }
 
 /// Fill a private origin page with one origin.

@@ -88,10 +88,7 @@ impl MetaPages {
     /// Pages over `mem`, each set to `init`.
     #[must_use]
     pub fn new(mem: &'static mut [u8], init: MetaPage) -> Self {
-        mem.fill(init.encode());
-        // SAFETY: AtomicU8 has u8's layout; the exclusive borrow is given up.
-        let bytes = unsafe { core::slice::from_raw_parts(mem.as_ptr().cast::<AtomicU8>(), mem.len()) };
-        MetaPages { bytes }
+        MetaPages { bytes: crate::arena::atomics_u8(mem, init.encode()) }
     }
 
     /// Number of pages.
