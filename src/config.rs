@@ -69,6 +69,18 @@ pub enum FaultAction {
     Panic,
 }
 
+impl FaultAction {
+    /// Parse a command-line value (`report` or `panic`).
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<FaultAction> {
+        match s {
+            "report" => Some(FaultAction::Report),
+            "panic" => Some(FaultAction::Panic),
+            _ => None,
+        }
+    }
+}
+
 /// A command-line word the parser could not use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError<'a> {
@@ -185,10 +197,9 @@ impl Config {
                     None => bad(ConfigError::BadShadow(v)),
                 }
             } else if let Some(v) = word.strip_prefix("kasan.fault=") {
-                match v {
-                    "report" => self.fault = FaultAction::Report,
-                    "panic" => self.fault = FaultAction::Panic,
-                    _ => bad(ConfigError::BadFault(v)),
+                match FaultAction::from_name(v) {
+                    Some(f) => self.fault = f,
+                    None => bad(ConfigError::BadFault(v)),
                 }
             } else if let Some(v) = word.strip_prefix("kasan.mixed=") {
                 match v {
@@ -220,10 +231,9 @@ impl Config {
                     None => bad(ConfigError::BadKmsanShadow(v)),
                 }
             } else if let Some(v) = word.strip_prefix("kmsan.fault=") {
-                match v {
-                    "report" => self.fault = FaultAction::Report,
-                    "panic" => self.fault = FaultAction::Panic,
-                    _ => bad(ConfigError::BadKmsanFault(v)),
+                match FaultAction::from_name(v) {
+                    Some(f) => self.fault = f,
+                    None => bad(ConfigError::BadKmsanFault(v)),
                 }
             } else if let Some(v) = word.strip_prefix("kmsan.panic=") {
                 match v {

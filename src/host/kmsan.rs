@@ -51,7 +51,7 @@ impl KmsanHost {
     pub fn with_config(cfg: Config, ram: usize, vmalloc: usize, image: usize) -> Result<Self, KmsanHostError> {
         let space = HostSpace::new_kmsan(ram, vmalloc, image).map_err(KmsanHostError::Space)?;
         let layout = space.kmsan_layout();
-        let mapper = HostMapper::new(space.kmsan_meta_span());
+        let mapper = HostMapper::new(layout.meta_span());
         let plat = HostPlatform::new();
         let arena = std::vec![0u8; Kmsan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg)];
         let arena: &'static mut [u8] = std::boxed::Box::leak(arena.into_boxed_slice());

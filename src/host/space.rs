@@ -129,12 +129,6 @@ impl HostSpace {
         let l = &self.layout;
         crate::kmsan::KmsanLayout { direct_map: r(l.direct_map), vmalloc: l.vmalloc, image: r(l.image) }
     }
-
-    /// The range a KMSAN mapper must accept (shadow through origin).
-    #[must_use]
-    pub fn kmsan_meta_span(&self) -> Region {
-        Region { start: self.shadow.start, end: self.origin.end.max(self.shadow.end) }
-    }
 }
 
 impl Drop for HostSpace {

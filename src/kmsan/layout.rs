@@ -142,12 +142,6 @@ impl KmsanLayout {
         self.direct_map.data.len() / PAGE_SIZE
     }
 
-    /// Pages of the vmalloc window.
-    #[must_use]
-    pub const fn vmalloc_pages(&self) -> usize {
-        self.vmalloc.len() / PAGE_SIZE
-    }
-
     /// The region holding `addr`, if any.
     #[inline]
     #[must_use]

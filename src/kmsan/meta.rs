@@ -123,15 +123,15 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() {
             return zero;
         }
-        if self.split(addr, size) && size > SINK_BYTES {
-            Stats::bump(&self.stats.unchecked_events);
-            return zero;
-        }
         if self.split(addr, size) {
+            if size > SINK_BYTES {
+                // Too big to gather: not tracked (counted).
+                Stats::bump(&self.stats.unchecked_events);
+                return zero;
+            }
             // Two vmalloc pages whose frames' metadata is not contiguous:
             // gather the shadow into the sink (nothing is pending now).
-            let n = size.min(SINK_BYTES);
-            for k in 0..n {
+            for k in 0..size {
                 ctx.sink_shadow[k] = self.shadow_at(addr + k);
             }
             ctx.load_origin = self.origin_at(addr);

@@ -12,18 +12,30 @@ pub struct Title {
     pub func: String,
 }
 
+/// syzkaller's `{{FUNC}}`: a name followed by `+` or `.`.
+const FUNC: &str = r"([a-zA-Z0-9_]+)(?:\.|\+)";
+
+/// syzkaller's frame line: up to two `[<addr>]` then `{{FUNC}}`.
+fn frame_regex() -> Regex {
+    Regex::new(&format!(r"^ *(?:\[<[0-9a-f]+>\] ){{0,2}}{FUNC}")).unwrap()
+}
+
 const RULE: &str = "==================================================================";
 
 /// Split a console log into reports (text between the rules).
 pub fn reports(log: &str) -> Vec<String> {
+    split_reports(log, RULE)
+}
+
+/// The text between pairs of `rule` lines.
+fn split_reports(log: &str, rule: &str) -> Vec<String> {
     let mut out = vec![];
     let mut cur: Option<Vec<&str>> = None;
     for line in log.lines() {
-        if line.trim_end() == RULE {
+        if line.trim_end() == rule {
             match cur.take() {
                 Some(lines) if !lines.is_empty() => out.push(lines.join("\n")),
-                Some(_) => cur = Some(vec![]),
-                None => cur = Some(vec![]),
+                _ => cur = Some(vec![]),
             }
             continue;
         }
@@ -36,7 +48,7 @@ pub fn reports(log: &str) -> Vec<String> {
 
 /// Check one report against syzkaller's rules; returns its title.
 pub fn check_report(report: &str) -> Result<Title, String> {
-    let func = r"([a-zA-Z0-9_]+)(?:\.|\+)";
+    let func = FUNC;
     let access = Regex::new(&format!(
         r"BUG: KASAN: ([a-z\-]+) in {func}(?:.*\n)+?.*(Read|Write) (?:of size|at addr) (?:[0-9a-f]+)"
     ))
@@ -52,7 +64,7 @@ pub fn check_report(report: &str) -> Result<Title, String> {
     } else {
         return Err(format!("corrupted: no title matches syzkaller's KASAN regexps:\n{report}"));
     };
-    let frame = Regex::new(&format!(r"^ *(?:\[<[0-9a-f]+>\] ){{0,2}}{func}")).unwrap();
+    let frame = frame_regex();
     let lines: Vec<&str> = report.lines().collect();
     let mut stacks = 0;
     for (i, l) in lines.iter().enumerate() {
@@ -86,21 +98,7 @@ const KMSAN_RULE: &str = "====================================================="
 
 /// Split a console log into KMSAN reports (text between the shorter rules).
 pub fn kmsan_reports(log: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut cur: Option<Vec<&str>> = None;
-    for line in log.lines() {
-        if line.trim_end() == KMSAN_RULE {
-            match cur.take() {
-                Some(lines) if !lines.is_empty() => out.push(lines.join("\n")),
-                _ => cur = Some(vec![]),
-            }
-            continue;
-        }
-        if let Some(c) = cur.as_mut() {
-            c.push(line);
-        }
-    }
-    out
+    split_reports(log, KMSAN_RULE)
 }
 
 /// Check one KMSAN report against syzkaller's rules: the title
@@ -108,7 +106,7 @@ pub fn kmsan_reports(log: &str) -> Vec<String> {
 /// frame in the first stack after the title and one in the origin stack
 /// after `Uninit was created at:` / `Local variable ... created at:`.
 pub fn check_kmsan_report(report: &str) -> Result<Title, String> {
-    let func = r"([a-zA-Z0-9_]+)(?:\.|\+)";
+    let func = FUNC;
     let title = Regex::new(&format!(r"BUG: KMSAN: ([a-z\-]+) in {func}")).unwrap();
     let Some(c) = title.captures(report) else {
         return Err(format!("corrupted: no title matches syzkaller's KMSAN regexp:\n{report}"));
@@ -118,7 +116,7 @@ pub fn check_kmsan_report(report: &str) -> Result<Title, String> {
     if lines.len() + 2 < 16 {
         return Err(format!("a KMSAN report needs at least 16 lines, this one has {}:\n{report}", lines.len() + 2));
     }
-    let frame = Regex::new(&format!(r"^ *(?:\[<[0-9a-f]+>\] ){{0,2}}{func}")).unwrap();
+    let frame = frame_regex();
     if !lines.get(1).is_some_and(|l| frame.is_match(l)) {
         return Err(format!("corrupted: no frame right after the title:\n{report}"));
     }

@@ -3,7 +3,7 @@
 
 use guest_boot::println;
 use hybrid_shadow::{
-    Backing, CacheId, Config, FaultAction, Freed, Kasan, Layout, Mode, Region, StatsSnapshot,
+    Backing, CacheId, Config, Freed, Kasan, Layout, Mode, Region, StatsSnapshot,
 };
 use hybrid_shadow_x86_64::{init as xinit, PhysAddr, X86ShadowMapper};
 
@@ -72,14 +72,9 @@ pub fn install() {
     }
 }
 
-/// The mode in force (`off` before init).
-pub fn mode() -> Mode {
-    rt().map_or(Mode::Off, |k| k.config().mode)
-}
-
-/// Whether reports panic.
-pub fn fault_panics() -> bool {
-    rt().is_some_and(|k| k.config().fault == FaultAction::Panic)
+/// The runtime's configuration (None before init).
+pub(crate) fn config() -> Option<&'static Config> {
+    rt().map(|k| k.config())
 }
 
 /// Counters.

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use guest_boot::println;
 use hybrid_shadow::kmsan::abi::{self, TaskContext};
 use hybrid_shadow::kmsan::{Kmsan, KmsanLayout, MetaRegion};
-use hybrid_shadow::{Backing, Config, FaultAction, Mode, Region, StatsSnapshot};
+use hybrid_shadow::{Backing, Config, Mode, Region, StatsSnapshot};
 use hybrid_shadow_x86_64::{FrameSource, PhysAddr, X86ShadowMapper};
 
 pub use hybrid_shadow::page_state::PageState;
@@ -303,14 +303,9 @@ fn hook<R>(f: impl FnOnce(&'static Rt) -> R) -> Option<R> {
     Some(r)
 }
 
-/// The mode in force (`off` before init).
-pub fn mode() -> Mode {
-    rt().map_or(Mode::Off, |k| k.config().mode)
-}
-
-/// Whether reports panic.
-pub fn fault_panics() -> bool {
-    rt().is_some_and(|k| k.config().fault == FaultAction::Panic)
+/// The runtime's configuration (None before init).
+pub(crate) fn config() -> Option<&'static Config> {
+    rt().map(|k| k.config())
 }
 
 /// Counters.
@@ -318,7 +313,9 @@ pub fn stats() -> Option<StatsSnapshot> {
     rt().map(|k| k.stats())
 }
 
-/// Frames the mapper wanted while its pool was empty (pages went unchecked).
+/// Frames the mapper wanted while its pool was empty (pages went
+/// unchecked) or gave back while the pool and its spill were full (kept
+/// out of use): a diagnostic for a kernel that sizes the pool.
 pub fn pool_misses() -> usize {
     POOL_MISSES.load(Relaxed)
 }

@@ -228,6 +228,16 @@ pub(crate) fn refused(what: &str, addr: usize, e: impl core::fmt::Display) {
     println!("kasan-glue: {} at {:#x} refused: {}", what, addr, e);
 }
 
+/// The mode in force (`off` before init).
+pub fn mode() -> hybrid_shadow::Mode {
+    config().map_or(hybrid_shadow::Mode::Off, |c| c.mode)
+}
+
+/// Whether reports panic.
+pub fn fault_panics() -> bool {
+    config().is_some_and(|c| c.fault == hybrid_shadow::FaultAction::Panic)
+}
+
 /// A zeroed metadata arena of `bytes` bytes from the buddy allocator
 /// (kept for the whole run), empty for 0.
 pub(crate) fn alloc_arena(bytes: usize, guest: &GuestOps) -> Result<&'static mut [u8], &'static str> {
