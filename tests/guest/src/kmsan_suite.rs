@@ -60,6 +60,7 @@ fn reports() -> usize {
 #[inline(never)]
 pub fn test_uninit_kmalloc() {
     let p = mm::kmalloc(4) as *mut i32;
+    // SAFETY: `p` is a live 4-byte kmalloc object.
     let v = unsafe { read_volatile(p) };
     use_value!(v);
     mm::kfree(p as *const u8);
@@ -68,7 +69,9 @@ pub fn test_uninit_kmalloc() {
 #[inline(never)]
 pub fn test_init_kmalloc() {
     let p = mm::kmalloc(4) as *mut i32;
+    // SAFETY: `p` is a live 4-byte kmalloc object.
     unsafe { write_volatile(p, 7) };
+    // SAFETY: `p` is a live 4-byte kmalloc object.
     let v = unsafe { read_volatile(p) };
     use_value!(v);
     mm::kfree(p as *const u8);
@@ -77,6 +80,7 @@ pub fn test_init_kmalloc() {
 #[inline(never)]
 pub fn test_init_kzalloc() {
     let p = mm::kzalloc(4) as *mut i32;
+    // SAFETY: `p` is a live 4-byte kzalloc object.
     let v = unsafe { read_volatile(p) };
     use_value!(v);
     mm::kfree(p as *const u8);
@@ -85,6 +89,7 @@ pub fn test_init_kzalloc() {
 #[inline(never)]
 pub fn test_uninit_stack_var() {
     let cond = MaybeUninit::<i32>::uninit();
+    // SAFETY: a read of the local's own storage (uninitialized on purpose: KMSAN must see it, the value is only branched on).
     let v = unsafe { read_volatile(cond.as_ptr()) };
     use_value!(v);
 }
@@ -92,7 +97,9 @@ pub fn test_uninit_stack_var() {
 #[inline(never)]
 pub fn test_init_stack_var() {
     let mut cond = MaybeUninit::<i32>::uninit();
+    // SAFETY: the local's own storage.
     unsafe { write_volatile(cond.as_mut_ptr(), black_box(1)) };
+    // SAFETY: the local's own storage.
     let v = unsafe { read_volatile(cond.as_ptr()) };
     use_value!(v);
 }
@@ -110,6 +117,7 @@ fn params_outer(a: i32) {
 #[inline(never)]
 pub fn test_params() {
     let value = MaybeUninit::<i32>::uninit();
+    // SAFETY: a read of the local's own storage (uninitialized on purpose).
     let v = unsafe { read_volatile(value.as_ptr()) };
     params_outer(v);
 }
@@ -123,6 +131,7 @@ fn sum3(a: i32, b: i32, c: i32) -> i32 {
 pub fn test_uninit_multiple_params() {
     let c = MaybeUninit::<i32>::uninit();
     let (a, b) = (black_box(1), black_box(2));
+    // SAFETY: a read of the local's own storage (uninitialized on purpose).
     let cv = unsafe { read_volatile(c.as_ptr()) };
     let s = sum3(a, b, cv);
     use_value!(s);
@@ -133,6 +142,7 @@ pub fn test_uninit_multiple_params() {
 fn do_uninit_local_array(a: *mut u8, start: usize, stop: usize) {
     let uninit = MaybeUninit::<u8>::uninit();
     for i in start..stop {
+        // SAFETY: `a` points to at least `stop` bytes (the caller's array); the local is read on purpose uninitialized.
         unsafe { write_volatile(a.add(i), read_volatile(uninit.as_ptr())) };
     }
 }
@@ -151,6 +161,7 @@ pub fn test_init_kmsan_vmap_vunmap() {
     if v.is_null() {
         return fail("vmap failed");
     }
+    // SAFETY: `v` maps the two pages just allocated.
     unsafe { core::ptr::write_bytes(v, 0, 2 * PAGE_SIZE) };
     check(p0 as *const u8, PAGE_SIZE);
     check(p1 as *const u8, PAGE_SIZE);
@@ -166,8 +177,10 @@ pub fn test_init_vmalloc() {
     if v.is_null() {
         return fail("vmalloc failed");
     }
+    // SAFETY: `v` is a live vmalloc area of `n` pages.
     unsafe { core::ptr::write_bytes(v, 0xfe, n * PAGE_SIZE) };
     for i in 0..n {
+        // SAFETY: `v` is a live vmalloc area of `n` pages.
         check(unsafe { v.add(i * PAGE_SIZE) }, PAGE_SIZE);
     }
     mm::vfree(v);
@@ -176,6 +189,7 @@ pub fn test_init_vmalloc() {
 #[inline(never)]
 pub fn test_uninit_page() {
     let Some(p) = buddy::alloc_pages(0) else { return fail("no page") };
+    // SAFETY: `p` is a page just allocated.
     let v = unsafe { read_volatile(p as *const i32) };
     use_value!(v);
     buddy::free_pages(p, 0);
@@ -184,8 +198,10 @@ pub fn test_uninit_page() {
 #[inline(never)]
 pub fn test_uaf() {
     let p = mm::kmalloc(80) as *mut i32;
+    // SAFETY: `p` was an 80-byte object: freed memory stays mapped, and reading it is the bug this case plants.
     unsafe { write_volatile(p.add(10), 3) };
     mm::kfree(p as *const u8);
+    // SAFETY: `p` was an 80-byte object: freed memory stays mapped, and reading it is the bug this case plants.
     let v = unsafe { read_volatile(p.add(10)) };
     use_value!(v);
 }
@@ -193,8 +209,10 @@ pub fn test_uaf() {
 #[inline(never)]
 pub fn test_uaf_pages() {
     let Some(p) = buddy::alloc_pages(0) else { return fail("no page") };
+    // SAFETY: the page stays mapped in the direct map after the free; reading it is the bug this case plants.
     unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE) };
     buddy::free_pages(p, 0);
+    // SAFETY: the page stays mapped in the direct map after the free; reading it is the bug this case plants.
     let v = unsafe { read_volatile((p + 8) as *const u8) };
     use_value!(v);
 }
@@ -202,8 +220,10 @@ pub fn test_uaf_pages() {
 #[inline(never)]
 pub fn test_uaf_high_order_pages() {
     let Some(p) = buddy::alloc_pages(1) else { return fail("no pages") };
+    // SAFETY: the block stays mapped in the direct map after the free; reading it is the bug this case plants.
     unsafe { core::ptr::write_bytes(p as *mut u8, 0, 2 * PAGE_SIZE) };
     buddy::free_pages(p, 1);
+    // SAFETY: the block stays mapped in the direct map after the free; reading it is the bug this case plants.
     let v = unsafe { read_volatile((p + PAGE_SIZE + 16) as *const u8) };
     use_value!(v);
 }
@@ -214,6 +234,7 @@ static mut PERCPU_VAR: i32 = 0;
 #[inline(never)]
 pub fn test_percpu_propagate() {
     let uninit = MaybeUninit::<i32>::uninit();
+    // SAFETY: one CPU, nothing else uses the variable; the local is read on purpose uninitialized.
     unsafe {
         write_volatile(core::ptr::addr_of_mut!(PERCPU_VAR), read_volatile(uninit.as_ptr()));
         let v = read_volatile(core::ptr::addr_of!(PERCPU_VAR));
@@ -232,6 +253,7 @@ fn printk_int(v: i32) {
 #[inline(never)]
 pub fn test_printk() {
     let uninit = MaybeUninit::<i32>::uninit();
+    // SAFETY: a read of the local's own storage (uninitialized on purpose).
     let v = unsafe { read_volatile(uninit.as_ptr()) };
     printk_int(v);
 }
@@ -240,6 +262,7 @@ pub fn test_printk() {
 /// from a never-written local) nor turn into a load/store pair.
 #[inline(never)]
 fn memcpy_noinline(dst: *mut u8, src: *const u8, n: usize) {
+    // SAFETY: the callers pass ranges valid for `n` bytes that do not overlap.
     unsafe { core::ptr::copy_nonoverlapping(black_box(src), black_box(dst), black_box(n)) };
 }
 
@@ -263,8 +286,10 @@ pub fn test_memcpy_aligned_to_aligned() {
 pub fn test_memcpy_aligned_to_unaligned() {
     let uninit_src = MaybeUninit::<u32>::uninit();
     let mut dst: [u8; 8] = black_box([0; 8]);
+    // SAFETY: offsets inside the 8-byte array.
     memcpy_noinline(unsafe { dst.as_mut_ptr().add(1) }, uninit_src.as_ptr() as *const u8, 4);
     check(dst.as_ptr(), 4);
+    // SAFETY: offsets inside the 8-byte array.
     check(unsafe { dst.as_ptr().add(4) }, 4);
 }
 
@@ -273,12 +298,16 @@ pub fn test_memcpy_initialized_gap() {
     let mut uninit_src = MaybeUninit::<[u8; 12]>::uninit();
     let s = uninit_src.as_mut_ptr() as *mut u8;
     for i in [0usize, 1, 4, 5, 6, 7, 10, 11] {
+        // SAFETY: offsets inside the 12-byte source and the 8-byte destination.
         unsafe { write_volatile(s.add(i), i as u8) };
     }
     let mut dst: [u8; 8] = black_box([0; 8]);
+    // SAFETY: offsets inside the 12-byte source and the 8-byte destination.
     memcpy_noinline(dst.as_mut_ptr(), unsafe { s.add(2) }, 8);
     check(dst.as_ptr(), 4);
+    // SAFETY: offsets inside the 12-byte source and the 8-byte destination.
     check(unsafe { dst.as_ptr().add(2) }, 4);
+    // SAFETY: offsets inside the 12-byte source and the 8-byte destination.
     check(unsafe { dst.as_ptr().add(4) }, 4);
 }
 
@@ -289,6 +318,7 @@ macro_rules! memset_case {
             let mut x = MaybeUninit::<$t>::uninit();
             let p = x.as_mut_ptr();
             for i in 0..black_box(1) {
+                // SAFETY: offsets inside the 12-byte source and the 8-byte destination.
                 unsafe { write_volatile(p.add(i), $v) };
             }
             check(p as *const u8, core::mem::size_of::<$t>());
@@ -306,6 +336,7 @@ pub fn test_memset_on_guarded_buffer() {
         return fail("vmalloc failed");
     }
     for n in 0..=128usize {
+        // SAFETY: `buf` is a live one-page vmalloc area and `n <= 128`.
         unsafe {
             core::ptr::write_bytes(buf, 0, black_box(n));
             core::ptr::write_bytes(buf.add(PAGE_SIZE - n), 0, black_box(n));
@@ -325,6 +356,7 @@ fn chain_store(a: *mut u32, i: usize, n: usize) {
     if i == n {
         return;
     }
+    // SAFETY: `a` holds `n + 1` words.
     unsafe { write_volatile(a.add(i + 1), read_volatile(a.add(i))) };
     chain_store(a, i + 1, n);
 }
@@ -333,6 +365,7 @@ fn chain_store(a: *mut u32, i: usize, n: usize) {
 pub fn test_long_origin_chain() {
     let a = mm::kmalloc(4 * (CHAIN + 1)) as *mut u32;
     chain_store(a, 0, CHAIN);
+    // SAFETY: `a` holds CHAIN + 1 words.
     check(unsafe { a.add(CHAIN) } as *const u8, 4);
     mm::kfree(a as *const u8);
 }
@@ -363,9 +396,12 @@ pub fn test_unpoison_memory() {
     let mut a = MaybeUninit::<[u8; 4]>::uninit();
     let b = MaybeUninit::<[u8; 4]>::uninit();
     let (pa, pb) = (a.as_mut_ptr() as *mut u8, b.as_ptr() as *const u8);
+    // SAFETY: offsets inside the 4-byte locals.
     unsafe { write_volatile(pa, 0) };
     kmsan_unpoison_memory(pb as usize, 1);
+    // SAFETY: offsets inside the 4-byte locals.
     check(unsafe { pa.add(1) }, 3);
+    // SAFETY: offsets inside the 4-byte locals.
     check(unsafe { pb.add(1) }, 3);
 }
 
@@ -388,8 +424,10 @@ fn backing_is(addr: usize, want: hybrid_shadow::kmsan::MetaBacking, what: &str) 
 pub fn test_uninit_slab_to_pagecache() {
     use hybrid_shadow::kmsan::MetaBacking;
     let obj = mm::kmalloc(64);
+    // SAFETY: `obj` is a live 64-byte object, `page` a page just allocated.
     unsafe { core::ptr::write_bytes(obj, 0, 32) };
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
+    // SAFETY: `obj` is a live 64-byte object, `page` a page just allocated.
     unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE) };
     backing_is(page, MetaBacking::Init, "a zeroed page is backed by the shared zero page");
     memcpy_noinline((page + 128) as *mut u8, obj, 64);
@@ -405,6 +443,7 @@ pub fn test_uninit_page_partial_write() {
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
     backing_is(page, MetaBacking::Uninit, "a fresh page is backed by the shared 0xFF page");
     for i in 100..200 {
+        // SAFETY: `page` is a page just allocated.
         unsafe { write_volatile((page + i) as *mut u8, i as u8) };
     }
     check((page + 100) as *const u8, 100);
@@ -417,6 +456,7 @@ pub fn test_uninit_page_partial_write() {
 pub fn test_init_page_dma() {
     use hybrid_shadow::kmsan::MetaBacking;
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
+    // SAFETY: `page` is a page just allocated.
     unsafe { write_volatile((page + 8) as *mut u64, 1) };
     // The device fills the page and the driver reports the DMA done.
     kmsan_unpoison_memory(page, PAGE_SIZE);
@@ -429,12 +469,14 @@ pub fn test_init_page_dma() {
 pub fn test_slab_page_reuse() {
     let Some(cache) = mm::kmem_cache_create("kmsan_reuse", 512, 8) else { return fail("no cache") };
     let obj = mm::kmem_cache_alloc(cache);
+    // SAFETY: `obj` is a live 512-byte object, `p` a page just allocated.
     unsafe { core::ptr::write_bytes(obj, 0, 512) };
     mm::kmem_cache_free(cache, obj);
     if mm::kmem_cache_destroy(cache).is_err() {
         return fail("cache not empty");
     }
     let Some(p) = buddy::alloc_pages(0) else { return fail("no page") };
+    // SAFETY: `obj` is a live 512-byte object, `p` a page just allocated.
     let v = unsafe { read_volatile((p + 64) as *const u32) };
     use_value!(v);
     buddy::free_pages(p, 0);
@@ -443,6 +485,7 @@ pub fn test_slab_page_reuse() {
 #[inline(never)]
 pub fn test_uninit_page_origin() {
     let Some(p) = buddy::alloc_pages(1) else { return fail("no pages") };
+    // SAFETY: `p` is an order-1 block just allocated.
     let v = unsafe { read_volatile((p + 5000) as *const u32) };
     use_value!(v);
     buddy::free_pages(p, 1);

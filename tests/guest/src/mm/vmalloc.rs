@@ -90,10 +90,13 @@ pub fn vmap(pages: &[usize]) -> *mut u8 {
     for (i, &pg) in pages.iter().enumerate() {
         let ok = paging::virt_to_phys(pg as u64).and_then(|pa| {
             let mut alloc = || table_page();
+            // SAFETY: `addr` is free vmalloc space found by `find_space`;
+            // `pa` is a frame the caller owns.
             unsafe { paging::map_4k((addr + i * PAGE_SIZE) as u64, pa, PTE_W | PTE_G | PTE_NX, &mut alloc).ok() }
         });
         if ok.is_none() {
             for k in 0..i {
+                // SAFETY: mapped just above; the frames stay their owner's.
                 unsafe { paging::unmap_4k((addr + k * PAGE_SIZE) as u64) };
             }
             return core::ptr::null_mut();
@@ -114,6 +117,8 @@ pub fn vunmap(ptr: *const u8) {
     let a = areas()[slot].take().unwrap();
     kasan_glue::vmalloc_free(a.addr, a.pages * PAGE_SIZE);
     for i in 0..a.pages {
+        // SAFETY: `vmap` mapped these pages; nothing uses the area after
+        // vunmap (the frames stay their owner's).
         unsafe { paging::unmap_4k((a.addr + i * PAGE_SIZE) as u64) };
     }
 }

@@ -173,12 +173,15 @@ impl Cc {
         if self.nanon < self.anon_cap && (v & 7) == 0 {
             let p = mem::anon_page();
             // User space writing its own memory (outside the kernel).
+            // SAFETY: `p` is a page just allocated (8 words at 512-byte
+            // strides stay inside it).
             crate::kasan_glue::outside_write(p, crate::mm::PAGE_SIZE, || unsafe {
                 let w = p as *mut u64;
                 for i in 0..8 {
                     w.add(i * 64).write(v ^ i as u64);
                 }
             });
+            // SAFETY: `nanon < anon_cap`, the capacity of `anon`.
             unsafe { *self.anon.add(self.nanon) = p };
             self.nanon += 1;
         }

@@ -166,6 +166,7 @@ pub fn fill(addr: usize, content: u64, index: usize) {
         let w = addr as *mut u64;
         let base = page_base(content, index);
         for i in 0..PAGE_SIZE / 8 {
+            // SAFETY: `addr` is a page-cache page: PAGE_SIZE / 8 words.
             unsafe { w.add(i).write(word_of(base, i)) };
         }
     });
