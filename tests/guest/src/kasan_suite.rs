@@ -1,5 +1,5 @@
 //! The KASAN bug suite (suite `kasan`): one instrumented function per case
-//! of /work/shared/kasan-cases.md, named as listed, so that a report's
+//! of ../shared/kasan-cases.md, named as listed, so that a report's
 //! title (`BUG: KASAN: <type> in <case>+0x..`) names the case. The bad
 //! accesses happen in the case function itself, through volatile accesses
 //! with `black_box`ed offsets (the compiler instruments them and cannot

@@ -1,5 +1,5 @@
 // The KMSAN bug suite's case table: one row per case of
-// /work/shared/kmsan-cases.md plus the cases that cross the hybrid design's
+// ../shared/kmsan-cases.md plus the cases that cross the hybrid design's
 // transitions. Pure data (no_std): the guest runs the cases in this order
 // (tests/guest/src/kmsan_suite.rs) and the host test checks each case's
 // reports against the same rows (tests/guest_kmsan.rs `include!`s this file).
