@@ -27,7 +27,7 @@ pub trait AbiRuntime: Sync {
     fn poison(&self, addr: usize, size: usize, value: u8);
     /// Make a range accessible.
     fn unpoison(&self, addr: usize, size: usize);
-    /// `__asan_alloca_poison`.
+    /// `__asan_alloca_poison`; a refused buffer is printed.
     fn alloca_poison(&self, addr: usize, size: usize);
     /// `__asan_allocas_unpoison`.
     fn allocas_unpoison(&self, top: usize, bottom: usize);
@@ -48,16 +48,17 @@ impl<M: ShadowMapper + Send, P: Platform + Sync> AbiRuntime for Kasan<M, P> {
         self.unpoison_range(addr, size);
     }
     fn alloca_poison(&self, addr: usize, size: usize) {
-        Kasan::alloca_poison(self, addr, size);
+        if let Err(e) = Kasan::alloca_poison(self, addr, size) {
+            print_refusal(self.platform(), format_args!("kasan: alloca at {addr:#x} (size {size}) rejected: {e}\n"));
+        }
     }
     fn allocas_unpoison(&self, top: usize, bottom: usize) {
         Kasan::allocas_unpoison(self, top, bottom);
     }
     fn register_global(&self, g: &GlobalDesc) {
         if let Err(e) = Kasan::register_global(self, g) {
-            let mut w = crate::report::ConsoleWriter::new(self.platform());
-            let _ = core::fmt::Write::write_fmt(
-                &mut w,
+            print_refusal(
+                self.platform(),
                 format_args!("kasan: global at {:#x} (size {}) rejected: {:?}\n", g.beg, g.size, e),
             );
         }
@@ -65,6 +66,12 @@ impl<M: ShadowMapper + Send, P: Platform + Sync> AbiRuntime for Kasan<M, P> {
     fn unregister_global(&self, g: &GlobalDesc) {
         Kasan::unregister_global(self, g);
     }
+}
+
+/// Print on the console why the runtime refused what instrumented code
+/// asked of it (the compiler's calls have no way to return an error).
+fn print_refusal<P: Platform>(p: &P, args: core::fmt::Arguments<'_>) {
+    let _ = core::fmt::Write::write_fmt(&mut crate::report::ConsoleWriter::new(p), args);
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);

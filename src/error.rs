@@ -29,12 +29,20 @@ pub enum HookError {
     /// The pages are not in the state this hook needs (e.g. a slab page
     /// hook on free pages).
     WrongPageState,
-    /// A size of zero where one is needed, or larger than the object.
+    /// A size of zero where one is needed, larger than the object, or one
+    /// that takes the range past the end of the address space or out of
+    /// the memory the runtime covers.
     BadSize,
     /// A cache error.
     Cache(CacheError),
     /// The allocator handed out a slot that is still allocated.
     SlotInUse,
+    /// The allocator handed out a slot that is still in quarantine (only a
+    /// slot [`crate::Kasan::quarantine_pop`] returned may be reused).
+    SlotQuarantined,
+    /// The address is not the start of a slot of that cache (an interior
+    /// pointer, another cache's slab, or a slot cut off by the slab's end).
+    NotSlot,
     /// The address is outside the vmalloc window.
     NotVmalloc,
 }
@@ -56,6 +64,8 @@ impl core::fmt::Display for HookError {
             HookError::BadSize => f.write_str("bad size"),
             HookError::Cache(e) => write!(f, "cache: {e}"),
             HookError::SlotInUse => f.write_str("slot handed out while allocated"),
+            HookError::SlotQuarantined => f.write_str("slot handed out while in quarantine"),
+            HookError::NotSlot => f.write_str("address is not the start of a slot of this cache"),
             HookError::NotVmalloc => f.write_str("address is outside the vmalloc window"),
         }
     }
@@ -70,6 +80,7 @@ pub enum GlobalError {
     BadSize,
     /// The global is not inside the kernel image.
     OutsideImage,
-    /// Its redzone overlaps another global already registered.
+    /// Its span (body or redzone) overlaps the span of a global already
+    /// registered.
     Overlap,
 }

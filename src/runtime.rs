@@ -147,6 +147,9 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     /// Per direct-map block: slow-path checks taken while CONSULT (up to
     /// `PROMOTE_AFTER`), or `HOT` once promoted to a private page.
     pub(crate) hits: &'static [AtomicU8],
+    /// One bit per granule of the image: set while a registered global's
+    /// span (body and redzone) covers it (written under the lock).
+    pub(crate) globals: &'static [AtomicU8],
     pub(crate) inner: spin::Mutex<Inner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
@@ -168,8 +171,14 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         PageArray::bytes_for(pages)
             + 2 * pages.div_ceil(PAGES_PER_BLOCK)
             + 2 * (layout.vmalloc.len() / BLOCK_SIZE)
+            + Self::globals_map_bytes(layout)
             + depot
             + 16
+    }
+
+    /// Bytes of the map of image granules claimed by registered globals.
+    fn globals_map_bytes(layout: &Layout) -> usize {
+        (layout.image.len() / GRANULE).div_ceil(8)
     }
 
     /// Start the runtime: map the initial shadow and set every RAM page free.
@@ -195,6 +204,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let block_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let hits_mem = take(&mut rest, blocks_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let vm_mem = take(&mut rest, vm_n * 2, 2).ok_or(InitError::ArenaTooSmall)?;
+        let globals_n = if off { 0 } else { Self::globals_map_bytes(&layout) };
+        let globals_mem = take(&mut rest, globals_n, 1).ok_or(InitError::ArenaTooSmall)?;
         let depot_len = StackDepot::bytes_for(stacks);
         let depot_mem = take(&mut rest, depot_len, 8).ok_or(InitError::ArenaTooSmall)?;
         let depot = StackDepot::new(depot_mem, stacks).ok_or(InitError::ArenaTooSmall)?;
@@ -209,6 +220,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             blocks: atomics_u8(block_mem, initial as u8),
             vm_refs: atomics_u16(vm_mem),
             hits: atomics_u8(hits_mem, 0),
+            globals: atomics_u8(globals_mem, 0),
             inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new() }),
             platform,
             stats: Stats::default(),
@@ -218,6 +230,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         kasan.stats.per_page_bytes.store(pages_n, Relaxed);
         kasan.stats.block_table_bytes.store(2 * blocks_n + vm_n * 2, Relaxed);
         kasan.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
+        kasan.stats.globals_map_bytes.store(globals_n, Relaxed);
         if !off {
             kasan.map_initial_shadow()?;
         }

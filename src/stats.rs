@@ -8,6 +8,7 @@ pub struct Stats {
     pub(crate) per_page_bytes: AtomicUsize,
     pub(crate) block_table_bytes: AtomicUsize,
     pub(crate) depot_bytes: AtomicUsize,
+    pub(crate) globals_map_bytes: AtomicUsize,
     pub(crate) context_bytes: AtomicUsize,
     pub(crate) init_shadow_pages: AtomicUsize,
     pub(crate) ondemand_live: AtomicUsize,
@@ -49,6 +50,8 @@ pub struct StatsSnapshot {
     pub block_table_bytes: usize,
     /// Bytes reserved for the stack depot.
     pub depot_bytes: usize,
+    /// Bytes of the map of image granules registered globals claim.
+    pub globals_map_bytes: usize,
     /// Bytes of per-task sanitizer contexts the kernel set aside (KMSAN).
     pub context_bytes: usize,
     /// Private shadow pages mapped at init (all RAM in `full`, the image in both).
@@ -89,12 +92,13 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     /// Metadata bytes allocated at init: per-page array, tables, depot,
-    /// shadow pages mapped at init and shadow page tables.
+    /// globals map, shadow pages mapped at init and shadow page tables.
     #[must_use]
     pub fn metadata_init_bytes(&self) -> usize {
         self.per_page_bytes
             + self.block_table_bytes
             + self.depot_bytes
+            + self.globals_map_bytes
             + self.context_bytes
             + self.init_shadow_pages * crate::mapper::PAGE_SIZE
             + self.shadow_table_bytes
@@ -117,6 +121,7 @@ impl Stats {
             per_page_bytes: self.per_page_bytes.load(Relaxed),
             block_table_bytes: self.block_table_bytes.load(Relaxed),
             depot_bytes: self.depot_bytes.load(Relaxed),
+            globals_map_bytes: self.globals_map_bytes.load(Relaxed),
             context_bytes: self.context_bytes.load(Relaxed),
             init_shadow_pages: self.init_shadow_pages.load(Relaxed),
             shadow_table_bytes,

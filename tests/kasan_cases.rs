@@ -270,14 +270,14 @@ case!(kfree_via_phys, [], |k, _| {
 });
 
 case!(kasan_global_oob_right, [Some(GlobalOutOfBounds), None], |k, _| {
-    let _pad = k.define_global(64);
-    let g = k.define_global(10);
+    let _pad = k.define_global(64).unwrap();
+    let g = k.define_global(10).unwrap();
     vec![v(k.read(g + 13, 1)), v(k.read(g + 9, 1))]
 });
 
 case!(kasan_global_oob_left, [Some(GlobalOutOfBounds)], |k, _| {
-    let _pad = k.define_global(64);
-    let g = k.define_global(10);
+    let _pad = k.define_global(64).unwrap();
+    let g = k.define_global(10).unwrap();
     vec![v(k.read(g - 1, 1))]
 });
 
@@ -301,14 +301,14 @@ case!(kasan_stack_oob, [None, Some(StackOutOfBounds)], |k, _| {
 case!(kasan_alloca_oob_left, [Some(AllocaOutOfBounds)], |k, _| {
     let stack = k.stack_alloc().unwrap();
     let buf = stack + 8192;
-    k.kasan.alloca_poison(buf, 10);
+    k.kasan.alloca_poison(buf, 10).unwrap();
     vec![v(k.read(buf - 1, 1))]
 });
 
 case!(kasan_alloca_oob_right, [None, Some(AllocaOutOfBounds)], |k, _| {
     let stack = k.stack_alloc().unwrap();
     let buf = stack + 8192;
-    k.kasan.alloca_poison(buf, 10);
+    k.kasan.alloca_poison(buf, 10).unwrap();
     let r = vec![v(k.read(buf, 10)), v(k.read(buf + 10, 1))];
     k.kasan.allocas_unpoison(buf - 32, buf + 64);
     assert_eq!(k.read(buf + 10, 1), Ok(()));

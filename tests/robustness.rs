@@ -5,7 +5,7 @@ mod common;
 
 use common::syzkaller;
 use hybrid_shadow::hooks::GlobalDesc;
-use hybrid_shadow::host::sim::{SimConfig, SimKernel};
+use hybrid_shadow::host::sim::{SimConfig, SimKernel, ZERO_SIZE_PTR};
 use hybrid_shadow::layout::BLOCK_SIZE;
 use hybrid_shadow::{Backing, BugType, CacheError, Config, FaultAction, GlobalError, HookError, Mode};
 
@@ -105,7 +105,8 @@ fn frees_of_pointers_never_allocated() {
 fn zero_and_huge_sizes() {
     both(|k, _| {
         let p = k.kmalloc(0).unwrap();
-        assert_eq!(k.read_bug(p, 1), Some(BugType::SlabOutOfBounds), "zero-size object has no byte");
+        assert_eq!(p, ZERO_SIZE_PTR);
+        assert_eq!(k.read_bug(p, 1), Some(BugType::NullPtrDeref), "ZERO_SIZE_PTR has no byte");
         k.kfree(p).unwrap();
         assert_eq!(k.kmalloc(usize::MAX), None);
         assert_eq!(k.kmalloc(1 << 40), None);
@@ -165,7 +166,7 @@ fn desc(beg: usize, size: usize, with_rz: usize) -> GlobalDesc {
 #[test]
 fn bogus_and_overlapping_globals_are_rejected_and_counted() {
     both(|k, _| {
-        let g = k.define_global(10);
+        let g = k.define_global(10).unwrap();
         let img = k.kasan.layout().image;
         let r = &k.kasan;
         assert_eq!(r.register_global(&desc(g + 3, 4, 64)), Err(GlobalError::Unaligned));
@@ -338,4 +339,213 @@ fn report_body_follows_linux_and_matches_between_modes() {
         bodies.push(shadow_rows);
     }
     assert_eq!(bodies[0], bodies[1], "full and hybrid print the same memory state");
+}
+
+// ---- issue 12: seven defects a fuzzer found in the public API --------------
+
+/// Reports printed so far.
+fn reports(k: &SimKernel) -> usize {
+    k.kasan.stats().reports
+}
+
+#[test]
+fn kmalloc_zero_is_linux_zero_size_ptr_and_no_false_report() {
+    both(|k, _| {
+        let p = k.kmalloc(0).unwrap();
+        assert_eq!(p, ZERO_SIZE_PTR);
+        assert_eq!(k.ksize(p), 0);
+        assert_eq!(k.kfree_sensitive(p), Ok(()));
+        assert_eq!(k.kfree(p), Ok(()));
+        let q = k.krealloc(p, 16).unwrap();
+        assert_ne!(q, ZERO_SIZE_PTR, "krealloc of ZERO_SIZE_PTR allocates");
+        assert_eq!(reports(k), 0, "nothing reported: {}", k.take_log());
+        assert_eq!(k.write(q, 16), Ok(()));
+        assert_eq!(k.read_bug(q + 16, 1), Some(BugType::SlabOutOfBounds));
+        assert_eq!(k.krealloc(q, 0), Some(ZERO_SIZE_PTR), "krealloc to 0 bytes frees");
+        assert_eq!(k.read_bug(q, 1), Some(BugType::SlabUseAfterFree));
+        // A kernel whose allocator hands out real 0-byte objects: ksize
+        // knows the object is live from its metadata, not its first byte.
+        let c = k.kmem_cache_create("zero", 16).unwrap();
+        let z = k.cache_alloc(c, 0).unwrap();
+        assert_eq!(k.read_bug(z, 1), Some(BugType::SlabOutOfBounds), "a 0-byte object has no byte");
+        let before = reports(k);
+        assert_eq!(k.ksize(z), 16);
+        assert_eq!(k.read(z, 16), Ok(()), "ksize made the whole object usable");
+        assert_eq!(k.read_bug(z + 16, 1), Some(BugType::SlabOutOfBounds));
+        assert_eq!(k.kfree_sensitive(z), Ok(()));
+        assert_eq!(reports(k), before + 1, "only the read past the object: {}", k.take_log());
+        assert_eq!(k.read_bug(z, 1), Some(BugType::SlabUseAfterFree));
+        k.drain_quarantine();
+        k.kmem_cache_destroy(c).unwrap();
+    });
+}
+
+#[test]
+fn ksize_of_a_page_backed_kmalloc_makes_its_pages_accessible() {
+    both(|k, _| {
+        let p = k.kmalloc(9000).unwrap();
+        assert_eq!(k.read_bug(p + 9000, 1), Some(BugType::SlabOutOfBounds));
+        assert_eq!(k.ksize(p), 16384);
+        assert_eq!(k.write(p + 9000, 16384 - 9000), Ok(()), "every byte ksize handed out is usable");
+        assert_eq!(k.ksize(p + 4096), 0, "an interior pointer gets nothing");
+        assert_eq!(reports(k), 1, "{}", k.take_log());
+        k.kfree(p).unwrap();
+        assert_eq!(k.ksize(p), 0);
+        assert_eq!(reports(k), 2, "ksize of a freed kmalloc is reported");
+        assert_eq!(k.read_bug(p + 9000, 1), Some(BugType::UseAfterFree));
+    });
+}
+
+#[test]
+fn globals_overlapping_a_registered_span_are_rejected() {
+    both(|k, _| {
+        let img = k.kasan.layout().image.start;
+        let r = &k.kasan;
+        r.register_global(&desc(img + 0x20, 0x80, 0xa0)).unwrap();
+        let overlapping = [
+            (img + 0x20, 0, 0x35), // a redzone over the body
+            (img + 0x20, 2, 2),    // a body over the body
+            (img, 8, 0x40),        // a redzone over the body's start
+            (img + 0xa0, 8, 0x20), // a body over the redzone
+            (img + 0xb8, 1, 0x20), // the redzone's last granule
+        ];
+        for (beg, size, with_rz) in overlapping {
+            let d = desc(beg, size, with_rz);
+            assert_eq!(r.register_global(&d), Err(GlobalError::Overlap), "{:#x}+{size}/{with_rz:#x}", beg - img);
+        }
+        assert_eq!(r.stats().bad_globals, 5);
+        assert_eq!(k.read(img + 0x20, 0x80), Ok(()), "the first global's body is intact");
+        assert_eq!(k.read_bug(img + 0xa0, 1), Some(BugType::GlobalOutOfBounds));
+        assert_eq!(k.read_bug(img + 0xbf, 1), Some(BugType::GlobalOutOfBounds));
+        // neighbours that only touch its span are fine
+        r.register_global(&desc(img, 8, 0x20)).unwrap();
+        r.register_global(&desc(img + 0xc0, 8, 0x20)).unwrap();
+        assert_eq!(k.read_bug(img + 8, 1), Some(BugType::GlobalOutOfBounds));
+        // a span that is not wholly registered is not unregistered
+        r.unregister_global(&desc(img + 0x20, 0x80, 0x1000));
+        assert_eq!(r.stats().bad_globals, 6);
+        assert_eq!(k.read_bug(img + 0xa0, 1), Some(BugType::GlobalOutOfBounds));
+        // once unregistered, its span takes a new global
+        r.unregister_global(&desc(img + 0x20, 0x80, 0xa0));
+        assert_eq!(k.read(img + 0xa0, 0x20), Ok(()));
+        r.register_global(&desc(img + 0x20, 2, 2)).unwrap();
+        assert_eq!(k.read_bug(img + 0x22, 1), Some(BugType::OutOfBounds));
+    });
+}
+
+#[test]
+fn alloca_poison_refuses_a_size_that_overflows() {
+    both(|k, _| {
+        let st = k.stack_alloc().unwrap();
+        let buf = st + 8192;
+        for size in [usize::MAX, usize::MAX - 31, usize::MAX - 64, usize::MAX / 2, 1 << 40] {
+            assert_eq!(k.kasan.alloca_poison(buf, size), Err(HookError::BadSize), "size {size:#x}");
+        }
+        assert_eq!(k.kasan.alloca_poison(buf + 8, 10), Err(HookError::Unaligned));
+        assert_eq!(k.kasan.alloca_poison(0, 10), Err(HookError::BadSize), "its left redzone would wrap");
+        assert_eq!(k.read(st, 16384), Ok(()), "refused calls poisoned nothing");
+        assert_eq!(k.kasan.alloca_poison(buf, 10), Ok(()));
+        assert_eq!(k.read(buf, 10), Ok(()));
+        assert_eq!(k.read_bug(buf + 10, 1), Some(BugType::AllocaOutOfBounds));
+        assert_eq!(k.read_bug(buf + 63, 1), Some(BugType::AllocaOutOfBounds));
+        assert_eq!(k.read(buf + 64, 1), Ok(()));
+        assert_eq!(k.read_bug(buf - 32, 1), Some(BugType::AllocaOutOfBounds));
+        assert_eq!(k.read(buf - 33, 1), Ok(()));
+        k.kasan.allocas_unpoison(buf - 32, buf + 64);
+        k.stack_free(st).unwrap();
+    });
+}
+
+#[test]
+fn model_kernel_returns_errors_on_bad_input_without_leaking() {
+    both(|k, _| {
+        let used = k.pages_used;
+        assert_eq!(k.vmalloc(0), None);
+        assert_eq!(k.vmalloc(usize::MAX), None);
+        assert_eq!(k.vmalloc(usize::MAX - 8192), None);
+        let c = k.kmem_cache_create("gone", 64).unwrap();
+        assert_eq!(k.cache_alloc(c, 65), None, "larger than the cache's objects");
+        let p = k.cache_alloc(c, 64).unwrap();
+        k.cache_free(c, p).unwrap();
+        k.kmem_cache_destroy(c).unwrap();
+        assert_eq!(k.cache_alloc(c, 64), None, "a destroyed cache allocates nothing");
+        assert_eq!(k.cache_alloc_bulk(c, 64, 3), None);
+        assert_eq!(k.kmem_cache_create("huge", hybrid_shadow::cache::MAX_OBJECT), Err(HookError::BadSize));
+        assert_eq!(k.pages_used, used, "no page was kept");
+        // frees of pages the page allocator did not hand out that way
+        let pg = k.alloc_pages(1).unwrap();
+        assert_eq!(k.free_pages(pg, 0).unwrap_err().kind, BugType::InvalidFree, "wrong order");
+        assert_eq!(k.free_pages(pg + 4096, 0).unwrap_err().kind, BugType::InvalidFree, "interior page");
+        assert_eq!(k.free_pages(pg, 14).unwrap_err().kind, BugType::InvalidFree, "order above the buddy's");
+        assert_eq!(k.stack_free(pg).unwrap_err().kind, BugType::InvalidFree, "not a stack");
+        k.free_pages(pg, 1).unwrap();
+        assert_eq!(k.free_pages(pg, 1).unwrap_err().kind, BugType::DoubleFree);
+        let st = k.stack_alloc().unwrap();
+        assert_eq!(k.free_pages(st, 2).unwrap_err().kind, BugType::InvalidFree, "a stack's pages are the stack's");
+        assert_eq!(k.read(st, 16384), Ok(()));
+        k.stack_free(st).unwrap();
+        assert_eq!(k.stack_free(st).unwrap_err().kind, BugType::DoubleFree);
+        assert_eq!(k.pages_used, used);
+        assert_eq!(reports(k), 7, "{}", k.take_log());
+    });
+}
+
+#[test]
+fn ksize_of_an_interior_pointer_is_refused() {
+    both(|k, _| {
+        let p = k.kmalloc(100).unwrap();
+        let q = k.kmalloc(100).unwrap();
+        k.kfree(q).unwrap();
+        assert_eq!(k.ksize(p + 96), 0);
+        assert_eq!(reports(k), 0, "its first byte is valid: nothing to report");
+        assert_eq!(k.read_bug(p + 100, 1), Some(BugType::SlabOutOfBounds), "the redzone is still poisoned");
+        assert_eq!(k.read_bug(q, 1), Some(BugType::SlabUseAfterFree), "the freed neighbour too");
+        let cache = hybrid_shadow::Platform::slab_of(&k.plat, p).unwrap().cache;
+        assert_eq!(k.kasan.ksize(cache, p + 8, 0), 0);
+        assert_eq!(k.kasan.ksize(cache, q, 0), 0, "a freed object");
+        assert_eq!(k.ksize(p), 128);
+        assert_eq!(reports(k), 3, "{}", k.take_log());
+    });
+}
+
+#[test]
+fn slot_in_quarantine_cannot_be_allocated_again() {
+    both(|k, _| {
+        // A raw cache whose slab the test lays out itself.
+        let c = k.kasan.cache_create("raw", 64, 8).unwrap();
+        let info = k.kasan.cache_info(c).unwrap();
+        let page = k.alloc_pages(0).unwrap();
+        k.kasan.slab_page_alloc(c, page, 0).unwrap();
+        let base = page + info.slab_offset;
+        k.plat.add_slab(page, 4096, hybrid_shadow::SlabRef { cache: c, base });
+        let (a, b) = (base, base + info.slot_size);
+        k.kasan.slab_alloc(c, a, 64).unwrap();
+        k.kasan.slab_alloc(c, b, 64).unwrap();
+        assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.slab_free(c, base, b, 0), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.slab_alloc(c, a, 64), Err(HookError::SlotQuarantined));
+        assert_eq!(k.kasan.slab_alloc(c, a + 8, 8), Err(HookError::NotSlot), "not a slot start");
+        let tail = base + (4096 - info.slab_offset) / info.slot_size * info.slot_size;
+        assert_eq!(k.kasan.slab_alloc(c, tail, 8), Err(HookError::NotSlot), "a slot cut off by the page's end");
+        assert_eq!(k.read_bug(a, 1), Some(BugType::SlabUseAfterFree), "still poisoned");
+        assert_eq!(k.kasan.cache_info(c).unwrap().quarantined, 2);
+        // both come back out of quarantine: nothing was dropped off its list
+        let mut released = vec![];
+        while let Some(r) = k.kasan.quarantine_drain() {
+            if r.cache == c {
+                released.push(r.ptr);
+            }
+        }
+        assert_eq!(released, [a, b]);
+        k.kasan.slab_alloc(c, a, 64).unwrap();
+        assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.quarantine_drain().map(|r| r.ptr), Some(a));
+        let info = k.kasan.cache_info(c).unwrap();
+        assert_eq!((info.live, info.quarantined), (0, 0));
+        k.kasan.cache_destroy(c).unwrap();
+        k.plat.remove_slab(page, 4096);
+        k.kasan.slab_page_free(page, 0).unwrap();
+        k.free_pages(page, 0).unwrap();
+        assert_eq!(reports(k), 1, "{}", k.take_log());
+    });
 }

@@ -5,7 +5,8 @@ use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A page-backed kmalloc of `size` bytes in the allocated pages at
-    /// `addr`: the tail after `size` is poisoned as page redzone.
+    /// `addr`: the tail after `size` is poisoned as page redzone. The pages
+    /// are plain allocated ones, or this very kmalloc (krealloc in place).
     pub fn kmalloc_large(&self, addr: usize, order: u32, size: usize) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
@@ -14,7 +15,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if size == 0 || size > count * PAGE_SIZE {
             return Err(HookError::BadSize);
         }
-        if !self.allocated(pfn, count) {
+        if !self.plain(pfn, count) && !self.large_block(pfn, count) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();
@@ -25,8 +26,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Ok(())
     }
 
+    /// Whether `[pfn, pfn + count)` is exactly one live page-backed
+    /// kmalloc's pages (head first), so a hook may act on all of them.
+    fn large_block(&self, pfn: usize, count: usize) -> bool {
+        (pfn..pfn + count).all(|p| {
+            let page = self.pages.get(p);
+            page.state != PageState::Free && page.kind == PageKind::LargeKmalloc && page.head == (p == pfn)
+        })
+    }
+
     /// kfree of a page-backed kmalloc at `ptr` of `2^order` pages. An
-    /// interior pointer is an invalid free, a freed one a double free.
+    /// interior pointer (or a wrong order) is an invalid free, a freed one
+    /// a double free.
     pub fn kfree_large(&self, ptr: usize, order: u32, ip: usize) -> Result<(), Bug> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
@@ -34,16 +45,36 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let Ok((pfn, count)) = self.page_range(ptr, order) else {
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         };
-        let head = self.pages.get(pfn);
-        if head.state == PageState::Free {
+        if self.pages.get(pfn).state == PageState::Free {
             return Err(self.report_free(ptr, BugType::DoubleFree, ip));
         }
-        if head.kind != PageKind::LargeKmalloc || !head.head {
+        if !self.large_block(pfn, count) {
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
         let mut inner = self.inner.lock();
         self.untrack_pages(&mut inner, pfn, count);
         Ok(())
+    }
+
+    /// `ksize()` of the page-backed kmalloc at `ptr` of `2^order` pages:
+    /// all its pages made accessible and their size returned, as Linux's
+    /// ksize hands out the whole allocation. Anything else gets 0 and no
+    /// shadow change; its first byte is checked (reported if poisoned).
+    pub fn ksize_large(&self, ptr: usize, order: u32, ip: usize) -> usize {
+        if self.cfg.mode == Mode::Off {
+            return if order <= 20 { PAGE_SIZE << order } else { 0 };
+        }
+        match self.page_range(ptr, order) {
+            Ok((pfn, count)) if self.large_block(pfn, count) => {
+                let _guard = self.inner.lock();
+                self.unpoison(ptr, count * PAGE_SIZE);
+                count * PAGE_SIZE
+            }
+            _ => {
+                let _ = self.check(ptr, 1, false, ip);
+                0
+            }
+        }
     }
 
     // ---- kernel stacks -----------------------------------------------------

@@ -24,7 +24,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The page allocator takes back `2^order` pages at `addr`. Freeing a
-    /// page that is already free is reported as a double free.
+    /// range with a page that is already free is reported as a double
+    /// free; one with a page still owned by the slab, a large kmalloc or a
+    /// stack (its hook has not released it) or reserved at boot as an
+    /// invalid free. Either way nothing changes.
     pub fn page_free(&self, addr: usize, order: u32, ip: usize) -> Result<(), Bug> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
@@ -33,8 +36,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             Ok(r) => r,
             Err(_) => return Err(self.report_free(addr, BugType::InvalidFree, ip)),
         };
-        if self.pages.get(pfn).state == PageState::Free {
+        if (pfn..pfn + count).any(|p| self.pages.get(p).state == PageState::Free) {
             return Err(self.report_free(addr, BugType::DoubleFree, ip));
+        }
+        if !self.plain(pfn, count) {
+            return Err(self.report_free(addr, BugType::InvalidFree, ip));
         }
         let mut inner = self.inner.lock();
         self.set_pages(&mut inner, pfn, count, |_| PageInfo::FREE);
@@ -55,8 +61,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         });
     }
 
-    pub(super) fn allocated(&self, pfn: usize, count: usize) -> bool {
-        (pfn..pfn + count).all(|p| self.pages.get(p).state != PageState::Free)
+    /// Whether every page is allocated from the page allocator and owned by
+    /// no other hook (not slab, large kmalloc, stack or reserved).
+    pub(super) fn plain(&self, pfn: usize, count: usize) -> bool {
+        (pfn..pfn + count).all(|p| {
+            let page = self.pages.get(p);
+            page.state != PageState::Free && page.kind == PageKind::Page
+        })
     }
 
     // ---- slab -------------------------------------------------------------

@@ -28,17 +28,29 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// `__asan_alloca_poison`: a dynamically sized stack buffer of `size`
-    /// bytes at `addr` (32-byte aligned) with 32-byte redzones around it.
-    pub fn alloca_poison(&self, addr: usize, size: usize) {
+    /// bytes at `addr` (32-byte aligned), with a 32-byte redzone before it
+    /// and one from its end to 32 bytes past its size rounded up to 32.
+    /// The size comes from instrumented code: one whose poisoned span would
+    /// wrap around or leave the covered memory is refused, as is a
+    /// misaligned `addr`, and nothing changes.
+    pub fn alloca_poison(&self, addr: usize, size: usize) -> Result<(), HookError> {
         const RZ: usize = 32;
-        if !addr.is_multiple_of(RZ) || addr < RZ {
-            return;
+        if self.cfg.mode == Mode::Off {
+            return Ok(());
+        }
+        if !addr.is_multiple_of(RZ) {
+            return Err(HookError::Unaligned);
+        }
+        let padded = size.checked_add(RZ - 1).ok_or(HookError::BadSize)? & !(RZ - 1);
+        let span = padded.checked_add(2 * RZ).ok_or(HookError::BadSize)?;
+        if addr < RZ || !self.layout.covered.contains_range(addr - RZ, span) {
+            return Err(HookError::BadSize);
         }
         let rounded = round_up(size, GRANULE);
-        let padded = round_up(size, RZ);
-        self.unpoison_range(addr, size);
-        self.poison_range(addr - RZ, RZ, crate::shadow::ALLOCA_LEFT);
-        self.poison_range(addr + rounded, padded - rounded + RZ, crate::shadow::ALLOCA_RIGHT);
+        self.unpoison(addr, size);
+        self.fill_shadow(addr - RZ, addr, crate::shadow::ALLOCA_LEFT);
+        self.fill_shadow(addr + rounded, addr + padded + RZ, crate::shadow::ALLOCA_RIGHT);
+        Ok(())
     }
 
     /// `__asan_allocas_unpoison`: the stack from `top` to `bottom` is live again.

@@ -30,7 +30,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
-        if !self.allocated(pfn, count) {
+        if !self.plain(pfn, count) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();
@@ -80,11 +80,17 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if size > cache.object_size {
             return Err(HookError::BadSize);
         }
-        // SAFETY: `ptr` is a slot of a live slab page of this cache (the
-        // kernel's contract for this hook, page kind checked above).
+        if !self.is_slot(id, &cache, ptr) {
+            return Err(HookError::NotSlot);
+        }
+        // SAFETY: `ptr` starts a slot of a live slab page of this cache
+        // (checked above), so its metadata is mapped slab memory.
         let meta = unsafe { read_meta(&cache, ptr) };
-        if meta.state() == ObjState::Allocated {
-            return Err(HookError::SlotInUse);
+        match meta.state() {
+            ObjState::Available => {}
+            ObjState::Allocated => return Err(HookError::SlotInUse),
+            // Its metadata links the quarantine: reusing it would cut the list.
+            ObjState::Quarantined => return Err(HookError::SlotQuarantined),
         }
         self.unpoison(ptr, size);
         self.fill_shadow(ptr + round_up(size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);
@@ -108,15 +114,35 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Ok(())
     }
 
-    /// Whether the object at `ptr` of a slab at `base` is allocated now.
-    pub fn slab_object_live(&self, id: CacheId, base: usize, ptr: usize) -> bool {
-        let inner = self.inner.lock();
-        let Ok(cache) = inner.caches.live(id) else { return false };
-        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
+    /// Whether `ptr` starts a slot of cache `id` (layout `cache`): on a page
+    /// the kernel's slab lookup gives to that cache, a whole number of
+    /// slots from that slab's first slot, and the whole slot on pages of
+    /// that one slab (a slot cut off by the slab's end is none).
+    fn is_slot(&self, id: CacheId, cache: &CacheInfo, ptr: usize) -> bool {
+        let Some(slab) = self.platform.slab_of(ptr) else { return false };
+        if slab.cache != id || ptr < slab.base || !(ptr - slab.base).is_multiple_of(cache.slot_size) {
             return false;
         }
-        // SAFETY: `ptr` is a slot start of the slab at `base` (checked).
-        unsafe { read_meta(cache, ptr) }.state() == ObjState::Allocated
+        let Some(last) = ptr.checked_add(cache.slot_size - 1) else { return false };
+        let (Some(first), Some(last)) = (self.pages.pfn(ptr), self.pages.pfn(last)) else { return false };
+        (first..=last).all(|p| {
+            let page = self.pages.get(p);
+            page.kind == PageKind::Slab && (p == first || !page.head)
+        })
+    }
+
+    /// The cache layout when `ptr` is an allocated object of cache `id`.
+    fn live_object(&self, inner: &Inner<M>, id: CacheId, ptr: usize) -> Option<CacheInfo> {
+        let cache = *inner.caches.live(id).ok()?;
+        // SAFETY: `ptr` starts a slot of a live slab page of this cache
+        // (is_slot), so its metadata is mapped slab memory.
+        let live = self.is_slot(id, &cache, ptr) && unsafe { read_meta(&cache, ptr) }.state() == ObjState::Allocated;
+        live.then_some(cache)
+    }
+
+    /// Whether the object at `ptr` of a slab at `base` is allocated now.
+    pub fn slab_object_live(&self, id: CacheId, base: usize, ptr: usize) -> bool {
+        ptr >= base && self.live_object(&self.inner.lock(), id, ptr).is_some()
     }
 
     /// The kernel frees `ptr` to cache `id` whose slab starts at `base`.
@@ -135,11 +161,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 return Err(self.report_free(ptr, BugType::InvalidFree, ip));
             }
         };
-        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) {
+        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) || !self.is_slot(id, &cache, ptr) {
             drop(inner);
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
-        // SAFETY: `ptr` is a slot start of the kernel's live slab at `base`.
+        // SAFETY: `ptr` starts a slot of a live slab page of this cache (is_slot).
         let mut meta = unsafe { read_meta(&cache, ptr) };
         match meta.state() {
             ObjState::Allocated => {}
@@ -224,18 +250,24 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         n
     }
 
-    /// `ksize()`: the usable size of the object at `ptr`, made accessible
-    /// in full. A freed or invalid `ptr` is reported and 0 returned.
+    /// `ksize()`: the usable size of the allocated object of cache `id`
+    /// at `ptr`, made accessible in full (even a 0-byte object, whose first
+    /// byte is poisoned). Anything else (a freed object, an interior or
+    /// foreign pointer) gets 0 and no shadow change; its first byte is
+    /// checked as Linux's `kasan_check_byte` does, so a poisoned one is
+    /// reported.
     pub fn ksize(&self, id: CacheId, ptr: usize, ip: usize) -> usize {
         if self.cfg.mode == Mode::Off {
             return self.inner.lock().caches.get(id).map(|c| c.object_size).unwrap_or(0);
         }
-        if self.check(ptr, 1, false, ip).is_err() {
-            return 0;
+        let inner = self.inner.lock();
+        if let Some(cache) = self.live_object(&inner, id, ptr) {
+            self.unpoison(ptr, cache.object_size);
+            return cache.object_size;
         }
-        let Ok(cache) = self.cache_info(id) else { return 0 };
-        self.unpoison(ptr, cache.object_size);
-        cache.object_size
+        drop(inner);
+        let _ = self.check(ptr, 1, false, ip);
+        0
     }
 
     /// `krealloc()` within the same slot: the object now has `new_size`
@@ -249,7 +281,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if new_size > cache.object_size || !ptr.is_multiple_of(GRANULE) {
             return Err(HookError::BadSize);
         }
-        // SAFETY: `ptr` is an object of this cache (kernel's contract).
+        if !self.is_slot(id, &cache, ptr) {
+            return Err(HookError::NotSlot);
+        }
+        // SAFETY: `ptr` starts a slot of a live slab page of this cache (is_slot).
         let mut meta = unsafe { read_meta(&cache, ptr) };
         if meta.state() != ObjState::Allocated {
             return Err(HookError::WrongPageState);

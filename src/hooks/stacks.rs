@@ -11,7 +11,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
-        if !self.allocated(pfn, count) {
+        if !self.plain(pfn, count) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();

@@ -3,10 +3,16 @@
 //! kmalloc, kernel stacks, vmalloc with guard pages and globals, all calling
 //! the runtime's hooks in the order a real kernel does. Data accesses are
 //! checked, not performed.
+//!
+//! Bad input gets what a kernel's allocator gives, never a panic: `None`
+//! for an allocation it cannot make (size 0 or too large for vmalloc, a
+//! destroyed cache), a report for a bad free (through the runtime when it
+//! can tell, else as an invalid free), and Linux's `ZERO_SIZE_PTR` for
+//! `kmalloc(0)`.
 
 use crate::cache::CacheId;
 use crate::config::Config;
-use crate::error::{HookError, InitError};
+use crate::error::{GlobalError, HookError, InitError};
 use crate::hooks::{GlobalDesc, Released};
 use crate::host::mapper::HostMapper;
 use crate::host::platform::HostPlatform;
@@ -26,6 +32,25 @@ pub const KMALLOC_SIZES: [usize; 13] = [8, 16, 32, 64, 96, 128, 192, 256, 512, 1
 pub const KMALLOC_MAX_CACHE: usize = 8192;
 /// Order of a kernel stack (16 KiB).
 pub const STACK_ORDER: u32 = 2;
+/// What `kmalloc(0)` returns, as Linux: not null, but no byte of it may be
+/// used; kfree and ksize take it (and anything below it) as nothing.
+pub const ZERO_SIZE_PTR: usize = 16;
+/// Names of the kmalloc caches, one per [`KMALLOC_SIZES`] entry.
+const KMALLOC_NAMES: [&str; 13] = [
+    "kmalloc-8",
+    "kmalloc-16",
+    "kmalloc-32",
+    "kmalloc-64",
+    "kmalloc-96",
+    "kmalloc-128",
+    "kmalloc-192",
+    "kmalloc-256",
+    "kmalloc-512",
+    "kmalloc-1k",
+    "kmalloc-2k",
+    "kmalloc-4k",
+    "kmalloc-8k",
+];
 
 /// Why the model kernel could not start.
 #[derive(Debug)]
@@ -75,10 +100,42 @@ struct Slab {
 }
 
 struct SimCache {
+    object_size: usize,
     slot: usize,
     offset: usize,
     order: u32,
     slabs: BTreeMap<usize, Slab>,
+}
+
+/// The runtime's metadata arena, owned by the model kernel and freed after
+/// the runtime (a field after `kasan`), so kernels can come and go without
+/// leaking (a fuzzer makes millions).
+struct Arena(*mut [u8]);
+
+impl Arena {
+    fn new(bytes: usize) -> Self {
+        Arena(std::boxed::Box::into_raw(std::vec![0u8; bytes].into_boxed_slice()))
+    }
+
+    /// The arena for the runtime.
+    ///
+    /// # Safety
+    ///
+    /// Call once; the runtime given the slice must be gone before `self`.
+    unsafe fn hand_over(&self) -> &'static mut [u8] {
+        // SAFETY: the box stays alive until `self` drops, which the caller
+        // guarantees happens after the runtime's last use; one handover, so
+        // the mutable borrow is unique.
+        unsafe { &mut *self.0 }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw in `new`, and the
+        // runtime holding it was dropped before (field order of SimKernel).
+        drop(unsafe { std::boxed::Box::from_raw(self.0) });
+    }
 }
 
 /// The model kernel.
@@ -92,12 +149,20 @@ pub struct SimKernel {
     kmalloc: Vec<(usize, CacheId)>,
     /// Large kmallocs: base -> order.
     large: BTreeMap<usize, u32>,
+    /// Slab objects handed out and not yet freed.
+    objects: BTreeSet<usize>,
+    /// Blocks the page allocator handed out: first pfn -> order.
+    blocks: BTreeMap<usize, u32>,
+    /// Kernel stacks.
+    stacks: BTreeSet<usize>,
     /// vmalloc areas: addr -> (size, area_len, backing pages).
     vm_areas: BTreeMap<usize, (usize, usize, Vec<usize>)>,
     vm_free: BTreeMap<usize, usize>,
     globals_next: usize,
     /// Pages the page allocator has handed out.
     pub pages_used: usize,
+    /// Dropped after `kasan`, which uses it.
+    _arena: Arena,
     _space: HostSpace,
 }
 
@@ -109,9 +174,11 @@ impl SimKernel {
         let mut mapper = HostMapper::new(space.shadow());
         mapper.set_frame_limit(None);
         let plat = HostPlatform::new();
-        let arena = std::vec![0u8; Kasan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg.kasan)];
-        let arena: &'static mut [u8] = std::boxed::Box::leak(arena.into_boxed_slice());
-        let kasan = Kasan::new(cfg.kasan, layout, mapper, plat.clone(), arena).map_err(SimError::Init)?;
+        let arena = Arena::new(Kasan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg.kasan));
+        // SAFETY: the one handover; the runtime is a field of the kernel
+        // before `_arena`, so it is dropped first (or never built).
+        let kasan =
+            Kasan::new(cfg.kasan, layout, mapper, plat.clone(), unsafe { arena.hand_over() }).map_err(SimError::Init)?;
         if let Some(n) = cfg.frame_limit {
             let private_now = kasan.inner.lock().mapper.private_pages();
             kasan.inner.lock().mapper.set_frame_limit(Some(private_now + n));
@@ -128,14 +195,17 @@ impl SimKernel {
             caches: HashMap::new(),
             kmalloc: Vec::new(),
             large: BTreeMap::new(),
+            objects: BTreeSet::new(),
+            blocks: BTreeMap::new(),
+            stacks: BTreeSet::new(),
             vm_areas: BTreeMap::new(),
             vm_free: BTreeMap::new(),
             globals_next: layout.image.start,
             pages_used: 0,
+            _arena: arena,
             _space: space,
         };
-        for &size in &KMALLOC_SIZES {
-            let name: &'static str = std::boxed::Box::leak(std::format!("kmalloc-{size}").into_boxed_str());
+        for (&size, name) in KMALLOC_SIZES.iter().zip(KMALLOC_NAMES) {
             let id = k.kmem_cache_create(name, size).map_err(SimError::Hook)?;
             k.kmalloc.push((size, id));
         }
@@ -172,14 +242,44 @@ impl SimKernel {
         let addr = self.base() + pfn * PAGE_SIZE;
         self.kasan.page_alloc(addr, order).expect("page_alloc hook");
         self.pages_used += 1 << order;
+        self.blocks.insert(pfn, order);
         Some(addr)
     }
 
-    /// Free `2^order` pages at `addr` (a double free is reported, not done).
+    /// The page frame number of `addr` if it is a page of RAM.
+    fn pfn_of(&self, addr: usize) -> Option<usize> {
+        let pfn = addr.checked_sub(self.base())? / PAGE_SIZE;
+        (addr.is_multiple_of(PAGE_SIZE) && pfn < self.kasan.layout().ram_pages()).then_some(pfn)
+    }
+
+    /// Whether the page allocator holds page `pfn` as free.
+    fn pfn_free(&self, pfn: usize) -> bool {
+        (0..=MAX_ORDER).any(|o| self.free_lists[o as usize].contains(&(pfn & !((1 << o) - 1))))
+    }
+
+    /// Whether `2^order` pages at `addr` are all free in the page allocator.
+    #[must_use]
+    pub fn pages_free(&self, addr: usize, order: u32) -> bool {
+        match self.pfn_of(addr) {
+            Some(pfn) if order <= MAX_ORDER && pfn + (1 << order) <= self.kasan.layout().ram_pages() => {
+                (pfn..pfn + (1 << order)).all(|p| self.pfn_free(p))
+            }
+            _ => false,
+        }
+    }
+
+    /// Free `2^order` pages at `addr`. Anything but a block the page
+    /// allocator handed out, with its order, is reported and not done: a
+    /// free block as the runtime's double free, the rest (interior or
+    /// misaligned pages, a wrong order, not RAM) as an invalid free.
     pub fn free_pages(&mut self, addr: usize, order: u32) -> Result<(), Bug> {
+        let Some(pfn) = self.pfn_of(addr).filter(|p| self.blocks.get(p) == Some(&order)) else {
+            return Err(self.bad_page_free(addr, order));
+        };
         self.kasan.page_free(addr, order, self.ip())?;
+        self.blocks.remove(&pfn);
         self.pages_used -= 1 << order;
-        let mut pfn = (addr - self.base()) / PAGE_SIZE;
+        let mut pfn = pfn;
         let mut o = order;
         while o < MAX_ORDER {
             let buddy = pfn ^ (1 << o);
@@ -193,45 +293,66 @@ impl SimKernel {
         Ok(())
     }
 
+    /// The report of a free of pages that are not an allocated block.
+    fn bad_page_free(&self, addr: usize, order: u32) -> Bug {
+        if self.pages_free(addr, order) {
+            // The runtime sees the same free pages: its double-free report.
+            if let Err(bug) = self.kasan.page_free(addr, order, self.ip()) {
+                return bug;
+            }
+        }
+        self.kasan.report_invalid_free(addr, self.ip())
+    }
+
     // ---- slab ----------------------------------------------------------------
 
-    /// Create a named cache of `size`-byte objects.
+    /// Create a named cache of `size`-byte objects. A size no slab of the
+    /// largest order holds is [`HookError::BadSize`].
     pub fn kmem_cache_create(&mut self, name: &'static str, size: usize) -> Result<CacheId, HookError> {
         let id = self.kasan.cache_create(name, size, 8)?;
         let info = self.kasan.cache_info(id)?;
         let (slot, offset) = (info.slot_size, info.slab_offset);
-        let order = (0..=3u32).find(|&o| ((PAGE_SIZE << o) - offset) / slot >= 8).unwrap_or_else(|| {
-            (0..=MAX_ORDER).find(|&o| (PAGE_SIZE << o) >= slot + offset).unwrap_or(MAX_ORDER)
-        });
-        self.caches.insert(id, SimCache { slot, offset, order, slabs: BTreeMap::new() });
+        let per_slab = |o: u32| ((PAGE_SIZE << o) - offset) / slot;
+        let Some(order) = (0..=3u32).find(|&o| per_slab(o) >= 8).or_else(|| (0..=MAX_ORDER).find(|&o| per_slab(o) >= 1))
+        else {
+            self.kasan.cache_destroy(id)?;
+            return Err(HookError::BadSize);
+        };
+        self.caches.insert(id, SimCache { object_size: size, slot, offset, order, slabs: BTreeMap::new() });
         Ok(id)
     }
 
-    /// Destroy a cache (its quarantined objects are released first).
+    /// Destroy a cache (its quarantined objects are released first); it
+    /// allocates nothing afterwards.
     pub fn kmem_cache_destroy(&mut self, id: CacheId) -> Result<(), HookError> {
         self.kasan.quarantine_release_cache(id);
         self.pump_quarantine();
         self.kasan.cache_destroy(id)?;
-        if let Some(c) = self.caches.get_mut(&id) {
-            let slabs: Vec<(usize, u32)> = c.slabs.values().map(|s| (s.base, s.order)).collect();
-            c.slabs.clear();
-            for (base, order) in slabs {
-                self.release_slab_page(base, order);
+        if let Some(c) = self.caches.remove(&id) {
+            for s in c.slabs.into_values() {
+                self.release_slab_page(s.base, s.order);
             }
         }
         Ok(())
     }
 
-    /// Allocate an object of `size` bytes from cache `id`.
+    /// Allocate an object of `size` bytes from cache `id`: `None` if the
+    /// cache is gone, `size` is larger than its objects, or memory ran out.
     pub fn cache_alloc(&mut self, id: CacheId, size: usize) -> Option<usize> {
         let c = self.caches.get_mut(&id)?;
+        if size > c.object_size {
+            return None;
+        }
         let slab_page = c.slabs.values().find(|s| !s.free.is_empty()).map(|s| s.base);
         let page = match slab_page {
             Some(b) => b,
             None => {
                 let (order, slot, offset) = (c.order, c.slot, c.offset);
                 let page = self.alloc_pages(order)?;
-                self.kasan.slab_page_alloc(id, page, order).expect("slab_page_alloc hook");
+                if self.kasan.slab_page_alloc(id, page, order).is_err() {
+                    self.free_pages(page, order).expect("free of a page just allocated");
+                    return None;
+                }
                 let first = page + offset;
                 let n = ((PAGE_SIZE << order) - offset) / slot;
                 let free = (0..n).rev().map(|i| first + i * slot).collect();
@@ -245,8 +366,12 @@ impl SimKernel {
         let c = self.caches.get_mut(&id)?;
         let slab = c.slabs.get_mut(&base)?;
         let ptr = slab.free.pop()?;
+        if self.kasan.slab_alloc(id, ptr, size).is_err() {
+            slab.free.push(ptr);
+            return None;
+        }
         slab.inuse += 1;
-        self.kasan.slab_alloc(id, ptr, size).expect("slab_alloc hook");
+        self.objects.insert(ptr);
         Some(ptr)
     }
 
@@ -256,7 +381,9 @@ impl SimKernel {
             Some(r) if r.cache == id => r.base,
             _ => return Err(self.kasan.report_invalid_free(ptr, self.ip())),
         };
-        match self.kasan.slab_free(id, base, ptr, self.ip())? {
+        let freed = self.kasan.slab_free(id, base, ptr, self.ip())?;
+        self.objects.remove(&ptr);
+        match freed {
             crate::hooks::Freed::Quarantined => self.pump_quarantine(),
             crate::hooks::Freed::FreeNow => self.release_object(Released { cache: id, ptr }),
         }
@@ -322,22 +449,30 @@ impl SimKernel {
         self.kmalloc.iter().find(|(s, _)| *s >= size).map(|(_, id)| *id)
     }
 
-    /// kmalloc: a slab object, or page-backed above the largest cache.
+    /// kmalloc: a slab object, or page-backed above the largest cache;
+    /// [`ZERO_SIZE_PTR`] for 0 bytes.
     pub fn kmalloc(&mut self, size: usize) -> Option<usize> {
+        if size == 0 {
+            return Some(ZERO_SIZE_PTR);
+        }
         if size > KMALLOC_MAX_CACHE {
             let order = (0..=MAX_ORDER).find(|&o| PAGE_SIZE << o >= size)?;
             let addr = self.alloc_pages(order)?;
-            self.kasan.kmalloc_large(addr, order, size).expect("kmalloc_large hook");
+            if self.kasan.kmalloc_large(addr, order, size).is_err() {
+                self.free_pages(addr, order).expect("free of a page just allocated");
+                return None;
+            }
             self.large.insert(addr, order);
             return Some(addr);
         }
-        let id = self.kmalloc_cache(size.max(1))?;
+        let id = self.kmalloc_cache(size)?;
         self.cache_alloc(id, size)
     }
 
     /// kfree: slab, page-backed, or reported as an invalid/double free.
+    /// Null and [`ZERO_SIZE_PTR`] (any pointer up to it) are nothing to free.
     pub fn kfree(&mut self, ptr: usize) -> Result<(), Bug> {
-        if ptr == 0 {
+        if ptr <= ZERO_SIZE_PTR {
             return Ok(());
         }
         if let Some(r) = self.plat_slab(ptr) {
@@ -349,32 +484,52 @@ impl SimKernel {
         self.free_pages(ptr, order)
     }
 
-    /// ksize: the usable size, made accessible (0 and a report if freed).
+    /// ksize: the usable size, made accessible (the runtime decides: 0
+    /// for anything but a live allocation's start, and a report if its
+    /// first byte is poisoned). 0 for [`ZERO_SIZE_PTR`] and null.
     pub fn ksize(&mut self, ptr: usize) -> usize {
-        match self.plat_slab(ptr) {
-            Some(r) => self.kasan.ksize(r.cache, ptr, self.ip()),
-            None => match self.large.get(&ptr) {
-                Some(&o) if self.kasan.check_byte(ptr, self.ip()) => PAGE_SIZE << o,
-                _ => {
-                    self.kasan.check_byte(ptr, self.ip());
-                    0
-                }
-            },
+        if ptr <= ZERO_SIZE_PTR {
+            return 0;
+        }
+        match (self.plat_slab(ptr), self.large.get(&ptr)) {
+            (Some(r), _) => self.kasan.ksize(r.cache, ptr, self.ip()),
+            (None, Some(&o)) => self.kasan.ksize_large(ptr, o, self.ip()),
+            (None, None) => {
+                self.kasan.check_byte(ptr, self.ip());
+                0
+            }
         }
     }
 
-    /// krealloc: in place when the slot's object fits, else move. A freed
-    /// `ptr` is reported and null returned.
+    /// Whether `ptr` is the start of a live allocation (slab or page-backed).
+    fn allocated(&self, ptr: usize) -> bool {
+        self.objects.contains(&ptr) || self.large.contains_key(&ptr)
+    }
+
+    /// krealloc as Linux's: null or [`ZERO_SIZE_PTR`] allocate afresh, size
+    /// 0 frees and gives [`ZERO_SIZE_PTR`], in place when the slot (or the
+    /// pages) fit, else allocate, then free the old one (kept if the
+    /// allocation fails). A poisoned first byte is reported and null
+    /// returned; a pointer that is no live allocation's start is reported
+    /// as an invalid free and null returned.
     pub fn krealloc(&mut self, ptr: usize, new_size: usize) -> Option<usize> {
-        if ptr == 0 {
+        if ptr <= ZERO_SIZE_PTR {
             return self.kmalloc(new_size);
+        }
+        if new_size == 0 {
+            let _ = self.kfree(ptr);
+            return Some(ZERO_SIZE_PTR);
         }
         if !self.kasan.check_byte(ptr, self.ip()) {
             return None;
         }
+        if !self.allocated(ptr) {
+            self.kasan.report_invalid_free(ptr, self.ip());
+            return None;
+        }
         if let Some(r) = self.plat_slab(ptr) {
-            let info = self.kasan.cache_info(r.cache).ok()?;
-            if new_size <= info.object_size {
+            let fits = self.caches.get(&r.cache).is_some_and(|c| new_size <= c.object_size);
+            if fits {
                 self.kasan.slab_resize(r.cache, ptr, new_size).ok()?;
                 return Some(ptr);
             }
@@ -389,13 +544,12 @@ impl SimKernel {
         Some(new)
     }
 
-    /// kfree_sensitive: zero the object (if live), then free it.
+    /// kfree_sensitive: zero a live allocation (all of its usable size),
+    /// then free it; anything else goes to kfree to be reported.
     pub fn kfree_sensitive(&mut self, ptr: usize) -> Result<(), Bug> {
-        if let Some(r) = self.plat_slab(ptr) {
-            if self.kasan.slab_object_live(r.cache, r.base, ptr) {
-                let n = self.kasan.ksize(r.cache, ptr, self.ip());
-                self.write(ptr, n).ok();
-            }
+        if self.allocated(ptr) {
+            let n = self.ksize(ptr);
+            self.write(ptr, n).ok();
         }
         self.kfree(ptr)
     }
@@ -406,20 +560,28 @@ impl SimKernel {
     pub fn stack_alloc(&mut self) -> Option<usize> {
         let a = self.alloc_pages(STACK_ORDER)?;
         self.kasan.stack_alloc(a, STACK_ORDER).expect("stack_alloc hook");
+        self.stacks.insert(a);
         Some(a)
     }
 
-    /// Free a kernel stack.
+    /// Free a kernel stack; anything else is reported as a bad page free.
     pub fn stack_free(&mut self, addr: usize) -> Result<(), Bug> {
+        if !self.stacks.remove(&addr) {
+            return Err(self.bad_page_free(addr, STACK_ORDER));
+        }
         self.kasan.stack_free(addr, STACK_ORDER).expect("stack_free hook");
         self.free_pages(addr, STACK_ORDER)
     }
 
-    /// vmalloc `size` bytes (page-backed, one guard page after).
+    /// vmalloc `size` bytes (page-backed, one guard page after); `None` for
+    /// 0 bytes or more than the vmalloc window holds, as Linux's.
     pub fn vmalloc(&mut self, size: usize) -> Option<usize> {
-        let pages = size.div_ceil(PAGE_SIZE).max(1);
-        let area_len = (pages + 1) * PAGE_SIZE;
         let vm = self.kasan.layout().vmalloc;
+        let pages = size.div_ceil(PAGE_SIZE);
+        let area_len = pages.checked_add(1)?.checked_mul(PAGE_SIZE)?;
+        if size == 0 || area_len > vm.len() {
+            return None;
+        }
         let addr = match self.vm_free.iter().find(|(_, &len)| len >= area_len).map(|(&a, &l)| (a, l)) {
             Some((a, l)) => {
                 self.vm_free.remove(&a);
@@ -431,7 +593,7 @@ impl SimKernel {
             None => {
                 let next = self.vm_areas.iter().next_back().map(|(a, (_, l, _))| a + l).unwrap_or(vm.start);
                 let next = next.max(self.vm_free.iter().next_back().map(|(a, l)| a + l).unwrap_or(vm.start));
-                if next + area_len > vm.end {
+                if next.checked_add(area_len).is_none_or(|end| end > vm.end) {
                     return None;
                 }
                 next
@@ -450,7 +612,13 @@ impl SimKernel {
                 }
             }
         }
-        self.kasan.vmalloc_alloc(addr, size, area_len).expect("vmalloc hook");
+        if self.kasan.vmalloc_alloc(addr, size, area_len).is_err() {
+            for p in backing {
+                self.free_pages(p, 0).expect("free of a page just allocated");
+            }
+            self.vm_free.insert(addr, area_len);
+            return None;
+        }
         self.vm_areas.insert(addr, (size, area_len, backing));
         Some(addr)
     }
@@ -473,8 +641,9 @@ impl SimKernel {
     }
 
     /// Lay out a global of `size` bytes in the image with the compiler's
-    /// redzone (at least 32 bytes, size rounded to 32) and register it.
-    pub fn define_global(&mut self, size: usize) -> usize {
+    /// redzone (at least 32 bytes, size rounded to 32) and register it
+    /// (refused if it does not fit or overlaps a global registered directly).
+    pub fn define_global(&mut self, size: usize) -> Result<usize, GlobalError> {
         let beg = self.globals_next;
         let rz = (size.div_ceil(32) * 32 - size) + 32;
         let desc = GlobalDesc {
@@ -487,9 +656,9 @@ impl SimKernel {
             location: core::ptr::null(),
             odr_indicator: 0,
         };
-        self.kasan.register_global(&desc).expect("register_global");
+        self.kasan.register_global(&desc)?;
         self.globals_next = (beg + size + rz).div_ceil(32) * 32;
-        beg
+        Ok(beg)
     }
 
     // ---- accesses ----------------------------------------------------------------
@@ -539,6 +708,10 @@ impl SimKernel {
         let total = self.kasan.layout().ram_pages();
         if free + self.pages_used != total {
             return Err(std::format!("page accounting: {free} free + {} used != {total}", self.pages_used));
+        }
+        let blocks: usize = self.blocks.values().map(|&o| 1 << o).sum();
+        if blocks != self.pages_used {
+            return Err(std::format!("{blocks} pages in allocated blocks but {} used", self.pages_used));
         }
         Ok(())
     }
