@@ -332,6 +332,22 @@ impl Pair {
         }
     }
 
+    /// Every `stride`-th uninitialized byte of RAM (by the oracle; the
+    /// sample moves with `step`) has the same shadow and origin in both
+    /// runtimes, whatever layout holds them (`KMSAN_DIFF_DEEP=1`: every
+    /// byte after every step).
+    fn compare_all(&self, step: usize, stride: usize) {
+        // vmalloc addresses alias RAM frames: RAM covers them.
+        for rel in (step % stride..RAM).step_by(stride) {
+            if self.is_init(rel) {
+                continue;
+            }
+            let f = self.full.kmsan.meta_of(Self::abs(&self.full, rel));
+            let h = self.hybrid.kmsan.meta_of(Self::abs(&self.hybrid, rel));
+            assert_eq!(f, h, "after step {step}: shadow and origin of +{rel:#x} differ (full, hybrid)");
+        }
+    }
+
     fn step(&mut self, r: &mut Rng) {
         match r.below(100) {
             0..=9 => self.alloc_pages(r),
@@ -360,9 +376,16 @@ impl Pair {
 fn run(seed: u64) {
     let mut p = Pair::new();
     let mut r = Rng(seed | 1);
-    for _ in 0..OPS_PER_CASE {
+    let deep = std::env::var_os("KMSAN_DIFF_DEEP").is_some();
+    for k in 0..OPS_PER_CASE {
         p.step(&mut r);
+        if deep {
+            p.compare_all(k, 1);
+        } else if k % 1000 == 999 {
+            p.compare_all(k, 61);
+        }
     }
+    p.compare_all(OPS_PER_CASE, 7);
     let (f, h) = (p.full.kmsan.stats(), p.hybrid.kmsan.stats());
     assert_eq!(f.reports, h.reports);
     assert!(h.ondemand_peak_pages < f.init_shadow_pages, "hybrid maps less than full");

@@ -244,6 +244,12 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.page_of(self.place(addr)).map(|(_, p)| p)
     }
 
+    /// Private metadata pages of RAM now, by page kind (statistics).
+    #[must_use]
+    pub fn census(&self) -> crate::kmsan::state::MetaCensus {
+        crate::kmsan::state::MetaCensus::of(&self.ram)
+    }
+
     /// The shadow byte and origin of `addr` as a check would see them.
     #[must_use]
     pub fn meta_of(&self, addr: usize) -> (u8, crate::kmsan::origin::Origin) {

@@ -4,8 +4,10 @@
 //! A load gets the shadow and origin addresses at their fixed offsets:
 //! for a page that is not byte-tracked they land in a shared page (zero
 //! for initialized memory, 0xFF for uninitialized), so initialized memory
-//! costs no lookup. Only an uninitialized shared page needs its per-page
-//! origin, handed out through the context's `load_origin` slot.
+//! costs no lookup. The origin handed out is that of the value's first
+//! uninitialized byte (none for an initialized value); a page without an
+//! origin page has one page-wide origin, handed out through the context's
+//! `load_origin` slot.
 //!
 //! A store must never write into a shared page. When every page it
 //! touches has private metadata it gets the real addresses; otherwise the
@@ -20,9 +22,8 @@
 //!                                     sink's shadow and the origin slots the code wrote
 //! ```
 
-use core::sync::atomic::Ordering::Relaxed;
 
-use crate::kmsan::origin::{Origin, UNWRITTEN};
+use crate::kmsan::origin::{Origin, NO_ORIGIN, UNWRITTEN};
 use crate::kmsan::runtime::{Kmsan, Place};
 use crate::kmsan::state::MetaBacking;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
@@ -103,6 +104,26 @@ impl Context {
     }
 }
 
+/// Index of the first non-zero shadow byte of `size` bytes at `shadow`.
+///
+/// # Safety
+/// `[shadow, shadow + size)` must be mapped and readable.
+#[inline(always)]
+unsafe fn first_uninit(shadow: *const u8, size: usize) -> Option<usize> {
+    // SAFETY: the caller guarantees the bytes are readable; reads are
+    // unaligned where the access is (little-endian: byte 0 is the low byte).
+    let w: u64 = unsafe {
+        match size {
+            1 => u64::from(shadow.read()),
+            2 => u64::from(shadow.cast::<u16>().read_unaligned()),
+            4 => u64::from(shadow.cast::<u32>().read_unaligned()),
+            8 => shadow.cast::<u64>().read_unaligned(),
+            _ => return core::slice::from_raw_parts(shadow, size).iter().position(|&b| b != 0),
+        }
+    };
+    (w != 0).then(|| (w.trailing_zeros() / 8) as usize)
+}
+
 /// What a store may write in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Writable {
@@ -134,7 +155,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             for k in 0..size {
                 ctx.sink_shadow[k] = self.shadow_at(addr + k);
             }
-            ctx.load_origin = self.origin_at(addr);
+            let first = ctx.sink_shadow[..size].iter().position(|&b| b != 0);
+            ctx.load_origin = first.map_or(NO_ORIGIN, |j| self.origin_at(addr + j));
             Stats::bump(&self.stats.slow_path_checks);
             return MetaPtrs { shadow: ctx.sink_shadow.as_mut_ptr(), origin: &mut ctx.load_origin };
         }
@@ -142,12 +164,30 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let place = self.place(addr);
         let Some((r, p)) = self.page_of(place) else { return zero };
         let shadow = r.shadow_of(addr) as *mut u8;
-        if let (Place::Ram(i), MetaBacking::Uninit) = (place, p.backing) {
-            ctx.load_origin = self.ram_origin[i].load(Relaxed);
+        if p.backing == MetaBacking::Uninit {
             Stats::bump(&self.stats.slow_path_checks);
+        }
+        // The value's origin is that of its first uninitialized byte (none
+        // when it is initialized): what a slot holds for initialized bytes
+        // is never read, so both layouts answer alike.
+        // SAFETY: the shadow of a region is mapped for all its pages (the
+        // compiler's code reads these `size` bytes next).
+        let Some(j) = (unsafe { first_uninit(shadow, size) }) else { return MetaPtrs { shadow, origin: zero.origin } };
+        let b = addr + j;
+        let (place, p) = if b & !(PAGE_SIZE - 1) == addr & !(PAGE_SIZE - 1) {
+            (place, p)
+        } else {
+            let pb = self.place(b);
+            match self.page_of(pb) {
+                Some((_, q)) => (pb, q),
+                None => return MetaPtrs { shadow, origin: zero.origin },
+            }
+        };
+        if let Some(u) = self.page_wide_origin(place, p) {
+            ctx.load_origin = u;
             return MetaPtrs { shadow, origin: &mut ctx.load_origin };
         }
-        MetaPtrs { shadow, origin: r.origin_of(addr) as *mut u32 }
+        MetaPtrs { shadow, origin: r.origin_of(b) as *mut u32 }
     }
 
     /// Metadata addresses for a store of `size` bytes at `addr`: the real
@@ -177,14 +217,17 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let Some(addr) = self.canon(addr) else { return nowhere };
         let Some(last) = addr.checked_add(size - 1) else { return nowhere };
         match self.writable(addr, last) {
-            Writable::Both => {
+            // The compiler paints `ceil(size / 4)` origin slots from the
+            // first one: an unaligned store that touches one slot more
+            // goes through the sink, and settling paints that slot too.
+            Writable::Both if (addr & 3) + size <= 4 * size.div_ceil(4) => {
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
                 return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: r.origin_of(addr) as *mut u32 };
             }
-            Writable::Shadow if size <= SINK_BYTES => {
+            Writable::Both | Writable::Shadow if size <= SINK_BYTES => {
                 // Shadow in place; origins (written only for uninitialized
-                // values) through the sink, so the origin page is mapped
-                // only when one is non-zero.
+                // values) through the sink, so a page-wide origin stays so
+                // while it can (see `Kmsan::write_origins`).
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
                 self.defer(ctx, addr, size, true);
                 return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: ctx.sink_origin.as_mut_ptr() };
@@ -297,18 +340,29 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             }
             a = e;
         }
-        for k in 0..slots {
+        // The slot the compiler did not paint (see `meta_store`).
+        let painted = size.div_ceil(4);
+        if painted < slots - 1 && ctx.sink_origin[painted] == UNWRITTEN {
+            ctx.sink_origin[painted] = ctx.sink_origin[painted - 1];
+        }
+        // Origins in runs of equal slots within a page (a page-wide origin
+        // stays page-wide when one store writes one origin to several slots).
+        let mut k = 0;
+        while k < slots {
             let o: Origin = ctx.sink_origin[k];
-            if o == UNWRITTEN {
-                continue;
+            let mut n = 1;
+            while k + n < slots && ctx.sink_origin[k + n] == o && !(base + 4 * (k + n)).is_multiple_of(PAGE_SIZE) {
+                n += 1;
             }
-            let Some(slot) = self.canon(base + 4 * k) else { continue };
-            if let Some((_, p)) = self.page_of(self.place(slot)) {
-                if p.backing == MetaBacking::Private {
-                    let g = inner.get_or_insert_with(|| self.inner.lock());
-                    self.write_origin(g, slot, o);
+            if o != UNWRITTEN {
+                if let Some(slot) = self.canon(base + 4 * k) {
+                    if self.page_of(self.place(slot)).is_some_and(|(_, p)| p.backing == MetaBacking::Private) {
+                        let g = inner.get_or_insert_with(|| self.inner.lock());
+                        self.write_origins(g, slot, slot + 4 * n, o);
+                    }
                 }
             }
+            k += n;
         }
     }
 }

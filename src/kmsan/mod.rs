@@ -34,7 +34,7 @@ pub use layout::{KmsanLayout, KmsanLayoutError, MetaRegion};
 pub use meta::{Context, MetaPtrs};
 pub use origin::Origin;
 pub use runtime::{Kmsan, KmsanInitError};
-pub use state::{MetaBacking, MetaPage};
+pub use state::{MetaBacking, MetaCensus, MetaPage};
 
 #[cfg(all(test, feature = "host"))]
 mod tests;

@@ -4,9 +4,9 @@
 //!
 //! The rules (Linux's, so origins survive the way its users expect):
 //!
-//! * setting a range writes its shadow, then for every 4-byte slot it
-//!   touches writes the new origin if that origin is non-zero, or if the
-//!   slot is now wholly initialized (its origin becomes zero);
+//! * poisoning a range writes its shadow, then the new origin to every
+//!   4-byte slot it touches (zero when the origin is unknown); unpoisoning
+//!   clears the origin of each slot that is now wholly initialized;
 //! * copying moves shadow byte by byte; an uninitialized byte carries its
 //!   slot's origin, chained with the copier's stack; an initialized byte
 //!   clears its destination slot's origin only when the whole slot is
@@ -83,14 +83,14 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             if let Place::Ram(i) = place {
                 let whole = e - a == PAGE_SIZE;
                 let page_granular = matches!(p.kind, PageKind::None | PageKind::Page | PageKind::Reserved);
-                if whole && page_granular && (!poison || o != NO_ORIGIN) {
+                if whole && page_granular {
                     self.share(inner, place, poison.then_some(o), p.kind);
                     continue;
                 }
                 // Already in that state: nothing to write.
                 let same = match p.backing {
                     MetaBacking::Init => !poison,
-                    MetaBacking::Uninit => poison && (o == NO_ORIGIN || self.ram_origin[i].load(core::sync::atomic::Ordering::Relaxed) == o),
+                    MetaBacking::Uninit => poison && self.ram_origin[i].load(core::sync::atomic::Ordering::Relaxed) == o,
                     _ => false,
                 };
                 if same {
@@ -102,13 +102,23 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             }
             // SAFETY: the chunk's shadow page is private and writable.
             unsafe { core::ptr::write_bytes(r.shadow_of(a) as *mut u8, fill, e - a) };
+            if poison {
+                // Every slot touched takes the origin, even an unknown one
+                // (so no slot keeps a stale one).
+                self.write_origins(inner, a, e, o);
+                continue;
+            }
+            if !self.page_of(place).is_some_and(|(_, p)| p.origin_private) {
+                // Page-wide origin: initialized slots keep none.
+                continue;
+            }
             let mut slot = a & !3;
             while slot < e {
                 // SAFETY: the slot's 4 shadow bytes lie in the same private
                 // page (pages are 4-aligned).
                 let word = unsafe { core::ptr::read_volatile(r.shadow_of(slot) as *const u32) };
-                if o != NO_ORIGIN || word == 0 {
-                    self.write_origin(inner, slot, o);
+                if word == 0 {
+                    self.write_origin(inner, slot, NO_ORIGIN);
                 }
                 slot += 4;
             }

@@ -19,9 +19,11 @@
 //! origin page per data page, so a third of the free RAM stays usable);
 //! those pages keep private metadata for good.
 //!
-//! A private origin page is mapped only when a non-zero origin is first
-//! written to the page: until then it is the shared zero page, which is
-//! exactly what a page whose slots all hold "no origin" reads as.
+//! Only the origins of uninitialized bytes are ever read. A private page
+//! keeps one page-wide origin (its per-page origin word) for all of them
+//! until its uninitialized bytes need a second one: only then is its
+//! origin page mapped ([`Kmsan::write_origins`]). Until then the origin
+//! page is the shared zero page and loads get the page-wide origin.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
@@ -70,8 +72,8 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     pub(crate) layout: KmsanLayout,
     /// Per direct-map page.
     pub(crate) ram: MetaPages,
-    /// Per direct-map page: the origin of every byte while the page is
-    /// `Uninit` with a shared shadow page (hybrid only).
+    /// Per direct-map page: the origin of every uninitialized byte while
+    /// the page is `Uninit`, or `Private` without an origin page.
     pub(crate) ram_origin: &'static [AtomicU32],
     pub(crate) inner: spin::Mutex<KInner<M>>,
     pub(crate) platform: P,
@@ -80,6 +82,14 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Non-zero while the runtime prints (instrumented formatting code must
     /// not report into a report).
     pub(crate) busy: AtomicUsize,
+}
+
+/// Whether any shadow word is non-zero (some byte uninitialized).
+#[inline]
+fn any_set(words: &[u32]) -> bool {
+    let mut chunks = words.chunks_exact(32);
+    let hit = chunks.by_ref().any(|c| c.iter().fold(0, |x, &w| x | w) != 0);
+    hit || chunks.remainder().iter().any(|&w| w != 0)
 }
 
 /// Fill a private origin page with one origin.
@@ -281,8 +291,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let Some(addr) = self.canon(addr) else { return NO_ORIGIN };
         let place = self.place(addr);
         let Some((r, p)) = self.page_of(place) else { return NO_ORIGIN };
-        if let (Place::Ram(i), MetaBacking::Uninit) = (place, p.backing) {
-            return self.ram_origin[i].load(Relaxed);
+        if let Some(u) = self.page_wide_origin(place, p) {
+            return u;
         }
         // SAFETY: origin pages are mapped for the whole region from init.
         unsafe { core::ptr::read_volatile(r.origin_of(addr) as *const u32) }
@@ -296,8 +306,20 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
     }
 
-    /// Give the page at `place` private shadow (and, if its origin is not
-    /// zero, a private origin page) holding what its shared state meant.
+    /// The one origin every uninitialized slot of the page at `place`
+    /// has, when its origin page is not private (`Uninit`, or `Private`
+    /// without an origin page): `None` when the origin page must be read.
+    #[inline(always)]
+    pub(crate) fn page_wide_origin(&self, place: Place, p: MetaPage) -> Option<Origin> {
+        match (place, p.backing) {
+            (Place::Ram(i), MetaBacking::Uninit) => Some(self.ram_origin[i].load(Relaxed)),
+            (Place::Ram(i), MetaBacking::Private) if !p.origin_private => Some(self.ram_origin[i].load(Relaxed)),
+            _ => None,
+        }
+    }
+
+    /// Give the page at `place` private shadow holding what its shared
+    /// state meant; its origin stays page-wide (see [`Self::write_origins`]).
     /// Returns false when no frame was left: the page is then `Unchecked`.
     pub(crate) fn materialize(&self, inner: &mut KInner<M>, place: Place) -> bool {
         let Some((_, p)) = self.page_of(place) else { return false };
@@ -306,8 +328,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             MetaBacking::Unchecked => return false,
             MetaBacking::Init | MetaBacking::Uninit => {}
         }
-        let Some((spage, opage)) = self.meta_pages(place) else { return false };
-        let (fill, o) = if p.backing == MetaBacking::Uninit { (0xFF, self.page_origin(place)) } else { (0, NO_ORIGIN) };
+        let Some((spage, _)) = self.meta_pages(place) else { return false };
+        let fill = if p.backing == MetaBacking::Uninit { 0xFF } else { 0 };
         match inner.mapper.map_private(spage, fill) {
             Ok(f) => f.flush(&mut inner.mapper),
             Err(_) => {
@@ -321,13 +343,17 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             }
         }
         self.stats.ondemand_inc();
-        let mut np = MetaPage { backing: MetaBacking::Private, origin_private: false, ..p };
-        if o != NO_ORIGIN && self.map_origin_page(inner, opage) {
-            fill_origin_page(opage, o);
-            np.origin_private = true;
+        if p.backing == MetaBacking::Init {
+            self.ram_origin_set(place, NO_ORIGIN);
         }
-        self.set_page(place, np);
+        self.set_page(place, MetaPage { backing: MetaBacking::Private, origin_private: false, ..p });
         true
+    }
+
+    fn ram_origin_set(&self, place: Place, o: Origin) {
+        if let Place::Ram(i) = place {
+            self.ram_origin[i].store(o, Relaxed);
+        }
     }
 
     fn map_origin_page(&self, inner: &mut KInner<M>, opage: usize) -> bool {
@@ -344,8 +370,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
     }
 
-    /// Give the private page holding `addr` a private origin page (all
-    /// zero) if it has none. False when no frame was left.
+    /// Give the private page holding `addr` a private origin page, every
+    /// slot holding the page-wide origin, if it has none. False when no
+    /// frame was left.
     pub(crate) fn private_origin_page(&self, inner: &mut KInner<M>, addr: usize) -> bool {
         let place = self.place(addr);
         let Some((_, p)) = self.page_of(place) else { return false };
@@ -359,25 +386,60 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.map_origin_page(inner, opage) {
             return false;
         }
+        fill_origin_page(opage, self.page_origin(place));
         self.set_page(place, MetaPage { origin_private: true, ..p });
         true
     }
 
     /// Write origin `o` to the slot at `slot` (4-aligned) of a private page.
-    /// A zero origin on a page whose origin page is still shared is already
-    /// there; a non-zero one maps the origin page first.
     pub(crate) fn write_origin(&self, inner: &mut KInner<M>, slot: usize, o: Origin) {
-        let place = self.place(slot);
+        self.write_origins(inner, slot, slot + 4, o);
+    }
+
+    /// Write origin `o` to the slots covering `[a, e)` (canonical, one
+    /// page) of a private page, after their shadow was written.
+    ///
+    /// Only the origins of uninitialized slots are ever read, so a private
+    /// page without an origin page keeps one page-wide origin for all of
+    /// them (the per-page origin word). The origin page is mapped, filled
+    /// with that origin, only when the page's uninitialized slots need a
+    /// second one:
+    ///
+    /// ```text
+    ///  slots written are initialized           ──► nothing to keep
+    ///  o == page-wide origin                   ──► nothing to do
+    ///  no other uninitialized slot on the page ──► page-wide origin = o
+    ///  otherwise                               ──► map the origin page, write o
+    /// ```
+    pub(crate) fn write_origins(&self, inner: &mut KInner<M>, a: usize, e: usize, o: Origin) {
+        let place = self.place(a);
         let Some((r, p)) = self.page_of(place) else { return };
-        if p.backing != MetaBacking::Private {
+        if p.backing != MetaBacking::Private || e <= a {
             return;
         }
-        if !p.origin_private && (o == NO_ORIGIN || !self.private_origin_page(inner, slot)) {
-            return;
+        let (lo, hi) = (a & !3, (e + 3) & !3);
+        if !p.origin_private {
+            let Place::Ram(i) = place else { return };
+            let page = lo & !(PAGE_SIZE - 1);
+            // SAFETY: a private shadow page is mapped and readable.
+            let words = unsafe { core::slice::from_raw_parts(r.shadow_of(page) as *const u32, PAGE_SIZE / 4) };
+            let (first, last) = ((lo - page) / 4, (hi - page) / 4);
+            if !any_set(&words[first..last]) || self.ram_origin[i].load(Relaxed) == o {
+                return;
+            }
+            if !any_set(&words[..first]) && !any_set(&words[last..]) {
+                self.ram_origin[i].store(o, Relaxed);
+                return;
+            }
+            if !self.private_origin_page(inner, a) {
+                return;
+            }
         }
-        // SAFETY: the origin page of a private page with `origin_private`
-        // is a private writable page; `slot` is 4-aligned inside it.
-        unsafe { core::ptr::write_volatile(r.origin_of(slot) as *mut u32, o) };
+        for slot in (lo..hi).step_by(4) {
+            // SAFETY: the origin page of a private page with `origin_private`
+            // is a private writable page; `slot` is 4-aligned inside it.
+            unsafe { core::ptr::write_volatile(r.origin_of(slot) as *mut u32, o) };
+        }
     }
 
     /// Back the page at `place` by a shared page again: `Init` when

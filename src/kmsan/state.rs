@@ -12,7 +12,8 @@
 //!  backing      shadow page           origin page          meaning
 //!  Uninit   ──► shared 0xFF           shared zero          every byte uninitialized, origin = per-page origin
 //!  Init     ──► shared zero           shared zero          every byte initialized
-//!  Private  ──► private               private or zero(o=0) byte precise (tracked kinds, or partly initialized data)
+//!  Private  ──► private               private, or zero     byte precise (tracked kinds, or partly initialized data);
+//!                                     (page-wide origin)   origin page only once two origins must coexist
 //!  Unchecked──► shared zero           shared zero          wanted private, no frame: reads initialized (counted)
 //! ```
 //!
@@ -113,6 +114,34 @@ impl MetaPages {
     /// Set page `i`.
     pub fn set(&self, i: usize, p: MetaPage) {
         self.bytes[i].store(p.encode(), Relaxed);
+    }
+}
+
+/// Private metadata pages of RAM at one moment, by the kind of the data
+/// page (index: `PageKind as usize`): what on-demand metadata is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaCensus {
+    /// Data pages with a private shadow page.
+    pub shadow: [usize; 6],
+    /// Data pages with a private origin page.
+    pub origin: [usize; 6],
+}
+
+impl MetaCensus {
+    /// Count the private metadata pages described by `pages`.
+    #[must_use]
+    pub fn of(pages: &MetaPages) -> MetaCensus {
+        let mut c = MetaCensus::default();
+        for i in 0..pages.len() {
+            let p = pages.get(i);
+            if p.backing == MetaBacking::Private {
+                c.shadow[p.kind as usize] += 1;
+            }
+            if p.origin_private {
+                c.origin[p.kind as usize] += 1;
+            }
+        }
+        c
     }
 }
 

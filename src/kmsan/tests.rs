@@ -58,7 +58,8 @@ fn hybrid_pages_stay_shared_until_partly_written() {
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Private);
     assert_eq!(h.load(page + 8, 8).0, [0; 8]);
     assert_eq!(h.load(page + 16, 8), (std::vec![0xFF; 8], o));
-    assert_eq!(live(h), before + 2, "shadow and origin page");
+    assert_eq!(live(h), before + 1, "a shadow page; the origin stays page-wide");
+    assert!(!h.kmsan.page_meta(page).unwrap().origin_private);
     // Initializing the whole page returns it to the shared zero page.
     h.kmsan.unpoison_memory(page, PAGE_SIZE);
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Init);
@@ -77,6 +78,56 @@ fn hybrid_pages_stay_shared_until_partly_written() {
     let (sh, o) = h.load(page, 4);
     assert_eq!(sh, [0xFF; 4]);
     assert!(origin::is_uaf(o));
+}
+
+#[test]
+fn an_origin_page_is_mapped_only_for_a_second_origin() {
+    let h = &mut host(Mode::Hybrid);
+    // A fresh slab page whose free part is uninitialized has the page
+    // allocation's origin there: a first object already needs a second.
+    let fresh = slab_object(h, 6, 64, false);
+    assert!(h.kmsan.page_meta(fresh).unwrap().origin_private);
+    assert_ne!(h.load(fresh, 4).1, h.load(fresh + 64, 4).1);
+    // On a zeroed slab page the object's allocation is the only origin.
+    let page = h.ram() + 4 * PAGE_SIZE;
+    h.kmsan.page_alloc(page, 0, true).unwrap();
+    h.kmsan.slab_page_alloc(page, 0).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, 64, false)).unwrap();
+    let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
+    let a = h.load(page, 4).1;
+    let p = |h: &KmsanHost| h.kmsan.page_meta(page).unwrap();
+    assert!(!p(h).origin_private, "one uninitialized object: its allocation is the page's origin");
+    let before = live(h);
+    // A second object, allocated elsewhere, while the first is uninit.
+    h.call("other_caller", |h| h.kmsan.slab_alloc(page + 64, 64, false)).unwrap();
+    let b = h.load(page + 64, 4).1;
+    assert_ne!(a, b);
+    assert!(p(h).origin_private, "two origins need the origin page");
+    assert_eq!(live(h), before + 1);
+    assert_eq!((h.load(page, 8).1, h.load(page + 120, 8).1), (a, b));
+    // Once no uninitialized byte is left, a new origin is page-wide again.
+    let q = h.ram() + 5 * PAGE_SIZE;
+    h.kmsan.page_alloc(q, 0, true).unwrap();
+    h.kmsan.slab_page_alloc(q, 0).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(q, 64, false)).unwrap();
+    h.store(q, &[0; 16], NO_ORIGIN);
+    h.store(q + 16, &[0; 16], NO_ORIGIN);
+    h.store(q + 32, &[0; 16], NO_ORIGIN);
+    h.store(q + 48, &[0; 16], NO_ORIGIN);
+    h.call("third_caller", |h| h.kmsan.slab_alloc(q + 64, 32, false)).unwrap();
+    let c = h.load(q + 64, 4).1;
+    assert!(!h.kmsan.page_meta(q).unwrap().origin_private, "the first object is initialized");
+    assert_ne!(c, NO_ORIGIN);
+    // An unaligned store that touches one slot more paints it too.
+    let vo = origin::make(99, 0, false);
+    h.store(q + 2, &[0xFF; 4], vo);
+    assert_eq!(h.load(q + 4, 1), (std::vec![0xFF], vo), "the slot past ceil(4 / 4) slots has the value's origin");
+    assert!(h.kmsan.page_meta(q).unwrap().origin_private, "q + 64 still has its own origin");
+    assert_eq!(h.load(q + 64, 4).1, c);
+    // The origin of a partly initialized value is its first uninit byte's.
+    assert_eq!(h.load(q + 8, 8).0, [0; 8]);
+    assert_eq!(h.load(q + 8, 8).1, NO_ORIGIN, "an initialized value has no origin");
+    assert_eq!(h.load(q + 60, 8), (std::vec![0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], c));
 }
 
 #[test]

@@ -240,6 +240,18 @@ pub fn stats() -> Option<StatsSnapshot> {
     s
 }
 
+/// KMSAN: private metadata pages of RAM now, by page kind (None under KASAN).
+pub fn kmsan_census() -> Option<hybrid_shadow::kmsan::MetaCensus> {
+    #[cfg(feature = "kmsan")]
+    {
+        let mut c = guest_kasan::census();
+        from_runtime(&mut c);
+        c
+    }
+    #[cfg(not(feature = "kmsan"))]
+    None
+}
+
 /// Run the runtime's shrinker (promoted mixed-block shadow is a cache):
 /// what a kernel does under memory pressure. Returns pages released.
 pub fn shrink() -> usize {

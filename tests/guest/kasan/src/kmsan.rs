@@ -54,6 +54,11 @@ static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool { frames: [0; POOL_MAX], n
 /// the mapper takes frames from, and gives them back to, the page
 /// allocator directly; elsewhere it uses the pool.
 static DIRECT: AtomicBool = AtomicBool::new(true);
+/// Private metadata pages of RAM now, by page kind.
+pub fn census() -> Option<hybrid_shadow::kmsan::MetaCensus> {
+    rt().map(|k| k.census())
+}
+
 /// Frames the mapper wanted while the pool was empty.
 static POOL_MISSES: AtomicUsize = AtomicUsize::new(0);
 

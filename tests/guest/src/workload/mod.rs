@@ -18,6 +18,8 @@
 //! Output (machine-readable, one line each):
 //!   wl-start mode=.. ram_mib=.. units=.. jobs=.. seed=.. ...
 //!   wl-sample t_ns=.. ops=.. free=.. pagecache=.. dirty=.. anon=.. slab=.. vmalloc=.. ondemand=.. tracked=..
+//!   wl-meta shadow_<kind>=.. origin_<kind>=..   (KMSAN: data pages with private
+//!                                               shadow / origin pages, per page kind)
 //!   wl-result mode=.. ram_mib=.. metadata_init_bytes=.. usable_bytes=.. ondemand_peak_bytes=..
 //!             ondemand_end_bytes=.. ondemand_before_bytes=.. min_free_bytes=.. workload_ns=..
 //!             slowpath_checks=.. reports=.. slab_allocs=.. tracked_peak_bytes=.. invariants=ok|bad ...
@@ -152,6 +154,12 @@ fn sample() {
         slab_b + mem::c().stacks_live + vm + mem::globals(),
         st.units_done
     );
+    if let Some(c) = crate::kasan_glue::kmsan_census() {
+        println!(
+            "wl-meta shadow_page={} shadow_slab={} shadow_large={} shadow_stack={} shadow_free={} origin_page={} origin_slab={} origin_large={} origin_stack={} origin_free={}",
+            c.shadow[1], c.shadow[2], c.shadow[3], c.shadow[4], c.shadow[0], c.origin[1], c.origin[2], c.origin[3], c.origin[4], c.origin[0]
+        );
+    }
 }
 
 fn job(_: usize) {
