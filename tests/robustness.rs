@@ -151,16 +151,7 @@ fn hooks_reject_bad_pages() {
 }
 
 fn desc(beg: usize, size: usize, with_rz: usize) -> GlobalDesc {
-    GlobalDesc {
-        beg,
-        size,
-        size_with_redzone: with_rz,
-        name: core::ptr::null(),
-        module_name: core::ptr::null(),
-        has_dynamic_init: 0,
-        location: core::ptr::null(),
-        odr_indicator: 0,
-    }
+    GlobalDesc::new(beg, size, with_rz)
 }
 
 #[test]
@@ -547,5 +538,34 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
         k.kasan.slab_page_free(page, 0).unwrap();
         k.free_pages(page, 0).unwrap();
         assert_eq!(reports(k), 1, "{}", k.take_log());
+    });
+}
+
+#[test]
+fn hooks_refuse_part_of_a_tracked_block() {
+    both(|k, _| {
+        let st = k.stack_alloc().unwrap();
+        assert_eq!(k.kasan.stack_free(st, 1), Err(HookError::WrongPageState), "half a stack");
+        assert_eq!(k.kasan.stack_free(st, 3), Err(HookError::WrongPageState), "a stack and what follows it");
+        assert_eq!(k.kasan.stack_free(st + 4096, 0), Err(HookError::WrongPageState), "a page inside");
+        let p = k.kmalloc(9000).unwrap();
+        assert_eq!(k.kasan.kfree_large(p, 1, 0).unwrap_err().kind, BugType::InvalidFree, "a wrong order");
+        assert_eq!(k.kasan.ksize_large(p, 1, 0), 0);
+        assert_eq!(k.kasan.stack_alloc(p, 2), Err(HookError::WrongPageState), "a large kmalloc's pages");
+        let c = k.kmem_cache_create("c", 64).unwrap();
+        let o = k.cache_alloc(c, 64).unwrap();
+        let slab = o & !4095;
+        assert_eq!(k.kasan.slab_page_free(slab, 1), Err(HookError::WrongPageState));
+        assert_eq!(k.kasan.slab_page_alloc(c, slab, 0), Err(HookError::WrongPageState), "a live slab again");
+        // everything is still tracked and checked
+        assert_eq!(k.read(st, 16384), Ok(()));
+        assert_eq!(k.read_bug(p + 9000, 1), Some(BugType::SlabOutOfBounds));
+        assert_eq!(k.read_bug(o + 64, 1), Some(BugType::SlabOutOfBounds));
+        assert_eq!(reports(k), 3, "{}", k.take_log());
+        k.stack_free(st).unwrap();
+        k.kfree(p).unwrap();
+        k.cache_free(c, o).unwrap();
+        k.drain_quarantine();
+        k.kmem_cache_destroy(c).unwrap();
     });
 }

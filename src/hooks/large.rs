@@ -15,7 +15,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if size == 0 || size > count * PAGE_SIZE {
             return Err(HookError::BadSize);
         }
-        if !self.plain(pfn, count) && !self.large_block(pfn, count) {
+        if !self.plain(pfn, count) && !self.block_of(pfn, count, PageKind::LargeKmalloc) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();
@@ -24,15 +24,6 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         self.fill_shadow(addr + round_up(size, GRANULE), addr + count * PAGE_SIZE, PAGE_REDZONE);
         Stats::bump(&self.stats.slab_allocs);
         Ok(())
-    }
-
-    /// Whether `[pfn, pfn + count)` is exactly one live page-backed
-    /// kmalloc's pages (head first), so a hook may act on all of them.
-    fn large_block(&self, pfn: usize, count: usize) -> bool {
-        (pfn..pfn + count).all(|p| {
-            let page = self.pages.get(p);
-            page.state != PageState::Free && page.kind == PageKind::LargeKmalloc && page.head == (p == pfn)
-        })
     }
 
     /// kfree of a page-backed kmalloc at `ptr` of `2^order` pages. An
@@ -48,7 +39,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.pages.get(pfn).state == PageState::Free {
             return Err(self.report_free(ptr, BugType::DoubleFree, ip));
         }
-        if !self.large_block(pfn, count) {
+        if !self.block_of(pfn, count, PageKind::LargeKmalloc) {
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
         let mut inner = self.inner.lock();
@@ -65,7 +56,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return if order <= 20 { PAGE_SIZE << order } else { 0 };
         }
         match self.page_range(ptr, order) {
-            Ok((pfn, count)) if self.large_block(pfn, count) => {
+            Ok((pfn, count)) if self.block_of(pfn, count, PageKind::LargeKmalloc) => {
                 let _guard = self.inner.lock();
                 self.unpoison(ptr, count * PAGE_SIZE);
                 count * PAGE_SIZE

@@ -72,6 +72,25 @@ pub struct GlobalDesc {
     pub odr_indicator: usize,
 }
 
+impl GlobalDesc {
+    /// A descriptor of a global of `size` bytes at `beg` followed by its
+    /// redzone up to `size_with_redzone`, with no name or location (a
+    /// kernel's own globals, tests).
+    #[must_use]
+    pub const fn new(beg: usize, size: usize, size_with_redzone: usize) -> Self {
+        GlobalDesc {
+            beg,
+            size,
+            size_with_redzone,
+            name: core::ptr::null(),
+            module_name: core::ptr::null(),
+            has_dynamic_init: 0,
+            location: core::ptr::null(),
+            odr_indicator: 0,
+        }
+    }
+}
+
 const fn round_up(x: usize, a: usize) -> usize {
     (x + a - 1) & !(a - 1)
 }

@@ -61,6 +61,17 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         });
     }
 
+    /// Whether `[pfn, pfn + count)` is exactly one live allocation of
+    /// `kind`: its head first, then its other pages, and none after it (a
+    /// hook acting on a wrong order would release a part of it, or more).
+    pub(super) fn block_of(&self, pfn: usize, count: usize, kind: PageKind) -> bool {
+        let part = |p: usize, head: bool| {
+            let page = self.pages.get(p);
+            page.state != PageState::Free && page.kind == kind && page.head == head
+        };
+        (pfn..pfn + count).all(|p| part(p, p == pfn)) && (pfn + count >= self.pages.len() || !part(pfn + count, false))
+    }
+
     /// Whether every page is allocated from the page allocator and owned by
     /// no other hook (not slab, large kmalloc, stack or reserved).
     pub(super) fn plain(&self, pfn: usize, count: usize) -> bool {

@@ -49,13 +49,14 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// A slab page goes back to the page allocator (all its objects free
-    /// and released from quarantine).
+    /// and released from quarantine). `base` and `order` must be the whole
+    /// slab's.
     pub fn slab_page_free(&self, base: usize, order: u32) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
-        if self.pages.get(pfn).kind != PageKind::Slab {
+        if !self.block_of(pfn, count, PageKind::Slab) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();

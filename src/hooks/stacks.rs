@@ -21,13 +21,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// A kernel stack is done (before `page_free`): leftover frame poison
-    /// is dropped.
+    /// is dropped. `addr` and `order` must be the whole stack's.
     pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
-        if self.pages.get(pfn).kind != PageKind::Stack {
+        if !self.block_of(pfn, count, PageKind::Stack) {
             return Err(HookError::WrongPageState);
         }
         let mut inner = self.inner.lock();

@@ -445,7 +445,10 @@ impl SimKernel {
         Some(v)
     }
 
-    fn kmalloc_cache(&self, size: usize) -> Option<CacheId> {
+    /// The kmalloc cache a `size`-byte kmalloc comes from (none above
+    /// [`KMALLOC_MAX_CACHE`]: page-backed).
+    #[must_use]
+    pub fn kmalloc_cache(&self, size: usize) -> Option<CacheId> {
         self.kmalloc.iter().find(|(s, _)| *s >= size).map(|(_, id)| *id)
     }
 
@@ -646,16 +649,7 @@ impl SimKernel {
     pub fn define_global(&mut self, size: usize) -> Result<usize, GlobalError> {
         let beg = self.globals_next;
         let rz = (size.div_ceil(32) * 32 - size) + 32;
-        let desc = GlobalDesc {
-            beg,
-            size,
-            size_with_redzone: size + rz,
-            name: core::ptr::null(),
-            module_name: core::ptr::null(),
-            has_dynamic_init: 0,
-            location: core::ptr::null(),
-            odr_indicator: 0,
-        };
+        let desc = GlobalDesc::new(beg, size, size + rz);
         self.kasan.register_global(&desc)?;
         self.globals_next = (beg + size + rz).div_ceil(32) * 32;
         Ok(beg)
