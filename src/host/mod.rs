@@ -13,9 +13,14 @@
 //! [`mapper::HostMapper`] implements the arch boundary with `mmap`;
 //! [`platform::HostPlatform`] captures reports and fakes symbols and stacks;
 //! [`sim::SimKernel`] is a small model kernel (buddy pages, slab, kmalloc,
-//! stacks, vmalloc, globals) that drives the hooks like a real one.
+//! stacks, vmalloc, globals) that drives the hooks like a real one;
+//! [`lockstep::Lockstep`] drives a `full` and a `hybrid` one with the same
+//! operations against an oracle, and [`fuzz`] decodes those operations from
+//! bytes (the fuzz target and its replay test).
 
+pub mod fuzz;
 pub mod kmsan;
+pub mod lockstep;
 pub mod mapper;
 pub mod platform;
 pub mod sim;

@@ -1,0 +1,5 @@
+//! The public API driven as a buggy kernel would: `full` and `hybrid` in
+//! lockstep against an oracle (see `hybrid_shadow::host::fuzz`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hybrid_shadow::host::fuzz::run(data));

@@ -1,0 +1,199 @@
+//! The fuzz target's driver: bytes decoded into a [`Setup`] and a sequence
+//! of [`Op`]s that [`Lockstep`] runs on a `full` and a `hybrid` model
+//! kernel against its oracle. The cargo-fuzz target (`fuzz/`) and the
+//! stable replay test (`tests/fuzz_replay.rs`) both call [`run`]; a failure
+//! is a panic.
+//!
+//! ```text
+//!  byte 0: mixed-block scheme, quarantine (default | keeps all | tiny), raw alignment
+//!  byte 1: raw cache object size
+//!  then per operation: opcode byte, operands (sizes skewed to 0, small,
+//!  page-sized, page-backed, huge, near usize::MAX; targets: a live or freed
+//!  object and an offset, a region and an offset, an absolute address)
+//! ```
+//!
+//! Input that runs out ends the sequence; everything is then freed and
+//! the kernels are checked for leaks.
+
+use crate::config::MixedBlocks;
+use crate::host::lockstep::{Lockstep, Op, Setup, Target};
+use crate::host::sim::ZERO_SIZE_PTR;
+use std::vec::Vec;
+
+/// Operations a run makes at most (a bound on an input's time).
+pub const MAX_OPS: usize = 2000;
+
+/// Decode `data` and run it; panics on any disagreement or leak.
+pub fn run(data: &[u8]) {
+    let (setup, ops) = decode(data);
+    let mut l = Lockstep::new(setup);
+    for (i, op) in ops.into_iter().enumerate() {
+        l.apply(op);
+        if i % 64 == 63 {
+            l.check_live();
+        }
+    }
+    l.check_live();
+    l.finish();
+}
+
+/// The setup and operations `data` encodes.
+#[must_use]
+pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
+    let mut input = Input { data, pos: 0 };
+    let setup = input.setup();
+    let mut ops = Vec::new();
+    while ops.len() < MAX_OPS {
+        match input.op(&setup) {
+            Some(op) => ops.push(op),
+            None => break,
+        }
+    }
+    (setup, ops)
+}
+
+/// A cursor over the input; `None` once it runs out.
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Input<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes([self.u8()?, self.u8()?, self.u8()?, self.u8()?]))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
+    }
+
+    fn setup(&mut self) -> Setup {
+        let (a, b) = (self.u8().unwrap_or(0), self.u8().unwrap_or(0));
+        let mixed = [MixedBlocks::Consult, MixedBlocks::Private, MixedBlocks::Adaptive][a as usize % 3];
+        let mut s = Setup::tiny(mixed);
+        s.quarantine = [None, Some(usize::MAX / 2), Some(16 << 10)][(a as usize >> 2) % 3];
+        s.raw = (1 + (b as usize * 13) % 1500, [8, 16, 64, 128][(a as usize >> 4) % 4]);
+        s
+    }
+
+    /// A size skewed to the classes allocators treat differently.
+    fn size(&mut self) -> Option<usize> {
+        Some(match self.u8()? % 16 {
+            0 => 0,
+            1 => 1 + self.u8()? as usize % 16,
+            2..=4 => 1 + self.u16()? as usize % 256,
+            5..=7 => 1 + self.u16()? as usize % 4096,
+            8 => 4096 + self.u16()? as usize % 4200,
+            9 => 8193 + self.u16()? as usize,
+            10 => 1 + self.u32()? as usize % (1 << 22),
+            11 => 1usize << (self.u8()? % 64),
+            12 => usize::MAX - self.u16()? as usize,
+            13 => self.u32()? as usize,
+            14 => self.u8()? as usize * 4096,
+            _ => self.u16()? as usize,
+        })
+    }
+
+    /// An access size: mostly what instrumented loads and stores use.
+    fn access_size(&mut self) -> Option<usize> {
+        Some(match self.u8()? % 8 {
+            k @ 0..=5 => [1, 2, 4, 8, 16, 3][k as usize],
+            6 => 1 + self.u16()? as usize % 512,
+            _ => self.size()?,
+        })
+    }
+
+    fn target(&mut self) -> Option<Target> {
+        Some(match self.u8()? % 10 {
+            0..=3 => Target::Near { pick: self.u16()?, at: self.u16()? },
+            4 => Target::Live { pick: self.u16()?, off: 0 },
+            5 => Target::Live { pick: self.u16()?, off: self.u8()? as i8 as isize },
+            6 => Target::Freed { pick: self.u16()?, off: (self.u8()? % 64) as isize },
+            7 => Target::Region { which: self.u8()?, off: self.u32()? as usize },
+            8 => Target::Abs(match self.u8()? % 4 {
+                0 => self.u8()? as usize,
+                1 => ZERO_SIZE_PTR,
+                2 => 0x1000 + self.u32()? as usize,
+                _ => usize::MAX - self.u16()? as usize,
+            }),
+            _ => Target::Region { which: self.u8()?, off: self.u16()? as usize * 4096 },
+        })
+    }
+
+    /// An offset into the image: granule aligned and inside, mostly.
+    fn image_offset(&mut self, setup: &Setup) -> Option<usize> {
+        let v = self.u16()? as usize;
+        Some(match self.u8()? % 8 {
+            0 => v,
+            1 => v * 4096,
+            _ => (v % (setup.image / 8)) * 8,
+        })
+    }
+
+    fn op(&mut self, setup: &Setup) -> Option<Op> {
+        Some(match self.u8()? % 32 {
+            0..=3 => Op::Kmalloc { size: self.size()? },
+            4 => Op::CacheCreate { size: self.size()? },
+            5 => Op::CacheAlloc { cache: self.u8()?, size: self.size()? },
+            6 => Op::CacheDestroy { cache: self.u8()? },
+            7 => Op::AllocPages { order: (self.u8()? % 13) as u32 },
+            8 => Op::StackAlloc,
+            9 => Op::Vmalloc { size: self.size()? },
+            10..=12 => Op::Free { pick: self.u16()? },
+            13 => Op::Kfree { at: self.target()? },
+            14 => Op::KfreeSensitive { at: self.target()? },
+            15 => Op::Krealloc { at: self.target()?, size: self.size()? },
+            16 => Op::Ksize { at: self.target()? },
+            17 => Op::FreePages { at: self.target()?, order: (self.u8()? % 13) as u32 },
+            18 => Op::StackFree { at: self.target()? },
+            19 => Op::Vfree { at: self.target()? },
+            20 => Op::CacheFree { cache: self.u8()?, at: self.target()? },
+            21..=24 => Op::Access { at: self.target()?, size: self.access_size()?, write: self.u8()? & 1 != 0 },
+            k @ (25 | 26) => {
+                let off = self.image_offset(setup)?;
+                let size = if self.u8()? & 1 == 0 { self.u8()? as usize } else { self.size()? };
+                let with_rz = match self.u8()? % 4 {
+                    0 => size.wrapping_sub(self.u8()? as usize % 8),
+                    1 => self.size()?,
+                    _ => size.wrapping_add(self.u8()? as usize),
+                };
+                if k == 25 {
+                    Op::RegisterGlobal { off, size, with_rz }
+                } else {
+                    Op::UnregisterGlobal { off, size, with_rz }
+                }
+            }
+            27 => {
+                let stack = self.u16()?;
+                let off = (self.u16()? as usize % 512) * 32 + if self.u8()? % 8 == 0 { 8 } else { 0 };
+                let size = if self.u8()? % 4 == 0 { self.size()? } else { self.u16()? as usize % 2048 };
+                Op::AllocaPoison { stack, off, size }
+            }
+            28 => Op::AllocasUnpoison { stack: self.u16()?, top: self.u16()? as usize, bottom: self.u16()? as usize },
+            29 => {
+                let slot = self.u16()?;
+                let delta = if self.u8()? % 4 == 0 { self.u8()? as usize } else { 0 };
+                Op::RawAlloc { slot, delta, size: self.u16()? as usize % (2 * setup.raw.0 + 1) }
+            }
+            30 => {
+                let slot = self.u16()?;
+                let delta = if self.u8()? % 4 == 0 { self.u8()? as usize } else { 0 };
+                Op::RawFree { slot, delta }
+            }
+            _ => match self.u8()? % 4 {
+                0 => Op::Drain,
+                _ => Op::Misuse { hook: self.u8()?, at: self.target()?, arg: self.u64()? as usize },
+            },
+        })
+    }
+}
