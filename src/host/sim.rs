@@ -46,10 +46,10 @@ const KMALLOC_NAMES: [&str; 13] = [
     "kmalloc-192",
     "kmalloc-256",
     "kmalloc-512",
-    "kmalloc-1k",
-    "kmalloc-2k",
-    "kmalloc-4k",
-    "kmalloc-8k",
+    "kmalloc-1024",
+    "kmalloc-2048",
+    "kmalloc-4096",
+    "kmalloc-8192",
 ];
 
 /// Why the model kernel could not start.
