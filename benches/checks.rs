@@ -14,7 +14,17 @@
 //!   has free pages (hybrid: CONSULT, the counted slow path)
 //! * `free`: the fast-path decision on a free page (`fast_ok` only: a
 //!   full check would print a use-after-free report)
+//!
+//! Then KMSAN's metadata calls (`__msan_metadata_ptr_for_{load,store}_8`
+//! as the compiler's code makes them, through the host backend; a store
+//! is settled at the next call), `full` vs `hybrid`:
+//! * `load page` / `store page`: an initialized page-granular page
+//!   (hybrid: the shared zero page; a store goes through the sink)
+//! * `load slab` / `store slab`: inside a slab object, every byte written
+//!   (hybrid: private shadow, the page-wide origin: origins through the sink)
+//! * `store slab uninit`: an uninitialized value (same origin each time)
 
+use hybrid_shadow::host::kmsan::KmsanHost;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::{MixedBlocks, Mode};
 use std::hint::black_box;
@@ -22,6 +32,37 @@ use std::time::Instant;
 
 const CLASSES: [&str; 4] = ["tracked", "untracked", "mixed", "free"];
 const HOOKS: [&str; 3] = ["kmalloc+kfree(64)", "alloc+free page", "vmalloc+vfree(5000)"];
+const KMSAN: [&str; 5] = ["load page", "store page", "load slab", "store slab", "store slab uninit"];
+const KMSAN_MODES: [(&str, Mode); 2] = [("full", Mode::Full), ("hybrid", Mode::Hybrid)];
+
+/// A KMSAN host with an initialized page and a slab object written whole.
+fn kmsan_setup(mode: Mode) -> (KmsanHost, [usize; 2]) {
+    let mut h = KmsanHost::new(mode, 16 << 20, 4 << 20, 64 << 10).unwrap();
+    let (page, slab) = (h.ram() + 64 * 4096, h.ram() + 65 * 4096);
+    h.kmsan.page_alloc(page, 0, true).unwrap();
+    h.kmsan.page_alloc(slab, 0, true).unwrap();
+    h.kmsan.slab_page_alloc(slab, 0).unwrap();
+    h.call("kmalloc_site", |h| h.kmsan.slab_alloc(slab, 64, false)).unwrap();
+    h.store(slab, &[0; 64], 0);
+    (h, [page, slab])
+}
+
+fn run_kmsan(h: &mut KmsanHost, at: [usize; 2], which: usize, n: usize) -> usize {
+    let o = hybrid_shadow::kmsan::origin::make(5, 0, false);
+    let mut acc = 0;
+    for i in 0..n {
+        let off = black_box((i & 3) * 8);
+        match which {
+            0 => acc += h.load(at[0] + off, 8).0[0] as usize,
+            1 => h.store(at[0] + off, &[0; 8], 0),
+            2 => acc += h.load(at[1] + off, 8).0[0] as usize,
+            3 => h.store(at[1] + off, &[0; 8], 0),
+            _ => h.store(at[1] + 32 + off, &[0xFF; 8], o),
+        }
+    }
+    h.settle();
+    acc
+}
 
 /// A model kernel with one address of each class.
 struct Setup {
@@ -117,6 +158,11 @@ fn config(name: &str) -> (Mode, MixedBlocks) {
 
 /// `checks --count <config> <class|hook-index> <n>`: run exactly n operations (for callgrind).
 fn count_mode(args: &[String]) {
+    if let Some(&(_, m)) = KMSAN_MODES.iter().find(|c| args[2] == format!("kmsan-{}", c.0)) {
+        let (mut h, at) = kmsan_setup(m);
+        black_box(run_kmsan(&mut h, at, args[3].parse().unwrap(), args[4].parse().unwrap()));
+        return;
+    }
     let mode = config(&args[2]);
     let which: usize = args[3].parse().unwrap();
     let n: usize = args[4].parse().unwrap();
@@ -183,10 +229,26 @@ fn main() {
             .collect();
         row(name, &ns, 0);
     }
+    println!("\nKMSAN: ns per metadata call (median of 9 batches of 200000)");
+    println!("{:<22} {:>10} {:>10} {:>8}", "access", "full", "hybrid", "h/f");
+    let mut hosts: Vec<_> = KMSAN_MODES.iter().map(|c| kmsan_setup(c.1)).collect();
+    for (w, name) in KMSAN.iter().enumerate() {
+        let ns: Vec<f64> = hosts.iter_mut().map(|(h, at)| median_ns(|| run_kmsan(h, *at, w, 200_000), 200_000)).collect();
+        println!("{name:<22} {:>10.2} {:>10.2} {:>8.2}", ns[0], ns[1], ns[1] / ns[0]);
+    }
     let have_valgrind = std::process::Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
     if !have_valgrind {
         println!("\n(valgrind not installed: no instruction counts; apt-get install valgrind)");
         return;
+    }
+    println!("\nKMSAN: instructions per metadata call (callgrind, (Ir(2N) - Ir(N)) / N)");
+    println!("{:<22} {:>10} {:>10} {:>8}", "access", "full", "hybrid", "h/f");
+    for (w, name) in KMSAN.iter().enumerate() {
+        let ir: Option<Vec<f64>> = KMSAN_MODES.iter().map(|c| callgrind_ir(&format!("kmsan-{}", c.0), w, 20_000)).collect();
+        match ir {
+            Some(v) => println!("{name:<22} {:>10.1} {:>10.1} {:>8.2}", v[0], v[1], v[1] / v[0]),
+            None => println!("{name:<22} (callgrind failed)"),
+        }
     }
     println!("\ninstructions per operation (callgrind, (Ir(2N) - Ir(N)) / N)");
     header("operation");

@@ -23,8 +23,8 @@
 //! ```
 
 
-use crate::kmsan::origin::{Origin, NO_ORIGIN, UNWRITTEN};
-use crate::kmsan::runtime::{Kmsan, Place};
+use crate::kmsan::origin::{Origin, NO_ORIGIN};
+use crate::kmsan::runtime::{Kmsan, OriginPlan, Place};
 use crate::kmsan::state::MetaBacking;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;
@@ -268,9 +268,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.layout.vmalloc.contains(addr) && (addr % PAGE_SIZE) + size > PAGE_SIZE
     }
 
+    #[inline(always)]
     fn defer(&self, ctx: &mut Context, addr: usize, size: usize, origin_only: bool) {
-        let slots = (size + (addr & 3)).div_ceil(4) + 1;
-        ctx.sink_origin[..slots].fill(UNWRITTEN);
         ctx.pending_addr = addr;
         ctx.pending_size = size;
         ctx.pending_origin_only = origin_only;
@@ -300,17 +299,48 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Apply `ctx`'s deferred store, if any. Every runtime entry of a
     /// context calls this first; a kernel calls it before a hook that
     /// may change the pages a store of the same context touched.
+    ///
+    /// The compiler's code paints origins exactly when the value it stores
+    /// is not wholly initialized, one origin in every slot from the first
+    /// (LLVM's `paintOrigin`): a clean store left nothing to apply to
+    /// initialized pages, a dirty one has its origin in the sink's first
+    /// slot, and it goes to every slot the store touched.
+    #[inline(always)]
     pub fn settle(&self, ctx: &mut Context) {
-        if ctx.pending_size == 0 {
-            return;
+        if ctx.pending_size != 0 {
+            self.settle_pending(ctx);
         }
+    }
+
+    #[inline(never)]
+    fn settle_pending(&self, ctx: &mut Context) {
         let (addr, size) = (ctx.pending_addr, ctx.pending_size);
         ctx.pending_size = 0;
-        let base = addr & !3;
-        let slots = (size + (addr & 3)).div_ceil(4) + 1;
+        let dirty = if ctx.pending_origin_only {
+            // Shadow was written in place (canonical `addr`, private pages
+            // of one region, whose shadow is contiguous).
+            let Some(r) = self.layout.region_of(addr) else { return };
+            // SAFETY: the store's pages had private shadow when it was
+            // handed out, and no hook ran since.
+            if unsafe { first_uninit(r.shadow_of(addr) as *const u8, size) }.is_none() {
+                return;
+            }
+            true
+        } else {
+            // SAFETY: the sink holds SINK_BYTES >= `size` bytes.
+            let dirty = unsafe { first_uninit(ctx.sink_shadow.as_ptr(), size) }.is_some();
+            if !dirty && (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE {
+                // The common case: an initialized value into one page.
+                let page = self.canon(addr).and_then(|c| self.page_of(self.place(c)));
+                if page.is_none_or(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked)) {
+                    return;
+                }
+            }
+            dirty
+        };
+        let o: Origin = ctx.sink_origin[0];
         let mut inner = None;
-        let mut a = if ctx.pending_origin_only { addr + size } else { addr };
-        let end = addr + size;
+        let (mut a, end) = (addr, addr + size);
         while a < end {
             let e = end.min((a & !(PAGE_SIZE - 1)) + PAGE_SIZE);
             let Some((c, place, r, p)) = self.canon(a).and_then(|c| {
@@ -320,49 +350,30 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 a = e;
                 continue;
             };
-            let sh = &ctx.sink_shadow[a - addr..e - addr];
-            let first_slot = ((a & !3) - base) / 4;
-            let last_slot = ((e - 1) & !3).saturating_sub(base) / 4;
-            let origin_written = ctx.sink_origin[first_slot..=last_slot].iter().any(|&o| o != UNWRITTEN && o != 0);
-            let writable = match p.backing {
-                MetaBacking::Private => true,
-                MetaBacking::Unchecked => false,
-                MetaBacking::Init if sh.iter().all(|&b| b == 0) && !origin_written => false,
-                MetaBacking::Init | MetaBacking::Uninit => {
-                    let g = inner.get_or_insert_with(|| self.inner.lock());
-                    self.materialize(g, place)
+            if !ctx.pending_origin_only {
+                let sh = &ctx.sink_shadow[a - addr..e - addr];
+                let writable = match p.backing {
+                    MetaBacking::Private => true,
+                    MetaBacking::Unchecked => false,
+                    MetaBacking::Init if sh.iter().all(|&b| b == 0) => false,
+                    MetaBacking::Init | MetaBacking::Uninit => {
+                        let g = inner.get_or_insert_with(|| self.inner.lock());
+                        self.materialize(g, place)
+                    }
+                };
+                if !writable {
+                    a = e;
+                    continue;
                 }
-            };
-            if writable {
                 // SAFETY: the page's shadow is private and writable;
                 // `[a, e)` lies inside the page.
                 unsafe { core::ptr::copy_nonoverlapping(sh.as_ptr(), r.shadow_of(c) as *mut u8, e - a) };
             }
+            if dirty && self.origin_plan(c, c + (e - a), o) != OriginPlan::Nothing {
+                let g = inner.get_or_insert_with(|| self.inner.lock());
+                self.write_origins(g, c, c + (e - a), o);
+            }
             a = e;
-        }
-        // The slot the compiler did not paint (see `meta_store`).
-        let painted = size.div_ceil(4);
-        if painted < slots - 1 && ctx.sink_origin[painted] == UNWRITTEN {
-            ctx.sink_origin[painted] = ctx.sink_origin[painted - 1];
-        }
-        // Origins in runs of equal slots within a page (a page-wide origin
-        // stays page-wide when one store writes one origin to several slots).
-        let mut k = 0;
-        while k < slots {
-            let o: Origin = ctx.sink_origin[k];
-            let mut n = 1;
-            while k + n < slots && ctx.sink_origin[k + n] == o && !(base + 4 * (k + n)).is_multiple_of(PAGE_SIZE) {
-                n += 1;
-            }
-            if o != UNWRITTEN {
-                if let Some(slot) = self.canon(base + 4 * k) {
-                    if self.page_of(self.place(slot)).is_some_and(|(_, p)| p.backing == MetaBacking::Private) {
-                        let g = inner.get_or_insert_with(|| self.inner.lock());
-                        self.write_origins(g, slot, slot + 4 * n, o);
-                    }
-                }
-            }
-            k += n;
         }
     }
 }

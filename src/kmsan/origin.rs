@@ -84,10 +84,6 @@ pub const fn with_cut(o: Origin) -> Origin {
     }
 }
 
-/// `u32::MAX` is never a valid origin (handle all ones is above any depot
-/// size the runtime builds), so it marks origin slots nobody wrote.
-pub(crate) const UNWRITTEN: Origin = u32::MAX;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +96,5 @@ mod tests {
         assert_eq!((handle(c), depth(c), is_uaf(c), is_cut(c)), (1234, 3, true, true));
         assert_eq!(make(0, 1, true), NO_ORIGIN);
         assert_eq!(with_cut(NO_ORIGIN), NO_ORIGIN);
-        assert_eq!(handle(UNWRITTEN), HANDLE_MASK);
     }
 }

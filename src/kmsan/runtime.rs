@@ -60,6 +60,21 @@ pub(crate) enum Place {
     Outside,
 }
 
+/// What writing an origin to some slots of a page takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OriginPlan {
+    /// Nothing: no private shadow, the slots are initialized, or the
+    /// page-wide origin is already that one.
+    Nothing,
+    /// The slots hold the page's only uninitialized bytes: the page-wide
+    /// origin of RAM page `.0` becomes the new one.
+    PageWide(usize),
+    /// A second origin on a page without an origin page: map it.
+    MapPage,
+    /// Write the slots of the private origin page.
+    Write,
+}
+
 /// State changed only under the lock.
 pub(crate) struct KInner<M> {
     pub(crate) mapper: M,
@@ -412,33 +427,48 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     ///  otherwise                               ──► map the origin page, write o
     /// ```
     pub(crate) fn write_origins(&self, inner: &mut KInner<M>, a: usize, e: usize, o: Origin) {
-        let place = self.place(a);
-        let Some((r, p)) = self.page_of(place) else { return };
-        if p.backing != MetaBacking::Private || e <= a {
-            return;
-        }
         let (lo, hi) = (a & !3, (e + 3) & !3);
-        if !p.origin_private {
-            let Place::Ram(i) = place else { return };
-            let page = lo & !(PAGE_SIZE - 1);
-            // SAFETY: a private shadow page is mapped and readable.
-            let words = unsafe { core::slice::from_raw_parts(r.shadow_of(page) as *const u32, PAGE_SIZE / 4) };
-            let (first, last) = ((lo - page) / 4, (hi - page) / 4);
-            if !any_set(&words[first..last]) || self.ram_origin[i].load(Relaxed) == o {
-                return;
+        match self.origin_plan(a, e, o) {
+            OriginPlan::Nothing => return,
+            OriginPlan::PageWide(i) => return self.ram_origin[i].store(o, Relaxed),
+            OriginPlan::MapPage => {
+                if !self.private_origin_page(inner, a) {
+                    return;
+                }
             }
-            if !any_set(&words[..first]) && !any_set(&words[last..]) {
-                self.ram_origin[i].store(o, Relaxed);
-                return;
-            }
-            if !self.private_origin_page(inner, a) {
-                return;
-            }
+            OriginPlan::Write => {}
         }
+        let Some(r) = self.layout.region_of(a) else { return };
         for slot in (lo..hi).step_by(4) {
             // SAFETY: the origin page of a private page with `origin_private`
             // is a private writable page; `slot` is 4-aligned inside it.
             unsafe { core::ptr::write_volatile(r.origin_of(slot) as *mut u32, o) };
+        }
+    }
+
+    /// What [`Self::write_origins`] has to do (decided without the lock).
+    #[inline]
+    pub(crate) fn origin_plan(&self, a: usize, e: usize, o: Origin) -> OriginPlan {
+        let place = self.place(a);
+        let Some((r, p)) = self.page_of(place) else { return OriginPlan::Nothing };
+        if p.backing != MetaBacking::Private || e <= a {
+            return OriginPlan::Nothing;
+        }
+        if p.origin_private {
+            return OriginPlan::Write;
+        }
+        let Place::Ram(i) = place else { return OriginPlan::Nothing };
+        let (lo, hi) = (a & !3, (e + 3) & !3);
+        let page = lo & !(PAGE_SIZE - 1);
+        // SAFETY: a private shadow page is mapped and readable.
+        let words = unsafe { core::slice::from_raw_parts(r.shadow_of(page) as *const u32, PAGE_SIZE / 4) };
+        let (first, last) = ((lo - page) / 4, (hi - page) / 4);
+        if !any_set(&words[first..last]) || self.ram_origin[i].load(Relaxed) == o {
+            OriginPlan::Nothing
+        } else if !any_set(&words[..first]) && !any_set(&words[last..]) {
+            OriginPlan::PageWide(i)
+        } else {
+            OriginPlan::MapPage
         }
     }
 
