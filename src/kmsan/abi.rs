@@ -14,7 +14,9 @@
 //! A kernel installs its runtime with [`install`] and tells the ABI which
 //! task context is current with [`set_current`] at every switch (the
 //! compiler keeps parameter and return-value shadow there; the runtime
-//! keeps the task's deferred store there). Until install, and while the
+//! keeps the task's deferred store there), and brackets interrupt
+//! handlers with [`interrupt_enter`] / [`interrupt_exit`] (a context per
+//! nesting level, up to [`IRQ_LEVELS`]). Until install, and while the
 //! runtime itself runs code that may be instrumented (one CPU: a nesting
 //! count), metadata calls get a dummy page: reads are initialized, writes
 //! go nowhere, nothing is reported.
@@ -463,6 +465,58 @@ pub fn without_tracking<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     DEPTH.store(d, Relaxed);
     r
+}
+
+/// Interrupt nesting levels with a context of their own; deeper levels
+/// run untracked (their metadata calls get the dummy page).
+pub const IRQ_LEVELS: usize = 4;
+
+struct IrqContexts(UnsafeCell<[TaskContext; IRQ_LEVELS]>);
+// SAFETY: level `d` is used only between the `interrupt_enter` that opened
+// it and the matching `interrupt_exit`, on one CPU, strictly nested.
+unsafe impl Sync for IrqContexts {}
+static IRQ: IrqContexts = IrqContexts(UnsafeCell::new([const { TaskContext::new() }; IRQ_LEVELS]));
+static IRQ_DEPTH: AtomicUsize = AtomicUsize::new(0);
+static IRQ_SAVED: [AtomicPtr<TaskContext>; IRQ_LEVELS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; IRQ_LEVELS];
+
+/// An interrupt (or exception) handler starts on this CPU: from here to
+/// the matching [`interrupt_exit`] its instrumented code uses a context of
+/// its own, one per nesting level, as Linux keeps one apart from the task's.
+///
+/// The interrupted code may be between a store's metadata call and its
+/// write into the sink: the task's deferred store stays pending in the
+/// task's context, untouched, until the task runs again.
+///
+/// Call it before any instrumented code of the handler runs, and do not
+/// switch tasks ([`set_current`]) until the matching exit.
+pub fn interrupt_enter() {
+    let d = IRQ_DEPTH.load(Relaxed);
+    IRQ_DEPTH.store(d + 1, Relaxed);
+    if d >= IRQ_LEVELS {
+        // Too deep: untracked until the matching exit.
+        DEPTH.fetch_add(1, Relaxed);
+        return;
+    }
+    IRQ_SAVED[d].store(CURRENT.load(Relaxed), Relaxed);
+    // SAFETY: level `d` is free (every deeper level exited) and only this
+    // CPU uses it (see `IrqContexts`).
+    let ctx = unsafe { &mut (*IRQ.0.get())[d] };
+    // Fresh parameter and return-value shadow, nothing pending.
+    *ctx = TaskContext::new();
+    CURRENT.store(ctx, Relaxed);
+}
+
+/// The handler opened by the last [`interrupt_enter`] returns: its last
+/// store lands, and the interrupted context is current again.
+pub fn interrupt_exit() {
+    let Some(d) = IRQ_DEPTH.load(Relaxed).checked_sub(1) else { return };
+    IRQ_DEPTH.store(d, Relaxed);
+    if d >= IRQ_LEVELS {
+        DEPTH.fetch_sub(1, Relaxed);
+        return;
+    }
+    settle_current();
+    CURRENT.store(IRQ_SAVED[d].load(Relaxed), Relaxed);
 }
 
 /// Settle the current context's deferred store (before an allocator hook
