@@ -14,6 +14,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::config::{MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::layout::{BLOCK_SIZE, PAGES_PER_BLOCK};
 use crate::mapper::{ShadowMapper, SharedPage, PAGE_SIZE};
+use crate::ondemand;
 use crate::page_state::{PageInfo, PageState};
 use crate::platform::Platform;
 use crate::runtime::{Backing, Inner, Kasan, DENIED, HOT, PENDING, VM_UNCHECKED};
@@ -108,10 +109,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 }
                 return true;
             }
-            match inner.mapper.map_private(spage, 0) {
-                Ok(f) => {
-                    f.flush(&mut inner.mapper);
-                    self.stats.ondemand_inc();
+            match ondemand::private(&mut inner.mapper, &self.stats, spage, 0) {
+                Ok(()) => {
                     self.blocks[b].store(Backing::Private as u8, Relaxed);
                     for pfn in range {
                         self.write_page_shadow(pfn, true);
@@ -136,12 +135,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let want = self.shared_backing(b);
         if want != cur {
             let kind = want.shared().expect("shared backing");
-            match inner.mapper.map_shared(spage, kind) {
-                Ok(f) => {
-                    f.flush(&mut inner.mapper);
-                    if cur == Backing::Private {
-                        self.stats.ondemand_dec();
-                    }
+            match ondemand::shared(&mut inner.mapper, &self.stats, spage, kind, cur == Backing::Private) {
+                Ok(()) => {
                     self.blocks[b].store(want as u8, Relaxed);
                 }
                 Err(_) => {
@@ -253,17 +248,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             let r = self.vm_refs[b].load(Relaxed);
             if r & !VM_UNCHECKED == 0 {
                 let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
-                match inner.mapper.map_private(spage, fill) {
-                    Ok(f) => {
-                        f.flush(&mut inner.mapper);
-                        self.stats.ondemand_inc();
-                        self.vm_refs[b].store(1, Relaxed);
-                    }
+                match ondemand::private(&mut inner.mapper, &self.stats, spage, fill) {
+                    Ok(()) => self.vm_refs[b].store(1, Relaxed),
                     Err(_) => {
                         // The 0xF8 page would report every access: map zero.
-                        if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
-                            f.flush(&mut inner.mapper);
-                        }
+                        let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::Zero, false);
                         self.vm_refs[b].store(1 | VM_UNCHECKED, Relaxed);
                         Stats::bump(&self.stats.unchecked_events);
                         ok = false;
@@ -296,9 +285,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
             // If remapping fails the private page stays (already poisoned
             // 0xF8 by the caller); a later map over it releases its frame.
-            if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::VmallocInvalid) {
-                f.flush(&mut inner.mapper);
-            }
+            let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::VmallocInvalid, false);
             if r & VM_UNCHECKED == 0 {
                 self.stats.ondemand_dec();
             }

@@ -34,6 +34,7 @@ pub mod hooks;
 pub mod kmsan;
 pub mod layout;
 pub mod mapper;
+mod ondemand;
 pub mod page_state;
 pub mod platform;
 pub mod quarantine;

@@ -34,6 +34,7 @@ use crate::kmsan::layout::{KmsanLayout, MetaRegion};
 use crate::kmsan::origin::{self, Origin, NO_ORIGIN};
 use crate::kmsan::state::{MetaBacking, MetaPage, MetaPages};
 use crate::mapper::{MapError, ShadowMapper, SharedPage, PAGE_SIZE};
+use crate::ondemand;
 use crate::page_state::PageKind;
 use crate::platform::Platform;
 use crate::stats::{Stats, StatsSnapshot};
@@ -345,19 +346,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         let Some((spage, _)) = self.meta_pages(place) else { return false };
         let fill = if p.backing == MetaBacking::Uninit { 0xFF } else { 0 };
-        match inner.mapper.map_private(spage, fill) {
-            Ok(f) => f.flush(&mut inner.mapper),
-            Err(_) => {
-                self.set_page(place, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, ..p });
-                if let Ok(f) = inner.mapper.map_shared(spage, SharedPage::Zero) {
-                    f.flush(&mut inner.mapper);
-                }
-                self.stats.unchecked_pages.fetch_add(1, Relaxed);
-                Stats::bump(&self.stats.unchecked_events);
-                return false;
-            }
+        if ondemand::private(&mut inner.mapper, &self.stats, spage, fill).is_err() {
+            self.set_page(place, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, ..p });
+            let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::Zero, false);
+            self.stats.unchecked_pages.fetch_add(1, Relaxed);
+            Stats::bump(&self.stats.unchecked_events);
+            return false;
         }
-        self.stats.ondemand_inc();
         if p.backing == MetaBacking::Init {
             self.ram_origin_set(place, NO_ORIGIN);
         }
@@ -372,17 +367,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     fn map_origin_page(&self, inner: &mut KInner<M>, opage: usize) -> bool {
-        match inner.mapper.map_private(opage, 0) {
-            Ok(f) => {
-                f.flush(&mut inner.mapper);
-                self.stats.ondemand_inc();
-                true
-            }
-            Err(_) => {
-                Stats::bump(&self.stats.unchecked_events);
-                false
-            }
+        let ok = ondemand::private(&mut inner.mapper, &self.stats, opage, 0).is_ok();
+        if !ok {
+            Stats::bump(&self.stats.unchecked_events);
         }
+        ok
     }
 
     /// Give the private page holding `addr` a private origin page, every
@@ -490,8 +479,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let want = if origin.is_some() { MetaBacking::Uninit } else { MetaBacking::Init };
         if p.backing == MetaBacking::Private || p.backing != want {
             let shared = if origin.is_some() { SharedPage::PageFree } else { SharedPage::Zero };
-            match inner.mapper.map_shared(spage, shared) {
-                Ok(f) => f.flush(&mut inner.mapper),
+            match ondemand::shared(&mut inner.mapper, &self.stats, spage, shared, p.backing == MetaBacking::Private) {
+                Ok(()) => {}
                 Err(_) => {
                     // Keep the private page and write the state into it.
                     if p.backing == MetaBacking::Private {
@@ -506,18 +495,12 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                     }
                 }
             }
-            if p.backing == MetaBacking::Private {
-                self.stats.ondemand_dec();
-            }
             if p.backing == MetaBacking::Unchecked {
                 self.stats.unchecked_pages.fetch_sub(1, Relaxed);
             }
         }
         if p.origin_private {
-            if let Ok(f) = inner.mapper.map_shared(opage, SharedPage::Zero) {
-                f.flush(&mut inner.mapper);
-                self.stats.ondemand_dec();
-            }
+            let _ = ondemand::shared(&mut inner.mapper, &self.stats, opage, SharedPage::Zero, true);
         }
         self.ram_origin[i].store(origin.unwrap_or(NO_ORIGIN), Relaxed);
         self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
