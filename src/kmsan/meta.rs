@@ -24,7 +24,8 @@
 
 
 use crate::kmsan::origin::{Origin, NO_ORIGIN};
-use crate::kmsan::runtime::{Kmsan, OriginPlan, Place};
+use crate::kmsan::backing::OriginPlan;
+use crate::kmsan::runtime::{Kmsan, Place};
 use crate::kmsan::state::MetaBacking;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;

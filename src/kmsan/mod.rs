@@ -21,6 +21,7 @@
 
 #[cfg(feature = "kmsan-abi")]
 pub mod abi;
+pub mod backing;
 pub mod hooks;
 pub mod layout;
 pub mod meta;
