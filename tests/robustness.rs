@@ -416,6 +416,10 @@ fn globals_overlapping_a_registered_span_are_rejected() {
         r.unregister_global(&desc(img + 0x20, 0x80, 0x1000));
         assert_eq!(r.stats().bad_globals, 6);
         assert_eq!(k.read_bug(img + 0xa0, 1), Some(BugType::GlobalOutOfBounds));
+        // nor a descriptor that is not well formed (the fuzzer's find)
+        r.unregister_global(&desc(img + 0x20, 0x80, 1));
+        assert_eq!(r.stats().bad_globals, 7);
+        assert_eq!(r.register_global(&desc(img + 0x20, 2, 2)), Err(GlobalError::Overlap), "still claimed");
         // once unregistered, its span takes a new global
         r.unregister_global(&desc(img + 0x20, 0x80, 0xa0));
         assert_eq!(k.read(img + 0xa0, 0x20), Ok(()));

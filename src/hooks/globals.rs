@@ -11,25 +11,33 @@ use core::sync::atomic::Ordering::Relaxed;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Register one global: its bytes accessible, its redzone poisoned.
-    /// Refused (and counted) unless aligned, inside the image and clear of
-    /// every registered global's span.
+    /// Refused (and counted) unless well formed (see [`GlobalError`]) and
+    /// clear of every registered global's span.
     pub fn register_global(&self, g: &GlobalDesc) -> Result<(), GlobalError> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
         let _guard = self.inner.lock();
-        let r = self.check_global(g);
-        if r.is_err() {
-            Stats::bump(&self.stats.bad_globals);
-            return r;
-        }
-        self.claim_span(g, true);
+        let span = self.span_of(g).and_then(|s| match s.clone().any(|i| self.claimed(i)) {
+            true => Err(GlobalError::Overlap),
+            false => Ok(s),
+        });
+        let span = match span {
+            Ok(s) => s,
+            Err(e) => {
+                Stats::bump(&self.stats.bad_globals);
+                return Err(e);
+            }
+        };
+        self.claim_span(span, true);
         self.unpoison(g.beg, g.size);
         self.fill_shadow(g.beg + round_up(g.size, GRANULE), g.beg + g.size_with_redzone, GLOBAL_REDZONE);
         Ok(())
     }
 
-    fn check_global(&self, g: &GlobalDesc) -> Result<(), GlobalError> {
+    /// Indices (in the image) of the granules of a well-formed global's
+    /// span: aligned, its size within its size with redzone, inside the image.
+    fn span_of(&self, g: &GlobalDesc) -> Result<core::ops::Range<usize>, GlobalError> {
         if !g.beg.is_multiple_of(GRANULE) {
             return Err(GlobalError::Unaligned);
         }
@@ -40,45 +48,35 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.layout.image.contains_range(g.beg, g.size_with_redzone) {
             return Err(GlobalError::OutsideImage);
         }
-        if self.span_granules(g).any(|i| self.claimed(i)) {
-            return Err(GlobalError::Overlap);
-        }
-        Ok(())
+        let first = (g.beg - self.layout.image.start) / GRANULE;
+        Ok(first..first + g.size_with_redzone.div_ceil(GRANULE))
     }
 
     /// Unregister one global: its whole span becomes accessible again. A
-    /// descriptor whose span is not wholly claimed by registered globals is
-    /// ignored (it would unpoison another global's redzone).
+    /// descriptor that is not well formed, or whose span is not wholly
+    /// claimed by registered globals, is ignored and counted (it would
+    /// unpoison another global's redzone).
     pub fn unregister_global(&self, g: &GlobalDesc) {
-        if self.cfg.mode == Mode::Off || !g.beg.is_multiple_of(GRANULE) {
-            return;
-        }
-        if !self.layout.image.contains_range(g.beg, g.size_with_redzone) {
+        if self.cfg.mode == Mode::Off {
             return;
         }
         let _guard = self.inner.lock();
-        if !self.span_granules(g).all(|i| self.claimed(i)) {
-            Stats::bump(&self.stats.bad_globals);
-            return;
+        match self.span_of(g) {
+            Ok(span) if span.clone().all(|i| self.claimed(i)) => {
+                self.claim_span(span, false);
+                self.fill_shadow(g.beg, g.beg + g.size_with_redzone, 0);
+            }
+            _ => Stats::bump(&self.stats.bad_globals),
         }
-        self.claim_span(g, false);
-        self.fill_shadow(g.beg, g.beg + g.size_with_redzone, 0);
-    }
-
-    /// Indices (in the image) of the granules of a global's span; the
-    /// caller checked that the span is inside the image.
-    fn span_granules(&self, g: &GlobalDesc) -> core::ops::Range<usize> {
-        let first = (g.beg - self.layout.image.start) / GRANULE;
-        first..first + g.size_with_redzone.div_ceil(GRANULE)
     }
 
     fn claimed(&self, granule: usize) -> bool {
         self.globals[granule / 8].load(Relaxed) & (1 << (granule % 8)) != 0
     }
 
-    /// Set (`claim`) or clear the span's bits (under the lock).
-    fn claim_span(&self, g: &GlobalDesc, claim: bool) {
-        for i in self.span_granules(g) {
+    /// Set (`claim`) or clear the bits of the granules `span` (under the lock).
+    fn claim_span(&self, span: core::ops::Range<usize>, claim: bool) {
+        for i in span {
             let (byte, bit) = (&self.globals[i / 8], 1u8 << (i % 8));
             if claim {
                 byte.fetch_or(bit, Relaxed);
