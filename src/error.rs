@@ -74,10 +74,15 @@ impl core::fmt::Display for HookError {
 /// Why a global descriptor was rejected (nothing was poisoned for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GlobalError {
-    /// `beg` is not 8-byte aligned.
+    /// `beg` is not a multiple of [`GLOBAL_ALIGN`](crate::hooks::GLOBAL_ALIGN)
+    /// (32): compilers align every instrumented global to it.
     Unaligned,
     /// `size > size_with_redzone`, or the range wraps.
     BadSize,
+    /// `size_with_redzone` is not a multiple of
+    /// [`GLOBAL_ALIGN`](crate::hooks::GLOBAL_ALIGN) (32): compilers round
+    /// the redzone so that a global's span ends on one.
+    UnalignedEnd,
     /// The global is not inside the kernel image.
     OutsideImage,
     /// Its span (body or redzone) overlaps the span of a global already

@@ -32,6 +32,7 @@ use crate::cache::Caches;
 use crate::config::{Config, MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::depot::StackDepot;
 use crate::error::InitError;
+use crate::hooks::GLOBAL_ALIGN;
 use crate::layout::{Layout, Region, BLOCK_SIZE, PAGES_PER_BLOCK};
 use crate::mapper::{ShadowMapper, SharedPage, PAGE_SIZE};
 use crate::page_state::{PageArray, PageState};
@@ -147,8 +148,9 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     /// Per direct-map block: slow-path checks taken while CONSULT (up to
     /// `PROMOTE_AFTER`), or `HOT` once promoted to a private page.
     pub(crate) hits: &'static [AtomicU8],
-    /// One bit per granule of the image: set while a registered global's
-    /// span (body and redzone) covers it (written under the lock).
+    /// One bit per 32-byte slot ([`GLOBAL_ALIGN`]) of the image: set while a
+    /// registered global's span (body and redzone) covers it (written under
+    /// the lock).
     pub(crate) globals: &'static [AtomicU8],
     pub(crate) inner: spin::Mutex<Inner<M>>,
     pub(crate) platform: P,
@@ -176,9 +178,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             + 16
     }
 
-    /// Bytes of the map of image granules claimed by registered globals.
+    /// Bytes of the map of image slots ([`GLOBAL_ALIGN`] bytes each)
+    /// claimed by registered globals: one bit per 32 bytes of the image.
     fn globals_map_bytes(layout: &Layout) -> usize {
-        (layout.image.len() / GRANULE).div_ceil(8)
+        (layout.image.len() / GLOBAL_ALIGN).div_ceil(8)
     }
 
     /// Start the runtime: map the initial shadow and set every RAM page free.

@@ -50,7 +50,8 @@ pub struct StatsSnapshot {
     pub block_table_bytes: usize,
     /// Bytes reserved for the stack depot.
     pub depot_bytes: usize,
-    /// Bytes of the map of image granules registered globals claim.
+    /// Bytes of the map of image slots registered globals claim (one bit
+    /// per 32 bytes of the image).
     pub globals_map_bytes: usize,
     /// Bytes of per-task sanitizer contexts the kernel set aside (KMSAN).
     pub context_bytes: usize,

@@ -162,17 +162,93 @@ fn bogus_and_overlapping_globals_are_rejected_and_counted() {
         let r = &k.kasan;
         assert_eq!(r.register_global(&desc(g + 3, 4, 64)), Err(GlobalError::Unaligned));
         assert_eq!(r.register_global(&desc(g, 64, 32)), Err(GlobalError::BadSize));
-        assert_eq!(r.register_global(&desc(usize::MAX - 7, 4, 64)), Err(GlobalError::BadSize));
+        assert_eq!(r.register_global(&desc(usize::MAX - 31, 4, 64)), Err(GlobalError::BadSize));
         assert_eq!(r.register_global(&desc(img.end - 32, 4, 64)), Err(GlobalError::OutsideImage));
         assert_eq!(r.register_global(&desc(0x1000, 4, 64)), Err(GlobalError::OutsideImage));
         // a global whose body lies in g's redzone
-        assert_eq!(r.register_global(&desc(g + 16, 8, 40)), Err(GlobalError::Overlap));
+        assert_eq!(r.register_global(&desc(g + 32, 8, 32)), Err(GlobalError::Overlap));
         assert_eq!(r.stats().bad_globals, 6);
         assert_eq!(k.read(g, 10), Ok(()));
         assert_eq!(k.read_bug(g + 10, 1), Some(BugType::GlobalOutOfBounds), "g's redzone intact");
         r.unregister_global(&desc(g, 10, 64));
         assert_eq!(k.read(g + 10, 1), Ok(()));
     });
+}
+
+/// LLVM's right redzone for a global of `size` bytes (`getRedzoneSizeForGlobal`
+/// at shadow scale 3): the global and its redzone end on 32 bytes.
+fn llvm_redzone(size: usize) -> usize {
+    const MIN_RZ: usize = 32;
+    if size <= MIN_RZ / 2 {
+        return MIN_RZ - size;
+    }
+    let rz = (size / MIN_RZ / 4 * MIN_RZ).clamp(MIN_RZ, 1 << 18);
+    rz + if size.is_multiple_of(MIN_RZ) { 0 } else { MIN_RZ - size % MIN_RZ }
+}
+
+#[test]
+fn globals_laid_out_as_compilers_do_are_accepted_back_to_back() {
+    both(|k, _| {
+        let img = k.kasan.layout().image.start;
+        let r = &k.kasan;
+        let mut at = img;
+        let mut globals = vec![];
+        for size in [0, 1, 7, 8, 16, 17, 31, 32, 33, 100, 128, 1000, 4096] {
+            let with_rz = size + llvm_redzone(size);
+            assert!(with_rz.is_multiple_of(32));
+            r.register_global(&desc(at, size, with_rz)).unwrap();
+            globals.push((at, size, with_rz));
+            at += with_rz;
+        }
+        assert_eq!(r.stats().bad_globals, 0);
+        for &(beg, size, with_rz) in &globals {
+            assert_eq!(k.read(beg, size), Ok(()), "{:#x}+{size}", beg - img);
+            assert_eq!(k.read_bug(beg + size, 1), Some(BugType::GlobalOutOfBounds), "{:#x}+{size}", beg - img);
+            assert_eq!(k.read_bug(beg + with_rz - 1, 1), Some(BugType::GlobalOutOfBounds), "{:#x}+{size}", beg - img);
+        }
+        for &(beg, size, with_rz) in &globals {
+            r.unregister_global(&desc(beg, size, with_rz));
+            assert_eq!(k.read(beg, with_rz), Ok(()));
+        }
+        assert_eq!(r.stats().bad_globals, 0);
+    });
+}
+
+#[test]
+fn globals_not_aligned_as_compilers_lay_them_out_are_rejected() {
+    both(|k, _| {
+        let img = k.kasan.layout().image.start;
+        let r = &k.kasan;
+        // 8-byte aligned, but inside a 32-byte slot
+        for off in [8, 16, 24, 0x48] {
+            assert_eq!(r.register_global(&desc(img + off, 4, 0x20)), Err(GlobalError::Unaligned), "{off:#x}");
+        }
+        // a span that ends inside a 32-byte slot
+        for (size, with_rz) in [(2, 2), (0, 0x35), (10, 40), (0x80, 0x98)] {
+            assert_eq!(r.register_global(&desc(img + 0x40, size, with_rz)), Err(GlobalError::UnalignedEnd), "{size}/{with_rz:#x}");
+        }
+        assert_eq!(r.stats().bad_globals, 8);
+        // nothing was poisoned for them
+        assert_eq!(k.read(img, 0x100), Ok(()));
+        // a slot next to a registered global is free for another one
+        r.register_global(&desc(img + 0x40, 10, 0x20)).unwrap();
+        r.register_global(&desc(img + 0x60, 10, 0x20)).unwrap();
+        assert_eq!(k.read(img + 0x60, 10), Ok(()));
+        assert_eq!(k.read_bug(img + 0x4a, 1), Some(BugType::GlobalOutOfBounds));
+    });
+}
+
+#[test]
+fn globals_map_takes_one_bit_per_32_bytes_of_the_image() {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let k = sim(mode);
+        let s = k.kasan.stats();
+        let image = k.kasan.layout().image.len();
+        assert_eq!(s.globals_map_bytes, image / 32 / 8, "{mode:?}");
+        assert!(s.metadata_init_bytes() >= s.globals_map_bytes);
+    }
+    let off = SimKernel::new(SimConfig::small(Mode::Off)).unwrap();
+    assert_eq!(off.kasan.stats().globals_map_bytes, 0);
 }
 
 #[test]
@@ -394,11 +470,11 @@ fn globals_overlapping_a_registered_span_are_rejected() {
         let r = &k.kasan;
         r.register_global(&desc(img + 0x20, 0x80, 0xa0)).unwrap();
         let overlapping = [
-            (img + 0x20, 0, 0x35), // a redzone over the body
-            (img + 0x20, 2, 2),    // a body over the body
-            (img, 8, 0x40),        // a redzone over the body's start
-            (img + 0xa0, 8, 0x20), // a body over the redzone
-            (img + 0xb8, 1, 0x20), // the redzone's last granule
+            (img + 0x20, 0, 0x40),  // a redzone over the body
+            (img + 0x20, 2, 0x20),  // a body over the body
+            (img, 8, 0x40),         // a redzone over the body's start
+            (img + 0xa0, 8, 0x20),  // a body over the redzone
+            (img + 0x80, 8, 0x60),  // from the body's end past the redzone
         ];
         for (beg, size, with_rz) in overlapping {
             let d = desc(beg, size, with_rz);
@@ -416,15 +492,19 @@ fn globals_overlapping_a_registered_span_are_rejected() {
         r.unregister_global(&desc(img + 0x20, 0x80, 0x1000));
         assert_eq!(r.stats().bad_globals, 6);
         assert_eq!(k.read_bug(img + 0xa0, 1), Some(BugType::GlobalOutOfBounds));
-        // nor a descriptor that is not well formed (the fuzzer's find)
+        // nor a descriptor that is not well formed (the fuzzer's find), nor
+        // one that is not aligned as compilers lay globals out
         r.unregister_global(&desc(img + 0x20, 0x80, 1));
-        assert_eq!(r.stats().bad_globals, 7);
-        assert_eq!(r.register_global(&desc(img + 0x20, 2, 2)), Err(GlobalError::Overlap), "still claimed");
+        r.unregister_global(&desc(img + 0x20, 0x80, 0x98));
+        r.unregister_global(&desc(img + 0x28, 0x78, 0x98));
+        assert_eq!(r.stats().bad_globals, 9);
+        assert_eq!(k.read_bug(img + 0xa0, 1), Some(BugType::GlobalOutOfBounds));
+        assert_eq!(r.register_global(&desc(img + 0x20, 2, 0x20)), Err(GlobalError::Overlap), "still claimed");
         // once unregistered, its span takes a new global
         r.unregister_global(&desc(img + 0x20, 0x80, 0xa0));
         assert_eq!(k.read(img + 0xa0, 0x20), Ok(()));
-        r.register_global(&desc(img + 0x20, 2, 2)).unwrap();
-        assert_eq!(k.read_bug(img + 0x22, 1), Some(BugType::OutOfBounds));
+        r.register_global(&desc(img + 0x20, 2, 0x20)).unwrap();
+        assert_eq!(k.read_bug(img + 0x22, 1), Some(BugType::GlobalOutOfBounds));
     });
 }
 

@@ -1,9 +1,12 @@
 //! Global variables (the compiler's descriptors, registered at init).
 //!
-//! Each registered global claims the image granules of its span (body and
-//! redzone) in a bitmap, so a descriptor that overlaps one already there is
-//! refused before it can poison that global's body, and only claimed spans
-//! are unregistered.
+//! Each registered global claims the 32-byte slots ([`GLOBAL_ALIGN`]) of
+//! its span (body and redzone) in a bitmap, one bit per slot of the image,
+//! so a descriptor that overlaps one already there is refused before it can
+//! poison that global's body, and only claimed spans are unregistered.
+//! Compilers align instrumented globals and their spans' ends to 32, so two
+//! well-formed globals never share a slot; a descriptor that is not so
+//! aligned is refused.
 
 #[allow(unused_imports)]
 use super::*;
@@ -35,21 +38,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Ok(())
     }
 
-    /// Indices (in the image) of the granules of a well-formed global's
-    /// span: aligned, its size within its size with redzone, inside the image.
+    /// Indices (in the image) of the 32-byte slots of a well-formed
+    /// global's span: it starts and ends on a slot, its size is within its
+    /// size with redzone, it is inside the image.
     fn span_of(&self, g: &GlobalDesc) -> Result<core::ops::Range<usize>, GlobalError> {
-        if !g.beg.is_multiple_of(GRANULE) {
+        if !g.beg.is_multiple_of(GLOBAL_ALIGN) {
             return Err(GlobalError::Unaligned);
         }
         if g.size > g.size_with_redzone || g.beg.checked_add(g.size_with_redzone).is_none() {
             return Err(GlobalError::BadSize);
         }
-        // The image ends on a granule, so the span's last partial granule is in it too.
+        if !g.size_with_redzone.is_multiple_of(GLOBAL_ALIGN) {
+            return Err(GlobalError::UnalignedEnd);
+        }
         if !self.layout.image.contains_range(g.beg, g.size_with_redzone) {
             return Err(GlobalError::OutsideImage);
         }
-        let first = (g.beg - self.layout.image.start) / GRANULE;
-        Ok(first..first + g.size_with_redzone.div_ceil(GRANULE))
+        // The image starts on a block, so its slots are aligned too.
+        let first = (g.beg - self.layout.image.start) / GLOBAL_ALIGN;
+        Ok(first..first + g.size_with_redzone / GLOBAL_ALIGN)
     }
 
     /// Unregister one global: its whole span becomes accessible again. A
@@ -70,11 +77,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
     }
 
-    fn claimed(&self, granule: usize) -> bool {
-        self.globals[granule / 8].load(Relaxed) & (1 << (granule % 8)) != 0
+    fn claimed(&self, slot: usize) -> bool {
+        self.globals[slot / 8].load(Relaxed) & (1 << (slot % 8)) != 0
     }
 
-    /// Set (`claim`) or clear the bits of the granules `span` (under the lock).
+    /// Set (`claim`) or clear the bits of the slots `span` (under the lock).
     fn claim_span(&self, span: core::ops::Range<usize>, claim: bool) {
         for i in span {
             let (byte, bit) = (&self.globals[i / 8], 1u8 << (i % 8));

@@ -50,6 +50,16 @@ pub enum Freed {
     FreeNow,
 }
 
+/// Alignment of an instrumented global and of the end of its span (its
+/// size with redzone). Compilers place every instrumented global at a
+/// multiple of 32 and round its redzone so that the span ends on one:
+/// LLVM's AddressSanitizer aligns the new global to
+/// `getMinRedzoneSizeForGlobal()` (32 at shadow scale 3; globals aligned
+/// more are not instrumented) and `getRedzoneSizeForGlobal` makes
+/// `size + redzone` a multiple of it; GCC uses `ASAN_RED_ZONE_SIZE` (32)
+/// the same way. The runtime claims the image in such slots (one bit each).
+pub const GLOBAL_ALIGN: usize = 32;
+
 /// The compiler's descriptor of one instrumented global (ASan ABI v8).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -130,13 +130,16 @@ impl Input<'_> {
         })
     }
 
-    /// An offset into the image: granule aligned and inside, mostly.
+    /// An offset into the image: aligned as compilers place globals (32)
+    /// and inside, mostly.
     fn image_offset(&mut self, setup: &Setup) -> Option<usize> {
         let v = self.u16()? as usize;
+        let align = crate::hooks::GLOBAL_ALIGN;
         Some(match self.u8()? % 8 {
             0 => v,
             1 => v * 4096,
-            _ => (v % (setup.image / 8)) * 8,
+            2 => (v % (setup.image / 8)) * 8,
+            _ => (v % (setup.image / align)) * align,
         })
     }
 
@@ -165,7 +168,12 @@ impl Input<'_> {
                 let with_rz = match self.u8()? % 4 {
                     0 => size.wrapping_sub(self.u8()? as usize % 8),
                     1 => self.size()?,
-                    _ => size.wrapping_add(self.u8()? as usize),
+                    2 => size.wrapping_add(self.u8()? as usize),
+                    // As compilers lay a global out: the span ends on 32.
+                    _ => {
+                        let extra = crate::hooks::GLOBAL_ALIGN * (self.u8()? as usize % 4);
+                        size.checked_next_multiple_of(crate::hooks::GLOBAL_ALIGN).map_or(size, |n| n.wrapping_add(extra))
+                    }
                 };
                 if k == 25 {
                     Op::RegisterGlobal { off, size, with_rz }

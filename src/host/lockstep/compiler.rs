@@ -4,7 +4,7 @@
 use super::oracle::Byte;
 use super::{Kind, Lockstep, Op};
 use crate::error::{GlobalError, HookError};
-use crate::hooks::GlobalDesc;
+use crate::hooks::{GlobalDesc, GLOBAL_ALIGN};
 use crate::report::BugType;
 use crate::shadow::GRANULE;
 use core::ops::Range;
@@ -19,20 +19,24 @@ impl Lockstep {
         (GlobalDesc::new(at(&self.full), size, with_rz), GlobalDesc::new(at(&self.hybrid), size, with_rz))
     }
 
-    /// The image granules of a global's span, if it is aligned and inside.
+    /// The image's 32-byte slots of a global's span, if it starts and ends
+    /// on a slot (as compilers lay globals out) and is inside.
     fn span(&self, g: &GlobalDesc) -> Result<Range<usize>, GlobalError> {
-        if !g.beg.is_multiple_of(GRANULE) {
+        if !g.beg.is_multiple_of(GLOBAL_ALIGN) {
             return Err(GlobalError::Unaligned);
         }
         if g.size > g.size_with_redzone || g.beg.checked_add(g.size_with_redzone).is_none() {
             return Err(GlobalError::BadSize);
         }
+        if !g.size_with_redzone.is_multiple_of(GLOBAL_ALIGN) {
+            return Err(GlobalError::UnalignedEnd);
+        }
         let image = self.full.kasan.layout().image;
         if !image.contains_range(g.beg, g.size_with_redzone) {
             return Err(GlobalError::OutsideImage);
         }
-        let first = (g.beg - image.start) / GRANULE;
-        Ok(first..first + g.size_with_redzone.div_ceil(GRANULE))
+        let first = (g.beg - image.start) / GLOBAL_ALIGN;
+        Ok(first..first + g.size_with_redzone / GLOBAL_ALIGN)
     }
 
     pub(super) fn register_global(&mut self, off: usize, size: usize, with_rz: usize, op: &Op) {

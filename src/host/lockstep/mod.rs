@@ -340,7 +340,7 @@ pub struct Lockstep {
     freed: Vec<Object>,
     caches: Vec<Named>,
     raw: raw::Raw,
-    /// Image granules claimed by registered globals.
+    /// Image slots (32 bytes each) claimed by registered globals.
     claimed: Vec<bool>,
     /// The quarantine keeps every freed object until a drain.
     certain: bool,
@@ -370,7 +370,7 @@ impl Lockstep {
         let layout = *full.kasan.layout();
         Lockstep {
             oracle: Oracle::new(layout),
-            claimed: std::vec![false; layout.image.len() / crate::shadow::GRANULE],
+            claimed: std::vec![false; layout.image.len() / crate::hooks::GLOBAL_ALIGN],
             certain: setup.quarantine.is_some_and(|q| q >= setup.ram),
             full,
             hybrid,
