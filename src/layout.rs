@@ -93,13 +93,20 @@ pub enum LayoutError {
     OutsideCovered,
     /// Two regions overlap.
     Overlap,
+    /// The shadow of the covered range overlaps the direct map, the
+    /// vmalloc window or the image (the offset does not fit this map).
+    ShadowOverlap,
 }
 
 impl Layout {
-    /// Check the invariants the runtime relies on.
+    /// Check the invariants the runtime relies on. The vmalloc window may
+    /// be empty (`Region { start: 0, end: 0 }`: a kernel without one).
     pub fn validate(&self) -> Result<(), LayoutError> {
         let regions = [self.direct_map, self.vmalloc, self.image];
         for r in regions {
+            if r == self.vmalloc && r.start == 0 && r.end == 0 {
+                continue;
+            }
             if r.start % BLOCK_SIZE != 0 || r.end % BLOCK_SIZE != 0 {
                 return Err(LayoutError::Unaligned);
             }
@@ -109,10 +116,14 @@ impl Layout {
         }
         for (i, a) in regions.iter().enumerate() {
             for b in &regions[i + 1..] {
-                if a.start < b.end && b.start < a.end {
+                if !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end {
                     return Err(LayoutError::Overlap);
                 }
             }
+        }
+        let shadow = self.shadow_of(self.covered);
+        if regions.iter().any(|r| !r.is_empty() && shadow.start < r.end && r.start < shadow.end) {
+            return Err(LayoutError::ShadowOverlap);
         }
         Ok(())
     }
@@ -185,5 +196,11 @@ mod tests {
         assert_eq!(l.validate(), Err(LayoutError::OutsideCovered));
         assert!(!Region::new(10, 10).contains_range(15, usize::MAX));
         assert!(Region::new(10, 10).contains_range(15, 5));
+        let mut l = linux();
+        l.offset = 0xffff_8880_0000_0000 - (0xffff800000000000 >> 3);
+        assert_eq!(l.validate(), Err(LayoutError::ShadowOverlap));
+        let mut l = linux();
+        l.vmalloc = Region { start: 0, end: 0 };
+        assert_eq!(l.validate(), Ok(()), "a kernel without a vmalloc window");
     }
 }

@@ -128,6 +128,17 @@ impl Quarantine {
         None
     }
 
+    /// Put an object [`Self::pop`] just returned on the release list, for
+    /// the next `pop` to return first (its bytes are no longer counted).
+    ///
+    /// # Safety
+    ///
+    /// `meta` is the metadata of an object `pop` returned, on no list.
+    pub unsafe fn defer(&mut self, meta: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.release.push(meta) };
+    }
+
     /// Move every object for which `matches` holds to the release list
     /// (cache shutdown). Returns how many moved.
     ///

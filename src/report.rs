@@ -168,6 +168,23 @@ pub(crate) fn write_stack<P: Platform>(p: &P, out: &mut dyn Write, frames: &[usi
     Ok(())
 }
 
+/// Index of the frame whose return address is `from` (the runtime's entry
+/// point was called from there), or 0 when `from` is 0 or not on the stack.
+pub(crate) fn first_frame(frames: &[usize], from: usize) -> usize {
+    if from == 0 {
+        return 0;
+    }
+    frames.iter().position(|&pc| pc == from).unwrap_or(0)
+}
+
+/// Rust's allocator shims, which only forward to the global allocator:
+/// never the function a report is about.
+fn is_alloc_shim(name: &str) -> bool {
+    ["__rust_alloc", "__rust_dealloc", "__rust_realloc", "__rust_alloc_zeroed", "__rg_", "__rdl_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 /// The stack of the code a report is about, and the address its title
 /// names: the code at `ip`, or where that has no symbol (no return address
 /// available), the innermost frame that has one.
@@ -179,16 +196,30 @@ pub(crate) struct UseStack {
 }
 
 impl UseStack {
-    /// The current stack (just `ip` when the platform gives none).
+    /// The current stack (just `ip` when the platform gives none),
+    /// starting at `ip`'s frame when `ip` is on it: the frames above it
+    /// are the runtime's own.
     pub(crate) fn capture<P: Platform>(p: &P, ip: usize) -> Self {
         let mut frames = [0usize; MAX_FRAMES];
         let mut n = p.stack_trace(&mut frames).min(MAX_FRAMES);
+        let first = first_frame(&frames[..n], ip);
+        frames.copy_within(first..n, 0);
+        n -= first;
         if n == 0 {
             frames[0] = ip;
             n = 1;
         }
-        let known = |pc: usize| p.symbolize(pc, &mut |_| {});
-        let title_pc = if known(ip) { ip } else { frames[..n].iter().copied().find(|&pc| known(pc)).unwrap_or(ip) };
+        // The title names the innermost frame with a symbol that is not an
+        // allocator shim (`__rust_dealloc` forwards a free to the heap).
+        let titled = |pc: usize| {
+            let mut shim = false;
+            p.symbolize(pc, &mut |s| shim = is_alloc_shim(s.name)) && !shim
+        };
+        let title_pc = if titled(ip) {
+            ip
+        } else {
+            frames[..n].iter().copied().find(|&pc| pc != ip && titled(pc)).unwrap_or(ip)
+        };
         UseStack { frames, n, title_pc }
     }
 
@@ -303,6 +334,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             writeln!(out, "page: pfn:{pfn:#x} ({what})\n")?;
         } else if l.vmalloc.contains(addr) {
             writeln!(out, "The buggy address belongs to a vmalloc area\n")?;
+        } else if let Some((kind, r)) = self.regions.find(addr) {
+            match kind {
+                crate::region::RegionKind::Heap => self.describe_heap(out, addr)?,
+                crate::region::RegionKind::Stack => {
+                    writeln!(out, "The buggy address belongs to the stack [{:016x}, {:016x})\n", r.start, r.end)?;
+                }
+            }
         } else if !l.covered.contains(addr) {
             writeln!(out, "The buggy address {addr:016x} has no shadow memory:")?;
             writeln!(out, " it is a user-space, non-canonical or wild address\n")?;
@@ -313,6 +351,38 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             out.write_str("\n\n")?;
         }
         Ok(())
+    }
+
+    fn describe_heap(&self, out: &mut dyn Write, addr: usize) -> fmt::Result {
+        if let Some(slab) = self.heap_slab_of(addr) {
+            return self.describe_object(out, addr, slab);
+        }
+        let Some((obj, _end, meta)) = self.heap_large_of(addr) else {
+            return writeln!(out, "The buggy address belongs to a free heap page\n");
+        };
+        let state = meta.state();
+        self.write_track(out, "Allocated", meta.alloc_pid, meta.alloc_stack)?;
+        out.write_str("\n")?;
+        if state == ObjState::Quarantined {
+            self.write_track(out, "Freed", meta.free_pid, meta.free_stack)?;
+            out.write_str("\n")?;
+        }
+        let size = meta.size as usize;
+        writeln!(out, "The buggy address belongs to the page-backed heap object at {obj:016x}")?;
+        self.write_location(out, addr, obj, size)?;
+        let label = if state == ObjState::Quarantined { "freed" } else { "allocated" };
+        writeln!(out, " {label} {size}-byte region [{obj:016x}, {:016x})\n", obj + size)
+    }
+
+    fn write_location(&self, out: &mut dyn Write, addr: usize, obj: usize, size: usize) -> fmt::Result {
+        let end = obj + size;
+        if addr < obj {
+            writeln!(out, "The buggy address is located {} bytes to the left of", obj - addr)
+        } else if addr >= end {
+            writeln!(out, "The buggy address is located {} bytes to the right of", addr - end)
+        } else {
+            writeln!(out, "The buggy address is located {} bytes inside of", addr - obj)
+        }
     }
 
     fn describe_object(&self, out: &mut dyn Write, addr: usize, slab: crate::platform::SlabRef) -> fmt::Result {
@@ -337,13 +407,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             ObjState::Available => ("", cache.object_size),
         };
         let end = obj + size;
-        if addr < obj {
-            writeln!(out, "The buggy address is located {} bytes to the left of", obj - addr)?;
-        } else if addr >= end {
-            writeln!(out, "The buggy address is located {} bytes to the right of", addr - end)?;
-        } else {
-            writeln!(out, "The buggy address is located {} bytes inside of", addr - obj)?;
-        }
+        self.write_location(out, addr, obj, size)?;
         let sep = if label.is_empty() { "" } else { " " };
         writeln!(out, " {label}{sep}{size}-byte region [{obj:016x}, {end:016x})\n")
     }

@@ -134,6 +134,8 @@ pub(crate) struct Inner<M> {
     /// Hot mixed blocks waiting for a private page (adaptive): promoted at
     /// the next hook that may allocate frames, never inside a check.
     pub(crate) pending: arrayvec::ArrayVec<u32, 64>,
+    /// The heap's free lists ([`crate::heap`]).
+    pub(crate) heap: crate::heap::HeapState,
 }
 
 /// The sanitizer runtime.
@@ -159,6 +161,10 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     /// Non-zero while the runtime itself runs code that may be checked
     /// (printing a report through the platform): checks then pass.
     pub(crate) busy: AtomicUsize,
+    /// Tracked regions ([`crate::region`]).
+    pub(crate) regions: crate::region::Regions,
+    /// The heap, once the kernel handed its range over ([`crate::heap`]).
+    pub(crate) heap: spin::Once<crate::heap::HeapView>,
 }
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
@@ -224,11 +230,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             vm_refs: atomics_u16(vm_mem),
             hits: atomics_u8(hits_mem, 0),
             globals: atomics_u8(globals_mem, 0),
-            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new() }),
+            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new(), heap: crate::heap::HeapState::new() }),
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            regions: crate::region::Regions::new(),
+            heap: spin::Once::new(),
         };
         kasan.stats.per_page_bytes.store(pages_n, Relaxed);
         kasan.stats.block_table_bytes.store(2 * blocks_n + vm_n * 2, Relaxed);
@@ -257,8 +265,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
             cursor = cursor.max(r.end);
         }
-        let vm = l.shadow_of(l.vmalloc);
-        m.map_shared_range(vm.start, vm.end, SharedPage::VmallocInvalid).map_err(map)?;
+        if !l.vmalloc.is_empty() {
+            let vm = l.shadow_of(l.vmalloc);
+            m.map_shared_range(vm.start, vm.end, SharedPage::VmallocInvalid).map_err(map)?;
+        }
         let dm = l.shadow_of(l.direct_map);
         let mut private = 0;
         if self.cfg.mode == Mode::Full {
@@ -347,7 +357,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             let r = self.vm_refs[(addr - l.vmalloc.start) / BLOCK_SIZE].load(Relaxed);
             return r != 0 && r & VM_UNCHECKED == 0;
         }
-        l.image.contains(addr)
+        l.image.contains(addr) || self.regions.find(addr).is_some()
     }
 
     /// Read the raw shadow byte of `addr` (must be covered).

@@ -115,7 +115,7 @@ mod vmalloc;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Whether the runtime checks at all; in `off` mode hooks accept and do nothing.
-    fn on(&self) -> bool {
+    pub(crate) fn on(&self) -> bool {
         self.cfg.mode != Mode::Off
     }
 
@@ -135,10 +135,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Ok((pfn, count))
     }
 
-    pub(crate) fn save_stack(&self, inner: &mut Inner<M>) -> StackHandle {
+    /// Save the current stack in the depot, starting at the frame whose
+    /// return address is `from` when it is on the stack (the frames above
+    /// it are the runtime's own), else as the platform gives it.
+    pub(crate) fn save_stack_from(&self, inner: &mut Inner<M>, from: usize) -> StackHandle {
         let mut buf = [0usize; MAX_FRAMES];
-        let n = self.platform.stack_trace(&mut buf);
-        let h = inner.depot.save(&buf[..n.min(MAX_FRAMES)]);
+        let n = self.platform.stack_trace(&mut buf).min(MAX_FRAMES);
+        let first = crate::report::first_frame(&buf[..n], from);
+        let (buf, n) = (&buf[first..n], n - first);
+        let h = inner.depot.save(&buf[..n]);
         if h == crate::depot::NO_STACK && n != 0 {
             Stats::bump(&self.stats.depot_dropped);
         }

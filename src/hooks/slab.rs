@@ -84,9 +84,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.is_slot(id, &cache, ptr) {
             return Err(HookError::NotSlot);
         }
+        self.obj_alloc(&mut inner, id, &cache, ptr, size, 0)
+    }
+
+    /// Hand out the slot at `ptr` (a slot of `cache`, checked by the
+    /// caller) for a `size`-byte object: unpoison it, poison the rest of the
+    /// slot as redzone, record the allocation stack (trimmed to start at
+    /// `from` when it is on the stack, see [`Kasan::save_stack_from`]).
+    pub(crate) fn obj_alloc(
+        &self,
+        inner: &mut Inner<M>,
+        id: CacheId,
+        cache: &CacheInfo,
+        ptr: usize,
+        size: usize,
+        from: usize,
+    ) -> Result<(), HookError> {
         // SAFETY: `ptr` starts a slot of a live slab page of this cache
-        // (checked above), so its metadata is mapped slab memory.
-        let meta = unsafe { read_meta(&cache, ptr) };
+        // (the caller checked), so its metadata is mapped slab memory.
+        let meta = unsafe { read_meta(cache, ptr) };
         match meta.state() {
             ObjState::Available => {}
             ObjState::Allocated => return Err(HookError::SlotInUse),
@@ -95,7 +111,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         self.unpoison(ptr, size);
         self.fill_shadow(ptr + round_up(size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);
-        let stack = self.save_stack(&mut inner);
+        let stack = self.save_stack_from(inner, from);
         let new = ObjMeta {
             alloc_stack: stack,
             free_stack: crate::depot::NO_STACK,
@@ -107,7 +123,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             qnext: 0,
         };
         // SAFETY: as above.
-        unsafe { write_meta(&cache, ptr, new) };
+        unsafe { write_meta(cache, ptr, new) };
         if let Ok(c) = inner.caches.get_mut(id) {
             c.live += 1;
         }
@@ -166,38 +182,70 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             drop(inner);
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
-        // SAFETY: `ptr` starts a slot of a live slab page of this cache (is_slot).
-        let mut meta = unsafe { read_meta(&cache, ptr) };
+        match self.obj_free(&mut inner, id, &cache, ptr, 0) {
+            Ok(()) => Ok(Freed::Quarantined),
+            Err(bug) => {
+                drop(inner);
+                Err(self.report_free(ptr, bug, ip))
+            }
+        }
+    }
+
+    /// Free the object at `ptr` (a slot of `cache`, checked by the
+    /// caller) into quarantine: poison it, record the free stack (trimmed
+    /// to start at `from`). A slot that is not allocated is the bug type
+    /// to report (the caller reports it after dropping the lock).
+    pub(crate) fn obj_free(
+        &self,
+        inner: &mut Inner<M>,
+        id: CacheId,
+        cache: &CacheInfo,
+        ptr: usize,
+        from: usize,
+    ) -> Result<(), BugType> {
+        // SAFETY: `ptr` starts a slot of a live slab page of this cache (the caller checked).
+        let mut meta = unsafe { read_meta(cache, ptr) };
         match meta.state() {
             ObjState::Allocated => {}
-            ObjState::Quarantined => {
-                drop(inner);
-                return Err(self.report_free(ptr, BugType::DoubleFree, ip));
-            }
+            ObjState::Quarantined => return Err(BugType::DoubleFree),
             ObjState::Available => {
-                drop(inner);
                 let bug = if self.shadow_byte(ptr) == SLAB_FREE { BugType::DoubleFree } else { BugType::InvalidFree };
-                return Err(self.report_free(ptr, bug, ip));
+                return Err(bug);
             }
         }
         self.fill_shadow(ptr, ptr + cache.object_span(), SLAB_FREE);
-        meta.free_stack = self.save_stack(&mut inner);
+        meta.free_stack = self.save_stack_from(inner, from);
         meta.free_pid = self.platform.current_pid();
         meta.state = ObjState::Quarantined as u16;
         // SAFETY: as above.
-        unsafe { write_meta(&cache, ptr, meta) };
+        unsafe { write_meta(cache, ptr, meta) };
         // SAFETY: the object stays in its slab page until released by
-        // quarantine_pop (the kernel's contract).
+        // quarantine_pop (the kernel's contract) or by the heap.
         unsafe { inner.quarantine.push(ptr + cache.meta_offset(), cache.slot_size) };
         if let Ok(c) = inner.caches.get_mut(id) {
             c.live -= 1;
             c.quarantined += 1;
         }
         self.stats.quarantine_bytes.store(inner.quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
-        Ok(Freed::Quarantined)
+        Ok(())
     }
 
+    /// The next object the kernel must really free. Objects of the
+    /// runtime's own heap ([`crate::heap`]) that leave the quarantine go
+    /// back to the heap's free lists on the way.
     fn release(&self, inner: &mut Inner<M>, all: bool) -> Option<Released> {
+        loop {
+            let meta_addr = self.pop_quarantined(inner, all)?;
+            if let Some(r) = self.finish_release(inner, meta_addr) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Take the next object off the quarantine (its release list first,
+    /// then the oldest one when over the limit or `all`); its metadata
+    /// address.
+    pub(crate) fn pop_quarantined(&self, inner: &mut Inner<M>, all: bool) -> Option<usize> {
         let Inner { quarantine, caches, .. } = inner;
         let slot_size = |meta: usize| {
             // SAFETY: `meta` is on the quarantine's lists, hence valid.
@@ -205,17 +253,27 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             caches.get(CacheId(id)).map(|c| c.slot_size).unwrap_or(0)
         };
         // SAFETY: every object on the lists is in a live slab page.
-        let meta_addr = unsafe { quarantine.pop(all, slot_size) }?;
-        // SAFETY: as above.
+        let m = unsafe { quarantine.pop(all, slot_size) };
+        self.stats.quarantine_bytes.store(quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
+        m
+    }
+
+    /// The object whose metadata is at `meta_addr` left the quarantine:
+    /// its slot is available again. A heap object goes back to the heap
+    /// (`None`); a kernel slab object is returned for the kernel to free.
+    pub(crate) fn finish_release(&self, inner: &mut Inner<M>, meta_addr: usize) -> Option<Released> {
+        // SAFETY: it was on the quarantine's lists, hence in a live slab page.
         let mut meta = unsafe { crate::cache::read_meta_at(meta_addr) };
         let id = CacheId(meta.cache);
-        let c = caches.get_mut(id).ok()?;
+        let c = inner.caches.get_mut(id).ok()?;
         c.quarantined -= 1;
         let ptr = meta_addr - c.meta_offset();
         meta.state = ObjState::Available as u16;
         // SAFETY: as above.
         unsafe { crate::cache::write_meta_at(meta_addr, meta) };
-        self.stats.quarantine_bytes.store(quarantine.bytes(), core::sync::atomic::Ordering::Relaxed);
+        if self.heap_take_back(inner, id, ptr) {
+            return None;
+        }
         Some(Released { cache: id, ptr })
     }
 

@@ -76,6 +76,9 @@ pub struct SimConfig {
     pub kasan: Config,
     /// Cap on private shadow pages (to exercise running out).
     pub frame_limit: Option<usize>,
+    /// Covered bytes after the image outside every layout region, for a
+    /// heap or stack region ([`SimKernel::extra`]).
+    pub extra: usize,
 }
 
 impl SimConfig {
@@ -88,6 +91,7 @@ impl SimConfig {
             image: 256 << 10,
             kasan: Config { mode, multi_shot: true, ..Config::default() },
             frame_limit: None,
+            extra: 0,
         }
     }
 }
@@ -169,7 +173,7 @@ pub struct SimKernel {
 impl SimKernel {
     /// Start a model kernel.
     pub fn new(cfg: SimConfig) -> Result<Self, SimError> {
-        let space = HostSpace::new(cfg.ram, cfg.vmalloc, cfg.image).map_err(SimError::Space)?;
+        let space = HostSpace::with_extra(cfg.ram, cfg.vmalloc, cfg.image, cfg.extra).map_err(SimError::Space)?;
         let layout = space.layout();
         let mut mapper = HostMapper::new(space.shadow());
         mapper.set_frame_limit(None);
@@ -210,6 +214,13 @@ impl SimKernel {
             k.kmalloc.push((size, id));
         }
         Ok(k)
+    }
+
+    /// The covered range after the image that no layout region holds
+    /// ([`SimConfig::extra`] bytes).
+    #[must_use]
+    pub fn extra(&self) -> crate::layout::Region {
+        self._space.extra()
     }
 
     fn base(&self) -> usize {

@@ -39,6 +39,9 @@ pub struct HostSpace {
     shadow: Region,
     /// KMSAN's origin range (empty for KASAN slots).
     origin: Region,
+    /// Covered memory after the image outside every layout region (a heap
+    /// or stack to register as a tracked region); may be empty.
+    extra: Region,
 }
 
 fn mmap_fixed(addr: usize, len: usize, prot: i32, noreplace: bool) -> Result<(), SpaceError> {
@@ -58,19 +61,28 @@ fn mmap_fixed(addr: usize, len: usize, prot: i32, noreplace: bool) -> Result<(),
 impl HostSpace {
     /// Reserve a slot with `ram`, `vmalloc` and `image` bytes (block multiples).
     pub fn new(ram: usize, vmalloc: usize, image: usize) -> Result<Self, SpaceError> {
-        Self::reserve(ram, vmalloc, image, false)
+        Self::reserve(ram, vmalloc, image, 0, false)
+    }
+
+    /// As [`HostSpace::new`], with `extra` more covered bytes after the
+    /// image that belong to no layout region ([`HostSpace::extra`]).
+    pub fn with_extra(ram: usize, vmalloc: usize, image: usize, extra: usize) -> Result<Self, SpaceError> {
+        if !extra.is_multiple_of(BLOCK_SIZE) {
+            return Err(SpaceError::BadSize);
+        }
+        Self::reserve(ram, vmalloc, image, extra, false)
     }
 
     /// Reserve a slot for KMSAN: the data regions plus a shadow and an
     /// origin range as large as the data, at [`KMSAN_SHADOW_OFFSET`] and
     /// [`KMSAN_ORIGIN_OFFSET`] from it.
     pub fn new_kmsan(ram: usize, vmalloc: usize, image: usize) -> Result<Self, SpaceError> {
-        Self::reserve(ram, vmalloc, image, true)
+        Self::reserve(ram, vmalloc, image, 0, true)
     }
 
-    fn reserve(ram: usize, vmalloc: usize, image: usize, kmsan: bool) -> Result<Self, SpaceError> {
+    fn reserve(ram: usize, vmalloc: usize, image: usize, extra: usize, kmsan: bool) -> Result<Self, SpaceError> {
         if [ram, vmalloc, image].iter().any(|&n| n == 0 || n % BLOCK_SIZE != 0)
-            || ram + vmalloc + image > SLOT_SIZE
+            || ram + vmalloc + image + extra > SLOT_SIZE
         {
             return Err(SpaceError::BadSize);
         }
@@ -87,7 +99,8 @@ impl HostSpace {
         let dm = Region::new(base, ram);
         let vm = Region::new(dm.end, vmalloc);
         let img = Region::new(vm.end, image);
-        let covered = Region { start: base, end: img.end };
+        let extra = Region::new(img.end, extra);
+        let covered = Region { start: base, end: extra.end };
         let layout = Layout { offset: HOST_OFFSET, direct_map: dm, vmalloc: vm, image: img, covered, user_end: base };
         let (shadow, origin) = if kmsan {
             (
@@ -97,7 +110,7 @@ impl HostSpace {
         } else {
             (layout.shadow_of(covered), Region { start: 0, end: 0 })
         };
-        let space = HostSpace { slot, layout, data: covered, shadow, origin };
+        let space = HostSpace { slot, layout, data: covered, shadow, origin, extra };
         mmap_fixed(covered.start, covered.len(), libc::PROT_READ | libc::PROT_WRITE, true)?;
         mmap_fixed(shadow.start, shadow.len(), libc::PROT_NONE, true)?;
         if kmsan {
@@ -110,6 +123,12 @@ impl HostSpace {
     #[must_use]
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The covered range after the image that no layout region holds.
+    #[must_use]
+    pub fn extra(&self) -> Region {
+        self.extra
     }
 
     /// The reserved shadow range.
