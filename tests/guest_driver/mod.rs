@@ -20,7 +20,7 @@ pub const EXIT_SUCCESS: i32 = 33;
 
 /// A command with the outer cargo's environment removed, so that a nested
 /// build neither inherits its toolchain, flags nor target directory.
-fn clean(mut c: Command) -> Command {
+pub fn clean(mut c: Command) -> Command {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         let strip = (k.starts_with("CARGO") && k != "CARGO_HOME")

@@ -46,6 +46,8 @@
 //! * [`mapper`]: [`X86ShadowMapper`], the `ShadowMapper` implementation.
 //! * [`init`]: boot-time helpers (memory map sizes, initial shadow mapping).
 //! * [`stack`]: a bounded frame-pointer stack walker.
+//! * [`kernel`]: a ready-made runtime and `GlobalAlloc` for a kernel that
+//!   adopts the crate (see docs/adopting.md).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
@@ -60,6 +62,7 @@ extern crate std;
 mod entry;
 pub mod frames;
 pub mod init;
+pub mod kernel;
 pub mod layout;
 pub mod mapper;
 pub mod phys;

@@ -93,6 +93,20 @@ pub fn frame_pointer() -> usize {
     rbp
 }
 
+/// The return address of the enclosing function (which must not be
+/// inlined, and is built with frame pointers): where its caller resumes.
+/// The runtime starts stack traces at that frame.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[must_use]
+pub fn return_address() -> usize {
+    let ip: usize;
+    // SAFETY: with frame pointers forced, the enclosing function pushed
+    // rbp on entry, so [rbp + 8] is its return address (readable stack).
+    unsafe { core::arch::asm!("mov {}, [rbp + 8]", out(reg) ip, options(nostack, readonly, preserves_flags)) };
+    ip
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

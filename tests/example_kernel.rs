@@ -1,0 +1,133 @@
+//! The minimal example kernel (examples/minimal-kernel, docs/adopting.md):
+//! built with a nested, clean-environment cargo into its own target
+//! directory (`<this test's target dir>/example-kernel`), its symbol table
+//! written in (tests/guest/ksyms.sh), booted under QEMU (TCG) in `full`,
+//! `hybrid` and `off`. In `full` and `hybrid` each of its 8 bug cases must
+//! give exactly one report, of the case's type, titled with the case's
+//! function, valid by syzkaller's rules; `off` reports nothing. Also counts
+//! the example's glue lines (target: at most 60).
+//!
+//! Logs: `<target dir>/example-kernel-logs/<mode>.log`. Needs rustup
+//! (nightly) and qemu-system-x86_64; installs what it can, otherwise fails
+//! naming the command.
+#![cfg(target_os = "linux")]
+
+mod common;
+#[path = "guest_driver/mod.rs"]
+mod guest_driver;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::syzkaller;
+use guest_driver::{boot, clean, ensure_qemu, ensure_toolchain, root, Boot, San};
+
+/// The cases the example kernel runs, with the bug type each must report
+/// (the kernel prints them too; they must agree).
+const CASES: &[(&str, &str)] = &[
+    ("box_oob_right", "slab-out-of-bounds"),
+    ("vec_oob_right", "slab-out-of-bounds"),
+    ("box_use_after_free", "slab-use-after-free"),
+    ("global_oob_right", "global-out-of-bounds"),
+    ("stack_oob_right", "stack-out-of-bounds"),
+    ("page_heap_oob_right", "slab-out-of-bounds"),
+    ("page_heap_use_after_free", "use-after-free"),
+    ("heap_double_free", "double-free"),
+];
+
+/// The target directory this test was built into (…/target/debug/deps/exe).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors().nth(3).map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Build the example kernel and write its symbol table; the bootable ELF.
+fn build() -> PathBuf {
+    ensure_toolchain().unwrap_or_else(|e| panic!("{e}"));
+    ensure_qemu().unwrap_or_else(|e| panic!("{e}"));
+    let dir = root().join("examples/minimal-kernel");
+    let target = target_dir().join("example-kernel");
+    let st = clean(Command::new("rustup"))
+        .args(["run", "nightly", "cargo", "build", "--target-dir"])
+        .arg(&target)
+        .current_dir(&dir)
+        .status()
+        .expect("cannot run rustup");
+    assert!(st.success(), "example kernel build failed: (cd examples/minimal-kernel && cargo +nightly build)");
+    let linked = target.join("x86_64-unknown-none/debug/minimal-kernel");
+    let elf = linked.with_extension("ksyms");
+    let st = clean(Command::new("bash"))
+        .arg(root().join("tests/guest/ksyms.sh"))
+        .arg(&linked)
+        .arg(&elf)
+        .stdout(Stdio::null())
+        .status()
+        .expect("cannot run ksyms.sh");
+    assert!(st.success(), "tests/guest/ksyms.sh failed on {}", linked.display());
+    elf
+}
+
+/// The log between `example-case: <name>` and `example-case-end: <name>`.
+fn case_log<'a>(log: &'a str, name: &str) -> &'a str {
+    let start = format!("example-case: {name} expect ");
+    let end = format!("example-case-end: {name}\n");
+    let s = log.find(&start).unwrap_or_else(|| panic!("case {name} never started:\n{log}"));
+    let e = log[s..].find(&end).unwrap_or_else(|| panic!("case {name} never ended:\n{}", &log[s..])) + s;
+    &log[s..e]
+}
+
+/// Non-blank lines between the example's `adoption glue` markers.
+fn glue_lines() -> usize {
+    let src = std::fs::read_to_string(root().join("examples/minimal-kernel/src/main.rs")).expect("example source");
+    let mut inside = false;
+    let mut n = 0;
+    for line in src.lines() {
+        if line.contains("adoption glue: begin") {
+            inside = true;
+        } else if line.contains("adoption glue: end") {
+            inside = false;
+        } else if inside && !line.trim().is_empty() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn example_kernel_reports_its_8_bugs_in_full_and_hybrid() {
+    let glue = glue_lines();
+    eprintln!("example kernel: {glue} lines of adoption glue");
+    assert!(glue > 0 && glue <= 60, "the example's glue is {glue} lines (target: at most 60)");
+    let elf = build();
+    let logs = target_dir().join("example-kernel-logs");
+    for mode in ["full", "hybrid", "off"] {
+        let out = boot(&Boot {
+            elf: &elf,
+            san: San::Kasan,
+            mode,
+            suite: "example",
+            ram_mib: 128,
+            append: "kasan_multi_shot".into(),
+            timeout: Duration::from_secs(300),
+            log: logs.join(format!("{mode}.log")),
+            icount: false,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.succeeded(), "{mode}: exit {} (33 = success):\n{}", out.exit, out.tail(60));
+        assert!(out.log.contains("example: done"), "{mode}: did not finish:\n{}", out.tail(40));
+        if mode == "off" {
+            assert_eq!(out.kasan_reports(), 0, "off: no report expected:\n{}", out.log);
+            continue;
+        }
+        assert_eq!(out.kasan_reports(), CASES.len(), "{mode}: one report per case:\n{}", out.log);
+        let all = out.log.replace("\r\n", "\n");
+        for (name, bug) in CASES {
+            let log = case_log(&all, name);
+            assert!(log.starts_with(&format!("example-case: {name} expect {bug}\n")), "{mode}: the kernel's table disagrees:\n{log}");
+            let titles = syzkaller::titles(log);
+            assert_eq!(titles.len(), 1, "{mode}: {name}: one report expected:\n{log}");
+            assert_eq!((titles[0].bug.as_str(), titles[0].func.as_str()), (*bug, *name), "{mode}: {name}:\n{log}");
+        }
+    }
+}
