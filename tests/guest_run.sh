@@ -4,10 +4,11 @@
 #     mode:  off | full | hybrid      (kasan.shadow=<mode>, or kmsan.shadow=<mode>)
 #     suite: guest suite name (suite=<suite>)
 # GUEST_SANITIZER=kasan|kmsan picks the kernel (default kasan): the KMSAN kernel
-# is built with profile kmsan, feature kmsan and target x86_64-kmsan.json.
+# is built with profile kmsan (kmsan-release with GUEST_PROFILE=release), feature kmsan and target x86_64-kmsan.json.
 # Environment: GUEST_PROFILE=dev|release (default dev), GUEST_APPEND="extra cmdline words",
 #              GUEST_TIMEOUT=seconds (default 300), GUEST_FEATURES="cargo features" (e.g. runtime),
-#              GUEST_NO_BUILD=1 to reuse the last build, QEMU_MACHINE=microvm|q35.
+#              GUEST_NO_BUILD=1 to reuse the last build, QEMU_MACHINE=microvm|q35,
+#              GUEST_QEMU_ARGS="extra qemu arguments" (e.g. -icount shift=0,align=off,sleep=off).
 # Serial log: target/guest-logs/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
 # kmsan suite, <mode>/kmsan-<suite>.log for others). Prints "qemu exit code: N" and exits with N.
 # Guest exit codes (QEMU status = (code << 1) | 1): 33 success, 35 failure, 37 panic,
@@ -27,7 +28,7 @@ target_dir="$root/target/guest"
 sanitizer=${GUEST_SANITIZER:-kasan}
 case "$sanitizer" in kasan|kmsan) ;; *) echo "guest_run.sh: GUEST_SANITIZER must be kasan|kmsan, got '$sanitizer'" >&2; exit 2;; esac
 if [ "$sanitizer" = kmsan ]; then
-    profile=kmsan
+    profile=$([ "${GUEST_PROFILE:-dev}" = release ] && echo kmsan-release || echo kmsan)
     triple=x86_64-kmsan
     logname=$([ "$suite" = kmsan ] && echo kmsan || echo "kmsan-$suite")
 else
@@ -87,7 +88,7 @@ timeout "${GUEST_TIMEOUT:-300}" qemu-system-x86_64 \
     -nographic -no-reboot -nodefaults \
     -serial "file:$log" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -kernel "$elf" -append "$append" </dev/null
+    -kernel "$elf" -append "$append" ${GUEST_QEMU_ARGS:-} </dev/null
 rc=$?
 set -e
 cat "$log"

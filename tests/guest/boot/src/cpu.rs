@@ -195,6 +195,13 @@ pub unsafe fn init() {
     asm!("lidt [{}]", in(reg) &idtr, options(nostack));
 }
 
+/// Point IDT vector `v` at handler `h` (interrupt gate, ring 0, no IST).
+pub fn set_gate(v: usize, h: u64) {
+    // SAFETY: one 16-byte store per gate; the IDT is static and loaded by
+    // `init`, and the caller enables the vector's source only afterwards.
+    unsafe { IDT[v] = Gate([(h & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48), h >> 32]) };
+}
+
 fn name(v: u64) -> &'static str {
     match v {
         0 => "#DE divide error",

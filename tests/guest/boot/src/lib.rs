@@ -11,6 +11,7 @@ pub mod cpu;
 mod entry;
 pub mod ksyms;
 pub mod paging;
+pub mod profile;
 pub mod stack;
 pub mod time;
 

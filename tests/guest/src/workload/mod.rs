@@ -48,6 +48,8 @@ pub struct Params {
     pub samples: u64,
     /// Page-cache folio order (`folio=`): default a pageblock, 0 = single pages.
     pub folio_order: usize,
+    /// Sampling profiler period in µs of guest time (`prof=`), 0 = off.
+    pub prof_us: u64,
 }
 
 pub struct State {
@@ -70,7 +72,7 @@ pub struct State {
     pub jobs_live: u32,
 }
 
-static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0 };
+static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0, prof_us: 0 };
 static mut STATE: Option<State> = None;
 
 pub fn params() -> &'static Params {
@@ -82,7 +84,7 @@ pub fn state() -> &'static mut State {
 }
 
 fn parse_params(cmdline: &str, seed: u64) -> Params {
-    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300, folio_order: buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize };
+    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300, folio_order: buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize, prof_us: 0 };
     for w in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = w.split_once('=') else { continue };
         let Ok(n) = v.parse::<u64>() else { continue };
@@ -94,6 +96,7 @@ fn parse_params(cmdline: &str, seed: u64) -> Params {
             "samples" => p.samples = n.max(1),
             "obj" => p.obj_per_node = n as usize,
             "folio" => p.folio_order = (n as usize).min(buddy::MAX_ORDER),
+            "prof" => p.prof_us = n,
             _ => {}
         }
     }
@@ -186,11 +189,39 @@ fn link_task(arg: usize) {
 }
 
 
+/// Start the sampling profiler (`prof=<µs>`) with a zeroed histogram from
+/// the page allocator; `None` when it has no room.
+fn profile_start() -> Option<(usize, usize)> {
+    let bytes = guest_boot::profile::buffer_bytes();
+    let order = bytes.div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize;
+    let buf = buddy::alloc_pages(order)?;
+    // SAFETY: a fresh block of `1 << order` pages, ours alone; the instrumented
+    // fill marks it initialized for the sanitizer that reads it at the end.
+    unsafe { core::ptr::write_bytes(buf as *mut u8, 0, PAGE_SIZE << order) };
+    let mut tables = || buddy::alloc_page_zeroed().map(|p| guest_boot::paging::virt_to_phys(p as u64).expect("direct map"));
+    // SAFETY: the buffer stays ours until `profile_report`; boot CPU, IDT loaded.
+    if unsafe { guest_boot::profile::start(buf as *mut u32, PAGE_SIZE << order, params().prof_us, &mut tables) }.is_err() {
+        println!("wl-error profiler: cannot map the local APIC");
+        buddy::free_pages(buf, order);
+        return None;
+    }
+    Some((buf, order))
+}
+
+fn profile_report((buf, order): (usize, usize)) {
+    guest_boot::profile::stop();
+    // SAFETY: the buffer given to `start`, sampling stopped.
+    unsafe { guest_boot::profile::report(buf as *const u32) };
+    buddy::free_pages(buf, order);
+}
+
 /// The suite. True when the workload completed with every check passing.
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
     let p = parse_params(info.cmdline(), info.config.seed);
     unsafe { PARAMS = p };
+    // Before the free-page baseline: the APIC's page tables stay.
+    let prof = (p.prof_us > 0).then(profile_start).flatten();
     // The runtime's mode (kasan.shadow= or kmsan.shadow=, as the kernel's sanitizer reads it).
     let mode = crate::kasan_glue::mode().name();
     let ram_mib = (info.ram_bytes + (1 << 20) - 1) >> 20;
@@ -271,6 +302,9 @@ pub fn run() -> bool {
     let t1 = clock::rdtsc();
     sample();
     let workload_ns = clock::ns_between(t0, t1);
+    if let Some(buf) = prof {
+        profile_report(buf);
+    }
     let peak_before_teardown = stats_snapshot().unwrap_or_default();
 
     // Exit: tear everything down.
