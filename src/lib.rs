@@ -33,6 +33,7 @@ pub mod error;
 pub mod heap;
 pub mod hooks;
 pub mod kmsan;
+pub mod ksyms;
 pub mod layout;
 pub mod mapper;
 mod ondemand;

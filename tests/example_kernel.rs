@@ -1,7 +1,7 @@
 //! The minimal example kernel (examples/minimal-kernel, docs/adopting.md):
 //! built with a nested, clean-environment cargo into its own target
 //! directory (`<this test's target dir>/example-kernel`), its symbol table
-//! written in (tests/guest/ksyms.sh), booted under QEMU (TCG) in `full`,
+//! written in (`kasan-ksyms`, as docs/adopting.md says), booted under QEMU (TCG) in `full`,
 //! `hybrid` and `off`. In `full` and `hybrid` each of its 8 bug cases must
 //! give exactly one report, of the case's type, titled with the case's
 //! function, valid by syzkaller's rules; `off` reports nothing. Also counts
@@ -13,15 +13,16 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+#[path = "common/example.rs"]
+mod example;
 #[path = "guest_driver/mod.rs"]
 mod guest_driver;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::syzkaller;
-use guest_driver::{boot, clean, ensure_qemu, ensure_toolchain, root, Boot, San};
+use example::target_dir;
+use guest_driver::{boot, root, Boot, San};
 
 /// The cases the example kernel runs, with the bug type each must report
 /// (the kernel prints them too; they must agree).
@@ -35,38 +36,6 @@ const CASES: &[(&str, &str)] = &[
     ("page_heap_use_after_free", "use-after-free"),
     ("heap_double_free", "double-free"),
 ];
-
-/// The target directory this test was built into (…/target/debug/deps/exe).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors().nth(3).map(PathBuf::from).unwrap_or_else(|| root().join("target"))
-}
-
-/// Build the example kernel and write its symbol table; the bootable ELF.
-fn build() -> PathBuf {
-    ensure_toolchain().unwrap_or_else(|e| panic!("{e}"));
-    ensure_qemu().unwrap_or_else(|e| panic!("{e}"));
-    let dir = root().join("examples/minimal-kernel");
-    let target = target_dir().join("example-kernel");
-    let st = clean(Command::new("rustup"))
-        .args(["run", "nightly", "cargo", "build", "--target-dir"])
-        .arg(&target)
-        .current_dir(&dir)
-        .status()
-        .expect("cannot run rustup");
-    assert!(st.success(), "example kernel build failed: (cd examples/minimal-kernel && cargo +nightly build)");
-    let linked = target.join("x86_64-unknown-none/debug/minimal-kernel");
-    let elf = linked.with_extension("ksyms");
-    let st = clean(Command::new("bash"))
-        .arg(root().join("tests/guest/ksyms.sh"))
-        .arg(&linked)
-        .arg(&elf)
-        .stdout(Stdio::null())
-        .status()
-        .expect("cannot run ksyms.sh");
-    assert!(st.success(), "tests/guest/ksyms.sh failed on {}", linked.display());
-    elf
-}
 
 /// The log between `example-case: <name>` and `example-case-end: <name>`.
 fn case_log<'a>(log: &'a str, name: &str) -> &'a str {
@@ -99,7 +68,7 @@ fn example_kernel_reports_its_8_bugs_in_full_and_hybrid() {
     let glue = glue_lines();
     eprintln!("example kernel: {glue} lines of adoption glue");
     assert!(glue > 0 && glue <= 60, "the example's glue is {glue} lines (target: at most 60)");
-    let elf = build();
+    let elf = example::build().elf;
     let logs = target_dir().join("example-kernel-logs");
     for mode in ["full", "hybrid", "off"] {
         let out = boot(&Boot {

@@ -1,18 +1,21 @@
-//! kasan-symbolize: turn the code addresses of a KASAN report from the test
-//! guest into function and file:line, using the guest ELF's DWARF
-//! (the `addr2line` crate). Build with `--features tools`.
+//! kasan-symbolize: turn the code addresses of a KASAN report from any
+//! kernel's log into function and file:line, using the kernel ELF's DWARF
+//! (the `addr2line` crate) and symbol table (`object`). Build with
+//! `--features tools`.
 //!
 //! ```text
-//! kasan-symbolize <guest.ksyms ELF> ADDR...        hex return addresses
-//! kasan-symbolize <guest.ksyms ELF> < report.txt   annotate a report
+//! kasan-symbolize <kernel ELF> ADDR...        hex return addresses
+//! kasan-symbolize <kernel ELF> < log.txt      annotate the reports of a log
 //! ```
 //!
 //! Addresses are taken as return addresses (as reports print them): the
 //! call site is looked up at `addr - 1`. In a report, a frame
-//! ` name+0xoff/0xsize` is resolved through the ELF's `.ksyms` table (the
-//! folded names the guest prints, disambiguated by size), and every raw
-//! `0xffff...` address as is. Each resolved frame is printed with its
-//! inline chain, innermost first:
+//! ` name+0xoff/0xsize` is resolved through the ELF's symbol table (the
+//! folded names reports print, disambiguated by size; a stripped ELF's
+//! `.ksyms` table otherwise), and a raw address (a frame ` 0x21ccb1`, a
+//! title `in 0x21ccb1`: a kernel without symbols) as is when it falls in
+//! the ELF's code. Other lines pass unchanged. Each resolved frame is
+//! printed with its inline chain, innermost first:
 //!
 //! ```text
 //!  kmalloc_oob_right+0x1b0/0x334
@@ -30,42 +33,36 @@ struct Sym {
     folded: String,
 }
 
-/// Last path segment outside `<...>`, skipping closure and hash segments,
-/// with every byte outside `[A-Za-z0-9_]` replaced by `_` (what the guest prints).
+/// The function name a report prints for a demangled `name`
+/// (`hybrid_shadow::ksyms::fold`, bytes outside `[A-Za-z0-9_]` as `_`).
 fn fold(name: &str) -> String {
-    let mut segs = vec![];
-    let (mut depth, mut start) = (0i32, 0);
-    let b = name.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'<' => depth += 1,
-            b'>' if depth > 0 => depth -= 1,
-            b':' if depth == 0 && i + 1 < b.len() && b[i + 1] == b':' => {
-                segs.push(&name[start..i]);
-                i += 2;
-                start = i;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    segs.push(&name[start..]);
-    let seg = segs
+    hybrid_shadow::ksyms::fold(name.as_bytes())
         .iter()
-        .rev()
-        .find(|s| {
-            let hash = s.len() == 17 && s.starts_with('h') && s[1..].bytes().all(|c| c.is_ascii_hexdigit());
-            !s.is_empty() && !s.starts_with('{') && !s.starts_with('<') && !hash
-        })
-        .map(|s| &s[..s.find('<').unwrap_or(s.len())])
-        .filter(|s| !s.is_empty())
-        .unwrap_or(name);
-    seg.bytes().map(|c| if c.is_ascii_alphanumeric() || c == b'_' { c as char } else { '_' }).collect()
+        .map(|&c| if c.is_ascii_alphanumeric() || c == b'_' { c as char } else { '_' })
+        .collect()
 }
 
-/// The `.ksyms` table written into the ELF by tests/guest/ksyms.sh (the
+/// The function symbols of the ELF's own symbol table (any kernel).
+fn elf_symbols(elf: &[u8]) -> (Vec<Sym>, Vec<(u64, u64)>) {
+    use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+    let Ok(file) = object::File::parse(elf) else { return (vec![], vec![]) };
+    let syms = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() != 0)
+        .filter_map(|s| {
+            let name = format!("{:#}", rustc_demangle::demangle(s.name().ok()?));
+            Some(Sym { addr: s.address(), size: s.size(), folded: fold(&name) })
+        })
+        .collect();
+    let text = file
+        .sections()
+        .filter(|s| s.kind() == SectionKind::Text)
+        .map(|s| (s.address(), s.address() + s.size()))
+        .collect();
+    (syms, text)
+}
+
+/// The `.ksyms` table written into the ELF (kasan-ksyms, tests/guest/ksyms.sh) (the
 /// occurrence of its header that starts the longest table: the header
 /// string also appears in the guest's code).
 fn ksyms(elf: &[u8]) -> Vec<Sym> {
@@ -137,20 +134,25 @@ fn frame_of(line: &str) -> Option<(&str, u64, u64)> {
     Some((name, u64::from_str_radix(off, 16).ok()?, u64::from_str_radix(&size, 16).ok()?))
 }
 
-fn raw_address(line: &str) -> Option<u64> {
+/// A raw code address a report prints when the kernel has no symbols: a
+/// frame line that is one hex address, or a title `... in 0x21ccb1`. Taken
+/// only if it falls in one of the ELF's code sections (`text`).
+fn raw_address(line: &str, text: &[(u64, u64)]) -> Option<u64> {
     let t = line.trim();
+    let t = t.strip_prefix("BUG: KASAN: ").map_or(Some(t), |r| r.split_once(" in ").map(|x| x.1))?;
+    let t = t.trim();
     let h = t.strip_prefix("0x").unwrap_or(t);
-    if h.len() == 16 && h.starts_with("ffffffff8") {
-        u64::from_str_radix(h, 16).ok()
-    } else {
-        None
+    if h.is_empty() || h.len() > 16 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
     }
+    let a = u64::from_str_radix(h, 16).ok()?;
+    text.iter().any(|&(s, e)| s < a && a <= e).then_some(a)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 2 || args[1] == "-h" || args[1] == "--help" {
-        eprintln!("usage: kasan-symbolize <guest ELF> [hex return address...]   (no address: read a report on stdin)");
+        eprintln!("usage: kasan-symbolize <kernel ELF> [hex return address...]   (no address: read a report on stdin)");
         return ExitCode::from(2);
     }
     let path = &args[1];
@@ -182,9 +184,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let syms = ksyms(&elf);
+    let (mut syms, text) = elf_symbols(&elf);
     if syms.is_empty() {
-        eprintln!("kasan-symbolize: {path} has no .ksyms table (written by tests/guest/ksyms.sh); only raw addresses resolve");
+        syms = ksyms(&elf);
+    }
+    if syms.is_empty() {
+        eprintln!("kasan-symbolize: {path} has neither a symbol table nor a .ksyms table; only raw addresses resolve");
     }
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -195,7 +200,7 @@ fn main() -> ExitCode {
                 .min_by_key(|s| (s.size != size, s.addr))
                 .map(|s| s.addr + off)
         } else {
-            raw_address(&line)
+            raw_address(&line, &text)
         };
         if let Some(a) = addr {
             let _ = describe(&loader, a, &mut out);

@@ -16,18 +16,24 @@ use alloc::{boxed::Box, vec::Vec};
 use core::hint::black_box;
 use core::ptr::read_volatile;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use guest_boot::{code, exit, ksyms, paging, println, BootInfo};
+use guest_boot::{code, exit, paging, println, BootInfo};
 
 /// The kernel's heap: 8 MiB at a virtual range of its own.
 const HEAP_VA: usize = 0xffff_a100_0000_0000;
 const HEAP_LEN: usize = 8 << 20;
 
 // ---- adoption glue: begin
-use hybrid_shadow::Symbol;
+use hybrid_shadow::{ksyms::Reserved, Symbol};
 use hybrid_shadow_x86_64::kernel::{self, KernelFrames, KernelHeap, KernelMap, KernelServices};
 
 #[global_allocator]
 static HEAP: KernelHeap = KernelHeap;
+
+/// Room for the symbol table, written after linking by `kasan-ksyms`.
+#[used]
+#[no_mangle]
+#[link_section = ".ksyms"]
+static KSYMS: Reserved<{ 1 << 20 }> = Reserved::new();
 
 struct Services;
 
@@ -36,10 +42,7 @@ impl KernelServices for Services {
         guest_boot::serial::write_bytes(s.as_bytes());
     }
     fn symbolize(&self, pc: usize, f: &mut dyn FnMut(Symbol<'_>)) -> bool {
-        let Some(s) = ksyms::lookup(pc as u64) else { return false };
-        let name = core::str::from_utf8(ksyms::fold(s.name)).unwrap_or("unknown");
-        f(Symbol { name, offset: pc - s.addr as usize, size: s.size as usize });
-        true
+        KSYMS.table().is_some_and(|t| t.symbolize(pc, f))
     }
     fn panic(&self, msg: &str) -> ! {
         println!("Kernel panic - not syncing: {}", msg);
