@@ -53,11 +53,13 @@ impl Region {
     }
     /// Whether `addr` lies inside.
     #[must_use]
+    #[inline]
     pub const fn contains(&self, addr: usize) -> bool {
         addr >= self.start && addr < self.end
     }
     /// Whether `[addr, addr + len)` lies inside (no wrap).
     #[must_use]
+    #[inline]
     pub const fn contains_range(&self, addr: usize, len: usize) -> bool {
         match addr.checked_add(len) {
             Some(e) => addr >= self.start && e <= self.end,

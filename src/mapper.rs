@@ -140,4 +140,9 @@ pub unsafe trait ShadowMapper {
 
     /// Bytes of page-table pages the backend holds for the shadow region.
     fn table_bytes(&self) -> usize;
+
+    /// Most bytes of page-table pages the backend ever held at once.
+    fn table_peak_bytes(&self) -> usize {
+        self.table_bytes()
+    }
 }

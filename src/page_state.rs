@@ -55,6 +55,7 @@ pub enum PageKind {
 }
 
 impl PageKind {
+    #[inline]
     pub(crate) const fn from_bits(b: u8) -> PageKind {
         match b {
             1 => PageKind::Page,

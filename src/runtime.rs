@@ -336,8 +336,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A copy of the statistics.
     #[must_use]
     pub fn stats(&self) -> StatsSnapshot {
-        let tables = self.inner.lock().mapper.table_bytes();
-        self.stats.snapshot(tables)
+        let (tables, peak) = {
+            let inner = self.inner.lock();
+            (inner.mapper.table_bytes(), inner.mapper.table_peak_bytes())
+        };
+        self.stats.snapshot(tables, peak)
     }
 
     /// Backing of the direct-map block holding frame `pfn`.

@@ -29,13 +29,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    #[inline]
     pub(crate) fn ondemand_inc(&self) {
         let live = self.ondemand_live.fetch_add(1, Relaxed) + 1;
         self.ondemand_peak.fetch_max(live, Relaxed);
     }
+    #[inline]
     pub(crate) fn ondemand_dec(&self) {
         self.ondemand_live.fetch_sub(1, Relaxed);
     }
+    #[inline]
     pub(crate) fn bump(c: &AtomicUsize) {
         c.fetch_add(1, Relaxed);
     }
@@ -59,6 +62,8 @@ pub struct StatsSnapshot {
     pub init_shadow_pages: usize,
     /// Page-table bytes the mapper holds for the shadow.
     pub shadow_table_bytes: usize,
+    /// Most page-table bytes the mapper ever held for the shadow.
+    pub shadow_table_peak_bytes: usize,
     /// On-demand private shadow pages mapped now.
     pub ondemand_live_pages: usize,
     /// Most on-demand private shadow pages ever mapped at once.
@@ -117,7 +122,7 @@ impl StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn snapshot(&self, shadow_table_bytes: usize) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, shadow_table_bytes: usize, shadow_table_peak_bytes: usize) -> StatsSnapshot {
         StatsSnapshot {
             per_page_bytes: self.per_page_bytes.load(Relaxed),
             block_table_bytes: self.block_table_bytes.load(Relaxed),
@@ -126,6 +131,7 @@ impl Stats {
             context_bytes: self.context_bytes.load(Relaxed),
             init_shadow_pages: self.init_shadow_pages.load(Relaxed),
             shadow_table_bytes,
+            shadow_table_peak_bytes,
             ondemand_live_pages: self.ondemand_live.load(Relaxed),
             ondemand_peak_pages: self.ondemand_peak.load(Relaxed),
             slow_path_checks: self.slow_path_checks.load(Relaxed),

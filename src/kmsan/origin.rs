@@ -42,6 +42,7 @@ pub(crate) const ALLOCA_MAGIC: usize = 0x6b6d_7361_6e5f_616c; // "kmsan_al"
 
 /// Build an origin from a depot handle and its flags.
 #[must_use]
+#[inline]
 pub const fn make(handle: u32, depth: u32, uaf: bool) -> Origin {
     if handle == 0 || handle > HANDLE_MASK {
         return NO_ORIGIN;
@@ -52,30 +53,35 @@ pub const fn make(handle: u32, depth: u32, uaf: bool) -> Origin {
 
 /// The depot handle of `o`.
 #[must_use]
+#[inline]
 pub const fn handle(o: Origin) -> u32 {
     o & HANDLE_MASK
 }
 
 /// Chain links above the creating stack.
 #[must_use]
+#[inline]
 pub const fn depth(o: Origin) -> u32 {
     o >> DEPTH_SHIFT
 }
 
 /// Whether the value was created by freeing memory.
 #[must_use]
+#[inline]
 pub const fn is_uaf(o: Origin) -> bool {
     o & UAF != 0
 }
 
 /// Whether a link was dropped because the chain was at [`MAX_DEPTH`].
 #[must_use]
+#[inline]
 pub const fn is_cut(o: Origin) -> bool {
     o & CUT != 0
 }
 
 /// `o` marked as having lost a link.
 #[must_use]
+#[inline]
 pub const fn with_cut(o: Origin) -> Origin {
     if o == NO_ORIGIN {
         o

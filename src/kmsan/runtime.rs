@@ -174,8 +174,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// A copy of the statistics (metadata pages count as "shadow").
     #[must_use]
     pub fn stats(&self) -> StatsSnapshot {
-        let tables = self.inner.lock().mapper.table_bytes();
-        self.stats.snapshot(tables)
+        let (tables, peak) = {
+            let inner = self.inner.lock();
+            (inner.mapper.table_bytes(), inner.mapper.table_peak_bytes())
+        };
+        self.stats.snapshot(tables, peak)
     }
 
     /// The address whose metadata `addr` uses: itself in RAM and the

@@ -55,12 +55,14 @@ impl MetaPage {
 
     /// Encode.
     #[must_use]
+    #[inline]
     pub const fn encode(self) -> u8 {
         self.backing as u8 | ((self.origin_private as u8) << 2) | ((self.kind as u8) << 3)
     }
 
     /// Decode.
     #[must_use]
+    #[inline]
     pub const fn decode(b: u8) -> MetaPage {
         let backing = match b & 3 {
             0 => MetaBacking::Uninit,
@@ -94,6 +96,7 @@ impl MetaPages {
 
     /// Number of pages.
     #[must_use]
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -112,6 +115,7 @@ impl MetaPages {
     }
 
     /// Set page `i`.
+    #[inline]
     pub fn set(&self, i: usize, p: MetaPage) {
         self.bytes[i].store(p.encode(), Relaxed);
     }

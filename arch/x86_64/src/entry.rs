@@ -38,22 +38,26 @@ pub(crate) enum Level {
 
 impl Level {
     /// Bit position of this level's index in a virtual address.
+    #[inline]
     pub(crate) const fn shift(self) -> u32 {
         12 + 9 * (self as u32 - 1)
     }
 
     /// Bytes of virtual memory one entry of this level maps.
+    #[inline]
     pub(crate) const fn span(self) -> usize {
         1usize << self.shift()
     }
 
     /// Index of `va`'s entry in a table of this level.
+    #[inline]
     pub(crate) const fn index(self, va: usize) -> usize {
         (va >> self.shift()) & 511
     }
 
     /// The level of the tables an entry of this level points at (`None` for
     /// PT entries, which point at pages).
+    #[inline]
     pub(crate) const fn below(self) -> Option<Level> {
         match self {
             Level::Pt => None,
@@ -64,6 +68,7 @@ impl Level {
     }
 
     /// The level of the table holding the entries that point at tables of this level.
+    #[inline]
     pub(crate) const fn above(self) -> Option<Level> {
         match self {
             Level::Pt => Some(Level::Pd),
@@ -89,16 +94,19 @@ impl Encoding {
     }
 
     /// An entry pointing at a shared table or shared page: read-only.
+    #[inline]
     pub(crate) const fn shared(self, target: PhysAddr) -> u64 {
         target.as_u64() | F::PRESENT.bits() | F::ACCESSED.bits() | SHARED_MARK | self.nx
     }
 
     /// An entry pointing at a private table.
+    #[inline]
     pub(crate) const fn private_table(self, table: PhysAddr) -> u64 {
         table.as_u64() | F::PRESENT.bits() | F::WRITABLE.bits() | F::ACCESSED.bits() | self.nx
     }
 
     /// A PT entry mapping a private shadow page, writable.
+    #[inline]
     pub(crate) const fn private_leaf(self, page: PhysAddr) -> u64 {
         page.as_u64()
             | F::PRESENT.bits()
@@ -110,16 +118,19 @@ impl Encoding {
 }
 
 /// Whether the entry is present.
+#[inline]
 pub(crate) const fn is_present(raw: u64) -> bool {
     raw & F::PRESENT.bits() != 0
 }
 
 /// The physical address an entry points at.
+#[inline]
 pub(crate) const fn target(raw: u64) -> PhysAddr {
     PhysAddr::new_truncate(raw & ADDR_MASK)
 }
 
 /// Whether two entries are equal up to the bits the hardware may set.
+#[inline]
 pub(crate) const fn same(a: u64, b: u64) -> bool {
     a & !HW_BITS == b & !HW_BITS
 }

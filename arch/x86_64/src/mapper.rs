@@ -16,11 +16,16 @@
 //!   entries (same translations) and the parent entry is pointed at the copy.
 //!   All frames an operation needs are allocated before anything changes, so
 //!   [`MapError::OutOfFrames`] leaves the old mapping intact.
-//! * Re-sharing (with [`Config::reshare`]): when a private table ends up
-//!   with 512 identical shared entries of one kind, its parent entry is
-//!   pointed at that kind's shared table and the copy is freed, up to (not
-//!   including) the PML4. Tables covering a pinned range
-//!   ([`X86ShadowMapper::unshare_range`]) are never freed.
+//! * Re-sharing (with [`Config::reshare`]): when a private page goes back
+//!   to shared (or a range is remapped) and its table ends up with 512
+//!   identical shared entries of one kind, the parent entry is pointed at
+//!   that kind's shared table and the copy is freed, up to (not including)
+//!   the PML4. A switch between two shared kinds (KMSAN's initialized and
+//!   uninitialized pages, KASAN's free and used blocks) does not look: the
+//!   page allocator flips kinds on every allocation, and re-sharing there
+//!   only traded a 512-entry scan for a table copy at the next flip. Tables
+//!   covering a pinned range ([`X86ShadowMapper::unshare_range`]) are never
+//!   freed.
 //! * Frames are given back only after the TLB flush that removes every
 //!   translation through them.
 
@@ -818,9 +823,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
         );
         if let Slot::Private(f) = p.slot {
             self.defer(Freed::Page(f), page, false);
-        }
-        if self.config.reshare {
-            self.collapse(&p, page, kind);
+            if self.config.reshare {
+                self.collapse(&p, page, kind);
+            }
         }
         self.drain();
         Ok(Flush::new(page))
@@ -856,5 +861,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
 
     fn table_bytes(&self) -> usize {
         (self.stats.shared_tables + self.stats.private_tables) * PAGE_SIZE
+    }
+
+    fn table_peak_bytes(&self) -> usize {
+        (self.stats.shared_tables + self.stats.peak_private_tables) * PAGE_SIZE
     }
 }

@@ -29,6 +29,7 @@ pub unsafe trait PhysMem {
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: PhysMem + ?Sized> PhysMem for &T {
+    #[inline]
     fn frame_ptr(&self, frame: PhysAddr) -> *mut u8 {
         (**self).frame_ptr(frame)
     }
@@ -75,6 +76,7 @@ impl OffsetPhysMem {
 // SAFETY: the constructors' contracts make `phys + offset` a valid mapping
 // of every frame the mapper is given.
 unsafe impl PhysMem for OffsetPhysMem {
+    #[inline]
     fn frame_ptr(&self, frame: PhysAddr) -> *mut u8 {
         (frame.as_u64() as usize).wrapping_add(self.offset) as *mut u8
     }

@@ -71,11 +71,13 @@ impl SharedTables {
     }
 
     /// What a shared entry of kind `kind` in a table at `level` points at.
+    #[inline]
     pub(crate) fn target(&self, kind: SharedPage, level: Level) -> PhysAddr {
         self.frames[kind as usize][level as usize - 1]
     }
 
     /// The shared kind whose entries at `level` point at `addr`, if any.
+    #[inline]
     pub(crate) fn kind_at(&self, level: Level, addr: PhysAddr) -> Option<SharedPage> {
         SharedPage::ALL
             .into_iter()

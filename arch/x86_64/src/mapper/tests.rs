@@ -258,7 +258,7 @@ fn without_reshare_tables_stay() {
 }
 
 #[test]
-fn map_shared_other_kind_unshares_then_collapses() {
+fn map_shared_other_kind_unshares_and_tables_stay_until_a_private_page_goes() {
     let mem = FakePhys::new(64);
     let (mut m, _) = setup(&mem, Config::linux());
     let va = S + 77 * PAGE_SIZE;
@@ -274,8 +274,17 @@ fn map_shared_other_kind_unshares_then_collapses() {
     assert_eq!(m.translate(va), Some(Backing::Shared(SharedPage::PageFree)));
     assert_eq!(byte(&m, &mem, va + 4096), Some(0));
     assert_eq!(byte(&m, &mem, va - 1), Some(0));
+    // Flipping back between shared kinds keeps the copied tables (the next
+    // flip needs none)...
     m.map_shared(va, SharedPage::Zero).unwrap().flush(&mut m);
+    assert_eq!(m.frames().live(), BASE_FRAMES + 3);
+    assert_eq!(m.stats().reshares, 0);
+    assert_eq!(byte(&m, &mem, va), Some(0));
+    // ...until a private page under them goes: then all three collapse.
+    m.map_private(va + PAGE_SIZE, 7).unwrap().flush(&mut m);
+    m.map_shared(va + PAGE_SIZE, SharedPage::Zero).unwrap().flush(&mut m);
     assert_eq!(m.frames().live(), BASE_FRAMES);
+    assert_eq!(m.stats().reshares, 3);
 }
 
 #[test]
@@ -283,11 +292,17 @@ fn whole_pt_of_one_kind_collapses_to_shared_pt() {
     let mem = FakePhys::new(64);
     let (mut m, _) = setup(&mem, Config::linux());
     let base = S + 7 * MIB2;
-    for i in 0..512 {
+    for i in 0..511 {
         m.map_shared(base + i * PAGE_SIZE, SharedPage::Consult)
             .unwrap()
             .flush(&mut m);
     }
+    // Flips between shared kinds leave the PT private.
+    assert_eq!(m.stats().private_tables, 3);
+    // The last page passes through private memory.
+    let last = base + 511 * PAGE_SIZE;
+    m.map_private(last, 1).unwrap().flush(&mut m);
+    m.map_shared(last, SharedPage::Consult).unwrap().flush(&mut m);
     // PT collapsed into PT_Consult; PD and PDPT stay (mixed kinds).
     assert_eq!(m.stats().private_tables, 2);
     let w = walk(&mem, m.pml4(), base + 100 * PAGE_SIZE).unwrap();
