@@ -1,9 +1,16 @@
 //! Boot-time configuration: mode, fault action, report policy.
 //!
-//! Parsed from a kernel command line with Linux's knobs plus one of ours:
+//! Parsed from a kernel command line with Linux's knobs plus ours:
 //! `kasan.shadow=off|full|hybrid`, `kasan.fault=report|panic`,
-//! `kasan_multi_shot`. Bad values are returned as [`ConfigError`]s and the
-//! default stays; parsing never fails as a whole.
+//! `kasan_multi_shot[=1|0]`, `kasan.mixed=`, `kasan.promote_max=`. Bad
+//! values are returned as [`ConfigError`]s and the default stays; parsing
+//! never fails as a whole.
+//!
+//! This is the one parser of these knobs: a kernel that wants to know what
+//! its sanitizer runs with (the test guest's boot code does) calls
+//! [`Config::parse_cmdline`] too rather than reading the words itself.
+//! `kasan_multi_shot` takes an optional boolean (`1|y|on`, `0|n|off`), as
+//! the test guest always read it; Linux's `__setup` ignores the value.
 
 /// How the runtime backs the byte shadow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +103,10 @@ pub enum ConfigError<'a> {
     BadKmsanShadow(&'a str),
     /// `kmsan.fault=` with a value other than report/panic.
     BadKmsanFault(&'a str),
+    /// `kasan_multi_shot=` with a value other than 1/y/on/0/n/off.
+    BadMultiShot(&'a str),
+    /// `kmsan_multi_shot=` with a value other than 1/y/on/0/n/off.
+    BadKmsanMultiShot(&'a str),
 }
 
 impl core::fmt::Display for ConfigError<'_> {
@@ -120,6 +131,14 @@ impl core::fmt::Display for ConfigError<'_> {
             ConfigError::BadKmsanFault(v) => write!(
                 f,
                 "kmsan: bad value '{v}' for kmsan.fault (report|panic), keeping the default"
+            ),
+            ConfigError::BadMultiShot(v) => write!(
+                f,
+                "kasan: bad value '{v}' for kasan_multi_shot (1|0), keeping the default"
+            ),
+            ConfigError::BadKmsanMultiShot(v) => write!(
+                f,
+                "kmsan: bad value '{v}' for kmsan_multi_shot (1|0), keeping the default"
             ),
             ConfigError::BadMixed(v) => write!(
                 f,
@@ -153,6 +172,23 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        Config::new()
+    }
+}
+
+/// A boolean knob's value: `1|y|Y|on|true` or `0|n|N|off|false`.
+fn flag(v: &str) -> Option<bool> {
+    match v {
+        "1" | "y" | "Y" | "on" | "true" => Some(true),
+        "0" | "n" | "N" | "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// The defaults (as [`Default`], usable in a `static`).
+    #[must_use]
+    pub const fn new() -> Self {
         Config {
             mode: Mode::Hybrid,
             fault: FaultAction::Report,
@@ -163,9 +199,7 @@ impl Default for Config {
             depot_stacks: 0,
         }
     }
-}
 
-impl Config {
     /// The stack depot capacity for `ram_pages` pages of RAM.
     #[must_use]
     pub fn depot_capacity(&self, ram_pages: usize) -> usize {
@@ -215,6 +249,11 @@ impl Config {
                 }
             } else if word == "kasan_multi_shot" {
                 self.multi_shot = true;
+            } else if let Some(v) = word.strip_prefix("kasan_multi_shot=") {
+                match flag(v) {
+                    Some(b) => self.multi_shot = b,
+                    None => bad(ConfigError::BadMultiShot(v)),
+                }
             }
         }
     }
@@ -243,6 +282,11 @@ impl Config {
                 }
             } else if word == "kmsan_multi_shot" {
                 self.multi_shot = true;
+            } else if let Some(v) = word.strip_prefix("kmsan_multi_shot=") {
+                match flag(v) {
+                    Some(b) => self.multi_shot = b,
+                    None => bad(ConfigError::BadKmsanMultiShot(v)),
+                }
             }
         }
     }
@@ -280,6 +324,35 @@ mod tests {
         assert_eq!(errs[0], Some(ConfigError::BadShadow("bogus")));
         assert_eq!(errs[1], Some(ConfigError::BadFault("")));
         assert_eq!(errs[2], Some(ConfigError::BadMixed("x")));
+    }
+
+    /// The test guest's boot code used to read `kasan_multi_shot=1` as
+    /// multi-shot while this parser ignored the word (one-shot): the same
+    /// command line gave the guest's suites and the runtime different
+    /// policies. The guest now calls this parser; these are its answers.
+    #[test]
+    fn kasan_multi_shot_with_a_value_means_what_it_says() {
+        let parse = |line: &str| {
+            let mut c = Config::default();
+            let mut errs = std::vec::Vec::new();
+            c.parse_cmdline(line, |e| errs.push(std::format!("{e}")));
+            (c.multi_shot, errs)
+        };
+        assert_eq!(parse("kasan_multi_shot=1"), (true, std::vec![]));
+        assert_eq!(parse("kasan_multi_shot=on"), (true, std::vec![]));
+        assert_eq!(parse("kasan_multi_shot"), (true, std::vec![]));
+        assert_eq!(parse("kasan_multi_shot kasan_multi_shot=0"), (false, std::vec![]));
+        assert_eq!(parse("kasan_multi_shot=n"), (false, std::vec![]));
+        let (multi, errs) = parse("kasan_multi_shot=maybe");
+        assert!(!multi);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("kasan_multi_shot"), "{errs:?}");
+        let mut c = Config::default();
+        let mut errs = std::vec::Vec::new();
+        c.parse_kmsan_cmdline("kmsan_multi_shot=1 kasan_multi_shot=0 kmsan_multi_shot=x", |e| errs.push(e));
+        assert!(c.multi_shot);
+        assert_eq!(errs, [ConfigError::BadKmsanMultiShot("x")]);
+        assert_eq!(Config::new(), Config::default());
     }
 
     #[test]

@@ -533,7 +533,8 @@ fn case_fn(name: &str) -> Option<fn()> {
 /// Run every case of the table; true when no check failed.
 pub fn run() -> bool {
     let mode = kasan_glue::mode();
-    let multi = guest_boot::boot_info().config.multi_shot || guest_boot::boot_info().cmdline().contains("kmsan_multi_shot");
+    // kmsan_multi_shot[=1|0], as the runtime reads it (hybrid_shadow::config).
+    let multi = guest_boot::boot_info().config.multi_shot;
     println!("kmsan-suite: start mode={} cases={} multi_shot={}", mode.name(), KMSAN_CASES.len(), multi);
     for c in KMSAN_CASES {
         run_case(c);

@@ -1,27 +1,20 @@
-//! Boot command line: `kasan.shadow=off|full|hybrid`, `kasan.fault=report|panic`,
-//! `kasan_multi_shot`, `suite=<name>`, `seed=<n>`, `pageblocks=on|off`
-//! (group the page allocator's small allocations by pool). A bad value is
-//! reported and the default kept; words other parts read (`OTHER_KEYS`)
-//! pass; unknown words are reported and ignored.
+//! Boot command line: the sanitizer's knobs (`kasan.shadow=`,
+//! `kasan.fault=`, `kasan_multi_shot[=1|0]`, ...; `kmsan.*` in the KMSAN
+//! kernel), read by hybrid-shadow's own parser (`hybrid_shadow::config`),
+//! so the suites see what the runtime runs with; and the guest's own
+//! `suite=<name>`, `seed=<n>`, `pageblocks=on|off` (group the page
+//! allocator's small allocations by pool). A bad value of the guest's own
+//! is reported and the default kept (the runtime reports its own knobs' at
+//! init); words other parts read (`OTHER_KEYS`) pass; unknown words are
+//! reported and ignored.
 use crate::println;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShadowMode {
-    Off,
-    Full,
-    Hybrid,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultMode {
-    Report,
-    Panic,
-}
 
 #[derive(Clone, Copy)]
 pub struct Config {
-    pub shadow: ShadowMode,
-    pub fault: FaultMode,
+    /// The sanitizer's configuration, as the runtime parses it from the
+    /// same command line.
+    pub sanitizer: hybrid_shadow::Config,
+    /// `sanitizer.multi_shot`: report every bug, not only the first.
     pub multi_shot: bool,
     suite: [u8; 64],
     suite_len: usize,
@@ -32,15 +25,15 @@ pub struct Config {
 
 pub const DEFAULT_SUITE: &str = "smoke";
 
-/// Keys read by other parts: the sanitizer runtime's own `kasan.*` and
-/// `kmsan.*` knobs (hybrid-shadow's `Config` parses them) and the
-/// workload's parameters (`tests/guest/src/workload`).
+/// Whether `key` is one of the sanitizers' knobs (hybrid-shadow's parser
+/// reads them, and reports bad values at init).
+fn sanitizer_key(key: &str) -> bool {
+    key.starts_with("kasan.") || key.starts_with("kmsan.") || key == "kasan_multi_shot" || key == "kmsan_multi_shot"
+}
+
+/// Keys read by other parts: the workload's parameters
+/// (`tests/guest/src/workload`).
 const OTHER_KEYS: &[&str] = &[
-    "kasan.mixed",
-    "kasan.promote_max",
-    "kmsan.shadow",
-    "kmsan.fault",
-    "kmsan.panic",
     "units",
     "jobs",
     "anon",
@@ -59,7 +52,8 @@ impl Config {
             suite[i] = d[i];
             i += 1;
         }
-        Config { shadow: ShadowMode::Hybrid, fault: FaultMode::Report, multi_shot: false, suite, suite_len: d.len(), seed: 0, pageblocks: true }
+        let sanitizer = hybrid_shadow::Config::new();
+        Config { sanitizer, multi_shot: sanitizer.multi_shot, suite, suite_len: d.len(), seed: 0, pageblocks: true }
     }
 
     pub fn suite(&self) -> &str {
@@ -68,30 +62,20 @@ impl Config {
 
     pub fn parse(cmdline: &str) -> Self {
         let mut c = Self::default();
+        // The runtime's own parser; its complaints come from the runtime's init.
+        if cfg!(feature = "kmsan") {
+            c.sanitizer.parse_kmsan_cmdline(cmdline, |_| {});
+        } else {
+            c.sanitizer.parse_cmdline(cmdline, |_| {});
+        }
+        c.multi_shot = c.sanitizer.multi_shot;
         for word in cmdline.split(|ch: char| ch.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
             let (key, val) = match word.find('=') {
                 Some(i) => (&word[..i], Some(&word[i + 1..])),
                 None => (word, None),
             };
             match (key, val) {
-                ("kasan.shadow", Some(v)) => match v {
-                    "off" => c.shadow = ShadowMode::Off,
-                    "full" => c.shadow = ShadowMode::Full,
-                    "hybrid" => c.shadow = ShadowMode::Hybrid,
-                    _ => println!("cmdline: bad value kasan.shadow={} (want off|full|hybrid), using {:?}", v, c.shadow),
-                },
-                ("kasan.fault", Some(v)) => match v {
-                    "report" => c.fault = FaultMode::Report,
-                    "panic" => c.fault = FaultMode::Panic,
-                    _ => println!("cmdline: bad value kasan.fault={} (want report|panic), using {:?}", v, c.fault),
-                },
-                ("kasan_multi_shot", None) => c.multi_shot = true,
-                ("kmsan_multi_shot", None) => {}
-                ("kasan_multi_shot", Some(v)) => match v {
-                    "1" | "y" | "on" => c.multi_shot = true,
-                    "0" | "n" | "off" => c.multi_shot = false,
-                    _ => println!("cmdline: bad value kasan_multi_shot={}, using {}", v, c.multi_shot),
-                },
+                (k, _) if sanitizer_key(k) => {}
                 ("suite", Some(v)) if !v.is_empty() && v.len() <= c.suite.len() => {
                     c.suite[..v.len()].copy_from_slice(v.as_bytes());
                     c.suite_len = v.len();

@@ -15,7 +15,7 @@ pub mod profile;
 pub mod stack;
 pub mod time;
 
-pub use config::{Config, FaultMode, ShadowMode};
+pub use config::Config;
 pub use serial::{code, exit};
 
 pub const MAX_REGIONS: usize = 128;
@@ -199,9 +199,9 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
         println!("boot: suite={} seed={} symbols={}", c.suite(), c.seed, if ksyms::available() { "yes" } else { "no" });
     } else {
         println!(
-            "boot: kasan.shadow={:?} kasan.fault={:?} kasan_multi_shot={} suite={} seed={} symbols={}",
-            c.shadow,
-            c.fault,
+            "boot: kasan.shadow={} kasan.fault={:?} kasan_multi_shot={} suite={} seed={} symbols={}",
+            c.sanitizer.mode.name(),
+            c.sanitizer.fault,
             c.multi_shot,
             c.suite(),
             c.seed,
