@@ -12,6 +12,7 @@
 //! check passes (the shadow does not exist yet). The fast path reads three
 //! statics set at install (shadow offset, covered range) and the shadow.
 
+use crate::hooks::Size;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use crate::hooks::GlobalDesc;
@@ -39,16 +40,16 @@ pub trait AbiRuntime: Sync {
 
 impl<M: ShadowMapper + Send, P: Platform + Sync> AbiRuntime for Kasan<M, P> {
     fn check(&self, addr: usize, size: usize, write: bool, ip: usize) -> bool {
-        Kasan::check(self, addr, size, write, ip).is_ok()
+        Kasan::check(self, addr, Size(size), write, ip).is_ok()
     }
     fn poison(&self, addr: usize, size: usize, value: u8) {
-        self.poison_range(addr, size, value);
+        self.poison_range(addr, Size(size), value);
     }
     fn unpoison(&self, addr: usize, size: usize) {
-        self.unpoison_range(addr, size);
+        self.unpoison_range(addr, Size(size));
     }
     fn alloca_poison(&self, addr: usize, size: usize) {
-        if let Err(e) = Kasan::alloca_poison(self, addr, size) {
+        if let Err(e) = Kasan::alloca_poison(self, addr, Size(size)) {
             print_refusal(self.platform(), format_args!("kasan: alloca at {addr:#x} (size {size}) rejected: {e}\n"));
         }
     }

@@ -18,6 +18,7 @@ use crate::config::Mode;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;
 use crate::report::{Bug, BugType};
+use crate::hooks::Size;
 use crate::runtime::Kasan;
 use crate::shadow::{self, GRANULE};
 use crate::stats::Stats;
@@ -48,8 +49,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `Err` carries the bug that was found (and reported, unless one-shot
     /// mode already reported).
     #[inline(always)]
-    pub fn check(&self, addr: usize, size: usize, write: bool, ip: usize) -> Result<(), Bug> {
-        if size == 0 || self.cfg.mode == Mode::Off || self.fast_ok(addr, size) {
+    pub fn check(&self, addr: usize, size: Size, write: bool, ip: usize) -> Result<(), Bug> {
+        let size = size.0;
+        if size == 0 || self.cfg.mode == Mode::Off || self.fast_ok(addr, Size(size)) {
             return Ok(());
         }
         self.check_slow(addr, size, write, ip)
@@ -57,7 +59,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// The fast path: true when the shadow alone proves the access valid.
     #[inline(always)]
-    pub fn fast_ok(&self, addr: usize, size: usize) -> bool {
+    pub fn fast_ok(&self, addr: usize, size: Size) -> bool {
+        let size = size.0;
         let end = addr.wrapping_add(size);
         let c = &self.layout.covered;
         if end < addr || addr < c.start || end > c.end {

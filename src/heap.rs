@@ -32,6 +32,7 @@ use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::{Platform, SlabRef};
 use crate::region::{RegionError, RegionKind};
 use crate::report::{Bug, BugType};
+use crate::hooks::Size;
 use crate::runtime::{Inner, Kasan};
 use crate::shadow::{GRANULE, PAGE_FREE, PAGE_REDZONE, SLAB_REDZONE};
 use crate::stats::Stats;
@@ -155,7 +156,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// The range is mapped readable and writable, and belongs to the heap
     /// from now on: nothing else reads or writes it except through the
     /// objects [`Kasan::heap_alloc`] hands out.
-    pub unsafe fn heap_init(&self, start: usize, len: usize) -> Result<(), HeapError> {
+    pub unsafe fn heap_init(&self, start: usize, len: Size) -> Result<(), HeapError> {
+        let len = len.0;
         if self.heap.get().is_some() {
             return Err(HeapError::AlreadyInit);
         }
@@ -206,7 +208,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// is full, has not been set up, or `align` is above a page. `from` is
     /// the return address of the kernel's allocation entry point (the
     /// allocation stack starts there), 0 if unknown.
-    pub fn heap_alloc(&self, size: usize, align: usize, from: usize) -> *mut u8 {
+    pub fn heap_alloc(&self, size: Size, align: usize, from: usize) -> *mut u8 {
+        let size = size.0;
         let Some(v) = self.heap.get() else { return core::ptr::null_mut() };
         if align > PAGE_SIZE {
             return core::ptr::null_mut();

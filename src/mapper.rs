@@ -88,8 +88,19 @@ pub struct Flush {
 }
 
 impl Flush {
-    /// A flush of the shadow page at `page`.
-    pub const fn new(page: usize) -> Self {
+    /// A flush of the shadow page at `page`, for a backend that has just
+    /// remapped it.
+    ///
+    /// # Safety
+    ///
+    /// Only a [`ShadowMapper`] implementation calls this, for a page whose
+    /// mapping it changed in the call that returns the flush: the token
+    /// stands for a TLB entry that may be stale, and the runtime trusts that
+    /// flushing it is all the remap needs. (Outside code has no remap to
+    /// stand for; a token it made up would only make a stale entry look
+    /// handled.)
+    #[must_use = "the TLB may still hold the old shadow mapping; return the flush to the caller"]
+    pub const unsafe fn new(page: usize) -> Self {
         Flush { page }
     }
 

@@ -119,16 +119,17 @@ impl PageArray {
     }
 
     /// An array over `bytes.len()` pages of the direct map starting at
-    /// `base`, every page free.
+    /// `base`, every page free. Only the runtime builds one (its own).
     #[must_use]
-    pub fn new(bytes: &'static mut [u8], base: usize) -> Self {
+    pub(crate) fn new(bytes: &'static mut [u8], base: usize) -> Self {
         let bytes = crate::arena::atomics_u8(bytes, PageInfo::FREE.encode());
         PageArray { bytes, base }
     }
 
-    /// The raw per-page bytes (see [`PageInfo`] for the encoding).
+    /// The raw per-page bytes (see [`PageInfo`] for the encoding): the
+    /// runtime's (the compiler ABI's consult view reads them).
     #[must_use]
-    pub fn atomics(&self) -> &'static [AtomicU8] {
+    pub(crate) fn atomics(&self) -> &'static [AtomicU8] {
         self.bytes
     }
 
@@ -165,8 +166,10 @@ impl PageArray {
         PageInfo::decode(self.bytes[pfn].load(Ordering::Relaxed))
     }
 
-    /// Write frame `pfn`.
-    pub fn set(&self, pfn: usize, info: PageInfo) {
+    /// Write frame `pfn`. Only the runtime changes page states (through
+    /// its hooks, which remap the block's shadow to match): a state
+    /// written from outside would disagree with the shadow's backing.
+    pub(crate) fn set(&self, pfn: usize, info: PageInfo) {
         self.bytes[pfn].store(info.encode(), Ordering::Relaxed);
     }
 }

@@ -4,6 +4,7 @@
 //! quarantine and alloc/free stacks; each bug gets Linux's type in `full`
 //! and `hybrid`; regions that do not fit the layout are refused.
 
+use hybrid_shadow::Size;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::layout::{Region, BLOCK_SIZE};
 use hybrid_shadow::shadow::{STACK_LEFT, STACK_MID};
@@ -18,12 +19,12 @@ fn kernel(mode: Mode) -> SimKernel {
     let r = k.extra();
     // SAFETY: the extra range is mapped read-write by the host space and
     // used by nothing else.
-    unsafe { k.kasan.heap_init(r.start, HEAP) }.unwrap();
+    unsafe { k.kasan.heap_init(r.start, Size(HEAP)) }.unwrap();
     k
 }
 
 fn alloc(k: &SimKernel, size: usize, align: usize) -> usize {
-    let p = k.kasan.heap_alloc(size, align, 0) as usize;
+    let p = k.kasan.heap_alloc(Size(size), align, 0) as usize;
     assert_ne!(p, 0, "heap_alloc({size}, {align}) failed");
     assert_eq!(p % align, 0);
     p
@@ -97,7 +98,7 @@ fn heap_recycles_through_quarantine_without_false_reports() {
                     0 => 3000 + (seed >> 8) as usize % 9000,
                     _ => 1 + (seed >> 8) as usize % 600,
                 };
-                let p = k.kasan.heap_alloc(size, 8, 0) as usize;
+                let p = k.kasan.heap_alloc(Size(size), 8, 0) as usize;
                 assert_ne!(p, 0, "{mode:?}: heap exhausted at step {i}");
                 assert_eq!(k.write(p, size), Ok(()), "{mode:?}: fresh object");
                 live.push((p, size));
@@ -130,9 +131,9 @@ fn regions_that_do_not_fit_the_layout_are_refused() {
     assert_eq!(add(Region::new(x.start, BLOCK_SIZE)), Ok(()));
     assert_eq!(add(Region::new(x.start, BLOCK_SIZE)), Err(RegionError::Overlap));
     // SAFETY: refused before anything is touched (it overlaps the stack region).
-    assert_eq!(unsafe { k.kasan.heap_init(x.start, 4 * BLOCK_SIZE) }, Err(HeapError::Region(RegionError::Overlap)));
+    assert_eq!(unsafe { k.kasan.heap_init(x.start, Size(4 * BLOCK_SIZE)) }, Err(HeapError::Region(RegionError::Overlap)));
     // SAFETY: as above (unaligned).
-    assert_eq!(unsafe { k.kasan.heap_init(x.start + 8, 4 * BLOCK_SIZE) }, Err(HeapError::Unaligned));
+    assert_eq!(unsafe { k.kasan.heap_init(x.start + 8, Size(4 * BLOCK_SIZE)) }, Err(HeapError::Unaligned));
 }
 
 #[test]
@@ -147,8 +148,8 @@ fn a_stack_region_reports_stack_out_of_bounds() {
         let frame = x.start + 0x1000;
         assert_eq!(k.write(frame, 64), Ok(()), "a stack region starts accessible");
         // a frame: [32 left redzone][16 local][16 mid redzone]
-        k.kasan.poison_range(frame, 32, STACK_LEFT);
-        k.kasan.poison_range(frame + 48, 16, STACK_MID);
+        k.kasan.poison_range(frame, Size(32), STACK_LEFT);
+        k.kasan.poison_range(frame + 48, Size(16), STACK_MID);
         assert_eq!(k.read(frame + 32, 16), Ok(()));
         assert_eq!(k.read_bug(frame + 48, 1), Some(BugType::StackOutOfBounds), "{mode:?}");
         let log = k.take_log();

@@ -5,6 +5,7 @@
 
 mod common;
 
+use hybrid_shadow::Size;
 use common::syzkaller;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, KMALLOC_MAX_CACHE};
 use hybrid_shadow::page_state::PageState;
@@ -287,9 +288,9 @@ case!(kasan_global_oob_left, [Some(GlobalOutOfBounds)], |k, _| {
 fn stack_frame(k: &mut SimKernel) -> usize {
     let stack = k.stack_alloc().unwrap();
     let frame = stack + 16384 - 128;
-    k.kasan.poison_range(frame, 32, 0xF1);
-    k.kasan.unpoison_range(frame + 32, 10);
-    k.kasan.poison_range(frame + 48, 32, 0xF3);
+    k.kasan.poison_range(frame, Size(32), 0xF1);
+    k.kasan.unpoison_range(frame + 32, Size(10));
+    k.kasan.poison_range(frame + 48, Size(32), 0xF3);
     frame + 32
 }
 
@@ -301,14 +302,14 @@ case!(kasan_stack_oob, [None, Some(StackOutOfBounds)], |k, _| {
 case!(kasan_alloca_oob_left, [Some(AllocaOutOfBounds)], |k, _| {
     let stack = k.stack_alloc().unwrap();
     let buf = stack + 8192;
-    k.kasan.alloca_poison(buf, 10).unwrap();
+    k.kasan.alloca_poison(buf, Size(10)).unwrap();
     vec![v(k.read(buf - 1, 1))]
 });
 
 case!(kasan_alloca_oob_right, [None, Some(AllocaOutOfBounds)], |k, _| {
     let stack = k.stack_alloc().unwrap();
     let buf = stack + 8192;
-    k.kasan.alloca_poison(buf, 10).unwrap();
+    k.kasan.alloca_poison(buf, Size(10)).unwrap();
     let r = vec![v(k.read(buf, 10)), v(k.read(buf + 10, 1))];
     k.kasan.allocas_unpoison(buf - 32, buf + 64);
     assert_eq!(k.read(buf + 10, 1), Ok(()));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use hybrid_shadow::Size;
 use common::syzkaller;
 use hybrid_shadow::hooks::GlobalDesc;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, ZERO_SIZE_PTR};
@@ -115,11 +116,11 @@ fn zero_and_huge_sizes() {
         assert_eq!(r.cache_create("z", 0, 8), Err(HookError::Cache(CacheError::BadSize)));
         assert_eq!(r.cache_create("z", usize::MAX, 8), Err(HookError::Cache(CacheError::BadSize)));
         let pg = k.alloc_pages(0).unwrap();
-        assert_eq!(k.kasan.kmalloc_large(pg, 0, 4097), Err(HookError::BadSize));
-        assert_eq!(k.kasan.kmalloc_large(pg, 0, 0), Err(HookError::BadSize));
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(4097)), Err(HookError::BadSize));
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(0)), Err(HookError::BadSize));
         let vm = k.kasan.layout().vmalloc.start;
-        assert_eq!(k.kasan.vmalloc_alloc(vm, 8192, 4096), Err(HookError::BadSize));
-        assert_eq!(k.kasan.vmalloc_alloc(vm, usize::MAX, usize::MAX), Err(HookError::NotVmalloc));
+        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(8192), Size(4096)), Err(HookError::BadSize));
+        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(usize::MAX), Size(usize::MAX)), Err(HookError::NotVmalloc));
         assert_eq!(k.read(pg, 4096), Ok(()), "rejected hooks changed no shadow");
     });
 }
@@ -140,9 +141,9 @@ fn hooks_reject_bad_pages() {
         assert_eq!(k.kasan.slab_page_free(pg, 0), Err(HookError::WrongPageState));
         assert_eq!(k.kasan.stack_free(pg, 0), Err(HookError::WrongPageState));
         let p = k.cache_alloc(c, 64).unwrap();
-        assert_eq!(k.kasan.slab_alloc(c, p, 64), Err(HookError::SlotInUse));
-        assert_eq!(k.kasan.slab_alloc(c, p + 200, 65), Err(HookError::BadSize));
-        assert_eq!(k.kasan.vmalloc_free(dm.start, 4096), Err(HookError::NotVmalloc));
+        assert_eq!(k.kasan.slab_alloc(c, p, Size(64)), Err(HookError::SlotInUse));
+        assert_eq!(k.kasan.slab_alloc(c, p + 200, Size(65)), Err(HookError::BadSize));
+        assert_eq!(k.kasan.vmalloc_free(dm.start, Size(4096)), Err(HookError::NotVmalloc));
         k.kmem_cache_destroy(c).unwrap_err();
         assert_eq!(k.read(p, 64), Ok(()));
         assert_eq!(k.read(pg, 8192), Ok(()));
@@ -514,12 +515,12 @@ fn alloca_poison_refuses_a_size_that_overflows() {
         let st = k.stack_alloc().unwrap();
         let buf = st + 8192;
         for size in [usize::MAX, usize::MAX - 31, usize::MAX - 64, usize::MAX / 2, 1 << 40] {
-            assert_eq!(k.kasan.alloca_poison(buf, size), Err(HookError::BadSize), "size {size:#x}");
+            assert_eq!(k.kasan.alloca_poison(buf, Size(size)), Err(HookError::BadSize), "size {size:#x}");
         }
-        assert_eq!(k.kasan.alloca_poison(buf + 8, 10), Err(HookError::Unaligned));
-        assert_eq!(k.kasan.alloca_poison(0, 10), Err(HookError::BadSize), "its left redzone would wrap");
+        assert_eq!(k.kasan.alloca_poison(buf + 8, Size(10)), Err(HookError::Unaligned));
+        assert_eq!(k.kasan.alloca_poison(0, Size(10)), Err(HookError::BadSize), "its left redzone would wrap");
         assert_eq!(k.read(st, 16384), Ok(()), "refused calls poisoned nothing");
-        assert_eq!(k.kasan.alloca_poison(buf, 10), Ok(()));
+        assert_eq!(k.kasan.alloca_poison(buf, Size(10)), Ok(()));
         assert_eq!(k.read(buf, 10), Ok(()));
         assert_eq!(k.read_bug(buf + 10, 1), Some(BugType::AllocaOutOfBounds));
         assert_eq!(k.read_bug(buf + 63, 1), Some(BugType::AllocaOutOfBounds));
@@ -594,14 +595,14 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
         let base = page + info.slab_offset;
         k.plat.add_slab(page, 4096, hybrid_shadow::SlabRef { cache: c, base });
         let (a, b) = (base, base + info.slot_size);
-        k.kasan.slab_alloc(c, a, 64).unwrap();
-        k.kasan.slab_alloc(c, b, 64).unwrap();
+        k.kasan.slab_alloc(c, a, Size(64)).unwrap();
+        k.kasan.slab_alloc(c, b, Size(64)).unwrap();
         assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
         assert_eq!(k.kasan.slab_free(c, base, b, 0), Ok(hybrid_shadow::Freed::Quarantined));
-        assert_eq!(k.kasan.slab_alloc(c, a, 64), Err(HookError::SlotQuarantined));
-        assert_eq!(k.kasan.slab_alloc(c, a + 8, 8), Err(HookError::NotSlot), "not a slot start");
+        assert_eq!(k.kasan.slab_alloc(c, a, Size(64)), Err(HookError::SlotQuarantined));
+        assert_eq!(k.kasan.slab_alloc(c, a + 8, Size(8)), Err(HookError::NotSlot), "not a slot start");
         let tail = base + (4096 - info.slab_offset) / info.slot_size * info.slot_size;
-        assert_eq!(k.kasan.slab_alloc(c, tail, 8), Err(HookError::NotSlot), "a slot cut off by the page's end");
+        assert_eq!(k.kasan.slab_alloc(c, tail, Size(8)), Err(HookError::NotSlot), "a slot cut off by the page's end");
         assert_eq!(k.read_bug(a, 1), Some(BugType::SlabUseAfterFree), "still poisoned");
         assert_eq!(k.kasan.cache_info(c).unwrap().quarantined, 2);
         // both come back out of quarantine: nothing was dropped off its list
@@ -612,7 +613,7 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
             }
         }
         assert_eq!(released, [a, b]);
-        k.kasan.slab_alloc(c, a, 64).unwrap();
+        k.kasan.slab_alloc(c, a, Size(64)).unwrap();
         assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
         assert_eq!(k.kasan.quarantine_drain().map(|r| r.ptr), Some(a));
         let info = k.kasan.cache_info(c).unwrap();

@@ -7,7 +7,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A page-backed kmalloc of `size` bytes in the allocated pages at
     /// `addr`: the tail after `size` is poisoned as page redzone. The pages
     /// are plain allocated ones, or this very kmalloc (krealloc in place).
-    pub fn kmalloc_large(&self, addr: usize, order: u32, size: usize) -> Result<(), HookError> {
+    pub fn kmalloc_large(&self, addr: usize, order: u32, size: Size) -> Result<(), HookError> {
+        let size = size.0;
         if !self.on() {
             return Ok(());
         }
@@ -62,7 +63,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 count * PAGE_SIZE
             }
             _ => {
-                let _ = self.check(ptr, 1, false, ip);
+                let _ = self.check(ptr, Size(1), false, ip);
                 0
             }
         }

@@ -105,6 +105,22 @@ const fn round_up(x: usize, a: usize) -> usize {
     (x + a - 1) & !(a - 1)
 }
 
+/// A length in bytes, where a hook or check also takes an address:
+/// `kasan.slab_alloc(id, ptr, Size(64))`. A bare `usize` would compile in
+/// the address's place (or the address in its place); a `Size` does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Size(pub usize);
+
+impl Size {
+    /// The number of bytes.
+    #[must_use]
+    #[inline(always)]
+    pub const fn bytes(self) -> usize {
+        self.0
+    }
+}
+
 mod globals;
 mod large;
 mod pages;
@@ -158,7 +174,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// Mark RAM that the page allocator never hands out (image, boot data,
     /// firmware) as valid.
-    pub fn mark_reserved(&self, addr: usize, len: usize) -> Result<(), HookError> {
+    pub fn mark_reserved(&self, addr: usize, len: Size) -> Result<(), HookError> {
+        let len = len.0;
         if !self.on() {
             return Ok(());
         }

@@ -8,7 +8,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Set the shadow of `[addr, addr + size)` (granule aligned) to `value`,
     /// as `__asan_set_shadow_*` and the poison of stack frames do. Shadow
     /// that is not private (unchecked) is left alone.
-    pub fn poison_range(&self, addr: usize, size: usize, value: u8) {
+    pub fn poison_range(&self, addr: usize, size: Size, value: u8) {
+        let size = size.0;
         if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) {
             return;
         }
@@ -20,7 +21,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// Make `[addr, addr + size)` accessible (`addr` granule aligned).
-    pub fn unpoison_range(&self, addr: usize, size: usize) {
+    pub fn unpoison_range(&self, addr: usize, size: Size) {
+        let size = size.0;
         if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) || !self.layout.covered.contains_range(addr, size) {
             return;
         }
@@ -33,7 +35,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// The size comes from instrumented code: one whose poisoned span would
     /// wrap around or leave the covered memory is refused, as is a
     /// misaligned `addr`, and nothing changes.
-    pub fn alloca_poison(&self, addr: usize, size: usize) -> Result<(), HookError> {
+    pub fn alloca_poison(&self, addr: usize, size: Size) -> Result<(), HookError> {
+        let size = size.0;
         const RZ: usize = 32;
         if self.cfg.mode == Mode::Off {
             return Ok(());
@@ -58,7 +61,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if top == 0 || top > bottom {
             return;
         }
-        self.unpoison_range(top & !(GRANULE - 1), bottom - (top & !(GRANULE - 1)));
+        self.unpoison_range(top & !(GRANULE - 1), Size(bottom - (top & !(GRANULE - 1))));
     }
 
     /// The shadow byte an access would see at `addr`, with the per-page

@@ -65,7 +65,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The slab handed out the slot at `ptr` for a `size`-byte request.
-    pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: usize) -> Result<(), HookError> {
+    pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: Size) -> Result<(), HookError> {
+        let size = size.0;
         if !self.on() {
             return Ok(());
         }
@@ -325,13 +326,14 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return cache.object_size;
         }
         drop(inner);
-        let _ = self.check(ptr, 1, false, ip);
+        let _ = self.check(ptr, Size(1), false, ip);
         0
     }
 
     /// `krealloc()` within the same slot: the object now has `new_size`
     /// bytes (at most the cache's object size).
-    pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: usize) -> Result<(), HookError> {
+    pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: Size) -> Result<(), HookError> {
+        let new_size = new_size.0;
         if !self.on() {
             return Ok(());
         }
@@ -361,7 +363,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `kasan_check_byte`, used by krealloc and kfree_sensitive); reports
     /// and returns `false` if not.
     pub fn check_byte(&self, ptr: usize, ip: usize) -> bool {
-        self.check(ptr, 1, false, ip).is_ok()
+        self.check(ptr, Size(1), false, ip).is_ok()
     }
 
     // ---- large kmalloc -----------------------------------------------------

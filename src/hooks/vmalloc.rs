@@ -8,7 +8,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// including its guard, of which the first `size` are the allocation.
     /// Returns `Ok(false)` when some of its shadow could not be mapped (that
     /// part goes unchecked).
-    pub fn vmalloc_alloc(&self, addr: usize, size: usize, area_len: usize) -> Result<bool, HookError> {
+    pub fn vmalloc_alloc(&self, addr: usize, size: Size, area_len: Size) -> Result<bool, HookError> {
+        let size = size.0;
+        let area_len = area_len.0;
         if !self.on() {
             return Ok(true);
         }
@@ -30,7 +32,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The vmalloc area at `addr` of `area_len` bytes is freed.
-    pub fn vmalloc_free(&self, addr: usize, area_len: usize) -> Result<(), HookError> {
+    pub fn vmalloc_free(&self, addr: usize, area_len: Size) -> Result<(), HookError> {
+        let area_len = area_len.0;
         if !self.on() {
             return Ok(());
         }

@@ -123,7 +123,8 @@ unsafe impl ShadowMapper for HostMapper {
     fn map_shared(&mut self, page: usize, kind: SharedPage) -> Result<Flush, MapError> {
         self.in_range(page, page + PAGE_SIZE)?;
         self.map_shared_run(page, 1, kind)?;
-        Ok(Flush::new(page))
+        // SAFETY: this backend, for the page it has just remapped.
+        Ok(unsafe { Flush::new(page) })
     }
 
     fn map_private(&mut self, page: usize, fill: u8) -> Result<Flush, MapError> {
@@ -153,7 +154,8 @@ unsafe impl ShadowMapper for HostMapper {
             unsafe { core::ptr::write_bytes(page as *mut u8, fill, PAGE_SIZE) };
         }
         self.private.insert(page);
-        Ok(Flush::new(page))
+        // SAFETY: this backend, for the page it has just remapped.
+        Ok(unsafe { Flush::new(page) })
     }
 
     fn flush_page(&mut self, _page: usize) {

@@ -10,6 +10,7 @@
 //! can tell, else as an invalid free), and Linux's `ZERO_SIZE_PTR` for
 //! `kmalloc(0)`.
 
+use crate::hooks::Size;
 use crate::cache::CacheId;
 use crate::config::Config;
 use crate::error::{GlobalError, HookError, InitError};
@@ -377,7 +378,7 @@ impl SimKernel {
         let c = self.caches.get_mut(&id)?;
         let slab = c.slabs.get_mut(&base)?;
         let ptr = slab.free.pop()?;
-        if self.kasan.slab_alloc(id, ptr, size).is_err() {
+        if self.kasan.slab_alloc(id, ptr, Size(size)).is_err() {
             slab.free.push(ptr);
             return None;
         }
@@ -472,7 +473,7 @@ impl SimKernel {
         if size > KMALLOC_MAX_CACHE {
             let order = (0..=MAX_ORDER).find(|&o| PAGE_SIZE << o >= size)?;
             let addr = self.alloc_pages(order)?;
-            if self.kasan.kmalloc_large(addr, order, size).is_err() {
+            if self.kasan.kmalloc_large(addr, order, Size(size)).is_err() {
                 self.free_pages(addr, order).expect("free of a page just allocated");
                 return None;
             }
@@ -544,12 +545,12 @@ impl SimKernel {
         if let Some(r) = self.plat_slab(ptr) {
             let fits = self.caches.get(&r.cache).is_some_and(|c| new_size <= c.object_size);
             if fits {
-                self.kasan.slab_resize(r.cache, ptr, new_size).ok()?;
+                self.kasan.slab_resize(r.cache, ptr, Size(new_size)).ok()?;
                 return Some(ptr);
             }
         } else if let Some(&o) = self.large.get(&ptr) {
             if new_size <= PAGE_SIZE << o && new_size > KMALLOC_MAX_CACHE {
-                self.kasan.kmalloc_large(ptr, o, new_size).ok()?;
+                self.kasan.kmalloc_large(ptr, o, Size(new_size)).ok()?;
                 return Some(ptr);
             }
         }
@@ -626,7 +627,7 @@ impl SimKernel {
                 }
             }
         }
-        if self.kasan.vmalloc_alloc(addr, size, area_len).is_err() {
+        if self.kasan.vmalloc_alloc(addr, Size(size), Size(area_len)).is_err() {
             for p in backing {
                 self.free_pages(p, 0).expect("free of a page just allocated");
             }
@@ -646,7 +647,7 @@ impl SimKernel {
     /// vfree.
     pub fn vfree(&mut self, addr: usize) {
         if let Some((_, len, backing)) = self.vm_areas.remove(&addr) {
-            self.kasan.vmalloc_free(addr, len).expect("vfree hook");
+            self.kasan.vmalloc_free(addr, Size(len)).expect("vfree hook");
             for p in backing {
                 let _ = self.free_pages(p, 0);
             }
@@ -670,12 +671,12 @@ impl SimKernel {
 
     /// Check a read at the current call site.
     pub fn read(&self, addr: usize, size: usize) -> Result<(), Bug> {
-        self.kasan.check(addr, size, false, self.ip())
+        self.kasan.check(addr, Size(size), false, self.ip())
     }
 
     /// Check a write at the current call site.
     pub fn write(&self, addr: usize, size: usize) -> Result<(), Bug> {
-        self.kasan.check(addr, size, true, self.ip())
+        self.kasan.check(addr, Size(size), true, self.ip())
     }
 
     /// The bug type of a read, if any.

@@ -21,6 +21,7 @@
 //! compiler's (`-asan-mapping-offset=0xdffffc0000000000`, [`SHADOW_OFFSET`]).
 //! Single CPU: the mapper flushes with a local `invlpg`.
 
+use hybrid_shadow::Size;
 use core::alloc::{GlobalAlloc, Layout as AllocLayout};
 
 use hybrid_shadow::layout::BLOCK_SIZE;
@@ -243,9 +244,9 @@ pub unsafe fn start(
     let k = KASAN.call_once(|| k);
     // The kernel does not report its page allocator: all RAM is valid.
     let ram = down(map.ram_end as usize).max(PAGE_SIZE);
-    k.mark_reserved(layout.direct_map.start, ram).map_err(StartError::Ram)?;
+    k.mark_reserved(layout.direct_map.start, Size(ram)).map_err(StartError::Ram)?;
     // SAFETY: the rest of the heap range is the heap's (caller's contract).
-    unsafe { k.heap_init(heap_start + arena_len, heap_end - heap_start - arena_len) }.map_err(StartError::Heap)?;
+    unsafe { k.heap_init(heap_start + arena_len, Size(heap_end - heap_start - arena_len)) }.map_err(StartError::Heap)?;
     #[cfg(feature = "abi")]
     hybrid_shadow::abi::install(k);
     Ok(k)
@@ -271,7 +272,7 @@ unsafe impl GlobalAlloc for KernelHeap {
     #[inline(never)]
     unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
         match KASAN.get() {
-            Some(k) => k.heap_alloc(layout.size(), layout.align(), crate::stack::return_address()),
+            Some(k) => k.heap_alloc(Size(layout.size()), layout.align(), crate::stack::return_address()),
             None => core::ptr::null_mut(),
         }
     }

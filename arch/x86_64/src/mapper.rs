@@ -808,7 +808,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
         self.check_page(page)?;
         let mut p = self.probe(page);
         if p.slot == Slot::Shared(kind) {
-            return Ok(Flush::new(page));
+            // SAFETY: the backend, for `page`, already mapped as asked: the
+            // flush is at worst redundant.
+            return Ok(unsafe { Flush::new(page) });
         }
         if p.level != Level::Pt {
             let n = p.level as usize - 1;
@@ -828,7 +830,8 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
             }
         }
         self.drain();
-        Ok(Flush::new(page))
+        // SAFETY: the backend, for `page`, whose PT entry it just rewrote.
+        Ok(unsafe { Flush::new(page) })
     }
 
     fn map_private(&mut self, page: usize, fill: u8) -> Result<Flush, MapError> {
@@ -837,7 +840,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
         if let (Level::Pt, Slot::Private(f)) = (p.level, p.slot) {
             // SAFETY: `f` is our private frame, reachable through `mem`.
             unsafe { fill_frame(&self.mem, f, fill) };
-            return Ok(Flush::new(page));
+            // SAFETY: the backend, for `page`, whose private frame it just
+            // refilled (same translation: the flush is at worst redundant).
+            return Ok(unsafe { Flush::new(page) });
         }
         let n = p.level as usize - 1;
         let got = self.alloc_frames(n + 1)?;
@@ -852,7 +857,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
         );
         self.stats.private_pages += 1;
         self.stats.peak_private_pages = self.stats.peak_private_pages.max(self.stats.private_pages);
-        Ok(Flush::new(page))
+        // SAFETY: the backend, for `page`, whose PT entry it just pointed
+        // at a fresh frame.
+        Ok(unsafe { Flush::new(page) })
     }
 
     fn flush_page(&mut self, page: usize) {

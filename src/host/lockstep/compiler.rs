@@ -1,6 +1,7 @@
 //! What instrumented code asks of the runtime directly: global
 //! descriptors and dynamically sized stack buffers (alloca).
 
+use crate::hooks::Size;
 use super::oracle::Byte;
 use super::{Kind, Lockstep, Op};
 use crate::error::{GlobalError, HookError};
@@ -90,7 +91,7 @@ impl Lockstep {
         if want.is_ok() && !inside {
             return;
         }
-        let (f, h) = (self.full.kasan.alloca_poison(af, size), self.hybrid.kasan.alloca_poison(ah, size));
+        let (f, h) = (self.full.kasan.alloca_poison(af, Size(size)), self.hybrid.kasan.alloca_poison(ah, Size(size)));
         assert_eq!((f, h), (want, want), "{op:?}");
         if let (Ok(()), Some(padded)) = (want, padded) {
             self.oracle.set(af - ALLOCA_RZ, af, Byte::Bad(Some(BugType::AllocaOutOfBounds)));

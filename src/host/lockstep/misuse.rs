@@ -4,6 +4,7 @@
 //! and change nothing (later accesses check the bytes). A call the runtime
 //! would accept (on memory the model kernel owns) is not made.
 
+use crate::hooks::Size;
 use super::{Kind, Lockstep, Op, Target};
 use crate::error::HookError;
 use crate::mapper::PAGE_SIZE;
@@ -59,7 +60,7 @@ impl Lockstep {
             }
             1 => {
                 let want = refusal.unwrap_or(HookError::BadSize);
-                (self.full.kasan.kmalloc_large(fa, order, 0), self.hybrid.kasan.kmalloc_large(ha, order, 0), want)
+                (self.full.kasan.kmalloc_large(fa, order, Size(0)), self.hybrid.kasan.kmalloc_large(ha, order, Size(0)), want)
             }
             2 | 3 => {
                 let want = match refusal {
@@ -103,7 +104,7 @@ impl Lockstep {
                 } else {
                     return;
                 };
-                let (f, h) = (self.full.kasan.vmalloc_alloc(fa, size, len), self.hybrid.kasan.vmalloc_alloc(ha, size, len));
+                let (f, h) = (self.full.kasan.vmalloc_alloc(fa, Size(size), Size(len)), self.hybrid.kasan.vmalloc_alloc(ha, Size(size), Size(len)));
                 (f.map(drop), h.map(drop), want)
             }
             _ => return self.kfree_large_misuse(fa, ha, order % 12, op),

@@ -23,6 +23,7 @@ mod misuse;
 pub mod oracle;
 mod raw;
 
+use crate::hooks::Size;
 use crate::cache::CacheId;
 use crate::config::{MixedBlocks, Mode};
 use crate::host::sim::{SimConfig, SimKernel, ZERO_SIZE_PTR};
@@ -623,7 +624,7 @@ impl Lockstep {
                 assert_eq!(page.kind, crate::page_state::PageKind::Slab, "{o:?}");
             }
             if o.kind != Kind::Stack {
-                assert!(o.size == 0 || self.full.kasan.fast_ok(o.f, o.size.min(8)), "{o:?} poisoned");
+                assert!(o.size == 0 || self.full.kasan.fast_ok(o.f, Size(o.size.min(8))), "{o:?} poisoned");
             }
             if !probed.contains(&i) {
                 continue;

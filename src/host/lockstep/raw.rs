@@ -3,6 +3,7 @@
 //! so slot misuse (interior pointers, the slot cut off by the page's end,
 //! slots still allocated or in quarantine) reaches the runtime directly.
 
+use crate::hooks::Size;
 use super::{Kind, Lockstep, Object, Op};
 use crate::cache::CacheId;
 use crate::error::HookError;
@@ -124,7 +125,7 @@ impl Lockstep {
                 Slot::Freed => None,
             }
         };
-        let (f, h) = (self.full.kasan.slab_alloc(r.ids.0, fa, size), self.hybrid.kasan.slab_alloc(r.ids.1, ha, size));
+        let (f, h) = (self.full.kasan.slab_alloc(r.ids.0, fa, Size(size)), self.hybrid.kasan.slab_alloc(r.ids.1, ha, Size(size)));
         assert_eq!(f, h, "{op:?}: full and hybrid disagree");
         match want {
             Some(w) => assert_eq!(f, w, "{op:?}"),

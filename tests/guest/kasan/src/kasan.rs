@@ -1,6 +1,7 @@
 //! The KASAN instance: `Kasan<X86ShadowMapper<BuddyFrames>, GuestPlatform>`
 //! and the non-generic hook wrappers `kasan_glue.rs` calls.
 
+use hybrid_shadow::Size;
 use guest_boot::println;
 use hybrid_shadow::{
     Backing, CacheId, Config, Freed, Kasan, Layout, Mode, Region, StatsSnapshot,
@@ -104,7 +105,7 @@ pub fn page_state(addr: usize) -> Option<PageState> {
 /// RAM outside every allocator: valid.
 pub fn mark_reserved(addr: usize, len: usize) {
     if let Some(k) = rt() {
-        if let Err(e) = k.mark_reserved(addr, len) {
+        if let Err(e) = k.mark_reserved(addr, Size(len)) {
             refused("mark_reserved", addr, e);
         }
     }
@@ -164,7 +165,7 @@ pub fn slab_page_free(base: usize, order: u32) {
 
 pub fn slab_alloc(id: u16, ptr: usize, size: usize) {
     if let Some(k) = rt() {
-        if let Err(e) = k.slab_alloc(CacheId(id), ptr, size) {
+        if let Err(e) = k.slab_alloc(CacheId(id), ptr, Size(size)) {
             refused("slab_alloc", ptr, e);
         }
     }
@@ -199,7 +200,7 @@ pub fn ksize(id: u16, ptr: usize, ip: usize) -> usize {
 
 pub fn slab_resize(id: u16, ptr: usize, new_size: usize) {
     if let Some(k) = rt() {
-        if let Err(e) = k.slab_resize(CacheId(id), ptr, new_size) {
+        if let Err(e) = k.slab_resize(CacheId(id), ptr, Size(new_size)) {
             refused("slab_resize", ptr, e);
         }
     }
@@ -217,7 +218,7 @@ pub fn slab_object_live(id: u16, base: usize, ptr: usize) -> bool {
 
 pub fn kmalloc_large(addr: usize, order: u32, size: usize) {
     if let Some(k) = rt() {
-        if let Err(e) = k.kmalloc_large(addr, order, size) {
+        if let Err(e) = k.kmalloc_large(addr, order, Size(size)) {
             refused("kmalloc_large", addr, e);
         }
     }
@@ -252,7 +253,7 @@ pub fn stack_free(addr: usize, order: u32) {
 
 pub fn vmalloc_alloc(addr: usize, size: usize, area_len: usize) {
     if let Some(k) = rt() {
-        match k.vmalloc_alloc(addr, size, area_len) {
+        match k.vmalloc_alloc(addr, Size(size), Size(area_len)) {
             Ok(_) => {}
             Err(e) => refused("vmalloc_alloc", addr, e),
         }
@@ -261,7 +262,7 @@ pub fn vmalloc_alloc(addr: usize, size: usize, area_len: usize) {
 
 pub fn vmalloc_free(addr: usize, area_len: usize) {
     if let Some(k) = rt() {
-        if let Err(e) = k.vmalloc_free(addr, area_len) {
+        if let Err(e) = k.vmalloc_free(addr, Size(area_len)) {
             refused("vmalloc_free", addr, e);
         }
     }
@@ -270,6 +271,6 @@ pub fn vmalloc_free(addr: usize, area_len: usize) {
 /// A checked access the suite cannot perform (it would fault): the check
 /// the compiler emits before it, attributed to `ip`.
 pub fn check_access(addr: usize, size: usize, write: bool, ip: usize) -> bool {
-    rt().is_none_or(|k| k.check(addr, size, write, ip).is_ok())
+    rt().is_none_or(|k| k.check(addr, Size(size), write, ip).is_ok())
 }
 
