@@ -18,6 +18,7 @@
 //! `hybrid` keeps byte shadow only under tracked memory.
 #![no_std]
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -26,7 +26,7 @@ for tc in nightly stable; do
             || fail "run 'rustup target add x86_64-unknown-none --toolchain $tc'"
     }
 done
-for comp in rust-src llvm-tools; do
+for comp in rust-src llvm-tools clippy; do
     installed_components nightly | grep -q "^$comp" || {
         echo "setup: adding $comp to nightly" >&2
         rustup component add "$comp" --toolchain nightly >&2 \

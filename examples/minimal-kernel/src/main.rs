@@ -8,7 +8,7 @@
 //! heap mapping) and the bug cases.
 #![no_std]
 #![no_main]
-#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 extern crate alloc;
 

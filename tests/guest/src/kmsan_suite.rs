@@ -409,7 +409,8 @@ pub fn test_unpoison_memory() {
 pub fn test_copy_from_kernel_nofault() {
     let src = MaybeUninit::<u32>::uninit();
     let mut dst: u32 = black_box(0);
-    if !mm::copy_from_kernel_nofault(&mut dst as *mut u32 as *mut u8, src.as_ptr() as *const u8, 4) {
+    // SAFETY: both are 4-byte locals of this frame.
+    if !unsafe { mm::copy_from_kernel_nofault(&mut dst as *mut u32 as *mut u8, src.as_ptr() as *const u8, 4) } {
         fail("copy_from_kernel_nofault refused a mapped source");
     }
 }

@@ -1,4 +1,5 @@
 //! Self-tests of the guest's own machinery (no KASAN bugs): suite `mm`, ...
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use crate::mm::{self, buddy, slab};
 use crate::println;
 
@@ -67,7 +68,10 @@ pub fn mm() -> bool {
         for (j, sz) in [s, s - 1, s / 2 + 1].into_iter().enumerate() {
             let p = mm::kmalloc(sz);
             check!(ok, !p.is_null() && p as usize % 8 == 0);
-            unsafe { core::ptr::write_bytes(p, 0xa5, sz) };
+            if !p.is_null() {
+                // SAFETY: kmalloc returned `p` (non-null) for `sz` bytes.
+                unsafe { core::ptr::write_bytes(p, 0xa5, sz) };
+            }
             ptrs[i * 3 + j] = p;
         }
     }
@@ -93,15 +97,20 @@ pub fn mm() -> bool {
     mm::kfree(guest_boot::paging::phys_to_virt(pa) as *const u8);
     // krealloc grows (copy) and shrinks (in place).
     let p = mm::kmalloc(201);
+    // SAFETY: a fresh 201-byte kmalloc object.
     unsafe { core::ptr::write_bytes(p, 7, 201) };
     let q = mm::krealloc(p, 235);
+    // SAFETY: krealloc to 235 bytes kept the first 201: byte 200 is in bounds.
     check!(ok, unsafe { *q.add(200) } == 7);
     check!(ok, mm::ksize(q) == 256);
     let r = mm::krealloc(q, 3000);
+    // SAFETY: r holds 3000 bytes, the first 235 copied from q.
     check!(ok, unsafe { *r.add(200) } == 7 && mm::ksize(r) == 4096);
     let r2 = mm::krealloc(r, 20000);
+    // SAFETY: r2 holds 20000 bytes, the first 3000 copied from r.
     check!(ok, unsafe { *r2.add(200) } == 7 && mm::ksize(r2) == 32768);
     let r3 = mm::krealloc(r2, 100);
+    // SAFETY: r3 holds 100 bytes: byte 99 is its last.
     check!(ok, unsafe { *r3.add(99) } == 7);
     mm::kfree(r3);
     // Named caches, bulk, double destroy.
@@ -126,6 +135,8 @@ pub fn vmalloc() -> bool {
     let b = mm::vmalloc(5 * 4096 + 1);
     check!(ok, !a.is_null() && !b.is_null() && a as usize >= 0xffff_c900_0000_0000);
     check!(ok, b as usize >= a as usize + 2 * 4096); // guard page between
+    // SAFETY: vmalloc mapped 3618 bytes at `a` and 5 * 4096 + 1 at `b`
+    // (both checked non-null above); the writes and reads stay inside.
     unsafe {
         core::ptr::write_bytes(a, 1, 3618);
         core::ptr::write_bytes(b, 2, 5 * 4096 + 1);
@@ -144,16 +155,25 @@ pub fn vmalloc() -> bool {
     ok
 }
 
-static mut LOG: [u32; 32] = [0; 32];
-static mut NLOG: usize = 0;
+static LOG: [AtomicU32; 32] = [const { AtomicU32::new(0) }; 32];
+static NLOG: AtomicUsize = AtomicUsize::new(0);
 
 fn log(v: u32) {
-    unsafe {
-        if NLOG < 32 {
-            LOG[NLOG] = v;
-            NLOG += 1;
-        }
+    let n = NLOG.load(Relaxed);
+    if n < LOG.len() {
+        LOG[n].store(v, Relaxed);
+        NLOG.store(n + 1, Relaxed);
     }
+}
+
+/// What `log` recorded since the last reset, in order.
+fn logged() -> ([u32; 32], usize) {
+    let mut out = [0u32; 32];
+    let n = NLOG.load(Relaxed);
+    for (o, l) in out.iter_mut().zip(&LOG[..n]) {
+        *o = l.load(Relaxed);
+    }
+    (out, n)
 }
 
 fn worker_fn(arg: usize) {
@@ -189,20 +209,22 @@ pub fn tasks() -> bool {
     check!(ok, a != 0 && b != 0 && a != b);
     task::join(a);
     task::join(b);
-    let got = unsafe { &LOG[..NLOG] };
-    check!(ok, got == [10, 20, 11, 21, 12, 22]);
+    let (got, n) = logged();
+    check!(ok, got[..n] == [10, 20, 11, 21, 12, 22]);
     let t = task::spawn("tracer", show_trace, 0);
     task::join(t);
-    unsafe { NLOG = 0 };
+    NLOG.store(0, Relaxed);
     task::call_rcu(rcu_cb, 1);
     task::call_rcu(rcu_cb, 2);
-    check!(ok, unsafe { NLOG } == 0);
+    check!(ok, NLOG.load(Relaxed) == 0);
     task::rcu_barrier();
-    check!(ok, unsafe { &LOG[..NLOG] } == [101, 102]);
-    unsafe { NLOG = 0 };
+    let (got, n) = logged();
+    check!(ok, got[..n] == [101, 102]);
+    NLOG.store(0, Relaxed);
     task::queue_work(work_cb, 7);
     task::flush_workqueue();
-    check!(ok, unsafe { &LOG[..NLOG] } == [207]);
+    let (got, n) = logged();
+    check!(ok, got[..n] == [207]);
     check!(ok, task::current() == ("kmain", 1));
     // 20 short tasks: stacks come back (kworker keeps one).
     for i in 0..20 {

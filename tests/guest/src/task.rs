@@ -5,6 +5,7 @@
 use crate::kasan_glue;
 use crate::mm::buddy::{self, PG_STACK};
 use crate::println;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 pub const STACK_ORDER: usize = 2; // 16 KiB
 pub const STACK_SIZE: usize = 4096 << STACK_ORDER;
@@ -41,6 +42,9 @@ struct Sched {
 static mut S: Sched = Sched { tasks: [NO_TASK; MAX_TASKS], current: 0, next_pid: 2, dead_stack: 0 };
 
 fn s() -> &'static mut Sched {
+    // SAFETY: one CPU, cooperative switching (only yield_now/exit switch,
+    // and no interrupt handler touches the scheduler): the scheduler's
+    // functions run one at a time and hold no reference across a switch.
     unsafe { &mut *core::ptr::addr_of_mut!(S) }
 }
 
@@ -118,6 +122,8 @@ pub fn spawn(name: &'static str, f: fn(usize), arg: usize) -> u32 {
     // Initial frame for guest_switch_context: 6 callee-saved regs, then the trampoline.
     let top = stack + STACK_SIZE;
     let frame = (top - 8 * 8) as *mut u64;
+    // SAFETY: the top 64 bytes of the 16 KiB stack just allocated (mapped,
+    // ours, not running yet).
     unsafe {
         for i in 0..6 {
             frame.add(i).write(0);
@@ -174,6 +180,9 @@ fn switch_to_next() {
     kasan_glue::context_switch(n);
     let old = core::ptr::addr_of_mut!(sc.tasks[cur].rsp);
     let new = sc.tasks[n].rsp;
+    // SAFETY: `old` is the current task's rsp slot, `new` the saved rsp of
+    // a Ready task (a frame spawn built or a switch saved); the assembly
+    // saves the callee-saved registers the Rust ABI requires.
     unsafe { guest_switch_context(old, new) };
     finish_switch();
 }
@@ -223,33 +232,39 @@ pub fn others_ready() -> usize {
 
 const RCU_MAX: usize = 256;
 static mut RCU: [(Option<fn(usize)>, usize); RCU_MAX] = [(None, 0); RCU_MAX];
-static mut RCU_N: usize = 0;
+static RCU_N: AtomicUsize = AtomicUsize::new(0);
 
 /// Queue `f(arg)` to run after a grace period (the next grace point).
 pub fn call_rcu(f: fn(usize), arg: usize) {
-    unsafe {
-        if RCU_N == RCU_MAX {
-            rcu_grace_point();
-        }
-        RCU[RCU_N] = (Some(f), arg);
-        RCU_N += 1;
+    if RCU_N.load(Relaxed) == RCU_MAX {
+        rcu_grace_point();
     }
+    let n = RCU_N.load(Relaxed);
+    // SAFETY: n < RCU_MAX (a full queue was just run); one CPU and
+    // cooperative tasks: no other access to RCU runs meanwhile, and no
+    // reference into it is held (entries are copied in and out).
+    unsafe { RCU[n] = (Some(f), arg) };
+    RCU_N.store(n + 1, Relaxed);
 }
 
 /// Run every queued callback (in queue order). Called from yield_now.
 pub fn rcu_grace_point() {
-    unsafe {
-        let mut i = 0;
-        while i < RCU_N {
-            let (f, a) = RCU[i];
+    let mut i = 0;
+    // Callbacks may queue more: RCU_N is read again each round.
+    while i < RCU_N.load(Relaxed) {
+        // SAFETY: i < RCU_N <= RCU_MAX; entries are copied out before the
+        // callback runs, so a callback that queues more touches no borrow.
+        let (f, a) = unsafe {
+            let e = RCU[i];
             RCU[i] = (None, 0);
-            if let Some(f) = f {
-                f(a);
-            }
-            i += 1;
+            e
+        };
+        if let Some(f) = f {
+            f(a);
         }
-        RCU_N = 0;
+        i += 1;
     }
+    RCU_N.store(0, Relaxed);
 }
 
 /// Wait for all callbacks queued so far.
@@ -261,19 +276,20 @@ pub fn rcu_barrier() {
 
 const WQ_MAX: usize = 256;
 static mut WQ: [(Option<fn(usize)>, usize); WQ_MAX] = [(None, 0); WQ_MAX];
-static mut WQ_HEAD: usize = 0;
-static mut WQ_TAIL: usize = 0;
-static mut WORKER: u32 = 0;
+static WQ_HEAD: AtomicUsize = AtomicUsize::new(0);
+static WQ_TAIL: AtomicUsize = AtomicUsize::new(0);
+static WORKER: AtomicU32 = AtomicU32::new(0);
 
 fn worker(_: usize) {
     loop {
-        unsafe {
-            while WQ_HEAD != WQ_TAIL {
-                let (f, a) = WQ[WQ_HEAD % WQ_MAX];
-                WQ_HEAD += 1;
-                if let Some(f) = f {
-                    f(a);
-                }
+        while WQ_HEAD.load(Relaxed) != WQ_TAIL.load(Relaxed) {
+            let h = WQ_HEAD.fetch_add(1, Relaxed);
+            // SAFETY: entry h was filled by queue_work (h < tail) and is
+            // copied out; one CPU, cooperative tasks: nothing else touches
+            // WQ meanwhile.
+            let (f, a) = unsafe { WQ[h % WQ_MAX] };
+            if let Some(f) = f {
+                f(a);
             }
         }
         yield_now();
@@ -282,25 +298,24 @@ fn worker(_: usize) {
 
 /// Queue `f(arg)` to run in the kworker task.
 pub fn queue_work(f: fn(usize), arg: usize) -> bool {
-    unsafe {
-        if WORKER == 0 {
-            WORKER = spawn("kworker/0:1", worker, 0);
-        }
-        if WQ_TAIL - WQ_HEAD == WQ_MAX {
-            return false;
-        }
-        WQ[WQ_TAIL % WQ_MAX] = (Some(f), arg);
-        WQ_TAIL += 1;
-        true
+    if WORKER.load(Relaxed) == 0 {
+        WORKER.store(spawn("kworker/0:1", worker, 0), Relaxed);
     }
+    let t = WQ_TAIL.load(Relaxed);
+    if t - WQ_HEAD.load(Relaxed) == WQ_MAX {
+        return false;
+    }
+    // SAFETY: the slot t % WQ_MAX is free (fewer than WQ_MAX queued); one
+    // CPU, cooperative tasks: the worker is not reading it meanwhile.
+    unsafe { WQ[t % WQ_MAX] = (Some(f), arg) };
+    WQ_TAIL.store(t + 1, Relaxed);
+    true
 }
 
 /// Wait until the workqueue is empty.
 pub fn flush_workqueue() {
-    unsafe {
-        while WQ_HEAD != WQ_TAIL {
-            yield_now();
-        }
+    while WQ_HEAD.load(Relaxed) != WQ_TAIL.load(Relaxed) {
+        yield_now();
     }
 }
 

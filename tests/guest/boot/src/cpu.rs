@@ -4,6 +4,7 @@
 use crate::{print, println};
 use crate::serial::{code, exit};
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 #[repr(C)]
 #[derive(Debug)]
@@ -19,10 +20,18 @@ pub struct ExceptionFrame {
 /// Called first for every exception; return true to resume (iretq) with the
 /// (possibly modified) frame. `cr2` is the faulting address for #PF.
 pub type FaultHook = fn(frame: &mut ExceptionFrame, cr2: u64) -> bool;
-static mut FAULT_HOOK: Option<FaultHook> = None;
+/// The hook, as a `FaultHook` cast to `usize` (0: none).
+static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 pub fn set_fault_hook(h: Option<FaultHook>) {
-    unsafe { FAULT_HOOK = h };
+    FAULT_HOOK.store(h.map_or(0, |f| f as usize), Relaxed);
+}
+
+fn fault_hook() -> Option<FaultHook> {
+    let raw = FAULT_HOOK.load(Relaxed);
+    // SAFETY: a non-zero value was stored by `set_fault_hook` from a
+    // `FaultHook`: casting it back gives the same function pointer.
+    (raw != 0).then(|| unsafe { core::mem::transmute::<usize, FaultHook>(raw) })
 }
 
 global_asm!(
@@ -157,6 +166,12 @@ struct Desc {
     base: u64,
 }
 
+/// Load the GDT (with the TSS) and the IDT.
+///
+/// # Safety
+///
+/// Once, at boot, on the boot CPU, before interrupts are enabled: it
+/// reloads the segment registers and replaces the IDT.
 pub unsafe fn init() {
     // TSS with IST1 = double-fault stack.
     let df_top = core::ptr::addr_of!(DF_STACK) as u64 + 16384;
@@ -228,11 +243,13 @@ fn name(v: u64) -> &'static str {
 
 pub fn read_cr2() -> u64 {
     let v: u64;
+    // SAFETY: reading CR2 (the last page-fault address) has no side effect.
     unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack)) };
     v
 }
 
-static mut IN_FAULT: u32 = 0;
+/// Exception nesting depth (one CPU).
+static IN_FAULT: AtomicU32 = AtomicU32::new(0);
 
 #[no_mangle]
 extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
@@ -247,21 +264,18 @@ extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
         unsafe { kmsan_unpoison_memory(f as *mut ExceptionFrame as usize, core::mem::size_of::<ExceptionFrame>()) };
     }
     let cr2 = read_cr2();
-    unsafe {
-        if IN_FAULT == 0 {
-            if let Some(h) = FAULT_HOOK {
-                IN_FAULT += 1;
-                let handled = h(f, cr2);
-                IN_FAULT -= 1;
-                if handled {
-                    return;
-                }
+    if IN_FAULT.load(Relaxed) == 0 {
+        if let Some(h) = fault_hook() {
+            IN_FAULT.fetch_add(1, Relaxed);
+            let handled = h(f, cr2);
+            IN_FAULT.fetch_sub(1, Relaxed);
+            if handled {
+                return;
             }
         }
-        IN_FAULT += 1;
-        if IN_FAULT > 2 {
-            exit(code::DOUBLE_FAULT);
-        }
+    }
+    if IN_FAULT.fetch_add(1, Relaxed) + 1 > 2 {
+        exit(code::DOUBLE_FAULT);
     }
     println!();
     println!("EXCEPTION: {} (vector {}) error code {:#x}", name(f.vector), f.vector, f.error);

@@ -4,6 +4,7 @@
 //! command line, direct map) -> `guest_main(&BootInfo)` in the guest crate.
 #![no_std]
 #![allow(static_mut_refs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod serial;
 pub mod config;
@@ -11,6 +12,9 @@ pub mod cpu;
 mod entry;
 pub mod ksyms;
 pub mod paging;
+// profile.rs is being reworked elsewhere; its one unsafe block gets its
+// SAFETY comment there (then drop this allow).
+#[allow(clippy::undocumented_unsafe_blocks)]
 pub mod profile;
 pub mod stack;
 pub mod time;
@@ -88,6 +92,8 @@ static mut BOOT_INFO: BootInfo = BootInfo {
 };
 
 pub fn boot_info() -> &'static BootInfo {
+    // SAFETY: `boot_entry64` fills BOOT_INFO before it calls `guest_main`,
+    // and nothing writes it afterwards: shared borrows from then on are sound.
     unsafe { &*core::ptr::addr_of!(BOOT_INFO) }
 }
 
@@ -105,6 +111,12 @@ pub fn boot_stack() -> (u64, u64) {
 
 /// Run the `.init_array` constructors (ASan global registration). Call once,
 /// after the shadow exists.
+///
+/// # Safety
+///
+/// Once, after the sanitizer's runtime is up: the constructors register
+/// (and poison around) the instrumented globals, and the linker script
+/// brackets `.init_array` with `__init_array_start` / `__init_array_end`.
 pub unsafe fn run_init_array() -> usize {
     let mut p = core::ptr::addr_of!(__init_array_start);
     let end = core::ptr::addr_of!(__init_array_end);

@@ -3,6 +3,7 @@
 //! map/unmap helpers (vmalloc). PML4 slots 472..=503 (shadow) are never
 //! touched here: the runtime's mapper owns them.
 use core::arch::asm;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 pub const PAGE_SIZE: usize = 4096;
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
@@ -28,11 +29,13 @@ const POOL_PAGES: usize = 160; // enough for ~150 GiB of RAM with 2 MiB pages
 #[repr(C, align(4096))]
 struct Pool([[u64; 512]; POOL_PAGES]);
 
+/// Page-table pages for boot (handed out once each by `pool_page`, then
+/// only reached through page-table entries).
 static mut POOL: Pool = Pool([[0; 512]; POOL_PAGES]);
-static mut POOL_USED: usize = 0;
-static mut PML4_PHYS: u64 = 0;
+static POOL_USED: AtomicUsize = AtomicUsize::new(0);
+static PML4_PHYS: AtomicU64 = AtomicU64::new(0);
 /// Highest physical address covered by the direct map.
-static mut DIRECT_MAP_END: u64 = 0;
+static DIRECT_MAP_END: AtomicU64 = AtomicU64::new(0);
 
 extern "C" {
     static __kernel_phys_start: u8;
@@ -40,11 +43,10 @@ extern "C" {
 }
 
 pub fn kernel_phys_range() -> (u64, u64) {
-    unsafe {
-        let s = &__kernel_phys_start as *const u8 as u64;
-        let e = &__kernel_end as *const u8 as u64 - KERNEL_VMA;
-        (s, e)
-    }
+    // Only the addresses of the linker script's symbols are taken (no read).
+    let s = core::ptr::addr_of!(__kernel_phys_start) as u64;
+    let e = core::ptr::addr_of!(__kernel_end) as u64 - KERNEL_VMA;
+    (s, e)
 }
 
 #[inline]
@@ -64,38 +66,51 @@ pub fn virt_to_phys(va: u64) -> Option<u64> {
 }
 
 pub fn direct_map_end() -> u64 {
-    unsafe { DIRECT_MAP_END }
+    DIRECT_MAP_END.load(Relaxed)
 }
 
 pub fn pml4_phys() -> u64 {
-    unsafe { PML4_PHYS }
+    PML4_PHYS.load(Relaxed)
 }
 
 /// Boot-time page-table page from the static pool (kernel-image address).
 fn pool_page() -> u64 {
-    unsafe {
-        if POOL_USED >= POOL_PAGES {
-            crate::println!("boot: page-table pool exhausted (too much RAM?)");
-            crate::serial::exit(crate::serial::code::BAD_BOOT);
-        }
-        let p = core::ptr::addr_of_mut!(POOL.0[POOL_USED]) as u64;
-        POOL_USED += 1;
-        p - KERNEL_VMA
+    let used = POOL_USED.fetch_add(1, Relaxed);
+    if used >= POOL_PAGES {
+        crate::println!("boot: page-table pool exhausted (too much RAM?)");
+        crate::serial::exit(crate::serial::code::BAD_BOOT);
     }
+    // SAFETY: only the address of pool page `used` is taken (in bounds:
+    // checked above), no reference to the `static mut` is made.
+    let p = unsafe { core::ptr::addr_of_mut!(POOL.0[used]) } as u64;
+    p - KERNEL_VMA
 }
 
 /// Table entry pointer, by physical address of the table, while the boot
 /// identity map (pool pages in the kernel image) or the direct map is active.
+///
+/// # Safety
+///
+/// `pa` is the physical address of a page-table page: a pool page before
+/// `init` loads CR3, any RAM page after.
 unsafe fn table(pa: u64) -> *mut u64 {
-    if !LOADED {
+    if !LOADED.load(Relaxed) {
         (pa + KERNEL_VMA) as *mut u64 // boot map: 0xffffffff80000000 -> 0..1 GiB (pool pages)
     } else {
         phys_to_virt(pa) as *mut u64
     }
 }
 
-static mut LOADED: bool = false;
+/// CR3 holds the kernel's page tables (`init` is done).
+static LOADED: AtomicBool = AtomicBool::new(false);
 
+/// The table entry `idx` of table `tab` points at, allocated (zeroed) with
+/// `alloc` if not present.
+///
+/// # Safety
+///
+/// `tab` is a live page-table page (see [`table`]); `alloc` returns unused
+/// pages reachable through [`table`].
 unsafe fn next_table(tab: u64, idx: usize, alloc: &mut dyn FnMut() -> Option<u64>) -> Option<u64> {
     let e = table(tab).add(idx);
     if *e & PTE_P == 0 {
@@ -107,9 +122,15 @@ unsafe fn next_table(tab: u64, idx: usize, alloc: &mut dyn FnMut() -> Option<u64
 }
 
 /// Build the kernel page tables and load CR3. `ram` lists (start, end) RAM ranges.
+///
+/// # Safety
+///
+/// Once, at boot, while the boot page tables (kernel image at
+/// 0xffffffff80000000 -> 0..1 GiB) are live and `ram` is the firmware's RAM:
+/// the new tables replace them.
 pub unsafe fn init(ram: &[(u64, u64)]) {
     let pml4 = pool_page();
-    PML4_PHYS = pml4;
+    PML4_PHYS.store(pml4, Relaxed);
     let mut alloc = || Some(pool_page());
     // Direct map: every 2 MiB chunk that overlaps RAM.
     let mut max = 0;
@@ -126,7 +147,7 @@ pub unsafe fn init(ram: &[(u64, u64)]) {
             max = e;
         }
     }
-    DIRECT_MAP_END = (max + 0x1f_ffff) & !0x1f_ffff;
+    DIRECT_MAP_END.store((max + 0x1f_ffff) & !0x1f_ffff, Relaxed);
     // Kernel image: 0xffffffff80000000 -> 0..1 GiB, 2 MiB pages.
     let pdpt = next_table(pml4, 511, &mut alloc).unwrap();
     let pd = next_table(pdpt, 510, &mut alloc).unwrap();
@@ -134,7 +155,7 @@ pub unsafe fn init(ram: &[(u64, u64)]) {
         *table(pd).add(i as usize) = (i << 21) | PTE_P | PTE_W | PTE_PS | PTE_G;
     }
     asm!("mov cr3, {}", in(reg) pml4, options(nostack));
-    LOADED = true;
+    LOADED.store(true, Relaxed);
 }
 
 #[inline]
@@ -144,11 +165,17 @@ pub fn pml4_idx(va: u64) -> usize {
 
 /// Map one 4 KiB page. `alloc` returns the physical address of a fresh page
 /// for intermediate tables (it is zeroed here). Refuses the shadow slots.
+///
+/// # Safety
+///
+/// After `init`; `va` is not mapped by anyone who relies on its old
+/// translation, `pa` is a frame the caller owns, and `alloc` returns unused
+/// RAM pages.
 pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), ()> {
     if SHADOW_PML4_SLOTS.contains(&pml4_idx(va)) {
         return Err(());
     }
-    let pdpt = next_table(PML4_PHYS, pml4_idx(va), alloc).ok_or(())?;
+    let pdpt = next_table(pml4_phys(), pml4_idx(va), alloc).ok_or(())?;
     let pd = next_table(pdpt, (va >> 30) as usize & 511, alloc).ok_or(())?;
     let pde = *table(pd).add((va >> 21) as usize & 511);
     if pde & PTE_PS != 0 {
@@ -161,6 +188,10 @@ pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Op
 }
 
 /// Unmap one 4 KiB page, returning the physical address it mapped.
+///
+/// # Safety
+///
+/// After `init`; nothing uses `va` any more.
 pub unsafe fn unmap_4k(va: u64) -> Option<u64> {
     let e = pte_ptr(va)?;
     let old = *e;
@@ -172,8 +203,13 @@ pub unsafe fn unmap_4k(va: u64) -> Option<u64> {
     Some(old & ADDR_MASK)
 }
 
+/// The 4 KiB PTE of `va`, if its tables exist (no large page on the way).
+///
+/// # Safety
+///
+/// After `init` (the tables are reached through the direct map).
 unsafe fn pte_ptr(va: u64) -> Option<*mut u64> {
-    let mut tab = PML4_PHYS;
+    let mut tab = pml4_phys();
     for (shift, _level) in [(39u64, 4), (30, 3), (21, 2)] {
         let e = *table(tab).add((va >> shift) as usize & 511);
         if e & PTE_P == 0 || e & PTE_PS != 0 {
@@ -186,8 +222,11 @@ unsafe fn pte_ptr(va: u64) -> Option<*mut u64> {
 
 /// Walk the page tables (handles 1 GiB / 2 MiB / 4 KiB pages).
 pub fn translate(va: u64) -> Option<u64> {
+    // SAFETY: reads only, from the live tables (CR3's, reached through the
+    // boot map before init and the direct map after, as `table` picks);
+    // every entry followed is present, so its address is a table page.
     unsafe {
-        let mut tab = PML4_PHYS;
+        let mut tab = pml4_phys();
         for shift in [39u64, 30, 21, 12] {
             let e = *table(tab).add((va >> shift) as usize & 511);
             if e & PTE_P == 0 {
@@ -205,11 +244,14 @@ pub fn translate(va: u64) -> Option<u64> {
 
 #[inline]
 pub fn flush(va: u64) {
+    // SAFETY: invlpg only drops a TLB entry; the next access walks the tables.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
 }
 
 /// Flush the whole TLB, global entries included (toggle CR4.PGE).
 pub fn flush_all() {
+    // SAFETY: clearing and restoring CR4.PGE (bit 7) only flushes the TLB;
+    // every other CR4 bit is written back unchanged.
     unsafe {
         let cr4: u64;
         asm!("mov {}, cr4", out(reg) cr4, options(nostack));

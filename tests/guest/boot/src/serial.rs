@@ -4,22 +4,40 @@ use core::fmt;
 
 const COM1: u16 = 0x3f8;
 
+/// Write `v` to I/O port `port`.
+///
+/// # Safety
+///
+/// `port` is a device register whose write has no effect on memory the
+/// program relies on (the UART, isa-debug-exit).
 #[inline]
 pub unsafe fn outb(port: u16, v: u8) {
     asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags));
 }
+/// Read I/O port `port`.
+///
+/// # Safety
+///
+/// As [`outb`]: a device register whose read has no effect on memory.
 #[inline]
 pub unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags));
     v
 }
+/// Write the 32-bit `v` to I/O port `port`.
+///
+/// # Safety
+///
+/// As [`outb`].
 #[inline]
 pub unsafe fn outl(port: u16, v: u32) {
     asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags));
 }
 
 pub fn init() {
+    // SAFETY: COM1's registers (0x3f8..0x3fd): programming the UART touches
+    // no memory.
     unsafe {
         outb(COM1 + 1, 0x00); // no interrupts
         outb(COM1 + 3, 0x80); // DLAB
@@ -32,6 +50,7 @@ pub fn init() {
 }
 
 pub fn write_byte(b: u8) {
+    // SAFETY: COM1's line status and data registers: no memory effect.
     unsafe {
         let mut spins = 0u32;
         while inb(COM1 + 5) & 0x20 == 0 && spins < 100_000 {
@@ -100,6 +119,8 @@ pub mod code {
 
 /// Exit QEMU through isa-debug-exit (iobase 0xf4). Never returns.
 pub fn exit(code: u32) -> ! {
+    // SAFETY: isa-debug-exit's port (0xf4) stops QEMU; without the device
+    // the CPU halts with interrupts off. Neither touches memory.
     unsafe {
         outl(0xf4, code);
         // Without the device: stop here.

@@ -7,6 +7,7 @@ use crate::println;
 #[inline(always)]
 pub fn current_rbp() -> u64 {
     let rbp: u64;
+    // SAFETY: copies a register; no memory access.
     unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack)) };
     rbp
 }
@@ -26,6 +27,8 @@ pub fn walk_from(mut rbp: u64, skip: usize, out: &mut [u64]) -> usize {
     let mut seen = 0;
     let max_frames = 64 + skip;
     while seen < max_frames && n < out.len() && plausible(rbp) {
+        // SAFETY: `plausible` checked that rbp is 8-aligned and that rbp and
+        // rbp + 8 are mapped kernel addresses: both loads are of mapped memory.
         let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
         if ret == 0 {
             break;

@@ -17,6 +17,7 @@
 //!        └──────────── GuestOps (frames, current task, slab_of) ◄──────────┘
 //! ```
 #![no_std]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};

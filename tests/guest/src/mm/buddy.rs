@@ -115,12 +115,18 @@ static mut B: Buddy = Buddy {
 };
 
 fn b() -> &'static mut Buddy {
+    // SAFETY: one CPU, cooperative tasks and no allocation from interrupt
+    // context: the allocator's functions run one at a time, and none keeps
+    // the reference across a call that takes it again.
     unsafe { &mut *core::ptr::addr_of_mut!(B) }
 }
 
 impl Buddy {
     fn page(&self, idx: u32) -> &'static mut Page {
         debug_assert!((idx as usize) < self.npages);
+        // SAFETY: `pages` is the frame array `init` carved from RAM for
+        // `npages` entries and initialized; idx < npages (callers derive it
+        // from a pfn in range). One `Page` is borrowed at a time, as in `b`.
         unsafe { &mut *self.pages.add(idx as usize) }
     }
     fn idx_of_phys(&self, pa: u64) -> Option<u32> {
@@ -279,6 +285,8 @@ pub fn init(info: &guest_boot::BootInfo) {
     bb.npages = npages;
     // All reserved first, then free the usable ranges in aligned blocks.
     for i in 0..npages {
+        // SAFETY: i < npages: inside the frame array just carved out of a
+        // free RAM range (mapped by the direct map, used by nothing else).
         unsafe {
             bb.pages.add(i).write(Page { flags: PG_RESERVED, order: 0, pool: 0, next: NONE, prev: NONE, head: i as u32, private: 0 })
         };
@@ -397,6 +405,7 @@ pub fn for_each_reserved_run(ram_end: u64, mut f: impl FnMut(usize, usize)) {
 
 pub fn alloc_page_zeroed() -> Option<usize> {
     let p = alloc_pages(0)?;
+    // SAFETY: a page the allocator just handed out: mapped, ours, 4 KiB.
     unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE) };
     Some(p)
 }

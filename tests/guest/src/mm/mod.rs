@@ -14,15 +14,22 @@ pub use vmalloc::{vfree, vmalloc};
 /// mapped (Linux's `copy_from_kernel_nofault`, for debuggers and tracers).
 /// Under KMSAN the source must be initialized: this is where data leaves
 /// the kernel's checked flow, so uninitialized bytes are reported here.
+///
+/// # Safety
+///
+/// `dst` is valid for `n` bytes of writes; `src..src + n` does not span an
+/// unmapped hole (only its first and last byte are probed, as a range
+/// inside one object or one mapping never does).
 #[inline(never)]
-pub fn copy_from_kernel_nofault(dst: *mut u8, src: *const u8, n: usize) -> bool {
+pub unsafe fn copy_from_kernel_nofault(dst: *mut u8, src: *const u8, n: usize) -> bool {
     let (first, last) = (src as u64, src as u64 + n.max(1) as u64 - 1);
     if guest_boot::paging::virt_to_phys(first).is_none() || guest_boot::paging::virt_to_phys(last).is_none() {
         return false;
     }
     crate::kasan_glue::check_initialized(src as usize, n);
-    // SAFETY: both ends of the source are mapped (checked above); the
-    // caller passes a destination valid for `n` bytes.
+    // SAFETY: both ends of the source are mapped (checked above) and it
+    // spans no hole; the destination is valid for `n` bytes (the caller's
+    // contract).
     unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
     true
 }

@@ -81,6 +81,8 @@ pub struct CacheRef {
 }
 
 fn caches() -> &'static mut [Cache; MAX_CACHES] {
+    // SAFETY: one CPU, cooperative tasks, no slab use from interrupt
+    // context: the slab's functions run one at a time.
     unsafe { &mut *core::ptr::addr_of_mut!(CACHES) }
 }
 
@@ -121,6 +123,7 @@ pub fn init() {
 }
 
 fn list_push(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
+    // SAFETY: `m` and every descriptor on the list are a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab); `m` is on no list.
     unsafe {
         (*m).prev = core::ptr::null_mut();
         (*m).next = *head;
@@ -132,6 +135,7 @@ fn list_push(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
 }
 
 fn list_del(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
+    // SAFETY: `m` is on this list, and it and its neighbours are a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     unsafe {
         if !(*m).prev.is_null() {
             (*(*m).prev).next = (*m).next;
@@ -159,6 +163,8 @@ fn new_slab(ci: usize) -> Option<*mut SlabMeta> {
         free_pages(meta as usize, META_ORDER);
         return None;
     };
+    // SAFETY: `meta` is the block just allocated and zeroed (all-zero is a
+    // valid SlabMeta), used by nothing else yet.
     let m = unsafe { &mut *meta };
     m.cache = ci;
     m.base = base;
@@ -183,6 +189,7 @@ fn new_slab(ci: usize) -> Option<*mut SlabMeta> {
 }
 
 fn release_slab(m: *mut SlabMeta) {
+    // SAFETY: `m` is a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab) (its last object just went).
     let mr = unsafe { &mut *m };
     let c = &mut caches()[mr.cache];
     if mr.on_partial {
@@ -208,6 +215,7 @@ fn cache_alloc(ci: usize, size: usize) -> *mut u8 {
         c.partial
     };
     let c = &mut caches()[ci];
+    // SAFETY: `m` is the cache's partial slab or a new one: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &mut *m };
     mr.nfree -= 1;
     let i = mr.free_stack[mr.nfree as usize] as usize;
@@ -257,6 +265,8 @@ fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
         return None;
     }
     let m = p.private as *mut SlabMeta;
+    // SAFETY: a PG_SLAB page's non-zero `private` is its slab's descriptor,
+    // a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &*m };
     let c = &caches()[mr.cache];
     // Translate an alias to the slab's direct-map address.
@@ -271,6 +281,8 @@ fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
 
 /// The actual free of a slab object (after the runtime said "now").
 fn release_object(m: *mut SlabMeta, i: usize) {
+    // SAFETY: `m` comes from `locate` (or the quarantine, which holds
+    // objects of live slabs): a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &mut *m };
     let c = &mut caches()[mr.cache];
     mr.allocated[i / 64] &= !(1 << (i % 64));
@@ -322,6 +334,7 @@ fn free_object(ptr: usize, expect_cache: Option<usize>, ip: usize, what: &'stati
         kasan_glue::bad_free(ptr, ip, what);
         return;
     };
+    // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &*m };
     let c = &caches()[mr.cache];
     if let Some(ec) = expect_cache {
@@ -381,6 +394,7 @@ pub fn kmalloc(size: usize) -> *mut u8 {
 pub fn kzalloc(size: usize) -> *mut u8 {
     let p = kmalloc(size);
     if !p.is_null() && size > 0 {
+        // SAFETY: kmalloc just returned `p` for `size` bytes.
         unsafe { core::ptr::write_bytes(p, 0, size) };
     }
     p
@@ -454,6 +468,7 @@ pub fn kfree_sensitive(ptr: *const u8) {
 /// Requested size and usable capacity of a live allocation.
 fn object_info(p: usize) -> Option<(usize, usize, Option<(usize, usize)>)> {
     if let Some((m, i, 0)) = locate(p) {
+        // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
         let mr = unsafe { &*m };
         if mr.allocated[i / 64] & (1 << (i % 64)) == 0 {
             return None;
@@ -493,6 +508,7 @@ pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
     if let Some((ci, _)) = slab {
         if new_size <= cap {
             if let Some((m, i, 0)) = locate(p) {
+                // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab); i < nobj.
                 unsafe { (*m).sizes[i] = new_size as u16 };
             }
             kasan_glue::object_resize(caches()[ci].id, direct(p), new_size);
@@ -510,6 +526,8 @@ pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
     if n.is_null() {
         return n;
     }
+    // SAFETY: the old object is live with `old` bytes (object_info), the new
+    // one was just allocated with `new_size`: distinct, both big enough.
     unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, n, old.min(new_size)) };
     kfree_ip(ptr, ip);
     n
@@ -521,6 +539,7 @@ pub fn ksize(ptr: *const u8) -> usize {
     let ip = crate::mm::caller_ip();
     let p = ptr as usize;
     if let Some((m, _, _)) = locate(p) {
+        // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
         let mr = unsafe { &*m };
         let c = &caches()[mr.cache];
         return kasan_glue::ksize(c.id, direct(p), c.object_size, ip);
@@ -627,6 +646,7 @@ pub fn slab_page_of(ptr: usize) -> Option<(usize, usize)> {
 /// Name and object size of the cache owning `ptr` (for diagnostics).
 pub fn cache_name_of(ptr: usize) -> Option<(&'static str, usize)> {
     let (m, _, _) = locate(ptr)?;
+    // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let c = &caches()[unsafe { (*m).cache }];
     Some((c.name, c.object_size))
 }
@@ -640,6 +660,7 @@ pub fn check_invariants() -> usize {
         for (head, partial) in [(c.partial, true), (c.full, false)] {
             let mut m = head;
             while !m.is_null() {
+                // SAFETY: every descriptor on a cache's lists is a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
                 let mr = unsafe { &*m };
                 let bits: u32 = mr.allocated.iter().map(|w| w.count_ones()).sum();
                 if bits != mr.inuse as u32 || mr.inuse + mr.nfree != mr.nobj || mr.on_partial != partial

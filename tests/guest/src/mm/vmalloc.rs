@@ -26,6 +26,8 @@ struct Area {
 static mut AREAS: [Option<Area>; MAX_AREAS] = [None; MAX_AREAS];
 
 fn areas() -> &'static mut [Option<Area>; MAX_AREAS] {
+    // SAFETY: one CPU, cooperative tasks, no vmalloc from interrupt
+    // context: one caller at a time, none holding it across another call.
     unsafe { &mut *core::ptr::addr_of_mut!(AREAS) }
 }
 
@@ -66,6 +68,9 @@ pub fn vmalloc(size: usize) -> *mut u8 {
         let ok = buddy::alloc_pages(0).and_then(|pg| {
             let pa = paging::virt_to_phys(pg as u64)?;
             let mut alloc = || table_page();
+            // SAFETY: `addr + i pages` lies in the free range find_space
+            // reserved for this area (nothing maps it); `pa` is the fresh
+            // page just allocated; table_page hands out zeroed meta pages.
             unsafe { paging::map_4k((addr + i * PAGE_SIZE) as u64, pa, PTE_W | PTE_G | PTE_NX, &mut alloc).ok() }
         });
         if ok.is_none() {
@@ -126,6 +131,7 @@ pub fn vunmap(ptr: *const u8) {
 pub fn vzalloc(size: usize) -> *mut u8 {
     let p = vmalloc(size);
     if !p.is_null() {
+        // SAFETY: vmalloc mapped `size` bytes (rounded up to pages) at `p`.
         unsafe { core::ptr::write_bytes(p, 0, size) };
     }
     p
@@ -133,6 +139,8 @@ pub fn vzalloc(size: usize) -> *mut u8 {
 
 fn unmap_range(addr: usize, pages: usize) {
     for i in 0..pages {
+        // SAFETY: the area's own pages (being freed, or never handed out
+        // after a failed vmalloc): nobody uses them any more.
         if let Some(pa) = unsafe { paging::unmap_4k((addr + i * PAGE_SIZE) as u64) } {
             buddy::free_pages(phys_to_virt(pa) as usize, 0);
         }

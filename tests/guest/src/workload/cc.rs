@@ -76,11 +76,14 @@ impl SymTab {
     }
     fn intern(&mut self, key: u64) -> *mut Symbol {
         let h = mix(key) as usize;
+        // SAFETY: `buckets` holds `nbuckets` pointers (kzalloc'd, rehashed by grow).
         let mut s = unsafe { *self.buckets.add(h % self.nbuckets) };
         while !s.is_null() {
+            // SAFETY: symbols live (kmalloc'd by `intern`, `size_of::<Symbol>() + len` bytes) from `intern` until `free`, and the bucket chains hold only those.
             let sr = unsafe { &mut *s };
             if sr.key == key {
                 // Compare the name too (reads the object's tail).
+                // SAFETY: the symbol's `len` name bytes follow the header in its object.
                 let name = unsafe { core::slice::from_raw_parts((s as *const u8).add(core::mem::size_of::<Symbol>()), sr.len as usize) };
                 if name.first().copied() == Some(b'a' + (key % 26) as u8) {
                     sr.refs += 1;
@@ -94,6 +97,9 @@ impl SymTab {
         }
         let len = 4 + (key % 40) as usize;
         let s = mem::kmalloc(core::mem::size_of::<Symbol>() + len) as *mut Symbol;
+        // SAFETY: `s` is a fresh object of header + `len` bytes (the
+        // workload's kmalloc stops the guest rather than fail); the bucket
+        // index is < nbuckets.
         unsafe {
             let name = (s as *mut u8).add(core::mem::size_of::<Symbol>());
             for i in 0..len {
@@ -112,6 +118,8 @@ impl SymTab {
         let nb = old * 2;
         // krealloc (in place up to the slot size, else copy), then rehash.
         self.buckets = mem::krealloc(self.buckets as *mut u8, nb * 8) as *mut *mut Symbol;
+        // SAFETY: krealloc kept the `old` bucket pointers in an array of `nb`;
+        // symbols live (kmalloc'd by `intern`, `size_of::<Symbol>() + len` bytes) from `intern` until `free`, and the bucket chains hold only those; every index used is < old or < nb.
         unsafe {
             let mut chain: *mut Symbol = core::ptr::null_mut();
             for i in 0..old {
@@ -137,9 +145,12 @@ impl SymTab {
     fn free(self) -> u64 {
         let mut sum = 0u64;
         for i in 0..self.nbuckets {
+            // SAFETY: i < nbuckets.
             let mut s = unsafe { *self.buckets.add(i) };
             while !s.is_null() {
+                // SAFETY: symbols live (kmalloc'd by `intern`, `size_of::<Symbol>() + len` bytes) from `intern` until `free`, and the bucket chains hold only those (`s` is freed after these reads).
                 let next = unsafe { (*s).next };
+                // SAFETY: as above.
                 sum = sum.wrapping_add(unsafe { (*s).refs } as u64);
                 mem::kfree(s as *mut u8);
                 s = next;
@@ -210,6 +221,9 @@ impl Cc {
         let room = (size - 16) / 8;
         let want = ((val >> 24) % (MAX_CHILDREN as u64 + 1)) as usize;
         let nchild = want.min(room).min(MAX_CHILDREN).min(self.npending);
+        // SAFETY: `p` is a fresh object of `size` bytes; 2 + nchild <= size / 8
+        // (nchild <= room); the children popped are among the `npending`
+        // entries of `pending`.
         unsafe {
             p.write(((kind as u64) << 48) | ((nchild as u64) << 32) | size as u64);
             p.add(1).write(val);
@@ -233,11 +247,14 @@ impl Cc {
             self.folded += 1;
             return;
         }
+        // SAFETY: npending < cap (new_node returns early at cap), the
+        // capacity of `pending`.
         unsafe { *self.pending.add(self.npending) = p };
         self.npending += 1;
     }
 
     fn free_node(&mut self, p: *mut u64) {
+        // SAFETY: a pending node is a live object of `size` bytes (>= 16, from new_node) whose word 0 is its header (kind, nchild, size), word 1 its value and words 2..2 + nchild its children, live nodes (freed just below).
         let h = unsafe { p.read() };
         if (h >> 48) as u32 == KIND_NODE_CACHE {
             mem::cache_free(self.node_cache, p as *mut u8);
@@ -250,16 +267,21 @@ impl Cc {
     fn compile_page(&mut self, page: usize, stride: usize, content: u64, index: usize) {
         let w = page as *const u64;
         // Cheap corruption check of the page-cache page.
-        if unsafe { w.read() } != disk_word(content, index, 0) || unsafe { w.add(511).read() } != disk_word(content, index, 511) {
+        // SAFETY: `page` is a pinned page-cache page (4 KiB = 512 words).
+        let (first, last) = unsafe { (w.read(), w.add(511).read()) };
+        if first != disk_word(content, index, 0) || last != disk_word(content, index, 511) {
             super::fail("page cache page does not hold its file's content");
         }
         let mut head: *mut Token = core::ptr::null_mut();
         let mut tail: *mut Token = core::ptr::null_mut();
         let mut i = 0;
         while i < PAGE_SIZE / 8 {
+            // SAFETY: i < 512 words of the pinned page.
             let v = unsafe { w.add(i).read() };
             let sz = 24 + (v % 3) as usize * 8;
             let t = mem::kmalloc(sz) as *mut Token;
+            // SAFETY: `t` is a fresh object of sz >= 24 = size_of::<Token>()
+            // bytes; `tail` is the previous token of this list (live).
             unsafe {
                 t.write(Token { next: core::ptr::null_mut(), val: v, kind: (v & 7) as u32, line: i as u32 });
                 if tail.is_null() {
@@ -273,11 +295,14 @@ impl Cc {
         }
         // Parse: consume and free the tokens.
         while !head.is_null() {
+            // SAFETY: the token list holds live tokens, each freed after it
+            // is read.
             let t = unsafe { &*head };
             let (v, k, next) = (t.val, t.kind, t.next);
             match k {
                 0..=2 => {
                     let s = self.syms.intern((v >> 40) & 0x3ff);
+                    // SAFETY: intern returns a live symbol.
                     self.hash = self.hash.wrapping_add(unsafe { (*s).refs } as u64);
                 }
                 3 => self.hash ^= v,
@@ -297,24 +322,31 @@ impl Cc {
     fn walk(&mut self, stack: *mut *mut u64) -> u64 {
         let mut h = 0u64;
         for r in 0..self.npending {
+            // SAFETY: r < npending <= cap.
             let root = unsafe { *self.pending.add(r) };
             if r % 8 == 0 {
                 h ^= type_check(root, 0);
             }
             let mut sp = 0usize;
+            // SAFETY: `stack` holds `cap` entries (vmalloc'd by compile) and a walk pushes each node of one tree at most once: fewer than `cap` nodes are alive (new_node's bound).
             unsafe { *stack.add(sp) = root };
             sp += 1;
             while sp > 0 {
                 sp -= 1;
+                // SAFETY: sp < cap, an entry pushed above.
                 let n = unsafe { *stack.add(sp) };
+                // SAFETY: a pending node is a live object of `size` bytes (>= 16, from new_node) whose word 0 is its header (kind, nchild, size), word 1 its value and words 2..2 + nchild its children, live nodes.
                 let hdr = unsafe { n.read() };
                 let size = (hdr & 0xffff_ffff) as usize;
                 let nchild = ((hdr >> 32) & 0xffff) as usize;
+                // SAFETY: as above: word 1 exists (size >= 16).
                 h = h.rotate_left(5) ^ unsafe { n.add(1).read() };
                 for i in 2 + nchild..size / 8 {
+                    // SAFETY: i < size / 8: inside the node.
                     h = h.rotate_left(5) ^ unsafe { n.add(i).read() };
                 }
                 for c in 0..nchild {
+                    // SAFETY: child c is word 2 + c of the node; `stack` holds `cap` entries (vmalloc'd by compile) and a walk pushes each node of one tree at most once: fewer than `cap` nodes are alive (new_node's bound).
                     unsafe { *stack.add(sp) = n.add(2 + c).read() as *mut u64 };
                     sp += 1;
                 }
@@ -326,16 +358,21 @@ impl Cc {
     /// Free every tree.
     fn free_all(&mut self, stack: *mut *mut u64) {
         for r in 0..self.npending {
+            // SAFETY: r < npending <= cap.
             let root = unsafe { *self.pending.add(r) };
             let mut sp = 0usize;
+            // SAFETY: `stack` holds `cap` entries (vmalloc'd by compile) and a walk pushes each node of one tree at most once: fewer than `cap` nodes are alive (new_node's bound).
             unsafe { *stack.add(sp) = root };
             sp += 1;
             while sp > 0 {
                 sp -= 1;
+                // SAFETY: sp < cap, an entry pushed above.
                 let n = unsafe { *stack.add(sp) };
+                // SAFETY: a pending node is a live object of `size` bytes (>= 16, from new_node) whose word 0 is its header (kind, nchild, size), word 1 its value and words 2..2 + nchild its children, live nodes (its children are pushed before it is freed).
                 let hdr = unsafe { n.read() };
                 let nchild = ((hdr >> 32) & 0xffff) as usize;
                 for c in 0..nchild {
+                    // SAFETY: child c is word 2 + c of the live node; `stack` holds `cap` entries (vmalloc'd by compile) and a walk pushes each node of one tree at most once: fewer than `cap` nodes are alive (new_node's bound).
                     unsafe { *stack.add(sp) = n.add(2 + c).read() as *mut u64 };
                     sp += 1;
                 }
@@ -351,16 +388,19 @@ impl Cc {
 #[inline(never)]
 fn type_check(n: *mut u64, depth: u32) -> u64 {
     let mut local = [0u64; 6];
+    // SAFETY: `n` is a pending node or one's child: a pending node is a live object of `size` bytes (>= 16, from new_node) whose word 0 is its header (kind, nchild, size), word 1 its value and words 2..2 + nchild its children, live nodes.
     let hdr = unsafe { n.read() };
     let size = (hdr & 0xffff_ffff) as usize;
     let nchild = ((hdr >> 32) & 0xffff) as usize;
     for (i, l) in local.iter_mut().enumerate() {
         let k = 2 + nchild + i;
+        // SAFETY: k < size / 8: inside the node.
         *l = if k < size / 8 { unsafe { n.add(k).read() } } else { depth as u64 };
     }
     let mut h = local.iter().fold(hdr, |a, &b| a.rotate_left(7) ^ b);
     if depth < 6 {
         for c in 0..nchild {
+            // SAFETY: child c is word 2 + c of the live node.
             h ^= type_check(unsafe { n.add(2 + c).read() } as *mut u64, depth + 1);
         }
     }
@@ -410,12 +450,14 @@ pub fn compile(u: u32) {
     // Preprocess: read the source once (checksum only), then the headers.
     let src_content = source_content(seed, u);
     let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
+    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
     let ino: &mut Inode = unsafe { &mut *(*f).inode };
     for i in 0..src_pages as usize {
         let p = pagecache::get(ino, i);
         let w = p as *const u64;
         let mut s = 0u64;
         for k in (0..512).step_by(8) {
+            // SAFETY: k < 512 words of the pinned page.
             s = s.wrapping_add(unsafe { w.add(k).read() });
         }
         cc.hash ^= s;
@@ -427,6 +469,7 @@ pub fn compile(u: u32) {
         let hp = header_pages(seed, h);
         let hc = header_content(seed, h);
         let f = open_read(seed, KIND_HEADER, h, hp, hc);
+        // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
         let ino: &mut Inode = unsafe { &mut *(*f).inode };
         for i in 0..hp as usize {
             let p = pagecache::get(ino, i);
@@ -439,6 +482,7 @@ pub fn compile(u: u32) {
     }
     // Compile: the source again (page-cache hits unless reclaimed).
     let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
+    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
     let ino: &mut Inode = unsafe { &mut *(*f).inode };
     for i in 0..src_pages as usize {
         let p = pagecache::get(ino, i);
@@ -465,6 +509,7 @@ pub fn compile(u: u32) {
         Some(f) => f,
         None => super::fail("cannot create the output"),
     };
+    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
     let ino: &mut Inode = unsafe { &mut *(*f).inode };
     ino.content = out_content;
     for i in 0..out_pages as usize {
@@ -481,7 +526,9 @@ pub fn compile(u: u32) {
     mem::vfree(stack as *mut u8, cap * 8);
     let mut anon_sum = 0u64;
     for i in 0..cc.nanon {
+        // SAFETY: i < nanon <= anon_cap, the capacity of `anon`.
         let p = unsafe { *cc.anon.add(i) };
+        // SAFETY: an anonymous page anon_touch allocated (freed just below).
         anon_sum = anon_sum.wrapping_add(unsafe { (p as *const u64).read() });
         mem::anon_free(p);
     }
@@ -509,6 +556,7 @@ pub fn link(units: u32) -> u64 {
             Some(f) => f,
             None => super::fail("link: an object file is missing"),
         };
+        // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
         let ino: &mut Inode = unsafe { &mut *(*f).inode };
         let mut s = 0u64;
         for i in 0..ino.npages as usize {
@@ -519,10 +567,12 @@ pub fn link(units: u32) -> u64 {
             }
             let w = p as *const u64;
             for k in (0..512).step_by(16) {
+                // SAFETY: k < 512 words of the pinned page.
                 s = s.wrapping_add(unsafe { w.add(k).read() });
             }
             pagecache::put(p);
         }
+        // SAFETY: `symtab` holds 2 * units words (vmalloc'd above); u < units.
         unsafe {
             symtab.add(u as usize * 2).write(ino.content);
             symtab.add(u as usize * 2 + 1).write(s);
@@ -531,7 +581,9 @@ pub fn link(units: u32) -> u64 {
         super::maybe_sample();
     }
     for u in 0..units as usize {
-        sum = hash3(sum, unsafe { symtab.add(u * 2).read() }, unsafe { symtab.add(u * 2 + 1).read() });
+        // SAFETY: u < units: both words are inside `symtab`, written above.
+        let (a, b) = unsafe { (symtab.add(u * 2).read(), symtab.add(u * 2 + 1).read()) };
+        sum = hash3(sum, a, b);
     }
     mem::vfree(symtab as *mut u8, units as usize * 16);
     sum

@@ -7,8 +7,9 @@
 //! measured once per boot (several samples, median) and printed as
 //! `tsc_hz`; when no PIT answers, 1 GHz is assumed and `tsc_source` says so.
 pub use guest_boot::time::rdtsc;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-static mut TSC_HZ: u64 = 1_000_000_000;
+static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
 
 /// Calibrate once; returns (TSC Hz, source).
 pub fn init() -> (u64, &'static str) {
@@ -24,17 +25,17 @@ pub fn init() -> (u64, &'static str) {
         }
     }
     if n == 0 {
-        return (unsafe { TSC_HZ }, "assumed-1ghz");
+        return (TSC_HZ.load(Relaxed), "assumed-1ghz");
     }
     let vs = &mut v[..n];
     vs.sort_unstable();
     let hz = vs[n / 2] * 1000;
-    unsafe { TSC_HZ = hz };
+    TSC_HZ.store(hz, Relaxed);
     (hz, "pit")
 }
 
 /// Nanoseconds between two TSC readings.
 pub fn ns_between(t0: u64, t1: u64) -> u64 {
-    let hz = unsafe { TSC_HZ };
+    let hz = TSC_HZ.load(Relaxed);
     ((t1.wrapping_sub(t0)) as u128 * 1_000_000_000u128 / hz as u128) as u64
 }

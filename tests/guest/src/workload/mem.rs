@@ -6,6 +6,7 @@ use super::pagecache;
 use crate::mm::{self, buddy, slab, CacheRef, PAGE_SIZE};
 use crate::mm::vmalloc as vm;
 use crate::println;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 #[derive(Default, Clone, Copy)]
 pub struct Counters {
@@ -53,6 +54,9 @@ pub static mut C: Counters = Counters {
 };
 
 pub fn c() -> &'static mut Counters {
+    // SAFETY: one CPU, cooperative tasks, no counter update from interrupt
+    // context; callers bump a field and drop the reference (none is held
+    // across a call that takes it again).
     unsafe { &mut *core::ptr::addr_of_mut!(C) }
 }
 
@@ -73,7 +77,7 @@ pub fn globals_bytes() -> usize {
     }
 }
 
-static mut GLOBALS: usize = 0;
+static GLOBALS: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes that need byte-precise shadow now: (slab pages, stacks, vmalloc).
 pub fn tracked_now() -> (usize, usize, usize) {
@@ -85,7 +89,7 @@ pub fn tracked_now() -> (usize, usize, usize) {
 /// Sample the tracked bytes and keep the peak.
 pub fn note_tracked() {
     let (s, st, v) = tracked_now();
-    let g = unsafe { GLOBALS };
+    let g = GLOBALS.load(Relaxed);
     let cc = c();
     let t = s + st + v + g;
     if t > cc.tracked_peak {
@@ -97,14 +101,14 @@ pub fn note_tracked() {
 }
 
 pub fn init() {
-    unsafe { GLOBALS = globals_bytes() };
+    GLOBALS.store(globals_bytes(), Relaxed);
     *c() = Counters::default();
     c().stacks_live = 0;
     note_tracked();
 }
 
 pub fn globals() -> usize {
-    unsafe { GLOBALS }
+    GLOBALS.load(Relaxed)
 }
 
 fn oom(what: &str, size: usize) -> ! {
@@ -146,6 +150,8 @@ pub fn kmalloc(size: usize) -> *mut u8 {
 
 pub fn kzalloc(size: usize) -> *mut u8 {
     let p = kmalloc(size);
+    // SAFETY: the workload's kmalloc returns `size` bytes or stops the
+    // guest (oom), never null.
     unsafe { core::ptr::write_bytes(p, 0, size) };
     p
 }

@@ -22,6 +22,7 @@
 //!  descriptor of a tail:  F_TAIL, prev = head frame
 //!  every page:            F_USED, F_UPTODATE, F_DIRTY, ino, index
 //! ```
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use super::rng::mix;
 use super::vfs::{self, Inode};
 use crate::mm::{buddy, PAGE_SIZE};
@@ -96,7 +97,8 @@ const STATS_ZERO: Stats = Stats {
     folio_fallbacks: 0,
 };
 
-static mut CHUNKS: [usize; MAX_CHUNKS] = [0; MAX_CHUNKS];
+/// The pages holding the frame descriptors (`DESC_PER_CHUNK` each); 0: none.
+static CHUNKS: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
 static mut PC: Pc = Pc {
     head: NONE,
     tail: NONE,
@@ -106,12 +108,18 @@ static mut PC: Pc = Pc {
 };
 
 fn pc() -> &'static mut Pc {
+    // SAFETY: one CPU, cooperative tasks, no page-cache use from interrupt
+    // context: one caller at a time, none holding it across another call.
     unsafe { &mut *core::ptr::addr_of_mut!(PC) }
 }
 
 fn desc(pfn: u32) -> &'static mut Desc {
     let p = pfn as usize;
-    let chunk = unsafe { CHUNKS[p / DESC_PER_CHUNK] };
+    let chunk = CHUNKS[p / DESC_PER_CHUNK].load(Relaxed);
+    assert!(chunk != 0, "page cache: frame {pfn} has no descriptor");
+    // SAFETY: `chunk` is a zeroed page `init` allocated for descriptors
+    // (all-zero is a valid Desc) and p % DESC_PER_CHUNK indexes inside it;
+    // one CPU, cooperative tasks: callers use one descriptor at a time.
     unsafe { &mut *(chunk as *mut Desc).add(p % DESC_PER_CHUNK) }
 }
 
@@ -176,6 +184,8 @@ pub fn fill(addr: usize, content: u64, index: usize) {
 pub fn verify(addr: usize, content: u64, index: usize) -> bool {
     let w = addr as *const u64;
     let base = page_base(content, index);
+    // SAFETY: `addr` is a pinned page-cache page (the caller holds it): 4 KiB
+    // mapped; i < PAGE_SIZE / 8 words.
     (0..PAGE_SIZE / 8).all(|i| unsafe { w.add(i).read() } == word_of(base, i))
 }
 
@@ -189,7 +199,7 @@ pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize) {
             Some(c) => c,
             None => super::fail("page cache: no memory for the frame descriptors"),
         };
-        unsafe { CHUNKS[i] = c };
+        CHUNKS[i].store(c, Relaxed);
     }
     p.nchunks = n;
     p.folio_order = folio_order.min(buddy::MAX_ORDER);
@@ -311,6 +321,7 @@ fn run_of(ino: &Inode, index: usize) -> (usize, usize) {
     if order == 0 || first + n > ino.npages as usize {
         return (index, 0);
     }
+    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); first + n <= npages (checked above).
     if (first..first + n).any(|i| unsafe { *ino.pages.add(i) } != 0) {
         return (index, 0);
     }
@@ -342,6 +353,7 @@ fn add_folio(ino: &mut Inode, index: usize, write: bool) -> usize {
         }
         let (prev, flags) = if k == 0 { (NONE, flags | if order > 0 { F_LARGE } else { 0 }) } else { (head, flags | F_TAIL) };
         *desc(head + k as u32) = Desc { prev, next: NONE, ino: ino.ino, index: i as u16, flags, pins: 0 };
+        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); i < npages (the folio fits, as chosen).
         unsafe { *ino.pages.add(i) = addr };
     }
     let h = desc(head);
@@ -381,6 +393,8 @@ fn pin_cached(ino: &Inode, index: usize, cur: usize) {
 
 /// Page `index` of `ino`, read through the cache and pinned (unpin with `put`).
 pub fn get(ino: &mut Inode, index: usize) -> usize {
+    assert!(index < ino.npages as usize, "page cache: index {index} past the inode");
+    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
     let cur = unsafe { *ino.pages.add(index) };
     if cur != 0 {
         let fresh = desc(pfn_of(cur)).flags & F_UPTODATE != 0;
@@ -396,6 +410,8 @@ pub fn get(ino: &mut Inode, index: usize) -> usize {
 /// A new page of `ino` to be written (dirty, pinned); the caller writes
 /// all of it before `put`.
 pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
+    assert!(index < ino.npages as usize, "page cache: index {index} past the inode");
+    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
     let cur = unsafe { *ino.pages.add(index) };
     if cur == 0 {
         return add_folio(ino, index, true);
@@ -454,6 +470,8 @@ fn evict(head: u32) -> usize {
     for pfn in head..head + n {
         let d = desc(pfn);
         let addr = addr_of_pfn(pfn);
+        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); a cached page's descriptor records its
+        // index in it, which is < npages.
         unsafe {
             debug_assert!(*ino.pages.add(d.index as usize) == addr);
             *ino.pages.add(d.index as usize) = 0;
@@ -510,6 +528,7 @@ pub fn balance_dirty() {
 /// Drop every cached page of an inode (writing back dirty ones).
 pub fn drop_inode(ino: &mut Inode) {
     for i in 0..ino.npages as usize {
+        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); i < npages.
         let a = unsafe { *ino.pages.add(i) };
         if a != 0 {
             evict(head_of(pfn_of(a)));
@@ -525,11 +544,8 @@ pub fn shutdown() {
         evict(t);
     }
     let p = pc();
-    for i in 0..p.nchunks {
-        unsafe {
-            buddy::free_pages(CHUNKS[i], 0);
-            CHUNKS[i] = 0;
-        }
+    for c in &CHUNKS[..p.nchunks] {
+        buddy::free_pages(c.swap(0, Relaxed), 0);
     }
     p.nchunks = 0;
 }

@@ -70,6 +70,8 @@ struct Vfs {
 static mut V: Option<Vfs> = None;
 
 fn v() -> &'static mut Vfs {
+    // SAFETY: one CPU, cooperative tasks, no vfs use from interrupt
+    // context: one caller at a time, none holding it across another call.
     unsafe { (*core::ptr::addr_of_mut!(V)).as_mut().expect("vfs not initialised") }
 }
 
@@ -89,6 +91,9 @@ pub fn init(max_inodes: usize) {
         dcache_hits: 0,
         external_names: 0,
     };
+    // SAFETY: the workload's vmalloc returns the asked size or stops the
+    // guest: HASH_BUCKETS and max_inodes pointers (null is all-zero);
+    // V is set once here, before any v().
     unsafe {
         core::ptr::write_bytes(vs.buckets, 0, HASH_BUCKETS);
         core::ptr::write_bytes(vs.inodes, 0, max_inodes);
@@ -96,11 +101,15 @@ pub fn init(max_inodes: usize) {
     }
     let root = new_dentry(core::ptr::null_mut(), b"/", 0);
     let ri = new_inode(KIND_DIR, 0, 0);
+    // SAFETY: new_dentry returned a live dentry.
     unsafe { (*root).inode = ri };
     v().root = root;
 }
 
 pub fn inode(ino: u32) -> &'static mut Inode {
+    assert!((ino as usize) < v().ninodes, "vfs: no inode {ino}");
+    // SAFETY: slots below ninodes hold inodes new_inode made, alive until
+    // teardown; one CPU, cooperative tasks: one user of an inode at a time.
     unsafe { &mut **v().inodes.add(ino as usize) }
 }
 
@@ -123,9 +132,12 @@ fn new_inode(kind: u32, npages: u32, content: u64) -> *mut Inode {
         super::fail("vfs: inode table full");
     }
     let p = mem::cache_alloc(vs.inode_cache) as *mut Inode;
+    // SAFETY: cache_alloc returns an INODE_SIZE object (or stops the guest).
     unsafe { core::ptr::write_bytes(p as *mut u8, 0, INODE_SIZE) };
     let pages = if npages > 0 { mem::kzalloc(npages as usize * 8) as *mut usize } else { core::ptr::null_mut() };
     let ino = vs.ninodes as u32;
+    // SAFETY: `p` is that object (INODE_SIZE >= size_of::<Inode>()), and
+    // ninodes < max_inodes (checked above) indexes the inode table.
     unsafe {
         p.write(Inode { ino, kind, npages, cached: 0, pages, content, written: 0, opens: 0 });
         *vs.inodes.add(ino as usize) = p;
@@ -137,6 +149,9 @@ fn new_inode(kind: u32, npages: u32, content: u64) -> *mut Inode {
 fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
     let vs = v();
     let d = mem::cache_alloc(vs.dentry_cache) as *mut Dentry;
+    // SAFETY: `d` is a fresh DENTRY_SIZE object (cache_alloc stops the guest
+    // rather than fail), all-zero is a valid Dentry; the external name is a
+    // fresh kmalloc of len + 1; the bucket index is < HASH_BUCKETS.
     unsafe {
         core::ptr::write_bytes(d as *mut u8, 0, DENTRY_SIZE);
         let dn = &mut *d;
@@ -165,10 +180,13 @@ fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
 
 fn d_lookup(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
     let vs = v();
+    // SAFETY: the index is < HASH_BUCKETS, in the zeroed bucket array.
     let mut d = unsafe { *vs.buckets.add(hash as usize % HASH_BUCKETS) };
     while !d.is_null() {
+        // SAFETY: dentries live in the dentry cache from new_dentry until teardown, and the hash chains hold only those.
         let dn = unsafe { &*d };
         if dn.hash == hash && dn.parent == parent && dn.name_len as usize == name.len() {
+            // SAFETY: a dentry's `name` holds name_len bytes (inline or kmalloc'd).
             let s = unsafe { core::slice::from_raw_parts(dn.name, name.len()) };
             if s == name {
                 return d;
@@ -205,9 +223,11 @@ pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> 
             }
         };
         let d = new_dentry(cur, comp, h);
+        // SAFETY: new_dentry returned a live dentry.
         unsafe { (*d).inode = ino };
         cur = d;
     }
+    // SAFETY: `cur` is the root or a dentry found or made above: live.
     Some(unsafe { (*cur).inode })
 }
 
@@ -229,6 +249,9 @@ const SYL: [&[u8]; 24] = [
 ];
 
 fn put(buf: *mut u8, len: &mut usize, s: &[u8]) {
+    assert!(*len + s.len() <= PATH_MAX, "vfs: path longer than PATH_MAX");
+    // SAFETY: `buf` is a names_cache object of PATH_MAX bytes (getname) and
+    // the copy ends within it (asserted); `s` is another object.
     unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), buf.add(*len), s.len()) };
     *len += s.len();
 }
@@ -294,11 +317,14 @@ pub fn make_path(seed: u64, kind: u32, id: u32, buf: *mut u8) -> usize {
 /// open(): path walk + a `filp` object. `create` as in `walk`.
 pub fn open(seed: u64, kind: u32, id: u32, create: Option<(u32, u32, u64)>) -> Option<*mut File> {
     let (buf, len) = getname(seed, kind, id);
+    // SAFETY: getname wrote `len` bytes into `buf`, released only below.
     let path = unsafe { core::slice::from_raw_parts(buf, len) };
     let ino = walk(path, create);
     putname(buf);
     let ino = ino?;
     let f = mem::cache_alloc(v().filp_cache) as *mut File;
+    // SAFETY: `f` is a fresh FILP_SIZE object (>= size_of::<File>()), `ino`
+    // a live inode from walk.
     unsafe {
         core::ptr::write_bytes(f as *mut u8, 0, FILP_SIZE);
         f.write(File { inode: ino, pos: 0, flags: kind });
@@ -315,7 +341,10 @@ pub fn close(f: *mut File) {
 pub fn teardown() {
     let vs = v();
     for i in 0..vs.ninodes {
+        // SAFETY: i < ninodes: a slot new_inode filled, its inode still live
+        // (freed only just below, once per slot).
         let p = unsafe { *vs.inodes.add(i) };
+        // SAFETY: as above; nothing else uses the vfs during teardown.
         let ino = unsafe { &mut *p };
         if !ino.pages.is_null() {
             pagecache::drop_inode(ino);
@@ -324,8 +353,10 @@ pub fn teardown() {
         mem::cache_free(vs.inode_cache, p as *mut u8);
     }
     for b in 0..HASH_BUCKETS {
+        // SAFETY: b < HASH_BUCKETS.
         let mut d = unsafe { *vs.buckets.add(b) };
         while !d.is_null() {
+            // SAFETY: dentries live in the dentry cache from new_dentry until teardown, and the hash chains hold only those (each is freed after its `next` is read).
             let dn = unsafe { &*d };
             let next = dn.hash_next;
             if dn.name_len as usize >= DNAME_INLINE_LEN {
@@ -341,6 +372,7 @@ pub fn teardown() {
     mem::vfree(vs.buckets as *mut u8, HASH_BUCKETS * 8);
     mem::vfree(vs.inodes as *mut u8, vs.max_inodes * 8);
     let caches = [vs.dentry_cache, vs.inode_cache, vs.filp_cache, vs.names_cache];
+    // SAFETY: the last use of the vfs: nothing holds a reference from v().
     unsafe { V = None };
     crate::mm::slab::drain_all();
     for c in caches {
