@@ -21,11 +21,13 @@
 //! compiler's (`-asan-mapping-offset=0xdffffc0000000000`, [`SHADOW_OFFSET`]).
 //! Single CPU: the mapper flushes with a local `invlpg`.
 
-use hybrid_shadow::Size;
 use core::alloc::{GlobalAlloc, Layout as AllocLayout};
 
 use hybrid_shadow::layout::BLOCK_SIZE;
-use hybrid_shadow::{Config, HeapError, HookError, Kasan, Layout, LayoutError, Mode, Platform, Region, SlabRef, Symbol};
+use hybrid_shadow::{
+    Config, HeapError, HookError, Kasan, Layout, LayoutError, Mode, Platform, Region, RegionError, RegionKind, Size, SlabRef,
+    Symbol,
+};
 
 use crate::frames::FrameSource;
 use crate::init::unshare_shadow_of;
@@ -256,6 +258,21 @@ pub unsafe fn start(
 #[must_use]
 pub fn runtime() -> Option<&'static KernelKasan> {
     KASAN.get()
+}
+
+/// Track `r` byte-precisely as a region of `kind` (a stack or a heap at a
+/// virtual range of its own, outside the direct map and the image): what
+/// [`Kasan::add_region`] does, instantiated here, in the uninstrumented
+/// backend, so that an instrumented kernel calls no runtime generic of its
+/// own. The range must be mapped before anything runs on it.
+/// [`RegionError`] says what does not fit; `Ok(false)`: [`start`] has not
+/// run (nothing is tracked).
+#[inline(never)]
+pub fn add_region(kind: RegionKind, r: Region) -> Result<bool, RegionError> {
+    match runtime() {
+        Some(k) => k.add_region(kind, r).map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// The KASAN heap as the kernel's global allocator:

@@ -21,6 +21,10 @@ use guest_boot::{code, exit, paging, println, BootInfo};
 /// The kernel's heap: 8 MiB at a virtual range of its own.
 const HEAP_VA: usize = 0xffff_a100_0000_0000;
 const HEAP_LEN: usize = 8 << 20;
+/// The bug cases' stack: 32 KiB at a virtual range of its own (not the
+/// boot stack in the image), tracked through the region API.
+const CASE_STACK_VA: usize = 0xffff_a200_0000_0000;
+const CASE_STACK_LEN: usize = 32 << 10;
 
 // ---- adoption glue: begin
 use hybrid_shadow::{ksyms::Reserved, Symbol};
@@ -84,14 +88,15 @@ fn alloc_frame() -> Option<u64> {
     (f + 4096 <= FRAME_END.load(Relaxed)).then_some(f)
 }
 
-/// Map the heap range with fresh frames.
+/// Map the heap range and the case stack with fresh frames.
 fn map_heap(info: &BootInfo) {
     let mut ranges = [(0u64, 0u64); 8];
     let n = info.free_ram(&mut ranges);
     let (lo, hi) = ranges[..n].iter().copied().max_by_key(|r| r.1 - r.0).unwrap_or((0, 0));
     NEXT_FRAME.store(lo, Relaxed);
     FRAME_END.store(hi, Relaxed);
-    for va in (HEAP_VA..HEAP_VA + HEAP_LEN).step_by(4096) {
+    let heap = (HEAP_VA..HEAP_VA + HEAP_LEN).step_by(4096);
+    for va in heap.chain((CASE_STACK_VA..CASE_STACK_VA + CASE_STACK_LEN).step_by(4096)) {
         let pa = alloc_frame().unwrap_or_else(|| exit(code::BAD_BOOT));
         let flags = paging::PTE_W | paging::PTE_NX;
         // SAFETY: a fresh frame at an unused virtual address outside the shadow slots.
@@ -101,15 +106,49 @@ fn map_heap(info: &BootInfo) {
     }
 }
 
+/// Run `f` on the case stack (its frames, locals and redzones there).
+fn on_case_stack(f: fn()) {
+    let top = CASE_STACK_VA + CASE_STACK_LEN;
+    // SAFETY: the case stack is mapped (map_heap), 16-byte aligned at its
+    // top and used by nothing else; the old rsp waits in r12 (callee-saved:
+    // the call preserves it) and comes back after the call, which follows
+    // the C ABI (caller-saved registers clobbered). rbp is left alone, so
+    // the frame-pointer chain of a report's stack trace runs from the case
+    // stack back into this one.
+    unsafe {
+        core::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 #[no_mangle]
 pub fn guest_main(info: &'static BootInfo) -> ! {
     map_heap(info);
     start_kasan(info);
+    let stack = hybrid_shadow::Region::new(CASE_STACK_VA, CASE_STACK_LEN);
+    if let Err(e) = kernel::add_region(hybrid_shadow::RegionKind::Stack, stack) {
+        println!("example: case stack refused: {:?}", e);
+        exit(code::BAD_BOOT);
+    }
+    println!("example: case stack {:#x}-{:#x}", stack.start, stack.end);
     let v: Vec<u32> = (0..100).collect();
     println!("example: heap works: sum {}", v.iter().sum::<u32>());
     for (name, expect, case) in CASES {
         println!("example-case: {} expect {}", name, expect);
-        case();
+        // The stack case runs on a stack of its own, tracked as a region.
+        if name == "stack_oob_right" {
+            on_case_stack(case);
+        } else {
+            case();
+        }
         println!("example-case-end: {}", name);
     }
     println!("example: done");
