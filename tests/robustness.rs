@@ -3,6 +3,7 @@
 
 mod common;
 
+use hybrid_shadow::{PageError, PoisonError, SlabError, VmallocError};
 use hybrid_shadow::Size;
 use common::syzkaller;
 use hybrid_shadow::hooks::GlobalDesc;
@@ -113,14 +114,14 @@ fn zero_and_huge_sizes() {
         assert_eq!(k.kmalloc(1 << 40), None);
         assert_eq!(k.vmalloc(1 << 40), None);
         let r = &k.kasan;
-        assert_eq!(r.cache_create("z", 0, 8), Err(HookError::Cache(CacheError::BadSize)));
-        assert_eq!(r.cache_create("z", usize::MAX, 8), Err(HookError::Cache(CacheError::BadSize)));
+        assert_eq!(r.cache_create("z", 0, 8), Err(SlabError::Cache(CacheError::BadSize)));
+        assert_eq!(r.cache_create("z", usize::MAX, 8), Err(SlabError::Cache(CacheError::BadSize)));
         let pg = k.alloc_pages(0).unwrap();
-        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(4097)), Err(HookError::BadSize));
-        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(0)), Err(HookError::BadSize));
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(4097)), Err(PageError::BadSize));
+        assert_eq!(k.kasan.kmalloc_large(pg, 0, Size(0)), Err(PageError::BadSize));
         let vm = k.kasan.layout().vmalloc.start;
-        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(8192), Size(4096)), Err(HookError::BadSize));
-        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(usize::MAX), Size(usize::MAX)), Err(HookError::NotVmalloc));
+        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(8192), Size(4096)), Err(VmallocError::BadSize));
+        assert_eq!(k.kasan.vmalloc_alloc(vm, Size(usize::MAX), Size(usize::MAX)), Err(VmallocError::NotVmalloc));
         assert_eq!(k.read(pg, 4096), Ok(()), "rejected hooks changed no shadow");
     });
 }
@@ -130,20 +131,20 @@ fn hooks_reject_bad_pages() {
     both(|k, _| {
         let dm = k.kasan.layout().direct_map;
         let pg = k.alloc_pages(1).unwrap();
-        assert_eq!(k.kasan.page_alloc(pg, 0), Err(HookError::PageInUse));
-        assert_eq!(k.kasan.page_alloc(pg + 1, 0), Err(HookError::Unaligned));
-        assert_eq!(k.kasan.page_alloc(dm.end, 0), Err(HookError::NotRam));
-        assert_eq!(k.kasan.page_alloc(dm.end - 4096, 3), Err(HookError::BadOrder));
-        assert_eq!(k.kasan.page_alloc(dm.start, 40), Err(HookError::BadOrder));
+        assert_eq!(k.kasan.page_alloc(pg, 0), Err(PageError::PageInUse));
+        assert_eq!(k.kasan.page_alloc(pg + 1, 0), Err(PageError::Unaligned));
+        assert_eq!(k.kasan.page_alloc(dm.end, 0), Err(PageError::NotRam));
+        assert_eq!(k.kasan.page_alloc(dm.end - 4096, 3), Err(PageError::BadOrder));
+        assert_eq!(k.kasan.page_alloc(dm.start, 40), Err(PageError::BadOrder));
         let free = dm.end - 8192;
         let c = k.kmem_cache_create("bad", 64).unwrap();
-        assert_eq!(k.kasan.slab_page_alloc(c, free, 0), Err(HookError::WrongPageState));
-        assert_eq!(k.kasan.slab_page_free(pg, 0), Err(HookError::WrongPageState));
-        assert_eq!(k.kasan.stack_free(pg, 0), Err(HookError::WrongPageState));
+        assert_eq!(k.kasan.slab_page_alloc(c, free, 0), Err(PageError::WrongPageState));
+        assert_eq!(k.kasan.slab_page_free(pg, 0), Err(PageError::WrongPageState));
+        assert_eq!(k.kasan.stack_free(pg, 0), Err(PageError::WrongPageState));
         let p = k.cache_alloc(c, 64).unwrap();
-        assert_eq!(k.kasan.slab_alloc(c, p, Size(64)), Err(HookError::SlotInUse));
-        assert_eq!(k.kasan.slab_alloc(c, p + 200, Size(65)), Err(HookError::BadSize));
-        assert_eq!(k.kasan.vmalloc_free(dm.start, Size(4096)), Err(HookError::NotVmalloc));
+        assert_eq!(k.kasan.slab_alloc(c, p, Size(64)), Err(SlabError::SlotInUse));
+        assert_eq!(k.kasan.slab_alloc(c, p + 200, Size(65)), Err(SlabError::BadSize));
+        assert_eq!(k.kasan.vmalloc_free(dm.start, Size(4096)), Err(VmallocError::NotVmalloc));
         k.kmem_cache_destroy(c).unwrap_err();
         assert_eq!(k.read(p, 64), Ok(()));
         assert_eq!(k.read(pg, 8192), Ok(()));
@@ -515,10 +516,10 @@ fn alloca_poison_refuses_a_size_that_overflows() {
         let st = k.stack_alloc().unwrap();
         let buf = st + 8192;
         for size in [usize::MAX, usize::MAX - 31, usize::MAX - 64, usize::MAX / 2, 1 << 40] {
-            assert_eq!(k.kasan.alloca_poison(buf, Size(size)), Err(HookError::BadSize), "size {size:#x}");
+            assert_eq!(k.kasan.alloca_poison(buf, Size(size)), Err(PoisonError::BadSize), "size {size:#x}");
         }
-        assert_eq!(k.kasan.alloca_poison(buf + 8, Size(10)), Err(HookError::Unaligned));
-        assert_eq!(k.kasan.alloca_poison(0, Size(10)), Err(HookError::BadSize), "its left redzone would wrap");
+        assert_eq!(k.kasan.alloca_poison(buf + 8, Size(10)), Err(PoisonError::Unaligned));
+        assert_eq!(k.kasan.alloca_poison(0, Size(10)), Err(PoisonError::BadSize), "its left redzone would wrap");
         assert_eq!(k.read(st, 16384), Ok(()), "refused calls poisoned nothing");
         assert_eq!(k.kasan.alloca_poison(buf, Size(10)), Ok(()));
         assert_eq!(k.read(buf, 10), Ok(()));
@@ -599,10 +600,10 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
         k.kasan.slab_alloc(c, b, Size(64)).unwrap();
         assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
         assert_eq!(k.kasan.slab_free(c, base, b, 0), Ok(hybrid_shadow::Freed::Quarantined));
-        assert_eq!(k.kasan.slab_alloc(c, a, Size(64)), Err(HookError::SlotQuarantined));
-        assert_eq!(k.kasan.slab_alloc(c, a + 8, Size(8)), Err(HookError::NotSlot), "not a slot start");
+        assert_eq!(k.kasan.slab_alloc(c, a, Size(64)), Err(SlabError::SlotQuarantined));
+        assert_eq!(k.kasan.slab_alloc(c, a + 8, Size(8)), Err(SlabError::NotSlot), "not a slot start");
         let tail = base + (4096 - info.slab_offset) / info.slot_size * info.slot_size;
-        assert_eq!(k.kasan.slab_alloc(c, tail, Size(8)), Err(HookError::NotSlot), "a slot cut off by the page's end");
+        assert_eq!(k.kasan.slab_alloc(c, tail, Size(8)), Err(SlabError::NotSlot), "a slot cut off by the page's end");
         assert_eq!(k.read_bug(a, 1), Some(BugType::SlabUseAfterFree), "still poisoned");
         assert_eq!(k.kasan.cache_info(c).unwrap().quarantined, 2);
         // both come back out of quarantine: nothing was dropped off its list
@@ -630,18 +631,18 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
 fn hooks_refuse_part_of_a_tracked_block() {
     both(|k, _| {
         let st = k.stack_alloc().unwrap();
-        assert_eq!(k.kasan.stack_free(st, 1), Err(HookError::WrongPageState), "half a stack");
-        assert_eq!(k.kasan.stack_free(st, 3), Err(HookError::WrongPageState), "a stack and what follows it");
-        assert_eq!(k.kasan.stack_free(st + 4096, 0), Err(HookError::WrongPageState), "a page inside");
+        assert_eq!(k.kasan.stack_free(st, 1), Err(PageError::WrongPageState), "half a stack");
+        assert_eq!(k.kasan.stack_free(st, 3), Err(PageError::WrongPageState), "a stack and what follows it");
+        assert_eq!(k.kasan.stack_free(st + 4096, 0), Err(PageError::WrongPageState), "a page inside");
         let p = k.kmalloc(9000).unwrap();
         assert_eq!(k.kasan.kfree_large(p, 1, 0).unwrap_err().kind, BugType::InvalidFree, "a wrong order");
         assert_eq!(k.kasan.ksize_large(p, 1, 0), 0);
-        assert_eq!(k.kasan.stack_alloc(p, 2), Err(HookError::WrongPageState), "a large kmalloc's pages");
+        assert_eq!(k.kasan.stack_alloc(p, 2), Err(PageError::WrongPageState), "a large kmalloc's pages");
         let c = k.kmem_cache_create("c", 64).unwrap();
         let o = k.cache_alloc(c, 64).unwrap();
         let slab = o & !4095;
-        assert_eq!(k.kasan.slab_page_free(slab, 1), Err(HookError::WrongPageState));
-        assert_eq!(k.kasan.slab_page_alloc(c, slab, 0), Err(HookError::WrongPageState), "a live slab again");
+        assert_eq!(k.kasan.slab_page_free(slab, 1), Err(PageError::WrongPageState));
+        assert_eq!(k.kasan.slab_page_alloc(c, slab, 0), Err(PageError::WrongPageState), "a live slab again");
         // everything is still tracked and checked
         assert_eq!(k.read(st, 16384), Ok(()));
         assert_eq!(k.read_bug(p + 9000, 1), Some(BugType::SlabOutOfBounds));

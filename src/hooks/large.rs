@@ -7,17 +7,17 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A page-backed kmalloc of `size` bytes in the allocated pages at
     /// `addr`: the tail after `size` is poisoned as page redzone. The pages
     /// are plain allocated ones, or this very kmalloc (krealloc in place).
-    pub fn kmalloc_large(&self, addr: usize, order: u32, size: Size) -> Result<(), HookError> {
+    pub fn kmalloc_large(&self, addr: usize, order: u32, size: Size) -> Result<(), PageError> {
         let size = size.0;
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
         if size == 0 || size > count * PAGE_SIZE {
-            return Err(HookError::BadSize);
+            return Err(PageError::BadSize);
         }
         if !self.plain(pfn, count) && !self.block_of(pfn, count, PageKind::LargeKmalloc) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         self.track_pages(&mut inner, pfn, count, PageKind::LargeKmalloc);

@@ -13,13 +13,15 @@
 //!
 //! Hooks that can meet a bug of the caller (double free, invalid free)
 //! report it and return `Err(bug)`; the kernel must then not free. Hooks
-//! given input that breaks the allocator's own contract return a
-//! [`HookError`] and leave the shadow unchanged.
+//! given input that breaks the allocator's own contract return the error
+//! of their kind ([`PageError`], [`SlabError`], [`VmallocError`],
+//! [`PoisonError`]; each converts into [`HookError`](crate::HookError)) and leave the shadow
+//! unchanged.
 
 use crate::cache::{read_meta, write_meta, CacheError, CacheId, CacheInfo, ObjMeta, ObjState};
 use crate::config::Mode;
 use crate::depot::{StackHandle, Trace, MAX_FRAMES};
-use crate::error::{GlobalError, HookError};
+use crate::error::{GlobalError, PageError, PoisonError, SlabError, VmallocError};
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::{PageInfo, PageKind, PageState};
 use crate::platform::Platform;
@@ -136,17 +138,17 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// Frames of `[pfn, pfn + 2^order)` after checking they are RAM.
-    fn page_range(&self, addr: usize, order: u32) -> Result<(usize, usize), HookError> {
+    fn page_range(&self, addr: usize, order: u32) -> Result<(usize, usize), PageError> {
         if order > 20 {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(PageError::Unaligned);
         }
-        let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
+        let pfn = self.pages.pfn(addr).ok_or(PageError::NotRam)?;
         let count = 1usize << order;
         if pfn + count > self.pages.len() {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         Ok((pfn, count))
     }
@@ -174,18 +176,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// Mark RAM that the page allocator never hands out (image, boot data,
     /// firmware) as valid.
-    pub fn mark_reserved(&self, addr: usize, len: Size) -> Result<(), HookError> {
+    pub fn mark_reserved(&self, addr: usize, len: Size) -> Result<(), PageError> {
         let len = len.0;
         if !self.on() {
             return Ok(());
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(PageError::Unaligned);
         }
-        let pfn = self.pages.pfn(addr).ok_or(HookError::NotRam)?;
+        let pfn = self.pages.pfn(addr).ok_or(PageError::NotRam)?;
         let count = len.div_ceil(PAGE_SIZE);
         if count == 0 || pfn + count > self.pages.len() {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         let mut inner = self.inner.lock();
         let info = PageInfo { state: PageState::Valid, kind: PageKind::Reserved, head: false };

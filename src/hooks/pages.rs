@@ -6,13 +6,13 @@ use super::*;
 
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// The page allocator handed out `2^order` pages at `addr`.
-    pub fn page_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn page_alloc(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
         if (pfn..pfn + count).any(|p| self.pages.get(p).state != PageState::Free) {
-            return Err(HookError::PageInUse);
+            return Err(PageError::PageInUse);
         }
         let mut inner = self.inner.lock();
         self.set_pages(&mut inner, pfn, count, |i| PageInfo {

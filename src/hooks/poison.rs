@@ -35,19 +35,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// The size comes from instrumented code: one whose poisoned span would
     /// wrap around or leave the covered memory is refused, as is a
     /// misaligned `addr`, and nothing changes.
-    pub fn alloca_poison(&self, addr: usize, size: Size) -> Result<(), HookError> {
+    pub fn alloca_poison(&self, addr: usize, size: Size) -> Result<(), PoisonError> {
         let size = size.0;
         const RZ: usize = 32;
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
         if !addr.is_multiple_of(RZ) {
-            return Err(HookError::Unaligned);
+            return Err(PoisonError::Unaligned);
         }
-        let padded = size.checked_add(RZ - 1).ok_or(HookError::BadSize)? & !(RZ - 1);
-        let span = padded.checked_add(2 * RZ).ok_or(HookError::BadSize)?;
+        let padded = size.checked_add(RZ - 1).ok_or(PoisonError::BadSize)? & !(RZ - 1);
+        let span = padded.checked_add(2 * RZ).ok_or(PoisonError::BadSize)?;
         if addr < RZ || !self.layout.covered.contains_range(addr - RZ, span) {
-            return Err(HookError::BadSize);
+            return Err(PoisonError::BadSize);
         }
         let rounded = round_up(size, GRANULE);
         self.unpoison(addr, size);

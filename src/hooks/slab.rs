@@ -7,7 +7,7 @@ use super::*;
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Register a cache; the slab must lay out slots of
     /// [`Kasan::cache_info`]`.slot_size` bytes.
-    pub fn cache_create(&self, name: &'static str, object_size: usize, align: usize) -> Result<CacheId, HookError> {
+    pub fn cache_create(&self, name: &'static str, object_size: usize, align: usize) -> Result<CacheId, SlabError> {
         Ok(self.inner.lock().caches.create(name, object_size, align, self.on())?)
     }
 
@@ -19,19 +19,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Destroy a cache: every object must have been freed and released from
     /// quarantine (see [`Kasan::quarantine_release_cache`]). A second
     /// destroy is [`CacheError::AlreadyDestroyed`] and changes nothing.
-    pub fn cache_destroy(&self, id: CacheId) -> Result<(), HookError> {
+    pub fn cache_destroy(&self, id: CacheId) -> Result<(), SlabError> {
         Ok(self.inner.lock().caches.destroy(id)?)
     }
 
     /// A new slab page (`2^order` pages at `base`) of cache `id`: its shadow
     /// is poisoned as redzone until objects are allocated.
-    pub fn slab_page_alloc(&self, id: CacheId, base: usize, order: u32) -> Result<(), HookError> {
+    pub fn slab_page_alloc(&self, id: CacheId, base: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
         if !self.plain(pfn, count) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
@@ -51,13 +51,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A slab page goes back to the page allocator (all its objects free
     /// and released from quarantine). `base` and `order` must be the whole
     /// slab's.
-    pub fn slab_page_free(&self, base: usize, order: u32) -> Result<(), HookError> {
+    pub fn slab_page_free(&self, base: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
         if !self.block_of(pfn, count, PageKind::Slab) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         self.untrack_pages(&mut inner, pfn, count);
@@ -65,25 +65,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The slab handed out the slot at `ptr` for a `size`-byte request.
-    pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: Size) -> Result<(), HookError> {
+    pub fn slab_alloc(&self, id: CacheId, ptr: usize, size: Size) -> Result<(), SlabError> {
         let size = size.0;
         if !self.on() {
             return Ok(());
         }
         if !ptr.is_multiple_of(GRANULE) {
-            return Err(HookError::Unaligned);
+            return Err(SlabError::Unaligned);
         }
-        let pfn = self.pages.pfn(ptr).ok_or(HookError::NotRam)?;
+        let pfn = self.pages.pfn(ptr).ok_or(SlabError::NotRam)?;
         if self.pages.get(pfn).kind != PageKind::Slab {
-            return Err(HookError::WrongPageState);
+            return Err(SlabError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
         if size > cache.object_size {
-            return Err(HookError::BadSize);
+            return Err(SlabError::BadSize);
         }
         if !self.is_slot(id, &cache, ptr) {
-            return Err(HookError::NotSlot);
+            return Err(SlabError::NotSlot);
         }
         self.obj_alloc(&mut inner, id, &cache, ptr, size, 0)
     }
@@ -100,15 +100,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         ptr: usize,
         size: usize,
         from: usize,
-    ) -> Result<(), HookError> {
+    ) -> Result<(), SlabError> {
         // SAFETY: `ptr` starts a slot of a live slab page of this cache
         // (the caller checked), so its metadata is mapped slab memory.
         let meta = unsafe { read_meta(cache, ptr) };
         match meta.state() {
             ObjState::Available => {}
-            ObjState::Allocated => return Err(HookError::SlotInUse),
+            ObjState::Allocated => return Err(SlabError::SlotInUse),
             // Its metadata links the quarantine: reusing it would cut the list.
-            ObjState::Quarantined => return Err(HookError::SlotQuarantined),
+            ObjState::Quarantined => return Err(SlabError::SlotQuarantined),
         }
         self.unpoison(ptr, size);
         self.fill_shadow(ptr + round_up(size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);
@@ -332,7 +332,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// `krealloc()` within the same slot: the object now has `new_size`
     /// bytes (at most the cache's object size).
-    pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: Size) -> Result<(), HookError> {
+    pub fn slab_resize(&self, id: CacheId, ptr: usize, new_size: Size) -> Result<(), SlabError> {
         let new_size = new_size.0;
         if !self.on() {
             return Ok(());
@@ -340,15 +340,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
         if new_size > cache.object_size || !ptr.is_multiple_of(GRANULE) {
-            return Err(HookError::BadSize);
+            return Err(SlabError::BadSize);
         }
         if !self.is_slot(id, &cache, ptr) {
-            return Err(HookError::NotSlot);
+            return Err(SlabError::NotSlot);
         }
         // SAFETY: `ptr` starts a slot of a live slab page of this cache (is_slot).
         let mut meta = unsafe { read_meta(&cache, ptr) };
         if meta.state() != ObjState::Allocated {
-            return Err(HookError::WrongPageState);
+            return Err(SlabError::WrongPageState);
         }
         self.unpoison(ptr, new_size);
         self.fill_shadow(ptr + round_up(new_size, GRANULE), ptr + cache.slot_size, SLAB_REDZONE);

@@ -6,13 +6,13 @@ use super::*;
 impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// A kernel stack of `2^order` allocated pages at `addr`: byte tracked,
     /// all accessible (the compiler poisons frames as they are entered).
-    pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
         if !self.plain(pfn, count) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         self.track_pages(&mut inner, pfn, count, PageKind::Stack);
@@ -22,13 +22,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// A kernel stack is done (before `page_free`): leftover frame poison
     /// is dropped. `addr` and `order` must be the whole stack's.
-    pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
         if !self.block_of(pfn, count, PageKind::Stack) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         self.untrack_pages(&mut inner, pfn, count);

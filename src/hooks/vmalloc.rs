@@ -8,20 +8,20 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// including its guard, of which the first `size` are the allocation.
     /// Returns `Ok(false)` when some of its shadow could not be mapped (that
     /// part goes unchecked).
-    pub fn vmalloc_alloc(&self, addr: usize, size: Size, area_len: Size) -> Result<bool, HookError> {
+    pub fn vmalloc_alloc(&self, addr: usize, size: Size, area_len: Size) -> Result<bool, VmallocError> {
         let size = size.0;
         let area_len = area_len.0;
         if !self.on() {
             return Ok(true);
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(VmallocError::Unaligned);
         }
         if size == 0 || size > area_len {
-            return Err(HookError::BadSize);
+            return Err(VmallocError::BadSize);
         }
         if !self.layout.vmalloc.contains_range(addr, area_len) {
-            return Err(HookError::NotVmalloc);
+            return Err(VmallocError::NotVmalloc);
         }
         let mut inner = self.inner.lock();
         self.promote_pending(&mut inner);
@@ -32,16 +32,16 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     /// The vmalloc area at `addr` of `area_len` bytes is freed.
-    pub fn vmalloc_free(&self, addr: usize, area_len: Size) -> Result<(), HookError> {
+    pub fn vmalloc_free(&self, addr: usize, area_len: Size) -> Result<(), VmallocError> {
         let area_len = area_len.0;
         if !self.on() {
             return Ok(());
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(VmallocError::Unaligned);
         }
         if !self.layout.vmalloc.contains_range(addr, area_len) {
-            return Err(HookError::NotVmalloc);
+            return Err(VmallocError::NotVmalloc);
         }
         let mut inner = self.inner.lock();
         self.fill_shadow(addr, addr + area_len, VMALLOC_INVALID);

@@ -25,7 +25,7 @@ use core::alloc::{GlobalAlloc, Layout as AllocLayout};
 
 use hybrid_shadow::layout::BLOCK_SIZE;
 use hybrid_shadow::{
-    Config, HeapError, HookError, Kasan, Layout, LayoutError, Mode, Platform, Region, RegionError, RegionKind, Size, SlabRef,
+    Config, HeapError, Kasan, Layout, LayoutError, Mode, PageError, Platform, Region, RegionError, RegionKind, Size, SlabRef,
     Symbol,
 };
 
@@ -159,7 +159,7 @@ pub enum StartError {
     /// The runtime could not start.
     Runtime(hybrid_shadow::InitError),
     /// Marking RAM valid was refused.
-    Ram(HookError),
+    Ram(PageError),
     /// The heap could not be set up.
     Heap(HeapError),
 }

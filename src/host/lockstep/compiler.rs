@@ -4,7 +4,7 @@
 use crate::hooks::Size;
 use super::oracle::Byte;
 use super::{Kind, Lockstep, Op};
-use crate::error::{GlobalError, HookError};
+use crate::error::{GlobalError, PoisonError};
 use crate::hooks::{GlobalDesc, GLOBAL_ALIGN};
 use crate::report::BugType;
 use crate::shadow::GRANULE;
@@ -81,9 +81,9 @@ impl Lockstep {
         let span = padded.and_then(|p| p.checked_add(2 * ALLOCA_RZ));
         let covered = self.full.kasan.layout().covered;
         let want = match span {
-            _ if !af.is_multiple_of(ALLOCA_RZ) => Err(HookError::Unaligned),
+            _ if !af.is_multiple_of(ALLOCA_RZ) => Err(PoisonError::Unaligned),
             Some(n) if af >= ALLOCA_RZ && covered.contains_range(af - ALLOCA_RZ, n) => Ok(()),
-            _ => Err(HookError::BadSize),
+            _ => Err(PoisonError::BadSize),
         };
         // Accepted outside its stack, full and hybrid may rightly differ
         // (hybrid keeps no byte shadow there): not modelled.

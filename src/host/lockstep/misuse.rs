@@ -56,11 +56,11 @@ impl Lockstep {
                     None if all(&|p| self.full.pages_free(p, 0)) => return,
                     None => HookError::PageInUse,
                 };
-                (self.full.kasan.page_alloc(fa, order), self.hybrid.kasan.page_alloc(ha, order), want)
+                (he(self.full.kasan.page_alloc(fa, order)), he(self.hybrid.kasan.page_alloc(ha, order)), want)
             }
             1 => {
                 let want = refusal.unwrap_or(HookError::BadSize);
-                (self.full.kasan.kmalloc_large(fa, order, Size(0)), self.hybrid.kasan.kmalloc_large(ha, order, Size(0)), want)
+                (he(self.full.kasan.kmalloc_large(fa, order, Size(0))), he(self.hybrid.kasan.kmalloc_large(ha, order, Size(0))), want)
             }
             2 | 3 => {
                 let want = match refusal {
@@ -69,10 +69,10 @@ impl Lockstep {
                     None => HookError::WrongPageState,
                 };
                 if hook % 8 == 2 {
-                    (self.full.kasan.stack_alloc(fa, order), self.hybrid.kasan.stack_alloc(ha, order), want)
+                    (he(self.full.kasan.stack_alloc(fa, order)), he(self.hybrid.kasan.stack_alloc(ha, order)), want)
                 } else {
                     let ids = self.raw_ids();
-                    (self.full.kasan.slab_page_alloc(ids.0, fa, order), self.hybrid.kasan.slab_page_alloc(ids.1, ha, order), want)
+                    (he(self.full.kasan.slab_page_alloc(ids.0, fa, order)), he(self.hybrid.kasan.slab_page_alloc(ids.1, ha, order)), want)
                 }
             }
             4 => {
@@ -81,7 +81,7 @@ impl Lockstep {
                     None if self.full.plat.slab_of(fa).is_some() => return,
                     None => HookError::WrongPageState,
                 };
-                (self.full.kasan.slab_page_free(fa, order), self.hybrid.kasan.slab_page_free(ha, order), want)
+                (he(self.full.kasan.slab_page_free(fa, order)), he(self.hybrid.kasan.slab_page_free(ha, order)), want)
             }
             5 => {
                 let whole = self.live_at(fa).is_some_and(|i| self.live[i].kind == Kind::Stack);
@@ -90,7 +90,7 @@ impl Lockstep {
                     None if whole && order == crate::host::sim::STACK_ORDER => return,
                     None => HookError::WrongPageState,
                 };
-                (self.full.kasan.stack_free(fa, order), self.hybrid.kasan.stack_free(ha, order), want)
+                (he(self.full.kasan.stack_free(fa, order)), he(self.hybrid.kasan.stack_free(ha, order)), want)
             }
             6 => {
                 let (size, len) = (arg & 0xffff_ffff, arg >> 32);
@@ -105,7 +105,7 @@ impl Lockstep {
                     return;
                 };
                 let (f, h) = (self.full.kasan.vmalloc_alloc(fa, Size(size), Size(len)), self.hybrid.kasan.vmalloc_alloc(ha, Size(size), Size(len)));
-                (f.map(drop), h.map(drop), want)
+                (he(f.map(drop)), he(h.map(drop)), want)
             }
             _ => return self.kfree_large_misuse(fa, ha, order % 12, op),
         };
@@ -127,4 +127,10 @@ impl Lockstep {
         let (f, h) = (self.full.kasan.kfree_large(fa, order, ip.0), self.hybrid.kasan.kfree_large(ha, order, ip.1));
         self.bad_free(op, f, h, Some(kind));
     }
+}
+
+/// A hook's result with its error as the union [`HookError`] (the misuse
+/// table compares hooks of several kinds).
+fn he<T, E: Into<HookError>>(r: Result<T, E>) -> Result<T, HookError> {
+    r.map_err(Into::into)
 }

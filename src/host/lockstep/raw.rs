@@ -3,10 +3,10 @@
 //! so slot misuse (interior pointers, the slot cut off by the page's end,
 //! slots still allocated or in quarantine) reaches the runtime directly.
 
+use crate::error::SlabError;
 use crate::hooks::Size;
 use super::{Kind, Lockstep, Object, Op};
 use crate::cache::CacheId;
-use crate::error::HookError;
 use crate::hooks::Freed;
 use crate::host::sim::{SimKernel, MAX_ORDER};
 use crate::mapper::PAGE_SIZE;
@@ -110,18 +110,18 @@ impl Lockstep {
         let (fa, ha) = r.at(i, delta);
         let page_end = r.pages.0 + (PAGE_SIZE << r.order);
         let want = if !fa.is_multiple_of(crate::shadow::GRANULE) {
-            Some(Err(HookError::Unaligned))
+            Some(Err(SlabError::Unaligned))
         } else if fa >= page_end {
             None // on the next page, whatever it is: refused somehow
         } else if size > r.object_size {
-            Some(Err(HookError::BadSize))
+            Some(Err(SlabError::BadSize))
         } else if delta != 0 || i == r.slots.len() {
-            Some(Err(HookError::NotSlot))
+            Some(Err(SlabError::NotSlot))
         } else {
             match r.slots[i] {
                 Slot::Available => Some(Ok(())),
-                Slot::Allocated => Some(Err(HookError::SlotInUse)),
-                Slot::Quarantined => Some(Err(HookError::SlotQuarantined)),
+                Slot::Allocated => Some(Err(SlabError::SlotInUse)),
+                Slot::Quarantined => Some(Err(SlabError::SlotQuarantined)),
                 Slot::Freed => None,
             }
         };
@@ -131,7 +131,7 @@ impl Lockstep {
             Some(w) => assert_eq!(f, w, "{op:?}"),
             // a released slot may be reused, one in quarantine not
             None if r.slots.get(i) == Some(&Slot::Freed) => {
-                assert!(matches!(f, Ok(()) | Err(HookError::SlotQuarantined)), "{op:?}: {f:?}")
+                assert!(matches!(f, Ok(()) | Err(SlabError::SlotQuarantined)), "{op:?}: {f:?}")
             }
             None => assert!(f.is_err(), "{op:?}: a slot past the slab was accepted"),
         }
