@@ -107,9 +107,11 @@ pub enum SlabError {
     Unaligned,
     /// The address is not in the direct map (not RAM).
     NotRam,
-    /// The address is not on a slab page of that cache.
+    /// The address is not on a slab page, or (`slab_resize`) the object
+    /// there is not allocated.
     WrongPageState,
-    /// A size of zero or larger than the cache's objects.
+    /// A size larger than the cache's objects (or, for `slab_resize`, a
+    /// misaligned object).
     BadSize,
     /// The address is not the start of a slot of that cache (an interior
     /// pointer, another cache's slab, or a slot cut off by the slab's end).
@@ -126,8 +128,7 @@ pub enum SlabError {
 pub enum VmallocError {
     /// The area address is not page aligned.
     Unaligned,
-    /// The size is zero, larger than the area, or the area's length is not
-    /// whole pages.
+    /// The size is zero or larger than the area.
     BadSize,
     /// The area is outside the vmalloc window (or there is none).
     NotVmalloc,
