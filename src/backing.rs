@@ -220,7 +220,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// Shrinker: give back the private pages of promoted mixed blocks (they
     /// are a cache of the per-page shadow; the blocks fall back to CONSULT
-    /// and may be promoted again when hot). Returns the pages released.
+    /// and may be promoted again when hot), then the page tables that map
+    /// only one kind of shared page. Returns the pages released.
     pub fn shrink(&self) -> usize {
         if self.cfg.mode != Mode::Hybrid {
             return 0;
@@ -236,7 +237,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 self.sync_block(&mut inner, b, first, first);
             }
         }
-        before.saturating_sub(self.stats.ondemand_live.load(Relaxed))
+        let pages = before.saturating_sub(self.stats.ondemand_live.load(Relaxed));
+        pages + inner.mapper.reshare()
     }
 
     /// Take one reference on each vmalloc block of `[start, end)`, mapping

@@ -156,4 +156,11 @@ pub unsafe trait ShadowMapper {
     fn table_peak_bytes(&self) -> usize {
         self.table_bytes()
     }
+
+    /// Shrinker: give back page-table pages that map nothing but one kind
+    /// of shared page (the backend may keep them while kinds flip). Returns
+    /// the pages given back.
+    fn reshare(&mut self) -> usize {
+        0
+    }
 }

@@ -236,6 +236,17 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
     }
 
+    /// Shrinker: give back the page tables that map only one kind of
+    /// shared metadata page (pages flipping between initialized and
+    /// uninitialized leave them private; see the mapper's re-sharing).
+    /// Returns the pages given back.
+    pub fn shrink(&self) -> usize {
+        if self.cfg.mode != Mode::Hybrid {
+            return 0;
+        }
+        self.inner.lock().mapper.reshare()
+    }
+
     /// `full` mode at boot: give the free RAM page at `addr` private shadow
     /// (uninitialized) and origin pages for good, as Linux's KMSAN gives
     /// every page its metadata. The kernel calls this for each free page

@@ -76,12 +76,24 @@ fn dropped() -> MetaPtrs {
     MetaPtrs { shadow: DROP.shadow.get().cast(), origin: DROP.origin.get().cast() }
 }
 
+/// What a deferred store left to settle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    /// Shadow and origins are in the sink.
+    Sink,
+    /// Shadow and origins are in the sink, and the store lies in one page
+    /// whose metadata is the shared zero page (or none: unchecked): a
+    /// wholly initialized value leaves nothing to do.
+    SinkIntoInit,
+    /// The shadow was written in place; only origins wait in the sink.
+    OriginOnly,
+}
+
 /// The runtime's part of a task's (or interrupt level's) KMSAN state.
 pub struct Context {
     pending_addr: usize,
     pending_size: usize,
-    /// The pending store wrote its shadow in place; only origins wait.
-    pending_origin_only: bool,
+    pending: Pending,
     load_origin: u32,
     sink_origin: [u32; SINK_SLOTS],
     sink_shadow: [u8; SINK_BYTES],
@@ -97,7 +109,7 @@ impl Context {
     /// A context with nothing pending.
     #[must_use]
     pub const fn new() -> Self {
-        Context { pending_addr: 0, pending_size: 0, pending_origin_only: false, load_origin: 0, sink_origin: [0; SINK_SLOTS], sink_shadow: [0; SINK_BYTES] }
+        Context { pending_addr: 0, pending_size: 0, pending: Pending::Sink, load_origin: 0, sink_origin: [0; SINK_SLOTS], sink_shadow: [0; SINK_BYTES] }
     }
 
     fn sink(&mut self) -> MetaPtrs {
@@ -212,7 +224,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 return nowhere;
             }
             Stats::bump(&self.stats.slow_path_checks);
-            self.defer(ctx, addr, size, false);
+            self.defer(ctx, addr, size, Pending::Sink);
             return ctx.sink();
         }
         let Some(addr) = self.canon(addr) else { return nowhere };
@@ -230,7 +242,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 // values) through the sink, so a page-wide origin stays so
                 // while it can (see `Kmsan::write_origins`).
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
-                self.defer(ctx, addr, size, true);
+                self.defer(ctx, addr, size, Pending::OriginOnly);
                 return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: ctx.sink_origin.as_mut_ptr() };
             }
             _ => {}
@@ -258,7 +270,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return nowhere;
         }
         Stats::bump(&self.stats.slow_path_checks);
-        self.defer(ctx, addr, size, false);
+        let into_init = (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE
+            && self.page_of(self.place(addr)).is_some_and(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked));
+        self.defer(ctx, addr, size, if into_init { Pending::SinkIntoInit } else { Pending::Sink });
         ctx.sink()
     }
 
@@ -270,10 +284,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     #[inline(always)]
-    fn defer(&self, ctx: &mut Context, addr: usize, size: usize, origin_only: bool) {
+    fn defer(&self, ctx: &mut Context, addr: usize, size: usize, pending: Pending) {
         ctx.pending_addr = addr;
         ctx.pending_size = size;
-        ctx.pending_origin_only = origin_only;
+        ctx.pending = pending;
     }
 
     /// How much of the metadata of `[addr, last]` the compiler's code may
@@ -309,6 +323,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     #[inline(always)]
     pub fn settle(&self, ctx: &mut Context) {
         if ctx.pending_size != 0 {
+            // The common case, an initialized value stored into an
+            // initialized page, costs one test of the sink, here.
+            // SAFETY: the sink holds SINK_BYTES >= `pending_size` bytes.
+            if ctx.pending == Pending::SinkIntoInit && unsafe { first_uninit(ctx.sink_shadow.as_ptr(), ctx.pending_size) }.is_none() {
+                ctx.pending_size = 0;
+                return;
+            }
             self.settle_pending(ctx);
         }
     }
@@ -317,7 +338,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     fn settle_pending(&self, ctx: &mut Context) {
         let (addr, size) = (ctx.pending_addr, ctx.pending_size);
         ctx.pending_size = 0;
-        let dirty = if ctx.pending_origin_only {
+        let origin_only = ctx.pending == Pending::OriginOnly;
+        let dirty = if origin_only {
             // Shadow was written in place (canonical `addr`, private pages
             // of one region, whose shadow is contiguous).
             let Some(r) = self.layout.region_of(addr) else { return };
@@ -351,7 +373,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 a = e;
                 continue;
             };
-            if !ctx.pending_origin_only {
+            if !origin_only {
                 let sh = &ctx.sink_shadow[a - addr..e - addr];
                 let writable = match p.backing {
                     MetaBacking::Private => true,

@@ -23,7 +23,9 @@
 //!   the PML4. A switch between two shared kinds (KMSAN's initialized and
 //!   uninitialized pages, KASAN's free and used blocks) does not look: the
 //!   page allocator flips kinds on every allocation, and re-sharing there
-//!   only traded a 512-entry scan for a table copy at the next flip. Tables
+//!   only traded a 512-entry scan for a table copy at the next flip; such
+//!   tables go back when a shrinker asks
+//!   ([`X86ShadowMapper::reshare_uniform`]). Tables
 //!   covering a pinned range ([`X86ShadowMapper::unshare_range`]) are never
 //!   freed.
 //! * Frames are given back only after the TLB flush that removes every
@@ -384,6 +386,50 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
             Slot::Shared(k) => Some(Backing::Shared(k)),
             Slot::Private(f) => Some(Backing::Private(f)),
         }
+    }
+
+    /// Give back every private table (outside pinned ranges, the PML4
+    /// aside) whose 512 entries are all shared of one kind: its parent
+    /// entry points at that kind's shared table again, as re-sharing does
+    /// when a private page goes. Flips between shared kinds leave such
+    /// tables behind (see the module docs); a shrinker calls this. Returns
+    /// the tables freed, after one TLB flush.
+    pub fn reshare_uniform(&mut self) -> usize {
+        if !self.config.reshare {
+            return 0;
+        }
+        let before = self.stats.reshares;
+        let mut va = self.config.shadow_start;
+        while va < self.config.shadow_end {
+            let idx = Level::Pml4.index(va);
+            if let Slot::Private(t) = self.classify(Level::Pml4, self.read(self.pml4, idx)) {
+                self.sweep(self.pml4, Level::Pml4, idx, t, va);
+            }
+            va += Level::Pml4.span();
+        }
+        self.drain();
+        (self.stats.reshares - before) as usize
+    }
+
+    /// [`Self::reshare_uniform`] below entry `idx` of `parent` (a table of
+    /// `level`), which points at the private table `t` covering from `va`:
+    /// the tables under `t` first, then `t` itself.
+    fn sweep(&mut self, parent: PhysAddr, level: Level, idx: usize, t: PhysAddr, va: usize) {
+        let Some(below) = level.below() else { return };
+        if below.below().is_some() {
+            for i in 0..ENTRIES {
+                if let Slot::Private(c) = self.classify(below, self.read(t, i)) {
+                    self.sweep(t, below, i, c, va + i * below.span());
+                }
+            }
+        }
+        let Slot::Shared(kind) = self.classify(below, self.read(t, 0)) else { return };
+        if self.pinned(below, va) || !self.uniform(t, below, kind) {
+            return;
+        }
+        self.write(parent, idx, self.enc.shared(self.shared.target(kind, level)));
+        self.defer(Freed::Table(t, below), va, true);
+        self.stats.reshares += 1;
     }
 
     /// Give every PML4 slot of the region a private PDPT and never change
@@ -872,5 +918,9 @@ unsafe impl<F: FrameSource, M: PhysMem, T: TlbFlush> ShadowMapper for X86ShadowM
 
     fn table_peak_bytes(&self) -> usize {
         (self.stats.shared_tables + self.stats.peak_private_tables) * PAGE_SIZE
+    }
+
+    fn reshare(&mut self) -> usize {
+        self.reshare_uniform()
     }
 }

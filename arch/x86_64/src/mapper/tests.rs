@@ -288,6 +288,36 @@ fn map_shared_other_kind_unshares_and_tables_stay_until_a_private_page_goes() {
 }
 
 #[test]
+fn reshare_uniform_gives_back_tables_left_by_kind_flips() {
+    let mem = FakePhys::new(64);
+    let (mut m, _) = setup(&mem, Config::linux());
+    let a = S + 77 * PAGE_SIZE;
+    let b = S + 3 * GIB + 9 * PAGE_SIZE;
+    // Two flips there and back: each leaves its copied PDPT/PD/PT chain.
+    for va in [a, b] {
+        m.map_shared(va, SharedPage::PageFree).unwrap().flush(&mut m);
+        m.map_shared(va, SharedPage::Zero).unwrap().flush(&mut m);
+    }
+    // A third page stays of another kind: its PT (and the PD, PDPT above)
+    // must stay.
+    let c = S + 5 * MIB2;
+    m.map_shared(c, SharedPage::Consult).unwrap().flush(&mut m);
+    assert_eq!(m.stats().private_tables, 6, "PDPT, 2 PDs, 3 PTs");
+    // a's PT and b's PT and PD go; c's PT, its PD and the PDPT stay.
+    assert_eq!(m.reshare_uniform(), 3);
+    assert_eq!(m.stats().private_tables, 3);
+    assert_eq!(byte(&m, &mem, a), Some(0));
+    assert_eq!(byte(&m, &mem, b), Some(0));
+    assert_eq!(byte(&m, &mem, c), Some(SharedPage::Consult.fill()));
+    assert_eq!(m.translate(c), Some(Backing::Shared(SharedPage::Consult)));
+    // Once c flips back too, the rest goes, and nothing is left to do.
+    m.map_shared(c, SharedPage::Zero).unwrap().flush(&mut m);
+    assert_eq!(m.reshare_uniform(), 3);
+    assert_eq!(m.frames().live(), BASE_FRAMES);
+    assert_eq!(m.reshare_uniform(), 0);
+}
+
+#[test]
 fn whole_pt_of_one_kind_collapses_to_shared_pt() {
     let mem = FakePhys::new(64);
     let (mut m, _) = setup(&mem, Config::linux());
