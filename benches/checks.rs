@@ -24,7 +24,7 @@
 //!   (hybrid: private shadow, the page-wide origin: origins through the sink)
 //! * `store slab uninit`: an uninitialized value (same origin each time)
 
-use hybrid_shadow::Size;
+use hybrid_shadow::{Ip, Size};
 use hybrid_shadow::host::kmsan::KmsanHost;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::{MixedBlocks, Mode};
@@ -107,7 +107,7 @@ fn run_class(s: &Setup, class: usize, n: usize) -> usize {
     let mut bad = 0;
     for i in 0..n {
         let addr = black_box(a + (i & 3) * 8);
-        let ok = if class == 3 { s.k.kasan.fast_ok(addr, Size(8)) } else { s.k.kasan.check(addr, Size(8), false, 0).is_ok() };
+        let ok = if class == 3 { s.k.kasan.fast_ok(addr, Size(8)) } else { s.k.kasan.check(addr, Size(8), false, Ip(0)).is_ok() };
         bad += usize::from(!ok);
     }
     bad

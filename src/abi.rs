@@ -12,7 +12,7 @@
 //! check passes (the shadow does not exist yet). The fast path reads three
 //! statics set at install (shadow offset, covered range) and the shadow.
 
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use crate::hooks::GlobalDesc;
@@ -40,7 +40,7 @@ pub trait AbiRuntime: Sync {
 
 impl<M: ShadowMapper + Send, P: Platform + Sync> AbiRuntime for Kasan<M, P> {
     fn check(&self, addr: usize, size: usize, write: bool, ip: usize) -> bool {
-        Kasan::check(self, addr, Size(size), write, ip).is_ok()
+        Kasan::check(self, addr, Size(size), write, Ip(ip)).is_ok()
     }
     fn poison(&self, addr: usize, size: usize, value: u8) {
         self.poison_range(addr, Size(size), value);

@@ -18,7 +18,7 @@ use crate::config::Mode;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;
 use crate::report::{Bug, BugType};
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use crate::runtime::Kasan;
 use crate::shadow::{self, GRANULE};
 use crate::stats::Stats;
@@ -49,7 +49,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `Err` carries the bug that was found (and reported, unless one-shot
     /// mode already reported).
     #[inline(always)]
-    pub fn check(&self, addr: usize, size: Size, write: bool, ip: usize) -> Result<(), Bug> {
+    pub fn check(&self, addr: usize, size: Size, write: bool, ip: Ip) -> Result<(), Bug> {
+        let ip = ip.0;
         let size = size.0;
         if size == 0 || self.cfg.mode == Mode::Off || self.fast_ok(addr, Size(size)) {
             return Ok(());

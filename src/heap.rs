@@ -32,7 +32,7 @@ use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::{Platform, SlabRef};
 use crate::region::{RegionError, RegionKind};
 use crate::report::{Bug, BugType};
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use crate::runtime::{Inner, Kasan};
 use crate::shadow::{GRANULE, PAGE_FREE, PAGE_REDZONE, SLAB_REDZONE};
 use crate::stats::Stats;
@@ -208,7 +208,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// is full, has not been set up, or `align` is above a page. `from` is
     /// the return address of the kernel's allocation entry point (the
     /// allocation stack starts there), 0 if unknown.
-    pub fn heap_alloc(&self, size: Size, align: usize, from: usize) -> *mut u8 {
+    pub fn heap_alloc(&self, size: Size, align: usize, from: Ip) -> *mut u8 {
+        let from = from.0;
         let size = size.0;
         let Some(v) = self.heap.get() else { return core::ptr::null_mut() };
         if align > PAGE_SIZE {
@@ -327,7 +328,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Free a heap object. `Err` is a reported double or invalid free
     /// (nothing changed). `from` is the return address of the kernel's free
     /// entry point (the free stack and the report start there), 0 if unknown.
-    pub fn heap_free(&self, ptr: usize, from: usize) -> Result<(), Bug> {
+    pub fn heap_free(&self, ptr: usize, from: Ip) -> Result<(), Bug> {
+        let from = from.0;
         let Some(v) = self.heap.get() else {
             return Err(self.report_free(ptr, BugType::InvalidFree, from));
         };

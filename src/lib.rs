@@ -55,7 +55,7 @@ pub mod host;
 pub use cache::{CacheError, CacheId};
 pub use config::{Config, FaultAction, MixedBlocks, Mode};
 pub use error::{GlobalError, HookError, InitError, PageError, PoisonError, SlabError, VmallocError};
-pub use hooks::{Freed, GlobalDesc, Released, Size};
+pub use hooks::{Freed, GlobalDesc, Ip, Released, Size};
 pub use heap::HeapError;
 pub use layout::{Layout, LayoutError, Region};
 pub use region::{RegionError, RegionKind};

@@ -4,7 +4,7 @@
 //! quarantine and alloc/free stacks; each bug gets Linux's type in `full`
 //! and `hybrid`; regions that do not fit the layout are refused.
 
-use hybrid_shadow::Size;
+use hybrid_shadow::{Ip, Size};
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::layout::{Region, BLOCK_SIZE};
 use hybrid_shadow::shadow::{STACK_LEFT, STACK_MID};
@@ -24,7 +24,7 @@ fn kernel(mode: Mode) -> SimKernel {
 }
 
 fn alloc(k: &SimKernel, size: usize, align: usize) -> usize {
-    let p = k.kasan.heap_alloc(Size(size), align, 0) as usize;
+    let p = k.kasan.heap_alloc(Size(size), align, Ip(0)) as usize;
     assert_ne!(p, 0, "heap_alloc({size}, {align}) failed");
     assert_eq!(p % align, 0);
     p
@@ -47,16 +47,16 @@ fn heap_bugs_have_linux_types_in_full_and_hybrid() {
         assert_eq!(k.read(p, 13), Ok(()));
         assert_eq!(k.read_bug(p + 13, 1), Some(BugType::SlabOutOfBounds), "{mode:?}");
         assert!(title(k).starts_with("BUG: KASAN: slab-out-of-bounds in "));
-        assert_eq!(k.kasan.heap_free(p, 0), Ok(()));
+        assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
         assert_eq!(k.read_bug(p, 1), Some(BugType::SlabUseAfterFree));
         let log = k.take_log();
         assert!(log.contains("Freed by task"), "{log}");
         assert!(log.contains("which belongs to the cache heap-16 of size 16"), "{log}");
-        assert_eq!(k.kasan.heap_free(p, 0).map_err(|b| b.kind), Err(BugType::DoubleFree));
+        assert_eq!(k.kasan.heap_free(p, Ip(0)).map_err(|b| b.kind), Err(BugType::DoubleFree));
         assert!(title(k).starts_with("BUG: KASAN: double-free in "));
         // interior pointer
         let q = alloc(k, 100, 8);
-        assert_eq!(k.kasan.heap_free(q + 8, 0).map_err(|b| b.kind), Err(BugType::InvalidFree));
+        assert_eq!(k.kasan.heap_free(q + 8, Ip(0)).map_err(|b| b.kind), Err(BugType::InvalidFree));
         k.take_log();
         // page-backed: OOB, UAF, double free
         let big = alloc(k, 10_000, 8);
@@ -65,21 +65,21 @@ fn heap_bugs_have_linux_types_in_full_and_hybrid() {
         assert_eq!(k.read_bug(big + 10_000, 1), Some(BugType::SlabOutOfBounds));
         let log = k.take_log();
         assert!(log.contains("page-backed heap object"), "{log}");
-        assert_eq!(k.kasan.heap_free(big, 0), Ok(()));
+        assert_eq!(k.kasan.heap_free(big, Ip(0)), Ok(()));
         assert_eq!(k.read_bug(big + 4096, 8), Some(BugType::UseAfterFree));
         let log = k.take_log();
         assert!(log.contains("freed 10000-byte region"), "{log}");
-        assert_eq!(k.kasan.heap_free(big, 0).map_err(|b| b.kind), Err(BugType::DoubleFree));
+        assert_eq!(k.kasan.heap_free(big, Ip(0)).map_err(|b| b.kind), Err(BugType::DoubleFree));
         k.take_log();
         // page-aligned request
         let a = alloc(k, 64, 4096);
         assert_eq!(k.read_bug(a + 64, 1), Some(BugType::SlabOutOfBounds));
         k.take_log();
         // outside the heap
-        assert_eq!(k.kasan.heap_free(range.end + 64, 0).map_err(|b| b.kind), Err(BugType::InvalidFree));
+        assert_eq!(k.kasan.heap_free(range.end + 64, Ip(0)).map_err(|b| b.kind), Err(BugType::InvalidFree));
         k.take_log();
-        assert_eq!(k.kasan.heap_free(q, 0), Ok(()));
-        assert_eq!(k.kasan.heap_free(a, 0), Ok(()));
+        assert_eq!(k.kasan.heap_free(q, Ip(0)), Ok(()));
+        assert_eq!(k.kasan.heap_free(a, Ip(0)), Ok(()));
     }
 }
 
@@ -98,19 +98,19 @@ fn heap_recycles_through_quarantine_without_false_reports() {
                     0 => 3000 + (seed >> 8) as usize % 9000,
                     _ => 1 + (seed >> 8) as usize % 600,
                 };
-                let p = k.kasan.heap_alloc(Size(size), 8, 0) as usize;
+                let p = k.kasan.heap_alloc(Size(size), 8, Ip(0)) as usize;
                 assert_ne!(p, 0, "{mode:?}: heap exhausted at step {i}");
                 assert_eq!(k.write(p, size), Ok(()), "{mode:?}: fresh object");
                 live.push((p, size));
             } else {
                 let (p, size) = live.swap_remove((seed >> 4) as usize % live.len());
                 assert_eq!(k.read(p, size), Ok(()));
-                assert_eq!(k.kasan.heap_free(p, 0), Ok(()), "{mode:?}");
+                assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()), "{mode:?}");
             }
         }
         assert!(!k.take_log().contains("BUG: KASAN"), "{mode:?}: false report");
         for (p, _) in live {
-            assert_eq!(k.kasan.heap_free(p, 0), Ok(()));
+            assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use hybrid_shadow::{PageError, PoisonError, SlabError, VmallocError};
-use hybrid_shadow::Size;
+use hybrid_shadow::{Ip, Size};
 use common::syzkaller;
 use hybrid_shadow::hooks::GlobalDesc;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, ZERO_SIZE_PTR};
@@ -578,8 +578,8 @@ fn ksize_of_an_interior_pointer_is_refused() {
         assert_eq!(k.read_bug(p + 100, 1), Some(BugType::SlabOutOfBounds), "the redzone is still poisoned");
         assert_eq!(k.read_bug(q, 1), Some(BugType::SlabUseAfterFree), "the freed neighbour too");
         let cache = hybrid_shadow::Platform::slab_of(&k.plat, p).unwrap().cache;
-        assert_eq!(k.kasan.ksize(cache, p + 8, 0), 0);
-        assert_eq!(k.kasan.ksize(cache, q, 0), 0, "a freed object");
+        assert_eq!(k.kasan.ksize(cache, p + 8, Ip(0)), 0);
+        assert_eq!(k.kasan.ksize(cache, q, Ip(0)), 0, "a freed object");
         assert_eq!(k.ksize(p), 128);
         assert_eq!(reports(k), 3, "{}", k.take_log());
     });
@@ -598,8 +598,8 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
         let (a, b) = (base, base + info.slot_size);
         k.kasan.slab_alloc(c, a, Size(64)).unwrap();
         k.kasan.slab_alloc(c, b, Size(64)).unwrap();
-        assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
-        assert_eq!(k.kasan.slab_free(c, base, b, 0), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.slab_free(c, base, a, Ip(0)), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.slab_free(c, base, b, Ip(0)), Ok(hybrid_shadow::Freed::Quarantined));
         assert_eq!(k.kasan.slab_alloc(c, a, Size(64)), Err(SlabError::SlotQuarantined));
         assert_eq!(k.kasan.slab_alloc(c, a + 8, Size(8)), Err(SlabError::NotSlot), "not a slot start");
         let tail = base + (4096 - info.slab_offset) / info.slot_size * info.slot_size;
@@ -615,7 +615,7 @@ fn slot_in_quarantine_cannot_be_allocated_again() {
         }
         assert_eq!(released, [a, b]);
         k.kasan.slab_alloc(c, a, Size(64)).unwrap();
-        assert_eq!(k.kasan.slab_free(c, base, a, 0), Ok(hybrid_shadow::Freed::Quarantined));
+        assert_eq!(k.kasan.slab_free(c, base, a, Ip(0)), Ok(hybrid_shadow::Freed::Quarantined));
         assert_eq!(k.kasan.quarantine_drain().map(|r| r.ptr), Some(a));
         let info = k.kasan.cache_info(c).unwrap();
         assert_eq!((info.live, info.quarantined), (0, 0));
@@ -635,8 +635,8 @@ fn hooks_refuse_part_of_a_tracked_block() {
         assert_eq!(k.kasan.stack_free(st, 3), Err(PageError::WrongPageState), "a stack and what follows it");
         assert_eq!(k.kasan.stack_free(st + 4096, 0), Err(PageError::WrongPageState), "a page inside");
         let p = k.kmalloc(9000).unwrap();
-        assert_eq!(k.kasan.kfree_large(p, 1, 0).unwrap_err().kind, BugType::InvalidFree, "a wrong order");
-        assert_eq!(k.kasan.ksize_large(p, 1, 0), 0);
+        assert_eq!(k.kasan.kfree_large(p, 1, Ip(0)).unwrap_err().kind, BugType::InvalidFree, "a wrong order");
+        assert_eq!(k.kasan.ksize_large(p, 1, Ip(0)), 0);
         assert_eq!(k.kasan.stack_alloc(p, 2), Err(PageError::WrongPageState), "a large kmalloc's pages");
         let c = k.kmem_cache_create("c", 64).unwrap();
         let o = k.cache_alloc(c, 64).unwrap();

@@ -30,7 +30,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// kfree of a page-backed kmalloc at `ptr` of `2^order` pages. An
     /// interior pointer (or a wrong order) is an invalid free, a freed one
     /// a double free.
-    pub fn kfree_large(&self, ptr: usize, order: u32, ip: usize) -> Result<(), Bug> {
+    pub fn kfree_large(&self, ptr: usize, order: u32, ip: Ip) -> Result<(), Bug> {
+        let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
@@ -52,7 +53,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// all its pages made accessible and their size returned, as Linux's
     /// ksize hands out the whole allocation. Anything else gets 0 and no
     /// shadow change; its first byte is checked (reported if poisoned).
-    pub fn ksize_large(&self, ptr: usize, order: u32, ip: usize) -> usize {
+    pub fn ksize_large(&self, ptr: usize, order: u32, ip: Ip) -> usize {
+        let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return if order <= 20 { PAGE_SIZE << order } else { 0 };
         }
@@ -63,7 +65,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 count * PAGE_SIZE
             }
             _ => {
-                let _ = self.check(ptr, Size(1), false, ip);
+                let _ = self.check(ptr, Size(1), false, Ip(ip));
                 0
             }
         }

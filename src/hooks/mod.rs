@@ -123,6 +123,14 @@ impl Size {
     }
 }
 
+/// A return address: the code a report's title and stack start from (the
+/// caller of the kernel's free or check entry point, 0 if unknown):
+/// `kasan.page_free(addr, order, Ip(ret))`. A bare `usize` would compile in
+/// an address's place; an `Ip` does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Ip(pub usize);
+
 mod globals;
 mod large;
 mod pages;

@@ -28,7 +28,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// free; one with a page still owned by the slab, a large kmalloc or a
     /// stack (its hook has not released it) or reserved at boot as an
     /// invalid free. Either way nothing changes.
-    pub fn page_free(&self, addr: usize, order: u32, ip: usize) -> Result<(), Bug> {
+    pub fn page_free(&self, addr: usize, order: u32, ip: Ip) -> Result<(), Bug> {
+        let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }

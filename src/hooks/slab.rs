@@ -167,7 +167,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `Ok` says whether the object went into quarantine (see [`Freed`]). `Err`
     /// means a double or invalid free was reported: the kernel must do
     /// nothing.
-    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: usize) -> Result<Freed, Bug> {
+    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: Ip) -> Result<Freed, Bug> {
+        let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return Ok(Freed::FreeNow);
         }
@@ -316,7 +317,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// foreign pointer) gets 0 and no shadow change; its first byte is
     /// checked as Linux's `kasan_check_byte` does, so a poisoned one is
     /// reported.
-    pub fn ksize(&self, id: CacheId, ptr: usize, ip: usize) -> usize {
+    pub fn ksize(&self, id: CacheId, ptr: usize, ip: Ip) -> usize {
+        let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return self.inner.lock().caches.get(id).map(|c| c.object_size).unwrap_or(0);
         }
@@ -326,7 +328,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return cache.object_size;
         }
         drop(inner);
-        let _ = self.check(ptr, Size(1), false, ip);
+        let _ = self.check(ptr, Size(1), false, Ip(ip));
         0
     }
 
@@ -362,8 +364,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// Check that the first byte at `ptr` is accessible (as Linux's
     /// `kasan_check_byte`, used by krealloc and kfree_sensitive); reports
     /// and returns `false` if not.
-    pub fn check_byte(&self, ptr: usize, ip: usize) -> bool {
-        self.check(ptr, Size(1), false, ip).is_ok()
+    pub fn check_byte(&self, ptr: usize, ip: Ip) -> bool {
+        let ip = ip.0;
+        self.check(ptr, Size(1), false, Ip(ip)).is_ok()
     }
 
     // ---- large kmalloc -----------------------------------------------------

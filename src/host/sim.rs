@@ -10,7 +10,7 @@
 //! can tell, else as an invalid free), and Linux's `ZERO_SIZE_PTR` for
 //! `kmalloc(0)`.
 
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use crate::cache::CacheId;
 use crate::config::Config;
 use crate::error::{GlobalError, HookError, InitError};
@@ -288,7 +288,7 @@ impl SimKernel {
         let Some(pfn) = self.pfn_of(addr).filter(|p| self.blocks.get(p) == Some(&order)) else {
             return Err(self.bad_page_free(addr, order));
         };
-        self.kasan.page_free(addr, order, self.ip())?;
+        self.kasan.page_free(addr, order, Ip(self.ip()))?;
         self.blocks.remove(&pfn);
         self.pages_used -= 1 << order;
         let mut pfn = pfn;
@@ -309,7 +309,7 @@ impl SimKernel {
     fn bad_page_free(&self, addr: usize, order: u32) -> Bug {
         if self.pages_free(addr, order) {
             // The runtime sees the same free pages: its double-free report.
-            if let Err(bug) = self.kasan.page_free(addr, order, self.ip()) {
+            if let Err(bug) = self.kasan.page_free(addr, order, Ip(self.ip())) {
                 return bug;
             }
         }
@@ -393,7 +393,7 @@ impl SimKernel {
             Some(r) if r.cache == id => r.base,
             _ => return Err(self.kasan.report_invalid_free(ptr, self.ip())),
         };
-        let freed = self.kasan.slab_free(id, base, ptr, self.ip())?;
+        let freed = self.kasan.slab_free(id, base, ptr, Ip(self.ip()))?;
         self.objects.remove(&ptr);
         match freed {
             crate::hooks::Freed::Quarantined => self.pump_quarantine(),
@@ -494,7 +494,7 @@ impl SimKernel {
             return self.cache_free(r.cache, ptr);
         }
         let order = self.large.get(&ptr).copied().unwrap_or(0);
-        self.kasan.kfree_large(ptr, order, self.ip())?;
+        self.kasan.kfree_large(ptr, order, Ip(self.ip()))?;
         self.large.remove(&ptr);
         self.free_pages(ptr, order)
     }
@@ -507,10 +507,10 @@ impl SimKernel {
             return 0;
         }
         match (self.plat_slab(ptr), self.large.get(&ptr)) {
-            (Some(r), _) => self.kasan.ksize(r.cache, ptr, self.ip()),
-            (None, Some(&o)) => self.kasan.ksize_large(ptr, o, self.ip()),
+            (Some(r), _) => self.kasan.ksize(r.cache, ptr, Ip(self.ip())),
+            (None, Some(&o)) => self.kasan.ksize_large(ptr, o, Ip(self.ip())),
             (None, None) => {
-                self.kasan.check_byte(ptr, self.ip());
+                self.kasan.check_byte(ptr, Ip(self.ip()));
                 0
             }
         }
@@ -535,7 +535,7 @@ impl SimKernel {
             let _ = self.kfree(ptr);
             return Some(ZERO_SIZE_PTR);
         }
-        if !self.kasan.check_byte(ptr, self.ip()) {
+        if !self.kasan.check_byte(ptr, Ip(self.ip())) {
             return None;
         }
         if !self.allocated(ptr) {
@@ -671,12 +671,12 @@ impl SimKernel {
 
     /// Check a read at the current call site.
     pub fn read(&self, addr: usize, size: usize) -> Result<(), Bug> {
-        self.kasan.check(addr, Size(size), false, self.ip())
+        self.kasan.check(addr, Size(size), false, Ip(self.ip()))
     }
 
     /// Check a write at the current call site.
     pub fn write(&self, addr: usize, size: usize) -> Result<(), Bug> {
-        self.kasan.check(addr, Size(size), true, self.ip())
+        self.kasan.check(addr, Size(size), true, Ip(self.ip()))
     }
 
     /// The bug type of a read, if any.

@@ -25,7 +25,7 @@ use core::alloc::{GlobalAlloc, Layout as AllocLayout};
 
 use hybrid_shadow::layout::BLOCK_SIZE;
 use hybrid_shadow::{
-    Config, HeapError, Kasan, Layout, LayoutError, Mode, PageError, Platform, Region, RegionError, RegionKind, Size, SlabRef,
+    Config, HeapError, Ip, Kasan, Layout, LayoutError, Mode, PageError, Platform, Region, RegionError, RegionKind, Size, SlabRef,
     Symbol,
 };
 
@@ -289,7 +289,7 @@ unsafe impl GlobalAlloc for KernelHeap {
     #[inline(never)]
     unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
         match KASAN.get() {
-            Some(k) => k.heap_alloc(Size(layout.size()), layout.align(), crate::stack::return_address()),
+            Some(k) => k.heap_alloc(Size(layout.size()), layout.align(), Ip(crate::stack::return_address())),
             None => core::ptr::null_mut(),
         }
     }
@@ -298,7 +298,7 @@ unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: AllocLayout) {
         if let Some(k) = KASAN.get() {
             // A bad free is reported and the memory left alone.
-            let _ = k.heap_free(ptr as usize, crate::stack::return_address());
+            let _ = k.heap_free(ptr as usize, Ip(crate::stack::return_address()));
         }
     }
 }

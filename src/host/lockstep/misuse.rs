@@ -4,7 +4,7 @@
 //! and change nothing (later accesses check the bytes). A call the runtime
 //! would accept (on memory the model kernel owns) is not made.
 
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use super::{Kind, Lockstep, Op, Target};
 use crate::error::HookError;
 use crate::mapper::PAGE_SIZE;
@@ -124,7 +124,7 @@ impl Lockstep {
             BugType::InvalidFree
         };
         let ip = (self.full.ip(), self.hybrid.ip());
-        let (f, h) = (self.full.kasan.kfree_large(fa, order, ip.0), self.hybrid.kasan.kfree_large(ha, order, ip.1));
+        let (f, h) = (self.full.kasan.kfree_large(fa, order, Ip(ip.0)), self.hybrid.kasan.kfree_large(ha, order, Ip(ip.1)));
         self.bad_free(op, f, h, Some(kind));
     }
 }

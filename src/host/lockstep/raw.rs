@@ -4,7 +4,7 @@
 //! slots still allocated or in quarantine) reaches the runtime directly.
 
 use crate::error::SlabError;
-use crate::hooks::Size;
+use crate::hooks::{Ip, Size};
 use super::{Kind, Lockstep, Object, Op};
 use crate::cache::CacheId;
 use crate::hooks::Freed;
@@ -149,8 +149,8 @@ impl Lockstep {
         let (fa, ha) = r.at(i, delta % r.slot);
         let (ids, base) = (r.ids, r.base);
         let target = self.live_at(fa).filter(|&j| self.live[j].kind == Kind::Raw);
-        let f = self.full.kasan.slab_free(ids.0, base.0, fa, self.full.ip());
-        let h = self.hybrid.kasan.slab_free(ids.1, base.1, ha, self.hybrid.ip());
+        let f = self.full.kasan.slab_free(ids.0, base.0, fa, Ip(self.full.ip()));
+        let h = self.hybrid.kasan.slab_free(ids.1, base.1, ha, Ip(self.hybrid.ip()));
         if f == Ok(Freed::Quarantined) {
             // what the kernel does after a free into the quarantine
             self.full.pump_quarantine();

@@ -1,7 +1,7 @@
 //! The KASAN instance: `Kasan<X86ShadowMapper<BuddyFrames>, GuestPlatform>`
 //! and the non-generic hook wrappers `kasan_glue.rs` calls.
 
-use hybrid_shadow::Size;
+use hybrid_shadow::{Ip, Size};
 use guest_boot::println;
 use hybrid_shadow::{
     Backing, CacheId, Config, Freed, Kasan, Layout, Mode, Region, StatsSnapshot,
@@ -121,7 +121,7 @@ pub fn page_alloc(addr: usize, order: u32) {
 
 /// False when the runtime reported a bad free.
 pub fn page_free(addr: usize, order: u32, ip: usize) -> bool {
-    rt().is_none_or(|k| k.page_free(addr, order, ip).is_ok())
+    rt().is_none_or(|k| k.page_free(addr, order, Ip(ip)).is_ok())
 }
 
 /// Register a cache: (id, slot size, offset of the first slot in a slab).
@@ -172,7 +172,7 @@ pub fn slab_alloc(id: u16, ptr: usize, size: usize) {
 }
 
 pub fn slab_free(id: u16, base: usize, ptr: usize, ip: usize) -> FreeAction {
-    match rt().map(|k| k.slab_free(CacheId(id), base, ptr, ip)) {
+    match rt().map(|k| k.slab_free(CacheId(id), base, ptr, Ip(ip))) {
         None | Some(Ok(Freed::FreeNow)) => FreeAction::Now,
         Some(Ok(Freed::Quarantined)) => FreeAction::Deferred,
         Some(Err(_)) => FreeAction::Bug,
@@ -195,7 +195,7 @@ pub fn quarantine_release_cache(id: u16) -> usize {
 }
 
 pub fn ksize(id: u16, ptr: usize, ip: usize) -> usize {
-    rt().map_or(0, |k| k.ksize(CacheId(id), ptr, ip))
+    rt().map_or(0, |k| k.ksize(CacheId(id), ptr, Ip(ip)))
 }
 
 pub fn slab_resize(id: u16, ptr: usize, new_size: usize) {
@@ -208,7 +208,7 @@ pub fn slab_resize(id: u16, ptr: usize, new_size: usize) {
 
 /// First byte of `ptr` accessible? (reports if not)
 pub fn check_byte(ptr: usize, ip: usize) -> bool {
-    rt().is_none_or(|k| k.check_byte(ptr, ip))
+    rt().is_none_or(|k| k.check_byte(ptr, Ip(ip)))
 }
 
 /// Whether the runtime sees the object at `ptr` (slab at `base`) as allocated.
@@ -225,7 +225,7 @@ pub fn kmalloc_large(addr: usize, order: u32, size: usize) {
 }
 
 pub fn kfree_large(ptr: usize, order: u32, ip: usize) -> bool {
-    rt().is_none_or(|k| k.kfree_large(ptr, order, ip).is_ok())
+    rt().is_none_or(|k| k.kfree_large(ptr, order, Ip(ip)).is_ok())
 }
 
 /// A bad free the guest's allocator found itself.
@@ -271,6 +271,6 @@ pub fn vmalloc_free(addr: usize, area_len: usize) {
 /// A checked access the suite cannot perform (it would fault): the check
 /// the compiler emits before it, attributed to `ip`.
 pub fn check_access(addr: usize, size: usize, write: bool, ip: usize) -> bool {
-    rt().is_none_or(|k| k.check(addr, Size(size), write, ip).is_ok())
+    rt().is_none_or(|k| k.check(addr, Size(size), write, Ip(ip)).is_ok())
 }
 
