@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/guest.rs"]
 mod guest;
+#[path = "guest_driver/mod.rs"]
+mod guest_driver;
 
 use common::syzkaller;
 use guest::Sanitizer;

@@ -1,4 +1,4 @@
-//! The bug suite in the QEMU test guest: builds the guest (tests/guest_run.sh,
+//! The bug suite in the QEMU test guest: builds the guest (the guest driver,
 //! nested cargo with a cleaned environment and its own target directory),
 //! boots suite `kasan` in `full`, `hybrid` and `off`, and checks the serial
 //! log: per case the exact bug types in order, each report's title
@@ -15,78 +15,18 @@
 mod common;
 #[path = "common/guest.rs"]
 mod guest;
+#[path = "guest_driver/mod.rs"]
+mod guest_driver;
 
 use common::syzkaller;
 
-const SOOB: &str = "slab-out-of-bounds";
-const SUAF: &str = "slab-use-after-free";
-const UAF: &str = "use-after-free";
-const DFREE: &str = "double-free";
-const IFREE: &str = "invalid-free";
-const OOB: &str = "out-of-bounds";
-const GOOB: &str = "global-out-of-bounds";
-const STOOB: &str = "stack-out-of-bounds";
-const AOOB: &str = "alloca-out-of-bounds";
-const VOOB: &str = "vmalloc-out-of-bounds";
-
-/// Every case, in the guest's order, with the bug types it must report
-/// (in full and hybrid), mirroring tests/kasan_cases.rs.
-const CASES: &[(&str, &[&str])] = &[
-    ("kmalloc_oob_right", &[SOOB, SOOB, SOOB]),
-    ("kmalloc_oob_left", &[SOOB]),
-    ("kmalloc_node_oob_right", &[SOOB]),
-    ("kmalloc_big_oob_right", &[SOOB]),
-    ("kmalloc_large_oob_right", &[SOOB]),
-    ("kmalloc_large_uaf", &[UAF]),
-    ("kmalloc_large_invalid_free", &[IFREE]),
-    ("page_alloc_uaf", &[UAF]),
-    ("krealloc_more_oob", &[SOOB]),
-    ("krealloc_less_oob", &[SOOB, SOOB]),
-    ("krealloc_large_more_oob", &[SOOB]),
-    ("krealloc_large_less_oob", &[SOOB]),
-    ("krealloc_uaf", &[SUAF]),
-    ("kmalloc_oob_16", &[SOOB]),
-    ("kmalloc_uaf_16", &[SUAF]),
-    ("kmalloc_oob_in_memset", &[SOOB]),
-    ("kmalloc_oob_memset_2", &[SOOB]),
-    ("kmalloc_oob_memset_4", &[SOOB]),
-    ("kmalloc_oob_memset_8", &[SOOB]),
-    ("kmalloc_oob_memset_16", &[SOOB]),
-    ("kmalloc_memmove_negative_size", &[OOB]),
-    ("kmalloc_memmove_invalid_size", &[SOOB]),
-    ("kmalloc_uaf", &[SUAF]),
-    ("kmalloc_uaf_memset", &[SUAF]),
-    ("kmalloc_uaf2", &[SUAF]),
-    ("kmalloc_double_kzfree", &[DFREE]),
-    ("ksize_unpoisons_memory", &[SOOB]),
-    ("ksize_uaf", &[SUAF, SUAF, SUAF]),
-    ("kmem_cache_oob", &[SOOB]),
-    ("kmem_cache_double_free", &[DFREE]),
-    ("kmem_cache_invalid_free", &[IFREE]),
-    ("kmem_cache_double_destroy", &[]),
-    ("kmem_cache_bulk", &[]),
-    ("kfree_via_page", &[]),
-    ("kfree_via_phys", &[]),
-    ("kasan_global_oob_right", &[GOOB]),
-    ("kasan_global_oob_left", &[GOOB]),
-    ("kasan_stack_oob", &[STOOB]),
-    ("kasan_alloca_oob_left", &[AOOB]),
-    ("kasan_alloca_oob_right", &[AOOB]),
-    ("kasan_memchr", &[SOOB]),
-    ("kasan_memcmp", &[SOOB]),
-    ("kasan_strings", &[SUAF, SUAF, SUAF, SUAF]),
-    ("kasan_bitops_generic", &[SOOB, SOOB]),
-    ("kasan_atomics", &[SOOB, SOOB]),
-    ("vmalloc_oob", &[VOOB, VOOB]),
-    ("rcu_uaf", &[SUAF]),
-    ("workqueue_uaf", &[SUAF]),
-    ("stack_uaf_after_task_exit", &[UAF]),
-    ("page_uaf_in_mixed_block", &[UAF]),
-    ("slab_page_returned_uaf", &[UAF, UAF]),
-    ("slab_page_reused_as_page", &[]),
-    ("large_kmalloc_in_mixed_block", &[UAF, SOOB, UAF]),
-    ("vmalloc_uaf_shadow_returned", &[VOOB, VOOB]),
-];
+/// The case table the guest runs (one row per case, its bug types in
+/// order): the same file, not a copy.
+#[allow(dead_code)]
+mod cases {
+    include!("guest/src/kasan_cases.rs");
+}
+use cases::KASAN_CASES;
 
 /// One case's part of the log.
 struct Segment<'a> {
@@ -131,7 +71,7 @@ fn check_kasan_suite(mode: &str) {
     if b.code != 33 {
         fail!("QEMU exit code {} (want 33)\n--- log ---\n{}", b.code, guest::excerpt(log));
     }
-    let done = format!("kasan-suite: done mode={mode} cases={} failed_checks=0", CASES.len());
+    let done = format!("kasan-suite: done mode={mode} cases={} failed_checks=0", KASAN_CASES.len());
     if !log.contains(&done) {
         let bad: Vec<&str> = log.lines().filter(|l| l.contains("kasan-check-failed") || l.starts_with("kasan-suite:")).collect();
         fail!("no '{done}' line; suite lines:\n{}", bad.join("\n"));
@@ -146,10 +86,11 @@ fn check_kasan_suite(mode: &str) {
         fail!("report outside every case:\n{}", guest::excerpt(&outside));
     }
     let names: Vec<&str> = segs.iter().map(|s| s.name).collect();
-    let want: Vec<&str> = CASES.iter().map(|c| c.0).collect();
-    assert_eq!(names, want, "guest {mode}: case list differs from the host's table");
-    for (seg, (name, types)) in segs.iter().zip(CASES) {
-        assert_eq!(seg.expect, *types, "guest {mode}: marker of {name} expects other types than the host table");
+    let want: Vec<&str> = KASAN_CASES.iter().map(|c| c.name).collect();
+    assert_eq!(names, want, "guest {mode}: case list differs from the table");
+    for (seg, case) in segs.iter().zip(KASAN_CASES) {
+        let (name, types) = (case.name, case.expect);
+        assert_eq!(seg.expect, types, "guest {mode}: marker of {name} expects other types than the table");
         let reports = syzkaller::reports(&seg.text);
         let got: Vec<String> = if mode == "off" {
             if seg.text.contains("BUG: KASAN") || !reports.is_empty() {
@@ -171,7 +112,7 @@ fn check_kasan_suite(mode: &str) {
             }
             titles
         };
-        if got != *types {
+        if got != types {
             fail!(
                 "case {name}: bug types {got:?}, want {types:?}\n--- case log ---\n{}",
                 guest::excerpt(&seg.text)

@@ -503,17 +503,27 @@ impl SimKernel {
     /// for anything but a live allocation's start, and a report if its
     /// first byte is poisoned). 0 for [`ZERO_SIZE_PTR`] and null.
     pub fn ksize(&mut self, ptr: usize) -> usize {
+        self.try_ksize(ptr).unwrap_or(0)
+    }
+
+    /// [`SimKernel::ksize`], with the bug the runtime reported: anything
+    /// but a live allocation's start has its first byte checked (as
+    /// Linux's ksize does with kasan_check_byte), and gives 0 (here `Err`)
+    /// when that reports.
+    pub fn try_ksize(&mut self, ptr: usize) -> Result<usize, Bug> {
         if ptr <= ZERO_SIZE_PTR {
-            return 0;
+            return Ok(0);
         }
-        match (self.plat_slab(ptr), self.large.get(&ptr)) {
+        if !self.allocated(ptr) {
+            // What the runtime's ksize does for it: check the first byte.
+            self.read(ptr, 1)?;
+            return Ok(0);
+        }
+        Ok(match (self.plat_slab(ptr), self.large.get(&ptr)) {
             (Some(r), _) => self.kasan.ksize(r.cache, ptr, Ip(self.ip())),
             (None, Some(&o)) => self.kasan.ksize_large(ptr, o, Ip(self.ip())),
-            (None, None) => {
-                self.kasan.check_byte(ptr, Ip(self.ip()));
-                0
-            }
-        }
+            (None, None) => 0,
+        })
     }
 
     /// Whether `ptr` is the start of a live allocation (slab or page-backed).
@@ -528,35 +538,37 @@ impl SimKernel {
     /// returned; a pointer that is no live allocation's start is reported
     /// as an invalid free and null returned.
     pub fn krealloc(&mut self, ptr: usize, new_size: usize) -> Option<usize> {
+        self.try_krealloc(ptr, new_size).ok().flatten()
+    }
+
+    /// [`SimKernel::krealloc`], with the bug the runtime reported (`Err`:
+    /// the pointer's first byte was poisoned, or it is no live
+    /// allocation's start; krealloc returned null). `Ok(None)`: no memory.
+    pub fn try_krealloc(&mut self, ptr: usize, new_size: usize) -> Result<Option<usize>, Bug> {
         if ptr <= ZERO_SIZE_PTR {
-            return self.kmalloc(new_size);
+            return Ok(self.kmalloc(new_size));
         }
         if new_size == 0 {
             let _ = self.kfree(ptr);
-            return Some(ZERO_SIZE_PTR);
+            return Ok(Some(ZERO_SIZE_PTR));
         }
-        if !self.kasan.check_byte(ptr, Ip(self.ip())) {
-            return None;
-        }
+        self.read(ptr, 1)?;
         if !self.allocated(ptr) {
-            self.kasan.report_invalid_free(ptr, self.ip());
-            return None;
+            return Err(self.kasan.report_invalid_free(ptr, self.ip()));
         }
         if let Some(r) = self.plat_slab(ptr) {
             let fits = self.caches.get(&r.cache).is_some_and(|c| new_size <= c.object_size);
             if fits {
-                self.kasan.slab_resize(r.cache, ptr, Size(new_size)).ok()?;
-                return Some(ptr);
+                return Ok(self.kasan.slab_resize(r.cache, ptr, Size(new_size)).ok().map(|_| ptr));
             }
         } else if let Some(&o) = self.large.get(&ptr) {
             if new_size <= PAGE_SIZE << o && new_size > KMALLOC_MAX_CACHE {
-                self.kasan.kmalloc_large(ptr, o, Size(new_size)).ok()?;
-                return Some(ptr);
+                return Ok(self.kasan.kmalloc_large(ptr, o, Size(new_size)).ok().map(|_| ptr));
             }
         }
-        let new = self.kmalloc(new_size)?;
+        let Some(new) = self.kmalloc(new_size) else { return Ok(None) };
         let _ = self.kfree(ptr);
-        Some(new)
+        Ok(Some(new))
     }
 
     /// kfree_sensitive: zero a live allocation (all of its usable size),

@@ -1,8 +1,11 @@
-//! Host side of the test guest for the stress test (tests/guest_stress.rs)
-//! and the memory benchmark (benches/guest_memory.rs): build the guest with
-//! a nested, clean-environment cargo (own target directory), boot it in
-//! QEMU (TCG, microvm, like tests/guest_run.sh), and parse the workload's
-//! `wl-start` / `wl-sample` / `wl-result` lines from the serial log.
+//! The one place that builds and boots the test guest: host tests
+//! (tests/common/guest.rs, tests/guest_stress.rs, ...), the memory
+//! benchmark (benches/guest_memory.rs) and tests/guest_run.sh (through the
+//! `guest-run` binary, tests/guest_driver/guest_run.rs) all come here. It builds
+//! the guest with a nested, clean-environment cargo (own target directory)
+//! and writes its symbol table, boots it in QEMU (TCG, microvm by default),
+//! and parses the workload's `wl-start` / `wl-sample` / `wl-result` lines
+//! from the serial log.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -128,26 +131,104 @@ pub fn build_guest(profile: &str, target_dir: &Path) -> Result<PathBuf, String> 
 /// Build the `san` guest with cargo profile `profile` (KMSAN: `kmsan` or
 /// `kmsan-release`) into `target_dir`; returns the bootable ELF.
 pub fn build_guest_san(san: San, profile: &str, target_dir: &Path) -> Result<PathBuf, String> {
+    build(&Build { san, profile, features: None, target_dir })
+}
+
+/// What to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Build<'a> {
+    /// The kernel's sanitizer.
+    pub san: San,
+    /// The cargo profile (`dev`, `release`; KMSAN: `kmsan`, `kmsan-release`).
+    pub profile: &'a str,
+    /// `Some(list)`: `--no-default-features --features <list>` (guest_run.sh's
+    /// GUEST_FEATURES); `None`: the default features.
+    pub features: Option<&'a str>,
+    /// The nested cargo's target directory.
+    pub target_dir: &'a Path,
+}
+
+impl Build<'_> {
+    /// The target triple's directory name under the target directory.
+    pub fn triple(&self) -> &'static str {
+        match self.san {
+            San::Kasan => "x86_64-unknown-none",
+            San::Kmsan => "x86_64-kmsan",
+        }
+    }
+
+    /// The ELF as the linker wrote it.
+    pub fn linked(&self) -> PathBuf {
+        let dir = if self.profile == "dev" { "debug" } else { self.profile };
+        self.target_dir.join(self.triple()).join(dir).join("hybrid-guest")
+    }
+
+    /// The bootable ELF: a copy of [`Build::linked`] with its symbol table
+    /// written in (tests/guest/ksyms.sh).
+    pub fn elf(&self) -> PathBuf {
+        self.linked().with_extension("ksyms")
+    }
+
+    /// The cargo command line, for messages.
+    fn describe(&self) -> String {
+        let mut s = format!("(cd tests/guest && cargo +nightly build --profile {}", self.profile);
+        if let Some(f) = self.features {
+            s += &format!(" --no-default-features --features '{f}'");
+        }
+        if self.san == San::Kmsan {
+            s += " --features kmsan --target x86_64-kmsan.json -Zjson-target-spec";
+        }
+        s + ")"
+    }
+}
+
+/// The cargo profile guest_run.sh's GUEST_PROFILE (`dev` or `release`)
+/// stands for with `san`: KMSAN builds with its own profiles, `kmsan` and
+/// `kmsan-release`. `None` for another word.
+pub fn profile_for(san: San, word: &str) -> Option<&'static str> {
+    match (san, word) {
+        (San::Kasan, "dev") => Some("dev"),
+        (San::Kasan, "release") => Some("release"),
+        (San::Kmsan, "dev") => Some("kmsan"),
+        (San::Kmsan, "release") => Some("kmsan-release"),
+        _ => None,
+    }
+}
+
+/// Where a boot's serial log is kept by guest_run.sh and the host tests:
+/// target/guest-logs/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
+/// `kmsan` suite, <mode>/kmsan-<suite>.log for others).
+pub fn log_path(san: San, mode: &str, suite: &str) -> PathBuf {
+    let name = match (san, suite) {
+        (San::Kasan, _) => suite.to_string(),
+        (San::Kmsan, "kmsan") => "kmsan".to_string(),
+        (San::Kmsan, _) => format!("kmsan-{suite}"),
+    };
+    root().join("target/guest-logs").join(mode).join(format!("{name}.log"))
+}
+
+/// Build the guest `b` describes (the toolchain and QEMU are installed
+/// first when missing) and write its symbol table; returns the bootable ELF.
+pub fn build(b: &Build) -> Result<PathBuf, String> {
     ensure_toolchain()?;
     ensure_qemu()?;
     let guest = root().join("tests/guest");
     let t0 = Instant::now();
     let mut c = clean(Command::new("rustup"));
-    c.args(["run", "nightly", "cargo", "build", "--profile", profile, "--target-dir"]).arg(target_dir).current_dir(&guest);
-    let triple = match san {
-        San::Kasan => "x86_64-unknown-none",
-        San::Kmsan => {
-            c.args(["--features", "kmsan", "--target", "x86_64-kmsan.json", "-Zjson-target-spec"]);
-            "x86_64-kmsan"
-        }
-    };
-    let st = c.status().map_err(|e| format!("cannot run rustup: {e}"))?;
-    if !st.success() {
-        return Err(format!("guest build failed ({st}): (cd tests/guest && cargo +nightly build --profile {profile}{})", if san == San::Kmsan { " --features kmsan --target x86_64-kmsan.json -Zjson-target-spec" } else { "" }));
+    c.args(["run", "nightly", "cargo", "build", "--profile", b.profile, "--target-dir"]).arg(b.target_dir).current_dir(&guest);
+    if let Some(f) = b.features {
+        c.args(["--no-default-features", "--features", f]);
     }
-    let dir = if profile == "dev" { "debug" } else { profile };
-    let linked = target_dir.join(triple).join(dir).join("hybrid-guest");
-    let elf = linked.with_extension("ksyms");
+    if b.san == San::Kmsan {
+        c.args(["--features", "kmsan", "--target", "x86_64-kmsan.json", "-Zjson-target-spec"]);
+    }
+    // Cargo's progress goes to stderr; nothing of it on stdout, which
+    // guest_run.sh keeps for the log.
+    let st = c.stdout(Stdio::null()).status().map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !st.success() {
+        return Err(format!("guest build failed ({st}): {}", b.describe()));
+    }
+    let (linked, elf) = (b.linked(), b.elf());
     let st = clean(Command::new("bash"))
         .arg(guest.join("ksyms.sh"))
         .arg(&linked)
@@ -211,27 +292,58 @@ impl Outcome {
     }
 }
 
-pub fn boot(b: &Boot) -> Result<Outcome, String> {
-    if let Some(d) = b.log.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+/// QEMU options beyond [`Boot`]'s: the machine and extra arguments
+/// (guest_run.sh's QEMU_MACHINE and GUEST_QEMU_ARGS).
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    /// `-M` (default `microvm`; `q35` works too).
+    pub machine: String,
+    /// Extra arguments, appended after the kernel's (e.g. `-icount
+    /// shift=0,align=off,sleep=off` for the guest profiler `prof=<us>`).
+    pub args: Vec<String>,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu { machine: "microvm".into(), args: vec![] }
     }
-    let _ = std::fs::remove_file(&b.log);
+}
+
+/// The QEMU command line for `b` (the one place it is written).
+pub fn qemu_command(b: &Boot, q: &Qemu) -> Command {
     let append = format!("{}.shadow={} suite={} {}", b.san.name(), b.mode, b.suite, b.append);
-    let t0 = Instant::now();
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-accel", "tcg"]);
+    cmd.args(["-M", &q.machine, "-accel", "tcg"]);
     if b.icount {
         cmd.args(["-icount", "shift=0,align=off,sleep=off"]);
     }
-    let mut child = cmd
-        .args(["-cpu", "max", "-m"])
+    cmd.args(["-cpu", "max", "-m"])
         .arg(b.ram_mib.to_string())
         .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial"])
         .arg(format!("file:{}", b.log.display()))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel"])
         .arg(b.elf)
         .arg("-append")
-        .arg(&append)
+        .arg(append)
+        .args(&q.args);
+    cmd
+}
+
+/// Boot `b` with the default QEMU options.
+pub fn boot(b: &Boot) -> Result<Outcome, String> {
+    boot_with(b, &Qemu::default())
+}
+
+/// Boot `b` with QEMU options `q`; the log is written to `b.log` (removed
+/// first) and read back; QEMU is killed after `b.timeout` (exit 124).
+pub fn boot_with(b: &Boot, q: &Qemu) -> Result<Outcome, String> {
+    if let Some(d) = b.log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let _ = std::fs::remove_file(&b.log);
+    let t0 = Instant::now();
+    let mut cmd = qemu_command(b, q);
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -11,6 +11,8 @@ use guest_boot::{code, exit, BootInfo};
 
 pub mod kasan_glue;
 #[cfg(not(feature = "kmsan"))]
+pub mod kasan_cases;
+#[cfg(not(feature = "kmsan"))]
 pub mod kasan_suite;
 #[cfg(feature = "kmsan")]
 pub mod kmsan_cases;
