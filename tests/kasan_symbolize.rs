@@ -160,5 +160,9 @@ fn annotates_the_example_kernels_reports_with_and_without_its_symbol_table() {
             let frames = annotated.lines().filter(|l| l.starts_with("    = ")).count();
             assert!(frames > EXAMPLE_CASES.len() * 2, "few raw frames resolved ({frames}):\n{annotated}");
         }
+        // Every frame gets a name, even the boot trampoline's (an assembly
+        // label without DWARF or size).
+        let unnamed: Vec<&str> = annotated.lines().filter(|l| l.starts_with("    = ") && l.contains(" ?? at ")).collect();
+        assert!(unnamed.is_empty(), "{name}: frames without a name:\n{}", unnamed.join("\n"));
     }
 }

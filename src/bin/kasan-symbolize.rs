@@ -89,12 +89,38 @@ fn ksyms(elf: &[u8]) -> Vec<Sym> {
     best
 }
 
-fn describe(loader: &addr2line::Loader, ret: u64, out: &mut impl Write) -> std::io::Result<bool> {
+/// Every defined symbol of the ELF with an address (assembly labels
+/// included: an entry trampoline has no DWARF and no size), demangled, in
+/// address order: the last resort for an address nothing else names.
+fn labels(elf: &[u8]) -> Vec<(u64, String)> {
+    use object::{Object, ObjectSymbol, SymbolKind};
+    let Ok(file) = object::File::parse(elf) else { return vec![] };
+    let mut v: Vec<(u64, String)> = file
+        .symbols()
+        // In a section (object's is_definition leaves out unsized labels).
+        .filter(|s| s.section_index().is_some() && s.address() != 0 && !matches!(s.kind(), SymbolKind::Section | SymbolKind::File))
+        .filter_map(|s| Some((s.address(), format!("{:#}", rustc_demangle::demangle(s.name().ok()?)))))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `name+0xoff` of the nearest label at or below `pc` (within 64 KiB).
+fn nearest_label(labels: &[(u64, String)], pc: u64) -> Option<String> {
+    let i = labels.partition_point(|l| l.0 <= pc).checked_sub(1)?;
+    let (a, name) = &labels[i];
+    (pc - a < 0x10000).then(|| format!("{name}+{:#x}", pc - a))
+}
+
+fn describe(loader: &addr2line::Loader, labels: &[(u64, String)], ret: u64, out: &mut impl Write) -> std::io::Result<bool> {
     let pc = ret.wrapping_sub(1);
     let mut first = true;
     let mut found = false;
     if let Ok(mut frames) = loader.find_frames(pc) {
         while let Ok(Some(f)) = frames.next() {
+            if f.function.is_none() && f.location.is_none() {
+                continue; // no DWARF here (assembly): the symbol table below
+            }
             let func = f
                 .function
                 .as_ref()
@@ -115,7 +141,11 @@ fn describe(loader: &addr2line::Loader, ret: u64, out: &mut impl Write) -> std::
         }
     }
     if !found {
-        let sym = loader.find_symbol(pc).map(|s| s.to_string()).unwrap_or_else(|| "??".into());
+        let sym = loader
+            .find_symbol(pc)
+            .map(|s| s.to_string())
+            .or_else(|| nearest_label(labels, pc))
+            .unwrap_or_else(|| "??".into());
         writeln!(out, "    = {ret:016x} {sym} at ??:0")?;
     }
     Ok(found)
@@ -163,6 +193,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let elf = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("kasan-symbolize: read {path}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let labels = labels(&elf);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.len() > 2 {
@@ -173,17 +211,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let _ = writeln!(out, "{addr:#x}");
-            ok &= describe(&loader, addr, &mut out).unwrap_or(false);
+            ok &= describe(&loader, &labels, addr, &mut out).unwrap_or(false);
         }
         return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
-    let elf = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("kasan-symbolize: read {path}: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let (mut syms, text) = elf_symbols(&elf);
     if syms.is_empty() {
         syms = ksyms(&elf);
@@ -203,7 +234,7 @@ fn main() -> ExitCode {
             raw_address(&line, &text)
         };
         if let Some(a) = addr {
-            let _ = describe(&loader, a, &mut out);
+            let _ = describe(&loader, &labels, a, &mut out);
         }
     }
     ExitCode::SUCCESS
