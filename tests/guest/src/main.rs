@@ -6,6 +6,8 @@
 #![allow(static_mut_refs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+extern crate alloc;
+
 pub use guest_boot::{print, println};
 use guest_boot::{code, exit, BootInfo};
 
@@ -21,10 +23,6 @@ pub mod kmsan_suite;
 pub mod mm;
 pub mod selftest;
 pub mod task;
-// workload/mod.rs is being reworked elsewhere: its 7 unsafe blocks get
-// their SAFETY comments there, then this allow goes (the other workload
-// files are documented and would pass without it).
-#[allow(clippy::undocumented_unsafe_blocks)]
 pub mod workload;
 
 #[no_mangle]

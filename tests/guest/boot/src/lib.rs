@@ -12,9 +12,6 @@ pub mod cpu;
 mod entry;
 pub mod ksyms;
 pub mod paging;
-// profile.rs is being reworked elsewhere; its one unsafe block gets its
-// SAFETY comment there (then drop this allow).
-#[allow(clippy::undocumented_unsafe_blocks)]
 pub mod profile;
 pub mod stack;
 pub mod time;

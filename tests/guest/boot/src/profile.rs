@@ -97,6 +97,14 @@ fn text() -> (u64, u64) {
     (core::ptr::addr_of!(__text_start) as u64, core::ptr::addr_of!(__text_end) as u64)
 }
 
+/// Why [`start`] could not start sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileError {
+    /// The local APIC's registers could not be mapped (no frame for a page
+    /// table, or a large page already covers the address).
+    ApicMap,
+}
+
 /// Start sampling every `period_us` microseconds of guest time into
 /// `buf`, which must be zeroed and at least [`buffer_bytes`] long. `alloc`
 /// gives page-table pages (physical addresses) for mapping the APIC.
@@ -104,11 +112,12 @@ fn text() -> (u64, u64) {
 /// # Safety
 /// `buf` stays valid and unused by anything else until [`stop`]; the
 /// caller runs on the boot CPU with the IDT of [`crate::cpu::init`] loaded.
-pub unsafe fn start(buf: *mut u32, bytes: usize, period_us: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), ()> {
+pub unsafe fn start(buf: *mut u32, bytes: usize, period_us: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), ProfileError> {
     let (s, e) = text();
     let len = ((e - s) >> BUCKET_SHIFT).min(bytes as u64 / 4);
     // SAFETY: uncached mapping of the APIC page at an address nothing else uses.
-    unsafe { crate::paging::map_4k(LAPIC_VA, LAPIC_PHYS, crate::paging::PTE_W | crate::paging::PTE_NX | 0x18, alloc)? };
+    unsafe { crate::paging::map_4k(LAPIC_VA, LAPIC_PHYS, crate::paging::PTE_W | crate::paging::PTE_NX | 0x18, alloc) }
+        .map_err(|()| ProfileError::ApicMap)?;
     // SAFETY: the interrupt is not enabled yet; nothing else uses these.
     unsafe {
         guest_boot_prof_base = s;

@@ -81,10 +81,14 @@ static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 
 static mut STATE: Option<State> = None;
 
 pub fn params() -> &'static Params {
+    // SAFETY: PARAMS is written once, by `run` before any task starts, on
+    // the one CPU; afterwards it is only read.
     unsafe { &*core::ptr::addr_of!(PARAMS) }
 }
 
 pub fn state() -> &'static mut State {
+    // SAFETY: one CPU and cooperative tasks: the workload's tasks touch the
+    // state only between yields, so no two references are used at once.
     unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut().expect("workload state") }
 }
 
@@ -116,6 +120,7 @@ pub fn fail(msg: &str) -> ! {
 /// Called on every counted operation (allocations, page-cache misses).
 #[inline(never)]
 pub fn tick() {
+    // SAFETY: as in `state` (None before the workload starts).
     let Some(st) = (unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut() }) else { return };
     st.ops += 1;
     let free = buddy::free_page_count();
@@ -196,6 +201,8 @@ fn job(_: usize) {
 
 fn link_task(arg: usize) {
     let sum = cc::link(params().units);
+    // SAFETY: `arg` is the address of `run`'s `image_sum`, which outlives
+    // this task (`run` joins it before reading the value).
     unsafe { *(arg as *mut u64) = sum };
     mem::c().stacks_live -= task::STACK_SIZE;
 }
@@ -232,6 +239,7 @@ fn profile_report((buf, order): (usize, usize)) {
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
     let p = parse_params(info.cmdline(), info.config.seed);
+    // SAFETY: before any task starts, on the one CPU (see `params`).
     unsafe { PARAMS = p };
     // Before the free-page baseline: the APIC's page tables stay.
     let prof = (p.prof_us > 0).then(profile_start).flatten();
@@ -255,6 +263,7 @@ pub fn run() -> bool {
     vfs::init(2 * p.units as usize + nheaders as usize + 1024);
     let node_cache = mem::create_cache("ast_node", 64);
     let est_ops = p.units as u64 * 6000;
+    // SAFETY: before any task starts, on the one CPU (see `state`).
     unsafe {
         STATE = Some(State {
             seed: p.seed,
