@@ -13,7 +13,7 @@ use hybrid_shadow::Size;
 use common::syzkaller;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel, KMALLOC_MAX_CACHE};
 use hybrid_shadow::page_state::PageState;
-use hybrid_shadow::{Backing, BugType, CacheError, HookError, Mode};
+use hybrid_shadow::{Backing, BugType, CacheError, HookError, Ip, Mode, Platform};
 
 use BugType::*;
 
@@ -492,6 +492,140 @@ case!(slab_page_returned_uaf, [BUG, BUG], |k, mode| {
         assert_ne!(k.kasan.backing_of_pfn(pfn), Backing::Private, "its shadow page was returned");
     }
     vec![v(k.read(first, 8)), v(k.read(*objs.last().unwrap() + 16, 1))]
+});
+
+// ---- Linux's remaining generic cases the model kernel can express ----------
+
+case!(kmalloc_track_caller_oob_right, [BUG, BUG], |k, _| {
+    // The model kernel's kmalloc is its kmalloc_track_caller (the
+    // allocation stack is the whole call chain either way).
+    let size = 128 - 8;
+    let mut r = vec![];
+    for _ in 0..2 {
+        let p = k.kmalloc(size).unwrap();
+        r.push(v(k.write(p + size, 1)));
+        k.kfree(p).unwrap();
+    }
+    r
+});
+
+/// A mempool's reserve as the runtime sees it: poison a kmalloc element
+/// into the reserve (slab object or page-backed, as its size makes it).
+fn pool_poison(k: &mut SimKernel, e: usize, order: u32) -> Verdict {
+    let ip = Ip(k.ip());
+    match k.plat.slab_of(e) {
+        Some(s) => v(k.kasan.mempool_poison_object(s.cache, s.base, e, ip)),
+        None => v(k.kasan.mempool_poison_large(e, order, ip)),
+    }
+}
+
+/// Take a kmalloc element of `size` bytes out of the reserve again.
+fn pool_unpoison(k: &mut SimKernel, e: usize, size: usize, order: u32) {
+    match k.plat.slab_of(e) {
+        Some(s) => k.kasan.mempool_unpoison_object(s.cache, e, Size(size)).unwrap(),
+        None => k.kasan.kmalloc_large(e, order, Size(size)).unwrap(),
+    }
+}
+
+/// Order of a page-backed kmalloc of `size` bytes in the model kernel.
+fn large_order(size: usize) -> u32 {
+    (0..).find(|&o| 4096usize << o >= size).unwrap()
+}
+
+case!(mempool_kmalloc_oob_right, [OK, OK, BUG], |k, _| {
+    let size = 128 - 8 - 5;
+    let e = k.kmalloc(size).unwrap();
+    let r = vec![pool_poison(k, e, 0), { pool_unpoison(k, e, size, 0); v(k.read(e, size)) }, v(k.read(e + size, 1))];
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_large_oob_right, [OK, OK, BUG], |k, _| {
+    let size = KMALLOC_MAX_CACHE + 1;
+    let o = large_order(size);
+    let e = k.kmalloc(size).unwrap();
+    let r = vec![pool_poison(k, e, o), { pool_unpoison(k, e, size, o); v(k.read(e, size)) }, v(k.read(e + size, 1))];
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_uaf, [OK, BUG, OK], |k, _| {
+    let e = k.kmalloc(128).unwrap();
+    let r = vec![pool_poison(k, e, 0), v(k.read(e, 1)), {
+        pool_unpoison(k, e, 128, 0);
+        v(k.read(e, 128))
+    }];
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_large_uaf, [OK, BUG, OK], |k, _| {
+    let size = KMALLOC_MAX_CACHE + 1;
+    let o = large_order(size);
+    let e = k.kmalloc(size).unwrap();
+    let r = vec![pool_poison(k, e, o), v(k.read(e, 1)), {
+        pool_unpoison(k, e, size, o);
+        v(k.read(e, size))
+    }];
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_page_alloc_uaf, [OK, BUG, OK], |k, _| {
+    // A page pool's reserve: its pages are free for the runtime.
+    let e = k.alloc_pages(2).unwrap();
+    let ip = Ip(k.ip());
+    let r = vec![v(k.kasan.page_free(e, 2, ip)), v(k.read(e, 1)), {
+        k.kasan.page_alloc(e, 2).unwrap();
+        v(k.read(e, 4 * 4096))
+    }];
+    k.free_pages(e, 2).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_double_free, [OK, BUG], |k, _| {
+    let e = k.kmalloc(128).unwrap();
+    let r = vec![pool_poison(k, e, 0), pool_poison(k, e, 0)];
+    pool_unpoison(k, e, 128, 0);
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_large_double_free, [OK, BUG], |k, _| {
+    let size = KMALLOC_MAX_CACHE + 1;
+    let o = large_order(size);
+    let e = k.kmalloc(size).unwrap();
+    let r = vec![pool_poison(k, e, o), pool_poison(k, e, o)];
+    pool_unpoison(k, e, size, o);
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_page_alloc_double_free, [OK, BUG], |k, _| {
+    let e = k.alloc_pages(2).unwrap();
+    let ip = Ip(k.ip());
+    let r = vec![v(k.kasan.page_free(e, 2, ip)), v(k.kasan.page_free(e, 2, ip))];
+    k.kasan.page_alloc(e, 2).unwrap();
+    k.free_pages(e, 2).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_invalid_free, [BUG, OK, OK], |k, _| {
+    let e = k.kmalloc(128).unwrap();
+    let r = vec![pool_poison(k, e + 1, 0), v(k.read(e, 128)), pool_poison(k, e, 0)];
+    pool_unpoison(k, e, 128, 0);
+    k.kfree(e).unwrap();
+    r
+});
+
+case!(mempool_kmalloc_large_invalid_free, [BUG, OK, OK], |k, _| {
+    let size = KMALLOC_MAX_CACHE + 1;
+    let o = large_order(size);
+    let e = k.kmalloc(size).unwrap();
+    let r = vec![pool_poison(k, e + 1, o), v(k.read(e, size)), pool_poison(k, e, o)];
+    pool_unpoison(k, e, size, o);
+    k.kfree(e).unwrap();
+    r
 });
 
 host_case!(slab_page_in_mixed_block_uaf, [Some(SlabUseAfterFree), Some(UseAfterFree), None], |k, mode| {

@@ -133,6 +133,7 @@ pub struct Ip(pub usize);
 
 mod globals;
 mod large;
+mod mempool;
 mod pages;
 mod poison;
 mod slab;

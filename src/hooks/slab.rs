@@ -136,7 +136,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// the kernel's slab lookup gives to that cache, a whole number of
     /// slots from that slab's first slot, and the whole slot on pages of
     /// that one slab (a slot cut off by the slab's end is none).
-    fn is_slot(&self, id: CacheId, cache: &CacheInfo, ptr: usize) -> bool {
+    pub(super) fn is_slot(&self, id: CacheId, cache: &CacheInfo, ptr: usize) -> bool {
         let Some(slab) = self.platform.slab_of(ptr) else { return false };
         if slab.cache != id || ptr < slab.base || !(ptr - slab.base).is_multiple_of(cache.slot_size) {
             return false;

@@ -86,4 +86,39 @@ pub const KASAN_CASES: &[Case] = &[
     Case { name: "slab_page_reused_as_page", expect: &[] },
     Case { name: "large_kmalloc_in_mixed_block", expect: &[UAF, SOOB, UAF] },
     Case { name: "vmalloc_uaf_shadow_returned", expect: &[VOOB, VOOB] },
+    // Linux's remaining generic cases (kasan_test_c.c), with what each does:
+    // kmalloc through kmalloc_track_caller and kmalloc_node_track_caller,
+    // write just past each object.
+    Case { name: "kmalloc_track_caller_oob_right", expect: &[SOOB, SOOB] },
+    // SLAB_TYPESAFE_BY_RCU cache: read after kmem_cache_free inside an RCU
+    // reader (fine, twice), then after the grace period (reported).
+    Case { name: "kmem_cache_rcu_uaf", expect: &[SUAF] },
+    // SLAB_ACCOUNT cache: five alloc/free rounds charged to the memcg.
+    Case { name: "kmem_cache_accounted", expect: &[] },
+    // A mempool keeps reserved elements poisoned (kasan_mempool_poison_*):
+    // element of a kmalloc(115) / kmalloc(8193, page-backed) / 123-byte
+    // cache pool, read just past it.
+    Case { name: "mempool_kmalloc_oob_right", expect: &[SOOB] },
+    Case { name: "mempool_kmalloc_large_oob_right", expect: &[SOOB] },
+    Case { name: "mempool_slab_oob_right", expect: &[SOOB] },
+    // Element returned to the pool (kept in reserve, poisoned), then read.
+    Case { name: "mempool_kmalloc_uaf", expect: &[SUAF] },
+    Case { name: "mempool_kmalloc_large_uaf", expect: &[UAF] },
+    Case { name: "mempool_slab_uaf", expect: &[SUAF] },
+    Case { name: "mempool_page_alloc_uaf", expect: &[UAF] },
+    // Element returned to the pool twice.
+    Case { name: "mempool_kmalloc_double_free", expect: &[DFREE] },
+    Case { name: "mempool_kmalloc_large_double_free", expect: &[DFREE] },
+    Case { name: "mempool_page_alloc_double_free", expect: &[DFREE] },
+    // ptr + 1 returned to the pool.
+    Case { name: "mempool_kmalloc_invalid_free", expect: &[IFREE] },
+    Case { name: "mempool_kmalloc_large_invalid_free", expect: &[IFREE] },
+    // copy_to_kernel_nofault of 128 bytes from, then to, a 120-byte object.
+    Case { name: "copy_to_kernel_nofault_oob", expect: &[SOOB, SOOB] },
+    // copy_from_user, copy_to_user, __copy_from_user, __copy_to_user, their
+    // _inatomic variants and strncpy_from_user, one byte past a 120-byte
+    // kmalloc object, over a user page the guest maps.
+    Case { name: "copy_user_test_oob", expect: &[SOOB, SOOB, SOOB, SOOB, SOOB, SOOB, SOOB] },
+    // Rust: read through a raw pointer after its Box was dropped.
+    Case { name: "rust_uaf", expect: &[SUAF] },
 ];

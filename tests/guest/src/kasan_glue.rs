@@ -396,6 +396,36 @@ pub fn kfree_large(ptr: usize, order: u32, ip: usize) -> bool {
     guest_kasan::kfree_large(ptr, order, ip)
 }
 
+#[cfg(not(feature = "kmsan"))]
+/// A mempool takes slab object `ptr` of cache `id` (slab's first slot at
+/// `first`) into its reserve: the runtime poisons it as freed. False if
+/// it reported a double or invalid free (the pool must not take it).
+pub fn mempool_poison_object(id: CacheId, first: usize, ptr: usize, ip: usize) -> bool {
+    id == UNTRACKED || guest_kasan::mempool_poison_object(id as u16, first, ptr, ip)
+}
+
+#[cfg(not(feature = "kmsan"))]
+/// A mempool hands slab object `ptr` of cache `id` out again for `size` bytes.
+pub fn mempool_unpoison_object(id: CacheId, ptr: usize, size: usize) {
+    if id != UNTRACKED {
+        guest_kasan::mempool_unpoison_object(id as u16, ptr, size);
+    }
+}
+
+#[cfg(not(feature = "kmsan"))]
+/// A mempool takes the large kmalloc at `ptr` (2^order pages) into its
+/// reserve (poisoned as free pages). False if a bad free was reported.
+pub fn mempool_poison_large(ptr: usize, order: u32, ip: usize) -> bool {
+    guest_kasan::mempool_poison_large(ptr, order, ip)
+}
+
+/// Check an access the compiler cannot see (a copy done in assembly: the
+/// user-copy routines, copy_to_kernel_nofault) as made by the code at
+/// `ip`. False if it was reported.
+pub fn check_access(addr: usize, size: usize, write: bool, ip: usize) -> bool {
+    guest_kasan::check_access(addr, size, write, ip)
+}
+
 /// A free the allocator itself found invalid (pointer not at an object
 /// start, unknown address, double free the runtime could not see). With
 /// a checking runtime it becomes a KASAN invalid-free report; in `off`

@@ -26,7 +26,8 @@ use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crate::kasan_glue::{self, Backing, Mode, PageState};
-use crate::mm::{self, buddy, slab, PAGE_SIZE};
+use crate::mm::mempool::{Mempool, Source};
+use crate::mm::{self, buddy, slab, uaccess, PAGE_SIZE};
 use crate::println;
 use crate::task;
 
@@ -804,6 +805,252 @@ fn large_kmalloc_in_mixed_block() {
     }
 }
 
+// ---- Linux's remaining generic cases -------------------------------------------
+
+#[inline(never)]
+fn kmalloc_track_caller_oob_right() {
+    let size = black_box(128 - 8);
+    let p = slab::kmalloc_track_caller(size) as usize;
+    wr8(p + size, b'y');
+    kfree(p);
+    let p = slab::kmalloc_node_track_caller(size, 0) as usize;
+    wr8(p + size, b'y');
+    kfree(p);
+}
+
+/// A `SLAB_TYPESAFE_BY_RCU` cache: a freed object stays readable while an
+/// RCU reader that predates the free is inside its critical section; after
+/// the grace period the runtime has it as freed.
+#[inline(never)]
+fn kmem_cache_rcu_uaf() {
+    let Some(c) = mm::kmem_cache_create_flags("test_cache", 200, 0, slab::SLAB_TYPESAFE_BY_RCU) else {
+        return fail("create");
+    };
+    let p = mm::kmem_cache_alloc(c) as usize;
+    wr8(p, 1);
+    task::rcu_read_lock();
+    mm::kmem_cache_free(c, p as *mut u8);
+    black_box(rd8(p)); // still valid: no grace period yet
+    task::yield_now(); // a grace point: cannot end the grace period inside the reader
+    black_box(rd8(p));
+    task::rcu_read_unlock();
+    task::rcu_barrier();
+    black_box(rd8(p));
+    expect!(mm::kmem_cache_destroy(c).is_ok());
+}
+
+/// A `SLAB_ACCOUNT` cache: objects are charged to the memory cgroup while
+/// allocated; no report.
+#[inline(never)]
+fn kmem_cache_accounted() {
+    let Some(c) = mm::kmem_cache_create_flags("test_cache", 200, 0, slab::SLAB_ACCOUNT) else {
+        return fail("create");
+    };
+    let before = slab::memcg_charged();
+    for _ in 0..5 {
+        let p = mm::kmem_cache_alloc(c);
+        if p.is_null() {
+            fail("alloc");
+            break;
+        }
+        expect!(slab::memcg_charged() == before + 200);
+        // SAFETY: a live 200-byte object.
+        unsafe { core::ptr::write_bytes(p, 0x5a, 200) };
+        mm::kmem_cache_free(c, p);
+        expect!(slab::memcg_charged() == before);
+        task::yield_now();
+    }
+    expect!(mm::kmem_cache_destroy(c).is_ok());
+}
+
+/// A kmalloc pool of 4 with one element taken out, so that frees go back
+/// into the reserve (as Linux's test prepares it).
+fn mempool_kmalloc(size: usize) -> Option<(Mempool, usize)> {
+    let mut pool = Mempool::new(Source::Kmalloc(size), 4)?;
+    let extra = pool.alloc_preallocated();
+    Some((pool, extra))
+}
+
+fn mempool_done(mut pool: Mempool, extra: usize) {
+    pool.free(extra);
+    pool.exit();
+}
+
+#[inline(never)]
+fn mempool_kmalloc_oob_right() {
+    let size = black_box(128 - 8 - 5);
+    let Some((mut pool, extra)) = mempool_kmalloc(size) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    rd8(e + size);
+    pool.free(e);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_large_oob_right() {
+    let size = black_box(slab::KMALLOC_MAX_CACHE_SIZE + 1);
+    let Some((mut pool, extra)) = mempool_kmalloc(size) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    rd8(e + size);
+    pool.free(e);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_slab_oob_right() {
+    let size = black_box(123);
+    let Some(c) = mm::kmem_cache_create("test_cache", size, 0) else { return fail("create") };
+    let Some(mut pool) = Mempool::new(Source::Slab(c), 4) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    rd8(e + size);
+    pool.free(e);
+    pool.exit();
+    expect!(mm::kmem_cache_destroy(c).is_ok());
+}
+
+#[inline(never)]
+fn mempool_kmalloc_uaf() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(128)) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    rd8(e + black_box(0));
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_large_uaf() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(slab::KMALLOC_MAX_CACHE_SIZE + 1)) else {
+        return fail("mempool");
+    };
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    rd8(e + black_box(0));
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_slab_uaf() {
+    let Some(c) = mm::kmem_cache_create("test_cache", 123, 0) else { return fail("create") };
+    let Some(mut pool) = Mempool::new(Source::Slab(c), 4) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    rd8(e + black_box(0));
+    pool.exit();
+    expect!(mm::kmem_cache_destroy(c).is_ok());
+}
+
+#[inline(never)]
+fn mempool_page_alloc_uaf() {
+    let Some(mut pool) = Mempool::new(Source::Pages(2), 4) else { return fail("mempool") };
+    let extra = pool.alloc_preallocated();
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    rd8(e + black_box(0));
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_double_free() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(128)) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    pool.free(e);
+    expect!(pool.reserved() == 3);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_large_double_free() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(slab::KMALLOC_MAX_CACHE_SIZE + 1)) else {
+        return fail("mempool");
+    };
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    pool.free(e);
+    expect!(pool.reserved() == 3);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_page_alloc_double_free() {
+    let Some(mut pool) = Mempool::new(Source::Pages(2), 4) else { return fail("mempool") };
+    let extra = pool.alloc_preallocated();
+    let e = pool.alloc_preallocated();
+    pool.free(e);
+    pool.free(e);
+    expect!(pool.reserved() == 3);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_invalid_free() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(128)) else { return fail("mempool") };
+    let e = pool.alloc_preallocated();
+    pool.free(e + black_box(1));
+    expect!(pool.reserved() == 2);
+    pool.free(e);
+    mempool_done(pool, extra);
+}
+
+#[inline(never)]
+fn mempool_kmalloc_large_invalid_free() {
+    let Some((mut pool, extra)) = mempool_kmalloc(black_box(slab::KMALLOC_MAX_CACHE_SIZE + 1)) else {
+        return fail("mempool");
+    };
+    let e = pool.alloc_preallocated();
+    pool.free(e + black_box(1));
+    expect!(pool.reserved() == 2);
+    pool.free(e);
+    mempool_done(pool, extra);
+}
+
+/// copy_to_kernel_nofault checks both ranges: a source running past a
+/// kmalloc object, then a destination.
+#[inline(never)]
+fn copy_to_kernel_nofault_oob() {
+    let mut buf = [0u8; 128];
+    let size = black_box(buf.len());
+    let p = kmalloc(size - 8);
+    let b = black_box(buf.as_mut_ptr());
+    expect!(uaccess::copy_to_kernel_nofault(b, p as *const u8, size).is_err() || !checking());
+    expect!(uaccess::copy_to_kernel_nofault(p as *mut u8, b, size).is_err() || !checking());
+    black_box(&buf);
+    kfree(p);
+}
+
+/// The user-copy routines, each running one byte past a kmalloc object,
+/// over a user page the guest maps.
+#[inline(never)]
+fn copy_user_test_oob() {
+    let size = black_box(128 - 8);
+    let k = kmalloc(size) as *mut u8;
+    let Some(u) = uaccess::vm_mmap(1) else { return fail("vm_mmap") };
+    expect!(u < uaccess::USER_END);
+    black_box(uaccess::copy_from_user(k, u, size + 1));
+    black_box(uaccess::copy_to_user(u, k, size + 1));
+    black_box(uaccess::__copy_from_user(k, u, size + 1));
+    black_box(uaccess::__copy_to_user(u, k, size + 1));
+    black_box(uaccess::__copy_from_user_inatomic(k, u, size + 1));
+    black_box(uaccess::__copy_to_user_inatomic(u, k, size + 1));
+    // A long string in user memory, so that the copy does not stop early.
+    // SAFETY: a live object of `size` bytes.
+    unsafe { core::ptr::write_bytes(k, b'a', size) };
+    expect!(uaccess::copy_to_user(u, k, size) == 0);
+    black_box(uaccess::strncpy_from_user(k, u, size + 1));
+    uaccess::vm_munmap(u, 1);
+    kfree(k as usize);
+}
+
+/// Rust code with a use-after-free through a raw pointer: the `Box` is
+/// dropped (kfree through the kernel's Rust heap), then read.
+#[inline(never)]
+fn rust_uaf() {
+    let b = alloc::boxed::Box::new([7u8; 40]);
+    let p = black_box(&*b as *const [u8; 40] as usize);
+    drop(b);
+    black_box(rd8(p + black_box(8)));
+}
+
 // ---- the driver -------------------------------------------------------------------
 
 /// The function of case `name` (the table's rows, kasan_cases.rs, name
@@ -874,6 +1121,24 @@ fn case_fn(name: &str) -> Option<fn()> {
         slab_page_reused_as_page,
         large_kmalloc_in_mixed_block,
         vmalloc_uaf_shadow_returned,
+        kmalloc_track_caller_oob_right,
+        kmem_cache_rcu_uaf,
+        kmem_cache_accounted,
+        mempool_kmalloc_oob_right,
+        mempool_kmalloc_large_oob_right,
+        mempool_slab_oob_right,
+        mempool_kmalloc_uaf,
+        mempool_kmalloc_large_uaf,
+        mempool_slab_uaf,
+        mempool_page_alloc_uaf,
+        mempool_kmalloc_double_free,
+        mempool_kmalloc_large_double_free,
+        mempool_page_alloc_double_free,
+        mempool_kmalloc_invalid_free,
+        mempool_kmalloc_large_invalid_free,
+        copy_to_kernel_nofault_oob,
+        copy_user_test_oob,
+        rust_uaf,
     }
 }
 

@@ -240,15 +240,42 @@ pub fn call_rcu(f: fn(usize), arg: usize) {
         rcu_grace_point();
     }
     let n = RCU_N.load(Relaxed);
-    // SAFETY: n < RCU_MAX (a full queue was just run); one CPU and
+    assert!(n < RCU_MAX, "call_rcu: queue full inside an RCU read-side critical section");
+    // SAFETY: n < RCU_MAX (asserted: a full queue was just run); one CPU and
     // cooperative tasks: no other access to RCU runs meanwhile, and no
     // reference into it is held (entries are copied in and out).
     unsafe { RCU[n] = (Some(f), arg) };
     RCU_N.store(n + 1, Relaxed);
 }
 
-/// Run every queued callback (in queue order). Called from yield_now.
+/// Read-side critical sections open now (rcu_read_lock nesting).
+static RCU_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Enter an RCU read-side critical section: no grace period ends (no
+/// callback runs) until the matching [`rcu_read_unlock`].
+pub fn rcu_read_lock() {
+    RCU_READERS.fetch_add(1, Relaxed);
+}
+
+/// Leave an RCU read-side critical section.
+pub fn rcu_read_unlock() {
+    let n = RCU_READERS.load(Relaxed);
+    assert!(n > 0, "rcu_read_unlock without rcu_read_lock");
+    RCU_READERS.store(n - 1, Relaxed);
+}
+
+/// Whether a read-side critical section is open.
+pub fn rcu_reading() -> bool {
+    RCU_READERS.load(Relaxed) != 0
+}
+
+/// A grace period ends here: run every queued callback (in queue order).
+/// Called from yield_now. Inside a read-side critical section nothing
+/// runs (the grace period cannot end before the reader leaves).
 pub fn rcu_grace_point() {
+    if rcu_reading() {
+        return;
+    }
     let mut i = 0;
     // Callbacks may queue more: RCU_N is read again each round.
     while i < RCU_N.load(Relaxed) {
@@ -267,8 +294,10 @@ pub fn rcu_grace_point() {
     RCU_N.store(0, Relaxed);
 }
 
-/// Wait for all callbacks queued so far.
+/// Wait for all callbacks queued so far (not from inside a read-side
+/// critical section: it would never end).
 pub fn rcu_barrier() {
+    assert!(!rcu_reading(), "rcu_barrier inside an RCU read-side critical section");
     rcu_grace_point();
 }
 

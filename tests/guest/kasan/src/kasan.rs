@@ -228,6 +228,29 @@ pub fn kfree_large(ptr: usize, order: u32, ip: usize) -> bool {
     rt().is_none_or(|k| k.kfree_large(ptr, order, Ip(ip)).is_ok())
 }
 
+/// A mempool takes slab object `ptr` (cache `id`, slab's first slot at
+/// `base`) into its reserve: poisoned as freed. False if the runtime
+/// reported a double or invalid free (the pool must not take it).
+pub fn mempool_poison_object(id: u16, base: usize, ptr: usize, ip: usize) -> bool {
+    rt().is_none_or(|k| k.mempool_poison_object(CacheId(id), base, ptr, Ip(ip)).is_ok())
+}
+
+/// A mempool hands slab object `ptr` out again for `size` bytes.
+pub fn mempool_unpoison_object(id: u16, ptr: usize, size: usize) {
+    if let Some(k) = rt() {
+        if let Err(e) = k.mempool_unpoison_object(CacheId(id), ptr, Size(size)) {
+            refused("mempool_unpoison_object", ptr, e);
+        }
+    }
+}
+
+/// A mempool takes the page-backed kmalloc at `ptr` (2^order pages) into
+/// its reserve: its pages poisoned as free. False if the runtime reported
+/// a double or invalid free.
+pub fn mempool_poison_large(ptr: usize, order: u32, ip: usize) -> bool {
+    rt().is_none_or(|k| k.mempool_poison_large(ptr, order, Ip(ip)).is_ok())
+}
+
 /// A bad free the guest's allocator found itself.
 pub fn report_invalid_free(ptr: usize, ip: usize) {
     if let Some(k) = rt() {

@@ -262,18 +262,7 @@ pub fn frames_held() -> usize {
     FRAMES_HELD.load(Relaxed)
 }
 
-/// hashbrown (the runtime's stack depot) links the `alloc` crate, which
-/// wants a global allocator. The runtime allocates from its own arena only;
-/// this one refuses every request.
-struct NoHeap;
-
-// SAFETY: never hands out memory (null = allocation failure).
-unsafe impl core::alloc::GlobalAlloc for NoHeap {
-    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-        core::ptr::null_mut()
-    }
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
-}
-
-#[global_allocator]
-static NO_HEAP: NoHeap = NoHeap;
+// The global allocator (hashbrown, in the runtime's stack depot, links the
+// `alloc` crate, which wants one) is the guest kernel's Rust heap,
+// kmalloc-backed (tests/guest/src/mm/mod.rs). The runtime allocates from
+// its own arena only.

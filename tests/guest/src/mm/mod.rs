@@ -1,14 +1,41 @@
 //! Guest memory management: buddy page allocator, slab/kmalloc, vmalloc.
 pub mod buddy;
+#[cfg(not(feature = "kmsan"))]
+pub mod mempool;
 pub mod slab;
+#[cfg(not(feature = "kmsan"))]
+pub mod uaccess;
 pub mod vmalloc;
 
 pub use buddy::{alloc_pages, free_pages, split_page, PAGE_SIZE};
 pub use slab::{
     kfree, kmalloc, kmem_cache_alloc, kmem_cache_alloc_bulk, kmem_cache_create, kmem_cache_destroy,
-    kmem_cache_free, kmem_cache_free_bulk, kfree_sensitive, krealloc, ksize, kzalloc, CacheRef,
+    kmem_cache_create_flags, kmem_cache_free, kmem_cache_free_bulk, kfree_sensitive, krealloc, ksize, kzalloc, CacheRef,
 };
 pub use vmalloc::{vfree, vmalloc};
+
+/// The kernel's Rust heap (`Box`, `Vec`): kmalloc and kfree, as
+/// Rust-for-Linux's kernel allocator is built on them. Alignments above
+/// 8 are refused (null): kmalloc guarantees 8.
+struct KernelHeap;
+
+// SAFETY: kmalloc returns null or a block of at least `size` bytes,
+// 8-aligned, not handed out again until kfree; larger alignments are
+// refused.
+unsafe impl core::alloc::GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        if layout.align() > 8 || layout.size() == 0 {
+            return core::ptr::null_mut();
+        }
+        kmalloc(layout.size())
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: core::alloc::Layout) {
+        kfree(ptr)
+    }
+}
+
+#[global_allocator]
+static KERNEL_HEAP: KernelHeap = KernelHeap;
 
 /// Copy `n` bytes from kernel address `src` to `dst` unless `src` is not
 /// mapped (Linux's `copy_from_kernel_nofault`, for debuggers and tracers).

@@ -6,6 +6,8 @@
 //! taken until `kasan_glue::quarantine_pop` lets them go. All allocator metadata lives OUTSIDE the
 //! objects (a side `SlabMeta` block per slab, found through the frame
 //! array), so this instrumented code never touches poisoned object memory.
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 use super::buddy::{self, alloc_pages_flags, free_pages, head_of, PAGE_SIZE, PG_LARGE, PG_META, PG_SLAB};
 use crate::kasan_glue::{self, CacheId, FreeAction};
 use crate::println;
@@ -53,7 +55,18 @@ pub struct Cache {
     full: *mut SlabMeta,
     pub nslabs: usize,
     pub inuse: usize,
+    /// `SLAB_TYPESAFE_BY_RCU`, `SLAB_ACCOUNT` (kmem_cache_create_flags).
+    pub flags: u32,
 }
+
+/// A cache whose freed objects stay valid until an RCU grace period has
+/// passed (Linux's `SLAB_TYPESAFE_BY_RCU` with `CONFIG_SLUB_RCU_DEBUG`):
+/// kmem_cache_free queues the real free (and the runtime's poisoning)
+/// with call_rcu.
+pub const SLAB_TYPESAFE_BY_RCU: u32 = 1 << 0;
+/// A cache whose objects are charged to the memory cgroup
+/// (Linux's `SLAB_ACCOUNT`): see [`memcg_charged`].
+pub const SLAB_ACCOUNT: u32 = 1 << 1;
 
 const EMPTY: Cache = Cache {
     name: "",
@@ -70,6 +83,7 @@ const EMPTY: Cache = Cache {
     full: core::ptr::null_mut(),
     nslabs: 0,
     inuse: 0,
+    flags: 0,
 };
 static mut CACHES: [Cache; MAX_CACHES] = [EMPTY; MAX_CACHES];
 
@@ -112,6 +126,7 @@ fn setup(idx: usize, name: &'static str, size: usize, align: usize) {
         full: core::ptr::null_mut(),
         nslabs: 0,
         inuse: 0,
+        flags: 0,
     };
 }
 
@@ -552,12 +567,62 @@ pub fn ksize(ptr: *const u8) -> usize {
 
 /// Create a named cache. `align` 0 means 8.
 pub fn kmem_cache_create(name: &'static str, size: usize, align: usize) -> Option<CacheRef> {
+    kmem_cache_create_flags(name, size, align, 0)
+}
+
+/// Create a named cache with `flags` ([`SLAB_TYPESAFE_BY_RCU`],
+/// [`SLAB_ACCOUNT`]).
+pub fn kmem_cache_create_flags(name: &'static str, size: usize, align: usize, flags: u32) -> Option<CacheRef> {
     if size == 0 || size > KMALLOC_MAX_CACHE_SIZE * 4 {
         return None;
     }
     let idx = (KMALLOC_SIZES.len()..MAX_CACHES).find(|&i| !caches()[i].live)?;
     setup(idx, name, size, align);
+    caches()[idx].flags = flags;
     Some(CacheRef { idx: idx as u32, gen: caches()[idx].gen })
+}
+
+/// Bytes of accounted caches' objects charged to the (one) memory cgroup.
+static MEMCG_CHARGED: AtomicUsize = AtomicUsize::new(0);
+
+/// What the memory cgroup is charged for now: the object sizes of the
+/// live objects of [`SLAB_ACCOUNT`] caches.
+pub fn memcg_charged() -> usize {
+    MEMCG_CHARGED.load(Relaxed)
+}
+
+/// kmalloc_track_caller: kmalloc on behalf of the caller of the function
+/// that calls it (Linux records that caller for slab debugging; the
+/// runtime's allocation stack is the whole call chain either way).
+#[inline(never)]
+pub fn kmalloc_track_caller(size: usize) -> *mut u8 {
+    kmalloc(size)
+}
+
+/// kmalloc_node_track_caller: as [`kmalloc_track_caller`] on node `node`
+/// (one node here).
+#[inline(never)]
+pub fn kmalloc_node_track_caller(size: usize, node: usize) -> *mut u8 {
+    let _ = node;
+    kmalloc(size)
+}
+
+/// The slab object `ptr` points into: (runtime cache id, first slot of
+/// its slab, the object's start, its cache's object size). For mempools.
+pub fn slab_object_of(ptr: usize) -> Option<(CacheId, usize, usize, usize)> {
+    let (m, i, _) = locate(ptr)?;
+    // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
+    let mr = unsafe { &*m };
+    let c = &caches()[mr.cache];
+    let first = mr.base + c.slab_offset;
+    Some((c.id, first, first + i.min(mr.nobj as usize) * c.slot_size, c.object_size))
+}
+
+/// The page-backed kmalloc `ptr` points into: (its first page, order,
+/// requested size). For mempools.
+pub fn large_of(ptr: usize) -> Option<(usize, usize, usize)> {
+    let (h, base) = head_of(ptr)?;
+    (h.flags & PG_LARGE != 0).then_some((base, h.order as usize, h.private))
 }
 
 fn cache_of(r: CacheRef) -> Option<usize> {
@@ -568,7 +633,14 @@ fn cache_of(r: CacheRef) -> Option<usize> {
 #[inline(never)]
 pub fn kmem_cache_alloc(r: CacheRef) -> *mut u8 {
     match cache_of(r) {
-        Some(ci) => cache_alloc(ci, caches()[ci].object_size),
+        Some(ci) => {
+            let c = &caches()[ci];
+            let p = cache_alloc(ci, c.object_size);
+            if !p.is_null() && c.flags & SLAB_ACCOUNT != 0 {
+                MEMCG_CHARGED.fetch_add(c.object_size, Relaxed);
+            }
+            p
+        }
         None => {
             println!("kmem_cache_alloc: cache handle {:?} is not live", r);
             core::ptr::null_mut()
@@ -580,9 +652,51 @@ pub fn kmem_cache_alloc(r: CacheRef) -> *mut u8 {
 pub fn kmem_cache_free(r: CacheRef, ptr: *mut u8) {
     let ip = crate::mm::caller_ip();
     match cache_of(r) {
-        Some(ci) => free_object(ptr as usize, Some(ci), ip, "kmem_cache_free"),
+        Some(ci) if caches()[ci].flags & SLAB_TYPESAFE_BY_RCU != 0 => rcu_free(ci, ptr as usize, ip),
+        Some(ci) => {
+            if caches()[ci].flags & SLAB_ACCOUNT != 0 && object_info(ptr as usize).is_some() {
+                MEMCG_CHARGED.fetch_sub(caches()[ci].object_size, Relaxed);
+            }
+            free_object(ptr as usize, Some(ci), ip, "kmem_cache_free")
+        }
         None => kasan_glue::bad_free(ptr as usize, ip, "kmem_cache_free: cache is not live"),
     }
+}
+
+/// Frees of [`SLAB_TYPESAFE_BY_RCU`] objects waiting for a grace period:
+/// (cache index, object, free ip); 0 = empty slot.
+const RCU_FREES: usize = 64;
+static mut RCU_PENDING: [(usize, usize, usize); RCU_FREES] = [(0, 0, 0); RCU_FREES];
+
+fn rcu_pending() -> &'static mut [(usize, usize, usize); RCU_FREES] {
+    // SAFETY: one CPU, cooperative tasks, no slab use from interrupt
+    // context (as `caches`): one user at a time.
+    unsafe { &mut *core::ptr::addr_of_mut!(RCU_PENDING) }
+}
+
+/// kmem_cache_free of an object of a [`SLAB_TYPESAFE_BY_RCU`] cache: it
+/// stays allocated (readable) until the next grace period, when
+/// [`rcu_free_cb`] frees it for real (the runtime poisons it then).
+fn rcu_free(ci: usize, ptr: usize, ip: usize) {
+    let Some(slot) = rcu_pending().iter().position(|e| e.1 == 0) else {
+        // Full: wait for a grace period (outside a read-side section only).
+        if !crate::task::rcu_reading() {
+            crate::task::rcu_barrier();
+            return rcu_free(ci, ptr, ip);
+        }
+        return free_object(ptr, Some(ci), ip, "kmem_cache_free");
+    };
+    rcu_pending()[slot] = (ci, ptr, ip);
+    crate::task::call_rcu(rcu_free_cb, slot);
+}
+
+fn rcu_free_cb(slot: usize) {
+    let (ci, ptr, ip) = rcu_pending()[slot];
+    rcu_pending()[slot] = (0, 0, 0);
+    if caches()[ci].flags & SLAB_ACCOUNT != 0 && object_info(ptr).is_some() {
+        MEMCG_CHARGED.fetch_sub(caches()[ci].object_size, Relaxed);
+    }
+    free_object(ptr, Some(ci), ip, "kmem_cache_free");
 }
 
 /// Allocate `out.len()` objects; returns how many (all or, on failure, 0).
