@@ -515,9 +515,12 @@ impl SimKernel {
             return Ok(0);
         }
         if !self.allocated(ptr) {
-            // What the runtime's ksize does for it: check the first byte.
+            // What the runtime's ksize does for it: check the first byte
+            // (a poisoned one is the bug). An accessible one may still be
+            // an object of a cache this model does not allocate from (a
+            // raw cache whose slots the caller hands out): the runtime
+            // decides below.
             self.read(ptr, 1)?;
-            return Ok(0);
         }
         Ok(match (self.plat_slab(ptr), self.large.get(&ptr)) {
             (Some(r), _) => self.kasan.ksize(r.cache, ptr, Ip(self.ip())),
