@@ -514,13 +514,14 @@ impl SimKernel {
         if ptr <= ZERO_SIZE_PTR {
             return Ok(0);
         }
-        if !self.allocated(ptr) {
-            // What the runtime's ksize does for it: check the first byte
-            // (a poisoned one is the bug). An accessible one may still be
-            // an object of a cache this model does not allocate from (a
-            // raw cache whose slots the caller hands out): the runtime
-            // decides below.
+        // A live object of a cache this model does not allocate from (a raw
+        // cache whose slots the caller hands out) is the runtime's to size,
+        // even with no accessible byte (a zero-size object).
+        let live_slab = self.plat_slab(ptr).is_some_and(|r| self.kasan.slab_object_live(r.cache, r.base, ptr));
+        if !self.allocated(ptr) && !live_slab {
+            // What the runtime's ksize does for it: check the first byte.
             self.read(ptr, 1)?;
+            return Ok(0);
         }
         Ok(match (self.plat_slab(ptr), self.large.get(&ptr)) {
             (Some(r), _) => self.kasan.ksize(r.cache, ptr, Ip(self.ip())),
