@@ -116,7 +116,9 @@ fn pc() -> &'static mut Pc {
 fn desc(pfn: u32) -> &'static mut Desc {
     let p = pfn as usize;
     let chunk = CHUNKS[p / DESC_PER_CHUNK].load(Relaxed);
-    assert!(chunk != 0, "page cache: frame {pfn} has no descriptor");
+    if chunk == 0 {
+        super::broken("page cache: no descriptor for frame", p);
+    }
     // SAFETY: `chunk` is a zeroed page `init` allocated for descriptors
     // (all-zero is a valid Desc) and p % DESC_PER_CHUNK indexes inside it;
     // one CPU, cooperative tasks: callers use one descriptor at a time.
@@ -393,7 +395,9 @@ fn pin_cached(ino: &Inode, index: usize, cur: usize) {
 
 /// Page `index` of `ino`, read through the cache and pinned (unpin with `put`).
 pub fn get(ino: &mut Inode, index: usize) -> usize {
-    assert!(index < ino.npages as usize, "page cache: index {index} past the inode");
+    if index >= ino.npages as usize {
+        super::broken("page cache: index past the inode:", index);
+    }
     // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
     let cur = unsafe { *ino.pages.add(index) };
     if cur != 0 {
@@ -410,7 +414,9 @@ pub fn get(ino: &mut Inode, index: usize) -> usize {
 /// A new page of `ino` to be written (dirty, pinned); the caller writes
 /// all of it before `put`.
 pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
-    assert!(index < ino.npages as usize, "page cache: index {index} past the inode");
+    if index >= ino.npages as usize {
+        super::broken("page cache: index past the inode:", index);
+    }
     // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
     let cur = unsafe { *ino.pages.add(index) };
     if cur == 0 {

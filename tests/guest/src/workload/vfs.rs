@@ -107,7 +107,9 @@ pub fn init(max_inodes: usize) {
 }
 
 pub fn inode(ino: u32) -> &'static mut Inode {
-    assert!((ino as usize) < v().ninodes, "vfs: no inode {ino}");
+    if ino as usize >= v().ninodes {
+        super::broken("vfs: no inode", ino as usize);
+    }
     // SAFETY: slots below ninodes hold inodes new_inode made, alive until
     // teardown; one CPU, cooperative tasks: one user of an inode at a time.
     unsafe { &mut **v().inodes.add(ino as usize) }
