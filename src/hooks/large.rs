@@ -35,6 +35,17 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
+        let (pfn, count) = self.large_block(ptr, order, ip)?;
+        let mut inner = self.inner.lock();
+        self.untrack_pages(&mut inner, pfn, count);
+        Ok(())
+    }
+
+    /// The frames `(pfn, count)` of the page-backed kmalloc that a free of
+    /// `ptr` (`2^order` pages) gives back; anything else is reported: an
+    /// interior pointer or a wrong order as an invalid free, freed pages as
+    /// a double free.
+    pub(super) fn large_block(&self, ptr: usize, order: u32, ip: usize) -> Result<(usize, usize), Bug> {
         let Ok((pfn, count)) = self.page_range(ptr, order) else {
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         };
@@ -44,9 +55,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.block_of(pfn, count, PageKind::LargeKmalloc) {
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }
-        let mut inner = self.inner.lock();
-        self.untrack_pages(&mut inner, pfn, count);
-        Ok(())
+        Ok((pfn, count))
     }
 
     /// `ksize()` of the page-backed kmalloc at `ptr` of `2^order` pages:

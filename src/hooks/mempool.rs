@@ -79,15 +79,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
-        let Ok((pfn, count)) = self.page_range(ptr, order) else {
-            return Err(self.report_free(ptr, BugType::InvalidFree, ip));
-        };
-        if self.pages.get(pfn).state == PageState::Free {
-            return Err(self.report_free(ptr, BugType::DoubleFree, ip));
-        }
-        if !self.block_of(pfn, count, PageKind::LargeKmalloc) {
-            return Err(self.report_free(ptr, BugType::InvalidFree, ip));
-        }
+        let (_, count) = self.large_block(ptr, order, ip)?;
         if self.shadow_byte(ptr) >= 0x80 {
             return Err(self.report_free(ptr, BugType::DoubleFree, ip));
         }
