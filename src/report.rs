@@ -77,6 +77,32 @@ pub enum BugType {
 }
 
 impl BugType {
+    /// Every bug type, in declaration order.
+    pub const ALL: [BugType; 16] = [
+        BugType::SlabOutOfBounds,
+        BugType::SlabUseAfterFree,
+        BugType::UseAfterFree,
+        BugType::GlobalOutOfBounds,
+        BugType::StackOutOfBounds,
+        BugType::AllocaOutOfBounds,
+        BugType::VmallocOutOfBounds,
+        BugType::OutOfBounds,
+        BugType::DoubleFree,
+        BugType::InvalidFree,
+        BugType::NullPtrDeref,
+        BugType::WildMemoryAccess,
+        BugType::UserMemoryAccess,
+        BugType::UnknownCrash,
+        BugType::UninitValue,
+        BugType::KernelInfoleak,
+    ];
+
+    /// The bug type whose report name (see [`BugType::name`]) is `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<BugType> {
+        BugType::ALL.into_iter().find(|b| b.name() == name)
+    }
+
     /// The name in `BUG: KASAN: <name> in ...`.
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -437,5 +463,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bug_type_tests {
+    use super::BugType;
+
+    #[test]
+    fn every_name_reads_back_as_its_type() {
+        for b in BugType::ALL {
+            assert_eq!(BugType::from_name(b.name()), Some(b), "{}", b.name());
+        }
+        assert_eq!(BugType::from_name("slab-out-of-bound"), None);
     }
 }

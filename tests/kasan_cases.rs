@@ -41,23 +41,6 @@ enum Slot {
 const OK: Slot = Slot::Ok;
 const BUG: Slot = Slot::Bug;
 
-/// Every bug type the runtime reports, to read the table's names.
-const TYPES: &[BugType] = &[
-    SlabOutOfBounds,
-    SlabUseAfterFree,
-    UseAfterFree,
-    GlobalOutOfBounds,
-    StackOutOfBounds,
-    AllocaOutOfBounds,
-    VmallocOutOfBounds,
-    OutOfBounds,
-    DoubleFree,
-    InvalidFree,
-    NullPtrDeref,
-    WildMemoryAccess,
-    UserMemoryAccess,
-];
-
 /// The verdicts `slots` stand for in table case `name`: each `BUG` takes
 /// the next of the row's bug types, and every type must be taken.
 fn from_table(name: &str, slots: &[Slot]) -> Vec<Verdict> {
@@ -69,7 +52,7 @@ fn from_table(name: &str, slots: &[Slot]) -> Vec<Verdict> {
             Slot::Ok => None,
             Slot::Bug => {
                 let t = types.next().unwrap_or_else(|| panic!("{name}: more BUG slots than the table's {:?}", row.expect));
-                Some(*TYPES.iter().find(|b| b.name() == *t).unwrap_or_else(|| panic!("{name}: unknown bug type {t}")))
+                Some(BugType::from_name(t).unwrap_or_else(|| panic!("{name}: unknown bug type {t}")))
             }
         })
         .collect();
