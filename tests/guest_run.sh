@@ -10,9 +10,11 @@
 #              GUEST_TIMEOUT=seconds (default 300), GUEST_FEATURES="cargo features" (e.g. runtime;
 #              built with --no-default-features), GUEST_NO_BUILD=1 to reuse the last build,
 #              QEMU_MACHINE=microvm|q35 (default microvm),
-#              GUEST_QEMU_ARGS="extra qemu arguments" (e.g. -icount shift=0,align=off,sleep=off).
+#              GUEST_QEMU_ARGS="extra qemu arguments" (e.g. -icount shift=0,align=off,sleep=off),
+#              GUEST_SMP=N CPUs (default 1; above 1: -smp N with multi-threaded TCG,
+#              -accel tcg,thread=multi, and the log under target/guest-logs/smp<N>/).
 # Build directory: target/guest (cargo --target-dir, a clean environment).
-# Serial log: target/guest-logs/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
+# Serial log: target/guest-logs[/smp<N>]/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
 # kmsan suite, <mode>/kmsan-<suite>.log for others). Prints the log, then "qemu exit code: N",
 # and exits with N.
 # Guest exit codes (QEMU status = (code << 1) | 1): 33 success, 35 failure, 37 panic,

@@ -6,7 +6,7 @@
 #[path = "mod.rs"]
 mod guest_driver;
 
-use guest_driver::{boot_with, build, ensure_qemu, log_path, profile_for, root, Boot, Build, Qemu, San};
+use guest_driver::{boot_with, build, ensure_qemu, log_path_smp, profile_for, root, Boot, Build, Qemu, San};
 use std::time::Duration;
 
 /// Exit status for a bad argument or environment variable.
@@ -49,6 +49,13 @@ fn main() {
         None => 300,
         Some(t) => t.parse().unwrap_or_else(|_| fail(EXIT_USAGE, &format!("GUEST_TIMEOUT must be seconds, got '{t}'"))),
     };
+    let smp: u32 = match env("GUEST_SMP") {
+        None => 1,
+        Some(n) => match n.parse() {
+            Ok(n) if (1..=8).contains(&n) => n,
+            _ => fail(EXIT_USAGE, &format!("GUEST_SMP must be a CPU count 1..=8, got '{n}'")),
+        },
+    };
     let features = env("GUEST_FEATURES");
     let target_dir = root().join("target/guest");
     let b = Build { san, profile, features: features.as_deref(), target_dir: &target_dir };
@@ -63,8 +70,9 @@ fn main() {
     let qemu = Qemu {
         machine: env("QEMU_MACHINE").unwrap_or_else(|| "microvm".into()),
         args: env("GUEST_QEMU_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+        smp,
     };
-    let log = log_path(san, mode, suite);
+    let log = log_path_smp(san, smp, mode, suite);
     let boot = Boot {
         elf: &elf,
         san,

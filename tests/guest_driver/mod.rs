@@ -207,6 +207,17 @@ pub fn log_path(san: San, mode: &str, suite: &str) -> PathBuf {
     root().join("target/guest-logs").join(mode).join(format!("{name}.log"))
 }
 
+/// [`log_path`] of a boot on `smp` CPUs: the same path on one CPU,
+/// target/guest-logs/smp<N>/<mode>/<suite>.log on N > 1.
+pub fn log_path_smp(san: San, smp: u32, mode: &str, suite: &str) -> PathBuf {
+    let one = log_path(san, mode, suite);
+    if smp <= 1 {
+        return one;
+    }
+    let rel = one.strip_prefix(root().join("target/guest-logs")).expect("log_path is under target/guest-logs").to_path_buf();
+    root().join("target/guest-logs").join(format!("smp{smp}")).join(rel)
+}
+
 /// Build the guest `b` describes (the toolchain and QEMU are installed
 /// first when missing) and write its symbol table; returns the bootable ELF.
 pub fn build(b: &Build) -> Result<PathBuf, String> {
@@ -301,11 +312,15 @@ pub struct Qemu {
     /// Extra arguments, appended after the kernel's (e.g. `-icount
     /// shift=0,align=off,sleep=off` for the guest profiler `prof=<us>`).
     pub args: Vec<String>,
+    /// CPUs (`-smp`; guest_run.sh's GUEST_SMP). Above 1, TCG runs one host
+    /// thread per CPU (`-accel tcg,thread=multi`), so the CPUs really run
+    /// at once; 1 (the default) keeps the single-threaded command line.
+    pub smp: u32,
 }
 
 impl Default for Qemu {
     fn default() -> Self {
-        Qemu { machine: "microvm".into(), args: vec![] }
+        Qemu { machine: "microvm".into(), args: vec![], smp: 1 }
     }
 }
 
@@ -313,13 +328,16 @@ impl Default for Qemu {
 pub fn qemu_command(b: &Boot, q: &Qemu) -> Command {
     let append = format!("{}.shadow={} suite={} {}", b.san.name(), b.mode, b.suite, b.append);
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", &q.machine, "-accel", "tcg"]);
+    let smp = q.smp.max(1);
+    cmd.args(["-M", &q.machine, "-accel", if smp > 1 { "tcg,thread=multi" } else { "tcg" }]);
     if b.icount {
         cmd.args(["-icount", "shift=0,align=off,sleep=off"]);
     }
     cmd.args(["-cpu", "max", "-m"])
         .arg(b.ram_mib.to_string())
-        .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial"])
+        .arg("-smp")
+        .arg(smp.to_string())
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial"])
         .arg(format!("file:{}", b.log.display()))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel"])
         .arg(b.elf)
