@@ -37,11 +37,39 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
     let n = unsafe { guest_boot::run_init_array() };
     println!("guest: ran {} .init_array constructors", n);
     kasan_glue::late_init(info);
+    start_cpus(info);
     let suite = info.config.suite();
     println!("guest: suite {}", suite);
     let ok = run_suite(suite);
+    let smp = guest_boot::smp::stats();
+    if smp.cpus > 1 {
+        println!(
+            "smp: shootdowns={} page={} full={} served={} cpus={}",
+            smp.page + smp.full,
+            smp.page,
+            smp.full,
+            smp.served,
+            smp.cpus
+        );
+    }
     println!("guest: suite {} {}", suite, if ok { "PASSED" } else { "FAILED" });
     exit(if ok { code::SUCCESS } else { code::FAILURE })
+}
+
+/// Start the other processors (the page at 0x8000 holds their real-mode
+/// trampoline: it must be RAM, below the first MiB the page allocator never
+/// uses).
+fn start_cpus(info: &BootInfo) {
+    const TRAMP: u64 = 0x8000;
+    let ram = info.regions().iter().any(|r| r.kind == guest_boot::E820_RAM && r.addr <= TRAMP && r.addr + r.size >= TRAMP + 0x1000);
+    if !ram {
+        return;
+    }
+    let mut tables = || mm::buddy::alloc_page_zeroed().map(|p| guest_boot::paging::virt_to_phys(p as u64).expect("direct map"));
+    // SAFETY: once, on the boot CPU, interrupts off, after paging is up;
+    // the trampoline page is RAM (checked above) below the first MiB, which
+    // neither the page allocator nor anything else uses after boot.
+    unsafe { guest_boot::smp::start_aps(&mut tables) };
 }
 
 fn run_suite(name: &str) -> bool {

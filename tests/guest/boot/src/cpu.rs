@@ -4,7 +4,7 @@
 use crate::{print, println};
 use crate::serial::{code, exit};
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 #[repr(C)]
 #[derive(Debug)]
@@ -151,9 +151,15 @@ struct Tss {
 
 #[repr(C, align(16))]
 struct Stack([u8; 16384]);
-static mut DF_STACK: Stack = Stack([0; 16384]);
-static mut TSS: Tss = Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap: 104 };
-static mut GDT: [u64; 5] = [0, 0x00af9a000000ffff, 0x00cf92000000ffff, 0, 0];
+
+/// CPUs the guest can run (boot CPU included).
+pub const MAX_CPUS: usize = 8;
+
+// One double-fault stack, TSS and GDT per CPU (a TSS descriptor is marked
+// busy when loaded, so CPUs cannot share one); the IDT is shared.
+static mut DF_STACK: [Stack; MAX_CPUS] = [const { Stack([0; 16384]) }; MAX_CPUS];
+static mut TSS: [Tss; MAX_CPUS] = [const { Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap: 104 } }; MAX_CPUS];
+static mut GDT: [[u64; 5]; MAX_CPUS] = [[0, 0x00af9a000000ffff, 0x00cf92000000ffff, 0, 0]; MAX_CPUS];
 
 #[repr(C, align(16))]
 #[derive(Clone, Copy)]
@@ -166,22 +172,81 @@ struct Desc {
     base: u64,
 }
 
-/// Load the GDT (with the TSS) and the IDT.
+/// Per-CPU data, reached through the GS base (`gs:[0]` is the block's own
+/// address, `gs:[8]` the CPU number).
+#[repr(C, align(64))]
+pub struct PerCpu {
+    self_ptr: AtomicU64,
+    id: AtomicU32,
+    apic_id: AtomicU32,
+    /// Exception nesting depth on this CPU.
+    in_fault: AtomicU32,
+}
+
+static PERCPU: [PerCpu; MAX_CPUS] = [const {
+    PerCpu { self_ptr: AtomicU64::new(0), id: AtomicU32::new(0), apic_id: AtomicU32::new(0), in_fault: AtomicU32::new(0) }
+}; MAX_CPUS];
+
+/// The number of the CPU running this (0: the boot CPU).
+#[inline]
+pub fn cpu_id() -> usize {
+    let id: u32;
+    // SAFETY: GS base points at this CPU's `PerCpu` from `init` / `init_ap`
+    // on (set before the IDT is loaded, so before anything can call this).
+    unsafe { asm!("mov {:e}, gs:[8]", out(reg) id, options(nostack, readonly, preserves_flags)) };
+    id as usize
+}
+
+/// This CPU's per-CPU block.
+pub fn this_cpu() -> &'static PerCpu {
+    &PERCPU[cpu_id()]
+}
+
+/// CPU `cpu`'s per-CPU block.
+pub fn percpu(cpu: usize) -> &'static PerCpu {
+    &PERCPU[cpu]
+}
+
+impl PerCpu {
+    /// Local APIC ID (0 until [`crate::smp`] reads it).
+    pub fn apic_id(&self) -> u32 {
+        self.apic_id.load(Relaxed)
+    }
+    pub(crate) fn set_apic_id(&self, id: u32) {
+        self.apic_id.store(id, Relaxed);
+    }
+}
+
+/// Point GS base at CPU `cpu`'s per-CPU block.
 ///
 /// # Safety
 ///
-/// Once, at boot, on the boot CPU, before interrupts are enabled: it
-/// reloads the segment registers and replaces the IDT.
-pub unsafe fn init() {
+/// Once per CPU, `cpu` its own number; nothing uses GS otherwise.
+unsafe fn set_percpu(cpu: usize) {
+    let p = &PERCPU[cpu];
+    let addr = p as *const PerCpu as u64;
+    p.self_ptr.store(addr, Relaxed);
+    p.id.store(cpu as u32, Relaxed);
+    // SAFETY: IA32_GS_BASE (0xc0000101) only sets the GS segment base.
+    unsafe { asm!("wrmsr", in("ecx") 0xc000_0101u32, in("eax") addr as u32, in("edx") (addr >> 32) as u32, options(nostack)) };
+}
+
+/// Load CPU `cpu`'s GDT (with its TSS) and reload the segment registers.
+///
+/// # Safety
+///
+/// Once per CPU, by CPU `cpu` itself (`cpu < MAX_CPUS`), with interrupts off.
+unsafe fn load_gdt(cpu: usize) {
     // TSS with IST1 = double-fault stack.
-    let df_top = core::ptr::addr_of!(DF_STACK) as u64 + 16384;
-    TSS.ist[0] = df_top;
-    let tss = core::ptr::addr_of!(TSS) as u64;
+    let df_top = core::ptr::addr_of!(DF_STACK[cpu]) as u64 + 16384;
+    TSS[cpu].ist[0] = df_top;
+    let tss = core::ptr::addr_of!(TSS[cpu]) as u64;
     let limit = (core::mem::size_of::<Tss>() - 1) as u64;
-    GDT[3] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48)
+    let gdt = &mut *core::ptr::addr_of_mut!(GDT[cpu]);
+    gdt[3] = (limit & 0xffff) | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48)
         | (((tss >> 24) & 0xff) << 56);
-    GDT[4] = tss >> 32;
-    let gdtr = Desc { limit: (5 * 8 - 1) as u16, base: core::ptr::addr_of!(GDT) as u64 };
+    gdt[4] = tss >> 32;
+    let gdtr = Desc { limit: (5 * 8 - 1) as u16, base: gdt.as_ptr() as u64 };
     asm!(
         "lgdt [{g}]",
         "push 0x08",
@@ -198,6 +263,23 @@ pub unsafe fn init() {
         g = in(reg) &gdtr,
         t = out(reg) _,
     );
+}
+
+fn load_idt() {
+    let idtr = Desc { limit: (256 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
+    // SAFETY: the IDT is static; its gates point at the stubs above.
+    unsafe { asm!("lidt [{}]", in(reg) &idtr, options(nostack)) };
+}
+
+/// Load the GDT (with the TSS) and the IDT.
+///
+/// # Safety
+///
+/// Once, at boot, on the boot CPU, before interrupts are enabled: it
+/// reloads the segment registers and replaces the IDT.
+pub unsafe fn init() {
+    set_percpu(0);
+    load_gdt(0);
     for v in 0..32 {
         let h = guest_boot_isr_table[v];
         let ist = if v == 8 { 1u64 } else { 0 };
@@ -206,8 +288,20 @@ pub unsafe fn init() {
             h >> 32,
         ]);
     }
-    let idtr = Desc { limit: (256 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
-    asm!("lidt [{}]", in(reg) &idtr, options(nostack));
+    load_idt();
+}
+
+/// An application processor's part of [`init`]: its per-CPU block, its
+/// own GDT and TSS, the shared IDT.
+///
+/// # Safety
+///
+/// Once, by CPU `cpu` (`0 < cpu < MAX_CPUS`) itself, with interrupts off,
+/// after [`init`] ran on the boot CPU.
+pub unsafe fn init_ap(cpu: usize) {
+    set_percpu(cpu);
+    load_gdt(cpu);
+    load_idt();
 }
 
 /// Point IDT vector `v` at handler `h` (interrupt gate, ring 0, no IST).
@@ -248,9 +342,6 @@ pub fn read_cr2() -> u64 {
     v
 }
 
-/// Exception nesting depth (one CPU).
-static IN_FAULT: AtomicU32 = AtomicU32::new(0);
-
 #[no_mangle]
 extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
     // The CPU and the entry stub wrote the frame: KMSAN cannot see those
@@ -264,21 +355,26 @@ extern "C" fn guest_boot_exception_dispatch(f: &mut ExceptionFrame) {
         unsafe { kmsan_unpoison_memory(f as *mut ExceptionFrame as usize, core::mem::size_of::<ExceptionFrame>()) };
     }
     let cr2 = read_cr2();
-    if IN_FAULT.load(Relaxed) == 0 {
+    let in_fault = &this_cpu().in_fault;
+    if in_fault.load(Relaxed) == 0 {
         if let Some(h) = fault_hook() {
-            IN_FAULT.fetch_add(1, Relaxed);
+            in_fault.fetch_add(1, Relaxed);
             let handled = h(f, cr2);
-            IN_FAULT.fetch_sub(1, Relaxed);
+            in_fault.fetch_sub(1, Relaxed);
             if handled {
                 return;
             }
         }
     }
-    if IN_FAULT.fetch_add(1, Relaxed) + 1 > 2 {
+    if in_fault.fetch_add(1, Relaxed) + 1 > 2 {
         exit(code::DOUBLE_FAULT);
     }
     println!();
-    println!("EXCEPTION: {} (vector {}) error code {:#x}", name(f.vector), f.vector, f.error);
+    print!("EXCEPTION: {} (vector {}) error code {:#x}", name(f.vector), f.vector, f.error);
+    match cpu_id() {
+        0 => println!(),
+        cpu => println!(" on cpu {cpu}"),
+    }
     if f.vector == 14 {
         println!(
             "  fault address {:#018x} ({} {}{})",

@@ -97,6 +97,7 @@ boot_gdt_desc:
 
     .section .boot.bss, "aw", @nobits
     .balign 4096
+    .global boot_tables
 boot_tables:
     .skip 4096 * 4
 

@@ -13,6 +13,7 @@ mod entry;
 pub mod ksyms;
 pub mod paging;
 pub mod profile;
+pub mod smp;
 pub mod stack;
 pub mod time;
 
@@ -181,6 +182,9 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
         exit(code::BAD_BOOT);
     }
     println!("boot: cmdline \"{}\"", bi.cmdline());
+    // The processors, from the ACPI tables, while the identity map lasts.
+    #[cfg(not(feature = "kmsan"))]
+    smp::discover(rd64(32));
     let mut ram = [(0u64, 0u64); MAX_REGIONS];
     let mut nram = 0;
     let mut total = 0;

@@ -199,7 +199,8 @@ pub unsafe fn unmap_4k(va: u64) -> Option<u64> {
         return None;
     }
     *e = 0;
-    flush(va);
+    // Every CPU may hold the old translation.
+    crate::smp::flush_page(va);
     Some(old & ADDR_MASK)
 }
 

@@ -6,14 +6,14 @@ use guest_boot::println;
 use hybrid_shadow::{
     Backing, CacheId, Config, Freed, Kasan, Layout, Mode, Region, StatsSnapshot,
 };
-use hybrid_shadow_x86_64::{init as xinit, PhysAddr, X86ShadowMapper};
+use hybrid_shadow_x86_64::{init as xinit, OffsetPhysMem, PhysAddr, X86ShadowMapper};
 
 pub use hybrid_shadow::page_state::PageState;
 
 use crate::{build_ranges, refused, BuddyFrames, FreeAction, GuestOps, GuestPlatform, Params, OPS};
 
-/// The mapper type of the guest.
-pub type Mapper = X86ShadowMapper<BuddyFrames>;
+/// The mapper type of the guest: TLB flushes shoot down every CPU.
+pub type Mapper = X86ShadowMapper<BuddyFrames, OffsetPhysMem, crate::SmpTlb>;
 /// The runtime type of the guest.
 pub type Rt = Kasan<Mapper, GuestPlatform>;
 
@@ -53,9 +53,18 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     layout.validate().map_err(|_| "bad layout")?;
     // SAFETY: the PML4 is the live one; its shadow slots (472..=503) are
     // left to the mapper by the guest's paging code; all RAM is mapped at
-    // DIRECT_MAP_BASE; one CPU at CPL 0; EFER.NXE was set at boot.
-    let mut mapper = unsafe { Mapper::kernel(PhysAddr::new(p.pml4), BuddyFrames) }
-        .map_err(|_| "shadow mapper init failed")?;
+    // DIRECT_MAP_BASE (OffsetPhysMem::direct_map); SmpTlb flushes every
+    // CPU that uses the PML4 (CPL 0); EFER.NXE was set at boot (every CPU).
+    let mut mapper = unsafe {
+        Mapper::new(
+            PhysAddr::new(p.pml4),
+            OffsetPhysMem::direct_map(),
+            BuddyFrames,
+            crate::SmpTlb,
+            hybrid_shadow_x86_64::Config::linux(),
+        )
+    }
+    .map_err(|_| "shadow mapper init failed")?;
     if cfg.mode != Mode::Off {
         xinit::unshare_shadow_of(&mut mapper, layout.direct_map.start, layout.direct_map.end)
             .map_err(|_| "no memory for the direct map's shadow page tables")?;

@@ -91,6 +91,26 @@ unsafe impl FrameSource for BuddyFrames {
     }
 }
 
+/// The guest's [`TlbFlush`](hybrid_shadow_x86_64::TlbFlush): `invlpg` (or
+/// a full flush) here, and, once other CPUs are up, an IPI to each of them
+/// and a wait until each has flushed (guest_boot::smp).
+pub struct SmpTlb;
+
+// SAFETY: `guest_boot::smp::flush_page` / `flush_all` flush the current CPU
+// and return only after every other online CPU flushed the same (the page
+// with `invlpg`, which also drops the paging-structure caches; everything
+// with a CR4.PGE toggle); a CPU not yet online reloads CR3 when it joins.
+// The kernel runs at CPL 0 on every CPU.
+unsafe impl hybrid_shadow_x86_64::TlbFlush for SmpTlb {
+    fn flush_page(&mut self, va: usize) {
+        guest_boot::smp::flush_page(va as u64);
+    }
+
+    fn flush_all(&mut self) {
+        guest_boot::smp::flush_all();
+    }
+}
+
 /// Merged address ranges of the runtime's own code (skipped at the top of
 /// stack traces), built once from the symbol table.
 const MAX_RANGES: usize = 256;

@@ -1,0 +1,569 @@
+//! Several CPUs: finding them (ACPI MADT), starting the application
+//! processors (APs), and TLB shootdowns by IPI.
+//!
+//! ```text
+//!  boot CPU                                  AP (wait-for-SIPI after reset)
+//!  discover(): MADT local APIC entries
+//!  start_aps(): copy trampoline to 0x8000
+//!    per AP: stack, cpu number ──INIT, SIPI(0x08), SIPI──►  real mode at 0x8000
+//!                                                          -> protected -> long mode
+//!                                                          (CR3 = the boot tables:
+//!                                                           identity + kernel image)
+//!                                                          ap_main(cpu): kernel CR3,
+//!                                                          GDT/TSS, IDT, GS base,
+//!    waits for ONLINE bit  ◄────────────────────────────── LAPIC on, ONLINE |= bit, sti
+//!                                                          idle: hlt (IPIs wake it)
+//!
+//!  shootdown(va):  lock, REQ = va, GEN += 1, IPI all-but-self (vector 0xf0),
+//!                  wait until every online CPU's ACKED == GEN, unlock
+//!  IPI handler:    if ACKED[me] < GEN { invlpg REQ (or flush all); ACKED[me] = GEN }; EOI
+//! ```
+//!
+//! A CPU that waits for the shootdown lock (or, later, for anything with
+//! interrupts off) serves pending requests itself ([`service`]), so two
+//! CPUs shooting at each other never deadlock.
+//!
+//! The KMSAN kernel stays on one CPU (its per-CPU context state is a later
+//! step): [`start_aps`] starts nothing there.
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+use crate::cpu::{self, MAX_CPUS};
+use crate::paging;
+use crate::println;
+
+/// Physical address of the local APIC's registers, and where they are mapped
+/// (the same page as the profiler's, [`crate::profile`]).
+const LAPIC_PHYS: u64 = 0xfee0_0000;
+const LAPIC_VA: u64 = 0xffff_fe00_0000_0000;
+/// The trampoline's page (SIPI vector 0x08: real mode at 0800:0000).
+const TRAMP_PHYS: u64 = 0x8000;
+/// IPI vector of a TLB shootdown, and the spurious-interrupt vector.
+const SHOOTDOWN_VECTOR: usize = 0xf0;
+const SPURIOUS_VECTOR: usize = 0xff;
+/// Per-AP stack.
+const AP_STACK: usize = 64 * 1024;
+
+/// Local APIC IDs of the enabled processors in the MADT (boot CPU included).
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+static NAPIC: AtomicUsize = AtomicUsize::new(0);
+/// Enabled processors the MADT listed, including those beyond MAX_CPUS.
+static LISTED: AtomicUsize = AtomicUsize::new(0);
+/// Bit i: CPU i runs and takes shootdowns.
+static ONLINE: AtomicU32 = AtomicU32::new(1);
+
+/// TLB shootdown state.
+static SHOOT_LOCK: AtomicBool = AtomicBool::new(false);
+static SHOOT_GEN: AtomicU64 = AtomicU64::new(0);
+/// The page of the request in flight, or [`FLUSH_ALL`].
+static SHOOT_VA: AtomicU64 = AtomicU64::new(0);
+const FLUSH_ALL: u64 = u64::MAX;
+#[repr(align(64))]
+struct Acked(AtomicU64);
+static ACKED: [Acked; MAX_CPUS] = [const { Acked(AtomicU64::new(0)) }; MAX_CPUS];
+
+/// Counters: shootdowns (IPI rounds) of one page and of everything, IPIs
+/// served (handler or polling), per CPU.
+static SHOOT_PAGE: AtomicU64 = AtomicU64::new(0);
+static SHOOT_FULL: AtomicU64 = AtomicU64::new(0);
+static SERVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+#[repr(C, align(16))]
+struct Stack([u8; AP_STACK]);
+/// AP stacks (index: CPU number; 0, the boot CPU, has its own).
+static mut AP_STACKS: [Stack; MAX_CPUS] = [const { Stack([0; AP_STACK]) }; MAX_CPUS];
+
+// The real-mode trampoline, assembled here and copied to TRAMP_PHYS. Its
+// data fields (CR3 of the boot tables, CR0/CR4 of the boot CPU, stack,
+// entry, CPU number) are written by `start_aps` before each SIPI.
+global_asm!(
+    r#"
+    .set TRAMP, 0x8000
+    .section .rodata.ap_trampoline, "a", @progbits
+    .balign 16
+    .global guest_boot_tramp_start
+    .code16
+guest_boot_tramp_start:
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    lgdtl (tramp_gdt_desc - guest_boot_tramp_start)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x08, $(TRAMP + tramp_pm32 - guest_boot_tramp_start)
+
+    .code32
+tramp_pm32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov (TRAMP + guest_boot_tramp_cr4 - guest_boot_tramp_start), %eax
+    mov %eax, %cr4
+    mov (TRAMP + guest_boot_tramp_cr3 - guest_boot_tramp_start), %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx
+    rdmsr
+    or $0x900, %eax          /* LME | NXE */
+    wrmsr
+    mov (TRAMP + guest_boot_tramp_cr0 - guest_boot_tramp_start), %eax
+    mov %eax, %cr0
+    ljmpl $0x18, $(TRAMP + tramp_lm64 - guest_boot_tramp_start)
+
+    .code64
+tramp_lm64:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    mov guest_boot_tramp_stack(%rip), %rsp
+    mov guest_boot_tramp_cpu(%rip), %rdi
+    mov guest_boot_tramp_entry(%rip), %rax
+    xor %ebp, %ebp
+    push $0
+    jmp *%rax
+
+    .balign 8
+tramp_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff     /* 0x08: 32-bit code */
+    .quad 0x00cf92000000ffff     /* 0x10: data */
+    .quad 0x00af9a000000ffff     /* 0x18: 64-bit code */
+tramp_gdt_desc:
+    .word tramp_gdt_desc - tramp_gdt - 1
+    .long TRAMP + tramp_gdt - guest_boot_tramp_start
+    .balign 8
+    .global guest_boot_tramp_cr3
+guest_boot_tramp_cr3: .quad 0
+    .global guest_boot_tramp_cr0
+guest_boot_tramp_cr0: .quad 0
+    .global guest_boot_tramp_cr4
+guest_boot_tramp_cr4: .quad 0
+    .global guest_boot_tramp_stack
+guest_boot_tramp_stack: .quad 0
+    .global guest_boot_tramp_entry
+guest_boot_tramp_entry: .quad 0
+    .global guest_boot_tramp_cpu
+guest_boot_tramp_cpu: .quad 0
+    .global guest_boot_tramp_end
+guest_boot_tramp_end:
+
+    .text
+    .balign 16
+    .global guest_boot_shootdown_isr
+guest_boot_shootdown_isr:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    cld
+    call guest_boot_shootdown_ipi
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+    .balign 16
+    .global guest_boot_spurious_isr
+guest_boot_spurious_isr:
+    iretq
+    "#,
+    options(att_syntax)
+);
+
+extern "C" {
+    static guest_boot_tramp_start: u8;
+    static guest_boot_tramp_end: u8;
+    static guest_boot_tramp_cr3: u8;
+    static guest_boot_tramp_cr0: u8;
+    static guest_boot_tramp_cr4: u8;
+    static guest_boot_tramp_stack: u8;
+    static guest_boot_tramp_entry: u8;
+    static guest_boot_tramp_cpu: u8;
+    static boot_tables: u8;
+    fn guest_boot_shootdown_isr();
+    fn guest_boot_spurious_isr();
+}
+
+/// Read physical memory through the boot identity map (before
+/// `paging::init`: 0..1 GiB).
+///
+/// # Safety
+///
+/// The boot page tables are live and `pa + size_of::<T>() <= 1 GiB`.
+unsafe fn rd<T: Copy>(pa: u64) -> T {
+    // SAFETY: identity-mapped (caller); unaligned read of plain data.
+    unsafe { core::ptr::read_unaligned(pa as *const T) }
+}
+
+const LOW_LIMIT: u64 = 0x4000_0000;
+
+fn checksum_ok(pa: u64, len: u64) -> bool {
+    // SAFETY: callers check `pa + len` is below LOW_LIMIT.
+    (0..len).fold(0u8, |s, i| s.wrapping_add(unsafe { rd::<u8>(pa + i) })) == 0
+}
+
+/// The RSDP: the PVH start info's, else a scan of the BIOS area.
+fn find_rsdp(hint: u64) -> Option<u64> {
+    let sig = |pa: u64| {
+        // SAFETY: every candidate is below 1 MiB or checked by the caller.
+        unsafe { rd::<[u8; 8]>(pa) == *b"RSD PTR " }
+    };
+    if hint != 0 && hint + 36 < LOW_LIMIT && sig(hint) {
+        return Some(hint);
+    }
+    (0xe_0000..0x10_0000u64).step_by(16).find(|&pa| sig(pa) && checksum_ok(pa, 20))
+}
+
+/// Find the processors: the enabled local-APIC entries of the ACPI MADT.
+/// `rsdp_hint` is the PVH start info's `rsdp_paddr` (0: none).
+///
+/// # Safety
+///
+/// At boot, on the boot CPU, while the boot page tables (identity map of
+/// 0..1 GiB) are live: before `paging::init`.
+pub unsafe fn discover(rsdp_hint: u64) {
+    let Some(rsdp) = find_rsdp(rsdp_hint) else {
+        println!("smp: no ACPI RSDP: one cpu");
+        return;
+    };
+    // Every table address is checked against LOW_LIMIT (the end of the
+    // identity map) before it is read.
+    // SAFETY: the RSDP is below LOW_LIMIT (find_rsdp), 36 bytes of it read.
+    let (root, entry) = unsafe {
+        let rev: u8 = rd(rsdp + 15);
+        let xsdt: u64 = if rev >= 2 { rd(rsdp + 24) } else { 0 };
+        if xsdt != 0 && xsdt < LOW_LIMIT {
+            (xsdt, 8u64)
+        } else {
+            (u64::from(rd::<u32>(rsdp + 16)), 4u64)
+        }
+    };
+    if root == 0 || root + 36 >= LOW_LIMIT {
+        println!("smp: ACPI root table at {root:#x} out of reach: one cpu");
+        return;
+    }
+    // SAFETY: below LOW_LIMIT (checked above).
+    let len = u64::from(unsafe { rd::<u32>(root + 4) });
+    let mut madt = None;
+    let mut p = root + 36;
+    while p + entry <= root + len && p + entry < LOW_LIMIT {
+        // SAFETY: below LOW_LIMIT (loop condition).
+        let t = unsafe { if entry == 8 { rd::<u64>(p) } else { u64::from(rd::<u32>(p)) } };
+        // SAFETY: below LOW_LIMIT (checked first).
+        if t != 0 && t + 44 < LOW_LIMIT && unsafe { rd::<[u8; 4]>(t) } == *b"APIC" {
+            madt = Some(t);
+            break;
+        }
+        p += entry;
+    }
+    let Some(madt) = madt else {
+        println!("smp: no ACPI MADT: one cpu");
+        return;
+    };
+    // SAFETY: below LOW_LIMIT (checked when found).
+    let mlen = u64::from(unsafe { rd::<u32>(madt + 4) });
+    let (mut n, mut listed) = (0, 0);
+    let mut e = madt + 44;
+    while e + 2 <= madt + mlen && e + 8 < LOW_LIMIT {
+        // SAFETY: below LOW_LIMIT (loop condition).
+        let (ty, el) = unsafe { (rd::<u8>(e), rd::<u8>(e + 1)) };
+        if el < 2 {
+            break;
+        }
+        // Type 0: processor local APIC (ACPI id, APIC id, flags: bit 0 enabled).
+        // SAFETY: below LOW_LIMIT (loop condition).
+        if ty == 0 && el >= 8 && unsafe { rd::<u32>(e + 4) } & 1 != 0 {
+            listed += 1;
+            if n < MAX_CPUS {
+                // SAFETY: below LOW_LIMIT (loop condition).
+                APIC_IDS[n].store(u32::from(unsafe { rd::<u8>(e + 3) }), Relaxed);
+                n += 1;
+            }
+        }
+        e += u64::from(el);
+    }
+    NAPIC.store(n, Relaxed);
+    LISTED.store(listed, Relaxed);
+}
+
+/// Write local APIC register `reg`.
+fn lapic_write(reg: u64, v: u32) {
+    // SAFETY: the APIC page is mapped at LAPIC_VA by `start_aps` before any
+    // caller runs (callers run only when `ONLINE` has other CPUs, or from
+    // `start_aps` after the mapping); an aligned 32-bit register.
+    unsafe { ((LAPIC_VA + reg) as *mut u32).write_volatile(v) };
+}
+
+fn lapic_read(reg: u64) -> u32 {
+    // SAFETY: as `lapic_write`.
+    unsafe { ((LAPIC_VA + reg) as *const u32).read_volatile() }
+}
+
+/// Send an IPI: `dest` APIC ID (ignored with a shorthand), `low` the ICR's
+/// low word; waits until the APIC accepted it.
+fn send_ipi(dest: u32, low: u32) {
+    lapic_write(0x310, dest << 24);
+    lapic_write(0x300, low);
+    while lapic_read(0x300) & (1 << 12) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Spin for about `us` microseconds (at most 3 GHz of TSC; QEMU needs no
+/// real delays, a board would).
+fn spin_us(us: u64) {
+    let t = crate::time::rdtsc();
+    while crate::time::rdtsc().wrapping_sub(t) < us * 3000 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Software-enable this CPU's local APIC (spurious vector, accept everything).
+fn lapic_enable() {
+    lapic_write(0x80, 0);
+    lapic_write(0xf0, 0x100 | SPURIOUS_VECTOR as u32);
+}
+
+/// CPUs online (bits of [`ONLINE`]).
+pub fn cpus_online() -> usize {
+    ONLINE.load(Relaxed).count_ones() as usize
+}
+
+/// Start every processor [`discover`] found (up to [`cpu::MAX_CPUS`]);
+/// returns the number of CPUs online. `alloc` gives page-table pages
+/// (physical) for mapping the local APIC. Prints `smp: <n> cpus up`
+/// when there is more than one.
+///
+/// # Safety
+///
+/// Once, on the boot CPU, after `paging::init` and with interrupts off; the
+/// page at 0x8000 (physical) is RAM nothing else uses from now on.
+pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
+    let n = NAPIC.load(Relaxed);
+    if n <= 1 {
+        return 1;
+    }
+    if cfg!(feature = "kmsan") {
+        println!("smp: the KMSAN kernel stays on one cpu ({n} found)");
+        return 1;
+    }
+    // SAFETY: uncached mapping of the APIC page at an address nothing else
+    // uses (the profiler maps the same page at the same address).
+    if unsafe { paging::map_4k(LAPIC_VA, LAPIC_PHYS, paging::PTE_W | paging::PTE_NX | 0x18, alloc) }.is_err() {
+        println!("smp: cannot map the local APIC: one cpu");
+        return 1;
+    }
+    crate::cpu::set_gate(SHOOTDOWN_VECTOR, guest_boot_shootdown_isr as *const () as u64);
+    crate::cpu::set_gate(SPURIOUS_VECTOR, guest_boot_spurious_isr as *const () as u64);
+    lapic_enable();
+    let bsp = lapic_read(0x20) >> 24;
+    cpu::this_cpu().set_apic_id(bsp);
+    // The trampoline, and its fields' addresses at TRAMP_PHYS.
+    let start = core::ptr::addr_of!(guest_boot_tramp_start) as u64;
+    let len = core::ptr::addr_of!(guest_boot_tramp_end) as u64 - start;
+    let dst = paging::phys_to_virt(TRAMP_PHYS);
+    let field = |sym: *const u8| (dst + (sym as u64 - start)) as *mut u64;
+    let (cr0, cr4): (u64, u64);
+    // SAFETY: reading control registers has no side effect.
+    unsafe {
+        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
+        asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+    }
+    // The AP enters long mode on the boot tables (entry.rs: identity map
+    // of 0..1 GiB, kernel image): they map the trampoline and the kernel.
+    let boot_cr3 = core::ptr::addr_of!(boot_tables) as u64;
+    // SAFETY: TRAMP_PHYS is RAM in the direct map that nothing else uses
+    // (caller); `len` bytes of the trampoline fit in its page.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, dst as *mut u8, len as usize);
+        field(core::ptr::addr_of!(guest_boot_tramp_cr3)).write_volatile(boot_cr3);
+        field(core::ptr::addr_of!(guest_boot_tramp_cr0)).write_volatile(cr0 & 0xffff_ffff & !0x6000_0000);
+        field(core::ptr::addr_of!(guest_boot_tramp_cr4)).write_volatile(cr4 & 0xffff_ffff);
+        field(core::ptr::addr_of!(guest_boot_tramp_entry)).write_volatile(guest_boot_ap_main as *const () as u64);
+    }
+    let t0 = crate::time::rdtsc();
+    let mut next = 1;
+    for id in &APIC_IDS[..n] {
+        let apic = id.load(Relaxed);
+        if apic == bsp {
+            continue;
+        }
+        let cpu = next;
+        // SAFETY: only the address of CPU `cpu`'s stack (in bounds: cpu <
+        // n <= MAX_CPUS) is taken.
+        let top = unsafe { core::ptr::addr_of!(AP_STACKS[cpu]) } as u64 + AP_STACK as u64;
+        cpu::percpu(cpu).set_apic_id(apic);
+        // SAFETY: the trampoline's fields at TRAMP_PHYS (copied above); no
+        // AP reads them until the SIPI below.
+        unsafe {
+            field(core::ptr::addr_of!(guest_boot_tramp_stack)).write_volatile(top);
+            field(core::ptr::addr_of!(guest_boot_tramp_cpu)).write_volatile(cpu as u64);
+        }
+        fence(SeqCst);
+        send_ipi(apic, 0x4500); // INIT, assert
+        spin_us(100);
+        for _ in 0..2 {
+            send_ipi(apic, 0x4600 | (TRAMP_PHYS >> 12) as u32); // STARTUP
+            spin_us(200);
+            if ONLINE.load(Acquire) & (1 << cpu) != 0 {
+                break;
+            }
+        }
+        let t = crate::time::rdtsc();
+        while ONLINE.load(Acquire) & (1 << cpu) == 0 {
+            if crate::time::rdtsc().wrapping_sub(t) > 10_000_000_000 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if ONLINE.load(Acquire) & (1 << cpu) == 0 {
+            println!("smp: cpu {cpu} (apic {apic}) did not come up");
+            continue;
+        }
+        next += 1;
+    }
+    let up = cpus_online();
+    println!(
+        "smp: {} cpus up (madt lists {}, bring-up {} kcycles)",
+        up,
+        LISTED.load(Relaxed),
+        crate::time::rdtsc().wrapping_sub(t0) / 1000
+    );
+    up
+}
+
+/// An AP, from the trampoline: on the boot tables, its own stack,
+/// interrupts off.
+#[no_mangle]
+extern "C" fn guest_boot_ap_main(cpu: u64) -> ! {
+    let cpu = cpu as usize;
+    // SAFETY: the kernel's tables map this code, its stack (.bss) and all
+    // RAM; loading them drops the boot tables' translations.
+    unsafe { asm!("mov cr3, {}", in(reg) paging::pml4_phys(), options(nostack)) };
+    // SAFETY: once, by this CPU (its number from `start_aps`), interrupts off.
+    unsafe { cpu::init_ap(cpu) };
+    lapic_enable();
+    // Join the shootdown protocol: nothing older than the current request
+    // is owed; the CR3 reload after joining drops anything cached before.
+    ACKED[cpu].0.store(SHOOT_GEN.load(SeqCst), SeqCst);
+    ONLINE.fetch_or(1 << cpu, SeqCst);
+    paging::flush_all();
+    service(cpu);
+    loop {
+        // SAFETY: `sti; hlt` waits for the next interrupt (the shootdown
+        // IPI, whose gate is set); the IDT and the APIC are set up above.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Serve this CPU's pending shootdown request, if any.
+fn service(me: usize) {
+    let gen = SHOOT_GEN.load(Acquire);
+    if ACKED[me].0.load(Relaxed) < gen {
+        // Published before SHOOT_GEN (Release); stays until every online
+        // CPU acknowledged `gen`, so this is the request of `gen`.
+        let va = SHOOT_VA.load(Relaxed);
+        if va == FLUSH_ALL {
+            paging::flush_all();
+        } else {
+            paging::flush(va);
+        }
+        SERVED[me].fetch_add(1, Relaxed);
+        ACKED[me].0.store(gen, Release);
+    }
+}
+
+#[no_mangle]
+extern "C" fn guest_boot_shootdown_ipi() {
+    service(cpu::cpu_id());
+    lapic_write(0xb0, 0); // EOI
+}
+
+/// Whether any CPU but this one is online.
+#[inline]
+fn others_online() -> bool {
+    ONLINE.load(SeqCst) & !(1 << cpu::cpu_id()) != 0
+}
+
+fn shootdown(req: u64) {
+    let me = cpu::cpu_id();
+    while SHOOT_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+        service(me);
+        core::hint::spin_loop();
+    }
+    SHOOT_VA.store(req, Relaxed);
+    let gen = SHOOT_GEN.fetch_add(1, SeqCst) + 1;
+    ACKED[me].0.store(gen, Relaxed);
+    // Everyone online now owes `gen` (a CPU joining later reloads CR3).
+    let others = ONLINE.load(SeqCst) & !(1 << me);
+    // Fixed, edge, all excluding self.
+    send_ipi(0, 0x000c_0000 | SHOOTDOWN_VECTOR as u32);
+    for (i, acked) in ACKED.iter().enumerate() {
+        if others & (1 << i) != 0 {
+            while acked.0.load(Acquire) < gen {
+                core::hint::spin_loop();
+            }
+        }
+    }
+    if req == FLUSH_ALL {
+        SHOOT_FULL.fetch_add(1, Relaxed);
+    } else {
+        SHOOT_PAGE.fetch_add(1, Relaxed);
+    }
+    SHOOT_LOCK.store(false, Release);
+}
+
+/// Drop the translation of the page at `va` on every CPU: `invlpg` here,
+/// and an IPI to every other online CPU, waited for.
+pub fn flush_page(va: u64) {
+    paging::flush(va);
+    if others_online() {
+        shootdown(va & !0xfff);
+    }
+}
+
+/// Drop every non-global translation (and, here, the global ones too) on
+/// every CPU.
+pub fn flush_all() {
+    paging::flush_all();
+    if others_online() {
+        shootdown(FLUSH_ALL);
+    }
+}
+
+/// Shootdown statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// CPUs online.
+    pub cpus: usize,
+    /// Shootdowns of one page / of everything (one IPI round each).
+    pub page: u64,
+    pub full: u64,
+    /// Requests the other CPUs served (in the handler or while waiting).
+    pub served: u64,
+}
+
+pub fn stats() -> Stats {
+    Stats {
+        cpus: cpus_online(),
+        page: SHOOT_PAGE.load(Relaxed),
+        full: SHOOT_FULL.load(Relaxed),
+        served: SERVED.iter().map(|s| s.load(Relaxed)).sum(),
+    }
+}
