@@ -7,7 +7,13 @@
 //! pass in every mode without a report, and the boot-time and metadata
 //! lines exist with hybrid's metadata far below full's.
 //!
-//! Logs: target/guest-logs/<mode>/<suite>.log. Needs rustup (nightly) and
+//! On 4 CPUs (multi-threaded TCG; the suite runs on the boot CPU while the
+//! other three are up and take the TLB shootdowns of every remap): in
+//! `full` and `hybrid` the same verdict per case as on one CPU, `smp: 4 cpus
+//! up`, and every shootdown served by each other CPU.
+//!
+//! Logs: target/guest-logs/<mode>/<suite>.log, on 4 CPUs
+//! target/guest-logs/smp4/<mode>/<suite>.log. Needs rustup (nightly) and
 //! qemu-system-x86_64; installs what it can, otherwise fails naming the
 //! command.
 #![cfg(target_os = "linux")]
@@ -61,8 +67,23 @@ fn segments(log: &str) -> (String, Vec<Segment<'_>>) {
 }
 
 fn check_kasan_suite(mode: &str) {
-    let b = guest::boot(mode, "kasan", "kasan_multi_shot");
+    check_kasan_suite_on(mode, 1);
+}
+
+/// One case's verdict: its name and the bug types reported in it, in order.
+type Verdict = (String, Vec<String>);
+
+/// Boot the bug suite in `mode` on `smp` CPUs, check its log against the
+/// table (see the file's header) and return every case's verdict.
+fn check_kasan_suite_on(mode: &str, smp: u32) -> (guest::Boot, Vec<Verdict>) {
+    let b = guest::boot_smp(smp, mode, "kasan", "kasan_multi_shot");
+    let verdicts = check_kasan_log(mode, &b);
+    (b, verdicts)
+}
+
+fn check_kasan_log(mode: &str, b: &guest::Boot) -> Vec<Verdict> {
     let log = &b.log;
+    let mut verdicts = vec![];
     macro_rules! fail {
         ($($a:tt)*) => {
             panic!("guest {mode}/kasan: {}\n(log: {})", format!($($a)*), b.path.display())
@@ -96,6 +117,7 @@ fn check_kasan_suite(mode: &str) {
             if seg.text.contains("BUG: KASAN") || !reports.is_empty() {
                 fail!("report in off mode in case {name}:\n{}", guest::excerpt(&seg.text));
             }
+            verdicts.push((name.to_string(), vec![]));
             continue;
         } else {
             let mut titles = vec![];
@@ -121,8 +143,10 @@ fn check_kasan_suite(mode: &str) {
         if seg.text.matches("BUG: KASAN").count() != types.len() {
             fail!("case {name}: a report outside the ===== rules\n{}", guest::excerpt(&seg.text));
         }
+        verdicts.push((name.to_string(), got));
     }
     check_meta_lines(mode, log);
+    verdicts
 }
 
 fn check_meta_lines(mode: &str, log: &str) -> usize {
@@ -147,6 +171,46 @@ fn guest_kasan_suite_full() {
 #[test]
 fn guest_kasan_suite_hybrid() {
     check_kasan_suite("hybrid");
+}
+
+/// The bug suite on 4 CPUs gives the verdicts of one CPU; the APs are up
+/// and each serves every shootdown; hybrid's shadow remaps shoot them down.
+fn check_kasan_suite_smp(mode: &str) {
+    const CPUS: u32 = 4;
+    let (_, one) = check_kasan_suite_on(mode, 1);
+    let (b, many) = check_kasan_suite_on(mode, CPUS);
+    let up = format!("smp: {CPUS} cpus up");
+    assert!(b.log.lines().any(|l| l.starts_with(&up)), "guest {mode}/kasan on {CPUS} cpus: no '{up}' line\n{}", guest::excerpt(&b.log));
+    for ((name, v1), (_, vn)) in one.iter().zip(&many) {
+        assert_eq!(vn, v1, "guest {mode}/kasan: case {name} on {CPUS} cpus reports {vn:?}, on one cpu {v1:?}");
+    }
+    assert_eq!(many.len(), one.len());
+    let line = b
+        .log
+        .lines()
+        .find_map(|l| guest_driver::parse_tagged(l, "smp:").filter(|f| f.get("shootdowns").is_some()))
+        .unwrap_or_else(|| panic!("guest {mode}/kasan on {CPUS} cpus: no 'smp: shootdowns=' line ({})", b.path.display()));
+    let (shootdowns, served, shadow) = (line.num("shootdowns"), line.num("served"), line.num("shadow"));
+    eprintln!("guest {mode}/kasan on {CPUS} cpus: {shootdowns} shootdowns ({shadow} for shadow remaps), {served} served");
+    assert_eq!(line.num("cpus"), u64::from(CPUS));
+    assert_eq!(line.num("page") + line.num("full"), shootdowns);
+    assert_eq!(served, shootdowns * u64::from(CPUS - 1), "guest {mode}: every shootdown is served once by each other cpu");
+    assert!(shadow <= shootdowns);
+    if mode == "hybrid" {
+        // The suite's hybrid cases move shadow pages between shared and
+        // private: each remap is a shootdown of the other CPUs.
+        assert!(shadow > 0, "guest hybrid/kasan on {CPUS} cpus: no shadow remap shot the other cpus down");
+    }
+}
+
+#[test]
+fn guest_kasan_suite_smp4_full() {
+    check_kasan_suite_smp("full");
+}
+
+#[test]
+fn guest_kasan_suite_smp4_hybrid() {
+    check_kasan_suite_smp("hybrid");
 }
 
 #[test]

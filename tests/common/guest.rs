@@ -69,8 +69,15 @@ impl Sanitizer {
 /// Boot the built `san` kernel: `suite` in `mode`, 512 MiB, 300 s, as
 /// tests/guest_run.sh does by default.
 fn run_boot(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Result<guest_driver::Outcome, String> {
+    run_boot_smp(san, 1, mode, suite, append)
+}
+
+/// [`run_boot`] on `smp` CPUs (tests/guest_run.sh's GUEST_SMP; the log
+/// under target/guest-logs/smp<N>/ for N > 1).
+fn run_boot_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Result<guest_driver::Outcome, String> {
     let elf = san.build_spec(&target_dir()).elf();
-    guest_driver::boot(&guest_driver::Boot {
+    let qemu = guest_driver::Qemu { smp, ..Default::default() };
+    guest_driver::boot_with(&guest_driver::Boot {
         elf: &elf,
         san: san.san(),
         mode,
@@ -78,9 +85,9 @@ fn run_boot(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Result<gue
         ram_mib: 512,
         append: append.to_string(),
         timeout: Duration::from_secs(300),
-        log: san.log_path(mode, suite),
+        log: guest_driver::log_path_smp(san.san(), smp, mode, suite),
         icount: false,
-    })
+    }, &qemu)
 }
 
 static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -136,13 +143,24 @@ pub fn boot(mode: &str, suite: &str, append: &str) -> Boot {
 
 /// Boot the `san` kernel's `suite` in `mode` (builds first).
 pub fn boot_san(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Boot {
+    boot_san_smp(san, 1, mode, suite, append)
+}
+
+/// Boot the KASAN kernel's `suite` in `mode` on `smp` CPUs (builds first).
+pub fn boot_smp(smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
+    boot_san_smp(Sanitizer::Kasan, smp, mode, suite, append)
+}
+
+/// Boot the `san` kernel's `suite` in `mode` on `smp` CPUs (builds first).
+pub fn boot_san_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
     build_san(san);
     // One QEMU at a time per test binary: keeps timings comparable.
     let _g = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_boot(san, mode, suite, append).unwrap_or_else(|e| panic!("{e}"));
+    let out = run_boot_smp(san, smp, mode, suite, append).unwrap_or_else(|e| panic!("{e}"));
     let (code, log, secs) = (out.exit, out.log, out.wall.as_secs_f64());
-    let path = san.log_path(mode, suite);
-    eprintln!("guest {mode}/{suite}: exit {code} in {secs:.1}s (log {})", path.display());
+    let path = guest_driver::log_path_smp(san.san(), smp, mode, suite);
+    let cpus = if smp > 1 { format!(" on {smp} cpus") } else { String::new() };
+    eprintln!("guest {mode}/{suite}{cpus}: exit {code} in {secs:.1}s (log {})", path.display());
     Boot { code, log, secs, path }
 }
 

@@ -263,6 +263,11 @@ pub fn frames_held() -> usize {
     guest_kasan::frames_held()
 }
 
+/// TLB shootdowns of other CPUs the runtime's shadow remaps caused.
+pub fn shadow_shootdowns() -> usize {
+    guest_kasan::shadow_shootdowns()
+}
+
 /// How the shadow page of a direct-map address is backed.
 pub fn backing_of(addr: usize) -> Option<Backing> {
     guest_kasan::backing_of(addr)

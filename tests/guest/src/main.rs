@@ -44,10 +44,11 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
     let smp = guest_boot::smp::stats();
     if smp.cpus > 1 {
         println!(
-            "smp: shootdowns={} page={} full={} served={} cpus={}",
+            "smp: shootdowns={} page={} full={} shadow={} served={} cpus={}",
             smp.page + smp.full,
             smp.page,
             smp.full,
+            kasan_glue::shadow_shootdowns(),
             smp.served,
             smp.cpus
         );

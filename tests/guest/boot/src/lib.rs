@@ -183,7 +183,6 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
     }
     println!("boot: cmdline \"{}\"", bi.cmdline());
     // The processors, from the ACPI tables, while the identity map lasts.
-    #[cfg(not(feature = "kmsan"))]
     smp::discover(rd64(32));
     let mut ram = [(0u64, 0u64); MAX_REGIONS];
     let mut nram = 0;

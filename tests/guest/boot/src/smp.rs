@@ -530,21 +530,26 @@ fn shootdown(req: u64) {
 }
 
 /// Drop the translation of the page at `va` on every CPU: `invlpg` here,
-/// and an IPI to every other online CPU, waited for.
-pub fn flush_page(va: u64) {
+/// and an IPI to every other online CPU, waited for. True if other CPUs
+/// were shot down.
+pub fn flush_page(va: u64) -> bool {
     paging::flush(va);
-    if others_online() {
+    let remote = others_online();
+    if remote {
         shootdown(va & !0xfff);
     }
+    remote
 }
 
 /// Drop every non-global translation (and, here, the global ones too) on
-/// every CPU.
-pub fn flush_all() {
+/// every CPU. True if other CPUs were shot down.
+pub fn flush_all() -> bool {
     paging::flush_all();
-    if others_online() {
+    let remote = others_online();
+    if remote {
         shootdown(FLUSH_ALL);
     }
+    remote
 }
 
 /// Shootdown statistics.

@@ -96,6 +96,14 @@ unsafe impl FrameSource for BuddyFrames {
 /// and a wait until each has flushed (guest_boot::smp).
 pub struct SmpTlb;
 
+/// Shootdowns (of other CPUs) the shadow mapper asked for.
+static SHADOW_SHOOTDOWNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Shootdowns of other CPUs the runtime's shadow remaps caused.
+pub fn shadow_shootdowns() -> usize {
+    SHADOW_SHOOTDOWNS.load(Relaxed)
+}
+
 // SAFETY: `guest_boot::smp::flush_page` / `flush_all` flush the current CPU
 // and return only after every other online CPU flushed the same (the page
 // with `invlpg`, which also drops the paging-structure caches; everything
@@ -103,11 +111,15 @@ pub struct SmpTlb;
 // The kernel runs at CPL 0 on every CPU.
 unsafe impl hybrid_shadow_x86_64::TlbFlush for SmpTlb {
     fn flush_page(&mut self, va: usize) {
-        guest_boot::smp::flush_page(va as u64);
+        if guest_boot::smp::flush_page(va as u64) {
+            SHADOW_SHOOTDOWNS.fetch_add(1, Relaxed);
+        }
     }
 
     fn flush_all(&mut self) {
-        guest_boot::smp::flush_all();
+        if guest_boot::smp::flush_all() {
+            SHADOW_SHOOTDOWNS.fetch_add(1, Relaxed);
+        }
     }
 }
 
