@@ -22,7 +22,6 @@ use crate::hooks::{Ip, Size};
 use crate::runtime::Kasan;
 use crate::shadow::{self, GRANULE};
 use crate::stats::Stats;
-use core::sync::atomic::Ordering::Relaxed;
 
 /// Bug type of a poisoned shadow value at data address `addr`.
 pub(crate) fn bug_type_of(code: u8, addr: usize, in_vmalloc: bool) -> BugType {
@@ -113,7 +112,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     #[cold]
     #[inline(never)]
     fn check_slow(&self, addr: usize, size: usize, write: bool, ip: usize) -> Result<(), Bug> {
-        if self.busy.load(Relaxed) != 0 {
+        if self.report_lock.held_by(self.platform.cpu()) {
+            // This CPU is printing a report: its own code is checked.
             return Ok(());
         }
         Stats::bump(&self.stats.slow_path_checks);

@@ -41,6 +41,18 @@ pub trait Platform {
     fn slab_of(&self, addr: usize) -> Option<SlabRef>;
     /// Stop the kernel after a report under `kasan.fault=panic`.
     fn panic(&self, msg: &str) -> !;
+    /// The CPU running the caller: a number that no other CPU running at
+    /// the same moment has. The runtime serializes reports per CPU with it
+    /// (a report in progress on this CPU lets this CPU's checks pass, so
+    /// the printing code cannot report into its own report, while other
+    /// CPUs keep checking and wait to print theirs). The default, 0, is
+    /// right for a kernel on one CPU only; a kernel on several CPUs must
+    /// give each its own number, or checks on every CPU pass while any
+    /// CPU prints a report, and a bug found on another CPU meanwhile is
+    /// taken for one found inside the report and not printed.
+    fn cpu(&self) -> usize {
+        0
+    }
     /// The direct-map address of the RAM byte mapped at vmalloc address
     /// `addr`, if any (Linux's `vmalloc_to_page`). KMSAN uses it: a vmalloc
     /// (or vmap) address has the metadata of the frame mapped there, so

@@ -103,7 +103,9 @@ impl Regions {
     /// The region holding `addr`.
     #[inline]
     pub(crate) fn find(&self, addr: usize) -> Option<(RegionKind, Region)> {
-        let n = self.len.load(Relaxed);
+        // Acquire: pairs with push's Release, so the entries below `n` are
+        // the ones written before it was published (another CPU's add).
+        let n = self.len.load(core::sync::atomic::Ordering::Acquire);
         (0..n).find_map(|i| {
             let r = Region { start: self.start[i].load(Relaxed), end: self.end[i].load(Relaxed) };
             if r.contains(addr) {
@@ -115,7 +117,7 @@ impl Regions {
     }
 
     fn overlaps(&self, r: Region) -> bool {
-        let n = self.len.load(Relaxed);
+        let n = self.len.load(core::sync::atomic::Ordering::Acquire);
         (0..n).any(|i| self.start[i].load(Relaxed) < r.end && r.start < self.end[i].load(Relaxed))
     }
 

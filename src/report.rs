@@ -28,7 +28,8 @@
 //! per-page shadow), so `full` and `hybrid` print the same bytes.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crate::cache::{read_meta, ObjState};
 use crate::config::FaultAction;
@@ -167,6 +168,50 @@ impl<P: Platform> Write for ConsoleWriter<'_, P> {
     }
 }
 
+/// The console belongs to one report at a time: a report waits for the
+/// one another CPU is printing, so no two interleave. Holds the CPU
+/// ([`Platform::cpu`]) printing, plus one; 0 when none is.
+#[derive(Default)]
+pub(crate) struct ReportLock(AtomicUsize);
+
+/// A held [`ReportLock`]; dropping it lets the next report print.
+pub(crate) struct ReportGuard<'a>(&'a ReportLock);
+
+impl Drop for ReportGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.store(0, Release);
+    }
+}
+
+impl ReportLock {
+    /// The lock's value for CPU `cpu`.
+    fn token(cpu: usize) -> usize {
+        cpu.wrapping_add(1).max(1)
+    }
+
+    /// Whether CPU `cpu` is printing a report (its checks then pass: the
+    /// code printing may be instrumented, and must not report into it).
+    #[inline]
+    pub(crate) fn held_by(&self, cpu: usize) -> bool {
+        self.0.load(Relaxed) == Self::token(cpu)
+    }
+
+    /// Take the console for a report on CPU `cpu`, waiting while another
+    /// CPU prints one. `None` when this CPU is printing one already (a
+    /// free hook called from the printing code, an interrupt): that
+    /// nested report must not be printed into the first.
+    pub(crate) fn lock(&self, cpu: usize) -> Option<ReportGuard<'_>> {
+        let me = Self::token(cpu);
+        loop {
+            match self.0.compare_exchange_weak(0, me, Acquire, Relaxed) {
+                Ok(_) => return Some(ReportGuard(self)),
+                Err(cur) if cur == me => return None,
+                Err(_) => core::hint::spin_loop(),
+            }
+        }
+    }
+}
+
 const RULE: &str = "==================================================================\n";
 
 /// Print the frame at `pc` as `func+0xoff/0xsize` (or the raw address).
@@ -285,11 +330,16 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             Stats::bump(&self.stats.reports_suppressed);
             return Bug { kind, addr, printed: false };
         }
+        let Some(console) = self.report_lock.lock(self.platform.cpu()) else {
+            // A bug found while this CPU prints a report (by a hook the
+            // printing code called, or an interrupt): not printed into it.
+            Stats::bump(&self.stats.reports_suppressed);
+            return Bug { kind, addr, printed: false };
+        };
         Stats::bump(&self.stats.reports);
-        self.busy.fetch_add(1, Relaxed);
         let mut out = ConsoleWriter(&self.platform);
         let _ = self.write_report(&mut out, kind, addr, ip, access, bad);
-        self.busy.fetch_sub(1, Relaxed);
+        drop(console);
         if self.cfg.fault == FaultAction::Panic {
             self.platform.panic("KASAN: panic_on_warn set (kasan.fault=panic)");
         }
@@ -412,10 +462,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     }
 
     fn describe_object(&self, out: &mut dyn Write, addr: usize, slab: crate::platform::SlabRef) -> fmt::Result {
-        let Ok(cache) = self.cache_info(slab.cache) else { return Ok(()) };
-        let obj = slab.base + (addr.saturating_sub(slab.base) / cache.slot_size) * cache.slot_size;
-        // SAFETY: `obj` is a slot of the live slab the platform reported.
-        let meta = unsafe { read_meta(&cache, obj) };
+        // The object's metadata is read under the lock: another CPU's hook
+        // may be allocating or freeing that very object (its metadata
+        // half written), or giving the slab page back.
+        let described = {
+            let inner = self.inner.lock();
+            inner.caches.get(slab.cache).ok().copied().and_then(|cache| {
+                let obj = slab.base + (addr.saturating_sub(slab.base) / cache.slot_size) * cache.slot_size;
+                // Still a slab page (a kernel slab's page goes back under
+                // this lock; the heap's are outside the direct map).
+                let live = self.pages.pfn(obj).is_none_or(|p| {
+                    let page = self.pages.get(p);
+                    page.kind == PageKind::Slab && page.state != PageState::Free
+                });
+                // SAFETY: `obj` is a slot of the slab the platform (or the
+                // heap) reported, whose page is still a slab page.
+                live.then(|| (cache, obj, unsafe { read_meta(&cache, obj) }))
+            })
+        };
+        let Some((cache, obj, meta)) = described else { return Ok(()) };
         let state = meta.state();
         if state != ObjState::Available {
             self.write_track(out, "Allocated", meta.alloc_pid, meta.alloc_stack)?;

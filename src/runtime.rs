@@ -101,7 +101,12 @@ impl ConsultView {
             let h = &self.hits[pfn / PAGES_PER_BLOCK];
             let v = h.load(Relaxed);
             if v < PROMOTE_AFTER {
-                h.store(v + 1, Relaxed);
+                // Not a plain store: between the load and it, another CPU's
+                // hook may mark the block HOT (promoted) or cool it to 0,
+                // and a stale count written over HOT loses the promotion
+                // (promoted_live never comes down, the shrinker skips the
+                // page). A lost race only loses this one count.
+                let _ = h.compare_exchange(v, v + 1, Relaxed, Relaxed);
             } else if v == PROMOTE_AFTER {
                 return None;
             }
@@ -158,9 +163,9 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     pub(crate) platform: P,
     pub(crate) stats: Stats,
     pub(crate) reported: AtomicBool,
-    /// Non-zero while the runtime itself runs code that may be checked
-    /// (printing a report through the platform): checks then pass.
-    pub(crate) busy: AtomicUsize,
+    /// The console, one report at a time; the checks of the CPU printing
+    /// one pass (the printing code may be instrumented).
+    pub(crate) report_lock: crate::report::ReportLock,
     /// Tracked regions ([`crate::region`]).
     pub(crate) regions: crate::region::Regions,
     /// The heap, once the kernel handed its range over ([`crate::heap`]).
@@ -234,7 +239,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            report_lock: crate::report::ReportLock::default(),
             regions: crate::region::Regions::new(),
             heap: spin::Once::new(),
         };

@@ -16,10 +16,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if size == 0 || size > count * PAGE_SIZE {
             return Err(PageError::BadSize);
         }
+        let mut inner = self.inner.lock();
         if !self.plain(pfn, count) && !self.block_of(pfn, count, PageKind::LargeKmalloc) {
             return Err(PageError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         self.track_pages(&mut inner, pfn, count, PageKind::LargeKmalloc);
         self.unpoison(addr, size);
         self.fill_shadow(addr + round_up(size, GRANULE), addr + count * PAGE_SIZE, PAGE_REDZONE);
@@ -35,25 +35,34 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
-        let (pfn, count) = self.large_block(ptr, order, ip)?;
         let mut inner = self.inner.lock();
-        self.untrack_pages(&mut inner, pfn, count);
-        Ok(())
+        match self.large_block(ptr, order) {
+            Ok((pfn, count)) => {
+                self.untrack_pages(&mut inner, pfn, count);
+                Ok(())
+            }
+            Err(bug) => {
+                drop(inner);
+                Err(self.report_free(ptr, bug, ip))
+            }
+        }
     }
 
     /// The frames `(pfn, count)` of the page-backed kmalloc that a free of
-    /// `ptr` (`2^order` pages) gives back; anything else is reported: an
-    /// interior pointer or a wrong order as an invalid free, freed pages as
-    /// a double free.
-    pub(super) fn large_block(&self, ptr: usize, order: u32, ip: usize) -> Result<(usize, usize), Bug> {
+    /// `ptr` (`2^order` pages) gives back; anything else is the bug to
+    /// report: an interior pointer or a wrong order an invalid free, freed
+    /// pages a double free. Called under the lock (the pages' states must
+    /// not change before the caller acts on the answer), so the caller
+    /// reports after dropping it.
+    pub(super) fn large_block(&self, ptr: usize, order: u32) -> Result<(usize, usize), BugType> {
         let Ok((pfn, count)) = self.page_range(ptr, order) else {
-            return Err(self.report_free(ptr, BugType::InvalidFree, ip));
+            return Err(BugType::InvalidFree);
         };
         if self.pages.get(pfn).state == PageState::Free {
-            return Err(self.report_free(ptr, BugType::DoubleFree, ip));
+            return Err(BugType::DoubleFree);
         }
         if !self.block_of(pfn, count, PageKind::LargeKmalloc) {
-            return Err(self.report_free(ptr, BugType::InvalidFree, ip));
+            return Err(BugType::InvalidFree);
         }
         Ok((pfn, count))
     }
@@ -67,13 +76,14 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off {
             return if order <= 20 { PAGE_SIZE << order } else { 0 };
         }
+        let guard = self.inner.lock();
         match self.page_range(ptr, order) {
             Ok((pfn, count)) if self.block_of(pfn, count, PageKind::LargeKmalloc) => {
-                let _guard = self.inner.lock();
                 self.unpoison(ptr, count * PAGE_SIZE);
                 count * PAGE_SIZE
             }
             _ => {
+                drop(guard);
                 let _ = self.check(ptr, Size(1), false, Ip(ip));
                 0
             }

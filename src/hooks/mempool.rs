@@ -79,12 +79,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off {
             return Ok(());
         }
-        let (_, count) = self.large_block(ptr, order, ip)?;
-        if self.shadow_byte(ptr) >= 0x80 {
-            return Err(self.report_free(ptr, BugType::DoubleFree, ip));
-        }
-        let _guard = self.inner.lock();
-        self.fill_shadow(ptr, ptr + count * PAGE_SIZE, PAGE_FREE);
-        Ok(())
+        // Under the lock: another CPU's free of the same pages must not
+        // land between the checks and the poisoning.
+        let guard = self.inner.lock();
+        let bug = match self.large_block(ptr, order) {
+            Ok(_) if self.shadow_byte(ptr) >= 0x80 => BugType::DoubleFree,
+            Ok((_, count)) => {
+                self.fill_shadow(ptr, ptr + count * PAGE_SIZE, PAGE_FREE);
+                return Ok(());
+            }
+            Err(bug) => bug,
+        };
+        drop(guard);
+        Err(self.report_free(ptr, bug, ip))
     }
 }

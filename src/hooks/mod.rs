@@ -19,7 +19,12 @@
 //! unchanged.
 
 use crate::cache::{read_meta, write_meta, CacheError, CacheId, CacheInfo, ObjMeta, ObjState};
-use crate::config::Mode;
+use crate::config::{MixedBlocks, Mode};
+use crate::layout::PAGES_PER_BLOCK;
+use crate::mapper::SharedPage;
+use crate::ondemand;
+use crate::runtime::Backing;
+use core::sync::atomic::Ordering::Relaxed;
 use crate::depot::{StackHandle, Trace, MAX_FRAMES};
 use crate::error::{GlobalError, PageError, PoisonError, SlabError, VmallocError};
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
@@ -200,7 +205,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         let mut inner = self.inner.lock();
         let info = PageInfo { state: PageState::Valid, kind: PageKind::Reserved, head: false };
-        self.set_pages(&mut inner, pfn, count, |_| info);
+        self.set_states(&mut inner, pfn, count, |_| info);
         Ok(())
     }
 }

@@ -17,7 +17,31 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.layout.covered.contains_range(addr, size) {
             return;
         }
+        let _guard = self.lock_if_remappable(addr, end);
         self.fill_shadow(addr, end, value);
+    }
+
+    /// The runtime lock when the shadow of `[start, end)` may be remapped
+    /// by another CPU's hook while the caller writes it: in `hybrid`, a
+    /// direct-map page that is not tracked (its block's shadow page goes
+    /// shared, private or back as pages around it come and go, so a write
+    /// found writable could land on a page just replaced, or fault on a
+    /// read-only shared one). `None` (no lock) for everything the caller
+    /// owns and whose shadow stays put while it does: tracked pages (a
+    /// block stays private while one is tracked), the image, regions,
+    /// live vmalloc areas, and all of `full` mode. The compiler's frame
+    /// poisoning of stacks thus stays lock-free.
+    fn lock_if_remappable(&self, start: usize, end: usize) -> Option<spin::MutexGuard<'_, Inner<M>>> {
+        if self.cfg.mode != Mode::Hybrid || end <= start {
+            return None;
+        }
+        let dm = self.layout.direct_map;
+        let (lo, hi) = (start.max(dm.start), end.min(dm.end));
+        if lo >= hi {
+            return None;
+        }
+        let (first, last) = (self.pages.pfn(lo)?, self.pages.pfn(hi - 1)?);
+        (first..=last).any(|p| self.pages.get(p).state != PageState::Tracked).then(|| self.inner.lock())
     }
 
     /// Make `[addr, addr + size)` accessible (`addr` granule aligned).
@@ -26,6 +50,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode == Mode::Off || !addr.is_multiple_of(GRANULE) || !self.layout.covered.contains_range(addr, size) {
             return;
         }
+        let _guard = self.lock_if_remappable(addr, addr + size);
         self.unpoison(addr, size);
     }
 
@@ -50,6 +75,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Err(PoisonError::BadSize);
         }
         let rounded = round_up(size, GRANULE);
+        let _guard = self.lock_if_remappable(addr - RZ, addr + padded + RZ);
         self.unpoison(addr, size);
         self.fill_shadow(addr - RZ, addr, crate::shadow::ALLOCA_LEFT);
         self.fill_shadow(addr + rounded, addr + padded + RZ, crate::shadow::ALLOCA_RIGHT);

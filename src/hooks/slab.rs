@@ -30,10 +30,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
+        let mut inner = self.inner.lock();
         if !self.plain(pfn, count) {
             return Err(PageError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
         self.track_pages(&mut inner, pfn, count, PageKind::Slab);
         let end = base + (count << 12);
@@ -56,10 +56,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(base, order)?;
+        let mut inner = self.inner.lock();
         if !self.block_of(pfn, count, PageKind::Slab) {
             return Err(PageError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         self.untrack_pages(&mut inner, pfn, count);
         Ok(())
     }
@@ -74,10 +74,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Err(SlabError::Unaligned);
         }
         let pfn = self.pages.pfn(ptr).ok_or(SlabError::NotRam)?;
+        let mut inner = self.inner.lock();
         if self.pages.get(pfn).kind != PageKind::Slab {
             return Err(SlabError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         let cache = *inner.caches.live(id)?;
         if size > cache.object_size {
             return Err(SlabError::BadSize);

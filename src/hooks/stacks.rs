@@ -11,10 +11,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
+        let mut inner = self.inner.lock();
         if !self.plain(pfn, count) {
             return Err(PageError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         self.track_pages(&mut inner, pfn, count, PageKind::Stack);
         self.fill_shadow(addr, addr + count * PAGE_SIZE, 0);
         Ok(())
@@ -27,10 +27,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             return Ok(());
         }
         let (pfn, count) = self.page_range(addr, order)?;
+        let mut inner = self.inner.lock();
         if !self.block_of(pfn, count, PageKind::Stack) {
             return Err(PageError::WrongPageState);
         }
-        let mut inner = self.inner.lock();
         self.untrack_pages(&mut inner, pfn, count);
         Ok(())
     }

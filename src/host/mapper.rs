@@ -45,6 +45,7 @@ pub struct HostMapper {
     private: HashSet<usize>,
     frame_limit: Option<usize>,
     mmaps: usize,
+    remaps: usize,
 }
 
 impl HostMapper {
@@ -52,7 +53,7 @@ impl HostMapper {
     /// [`crate::host::space::HostSpace::shadow`]).
     #[must_use]
     pub fn new(shadow: Region) -> Self {
-        HostMapper { shadow, private: HashSet::new(), frame_limit: None, mmaps: 0 }
+        HostMapper { shadow, private: HashSet::new(), frame_limit: None, mmaps: 0, remaps: 0 }
     }
 
     /// Allow at most `n` private pages at once (to test running out).
@@ -64,6 +65,14 @@ impl HostMapper {
     #[must_use]
     pub fn private_pages(&self) -> usize {
         self.private.len()
+    }
+
+    /// Shadow pages remapped one at a time (shared to private, private to
+    /// shared, one shared page for another): the transitions of the
+    /// runtime's blocks after init.
+    #[must_use]
+    pub fn remaps(&self) -> usize {
+        self.remaps
     }
 
     /// `mmap` calls made (a cost figure for benchmarks).
@@ -123,6 +132,7 @@ unsafe impl ShadowMapper for HostMapper {
     fn map_shared(&mut self, page: usize, kind: SharedPage) -> Result<Flush, MapError> {
         self.in_range(page, page + PAGE_SIZE)?;
         self.map_shared_run(page, 1, kind)?;
+        self.remaps += 1;
         // SAFETY: this backend, for the page it has just remapped.
         Ok(unsafe { Flush::new(page) })
     }
@@ -133,14 +143,19 @@ unsafe impl ShadowMapper for HostMapper {
         if fresh && self.frame_limit.is_some_and(|n| self.private.len() >= n) {
             return Err(MapError::OutOfFrames);
         }
-        // SAFETY: `page` is in the owned shadow range; a fresh anonymous
-        // private page replaces whatever was mapped there.
+        // The new page is filled where no check can see it, then moved over
+        // `page` in one step (as a page-table backend fills the frame before
+        // it writes the entry): mapped first and filled after, it would
+        // read 0 meanwhile, and another thread's check of what it covers
+        // would pass (a missed report under the shared 0xF8 page of
+        // vmalloc space, say).
+        // SAFETY: a fresh anonymous page wherever the kernel puts it.
         let p = unsafe {
             libc::mmap(
-                page as *mut libc::c_void,
+                core::ptr::null_mut(),
                 PAGE_SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -150,9 +165,21 @@ unsafe impl ShadowMapper for HostMapper {
             return Err(MapError::Backend);
         }
         if fill != 0 {
-            // SAFETY: the page was just mapped read-write.
-            unsafe { core::ptr::write_bytes(page as *mut u8, fill, PAGE_SIZE) };
+            // SAFETY: the page was just mapped read-write, and is ours alone.
+            unsafe { core::ptr::write_bytes(p.cast::<u8>(), fill, PAGE_SIZE) };
         }
+        // SAFETY: `p` is the page mapped above; `page` is in the owned
+        // shadow range, and MREMAP_FIXED replaces whatever was mapped there
+        // at once (the host kernel shoots down the old translation).
+        let q = unsafe {
+            libc::mremap(p, PAGE_SIZE, PAGE_SIZE, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, page as *mut libc::c_void)
+        };
+        if q == libc::MAP_FAILED {
+            // SAFETY: `p` is still the page mapped above, used by nothing.
+            unsafe { libc::munmap(p, PAGE_SIZE) };
+            return Err(MapError::Backend);
+        }
+        self.remaps += 1;
         self.private.insert(page);
         // SAFETY: this backend, for the page it has just remapped.
         Ok(unsafe { Flush::new(page) })

@@ -14,7 +14,8 @@
 //! [`platform::HostPlatform`] captures reports and fakes symbols and stacks;
 //! [`sim::SimKernel`] is a small model kernel (buddy pages, slab, kmalloc,
 //! stacks, vmalloc, globals) that drives the hooks like a real one;
-//! [`lockstep::Lockstep`] drives a `full` and a `hybrid` one with the same
+//! [`smp::SmpKernel`] is a model kernel for several threads at once (hooks
+//! and checks racing); [`lockstep::Lockstep`] drives a `full` and a `hybrid` one with the same
 //! operations against an oracle, and [`fuzz`] decodes those operations from
 //! bytes (the fuzz target and its replay test).
 
@@ -24,4 +25,5 @@ pub mod lockstep;
 pub mod mapper;
 pub mod platform;
 pub mod sim;
+pub mod smp;
 pub mod space;

@@ -1,11 +1,13 @@
 //! A `Platform` for host tests: reports are captured in memory, functions
 //! are fake code addresses registered by name, and the call stack is what
-//! the test says it is.
+//! the test says it is (one task and stack shared by every thread, or one
+//! per thread for threads that take their own).
 
 use crate::platform::{Platform, SlabRef, Symbol};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::string::String;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::vec::Vec;
 
 /// Fake text base: function `i` occupies `[TEXT + i * FN_SIZE, +FN_SIZE)`.
@@ -14,17 +16,61 @@ const FN_SIZE: usize = 0x100;
 /// Offset of the "call site" inside a fake function.
 const SITE: usize = 0x2a;
 
+/// What each thread (a CPU of the model kernel) runs: its task and its
+/// fake call stack.
+#[derive(Clone)]
+struct Task {
+    pid: u32,
+    name: String,
+    stack: Vec<usize>,
+}
+
+impl Default for Task {
+    fn default() -> Self {
+        Task { pid: 1, name: "kunit".into(), stack: Vec::new() }
+    }
+}
+
 #[derive(Default)]
 struct State {
     log: String,
     echo: bool,
-    pid: u32,
-    task: String,
+    /// The task of the threads that have none of their own: `kunit/1` at
+    /// first (one model kernel driven from any thread, one at a time).
+    shared: Task,
+    /// The threads that run a task of their own ([`HostPlatform::own_task`]:
+    /// several CPUs at once).
+    tasks: HashMap<ThreadId, Task>,
     names: Vec<String>,
-    stack: Vec<usize>,
     slabs: BTreeMap<usize, SlabRef>,
     /// vmalloc page -> the RAM page mapped there.
     vm: BTreeMap<usize, usize>,
+}
+
+impl State {
+    /// The calling thread's task.
+    fn task_mut(&mut self) -> &mut Task {
+        match self.tasks.get_mut(&std::thread::current().id()) {
+            Some(t) => t,
+            None => &mut self.shared,
+        }
+    }
+
+    /// The calling thread's task.
+    fn task(&self) -> &Task {
+        self.tasks.get(&std::thread::current().id()).unwrap_or(&self.shared)
+    }
+}
+
+/// The CPU number of the calling thread ([`Platform::cpu`]): threads are
+/// the host's CPUs, numbered in the order they first ask.
+fn thread_cpu() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        static CPU: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    CPU.with(|c| *c)
 }
 
 /// The host platform; clones share state.
@@ -40,8 +86,6 @@ impl HostPlatform {
         let p = HostPlatform::default();
         {
             let mut s = p.lock();
-            s.pid = 1;
-            s.task = "kunit".into();
             s.echo = std::env::var_os("HYBRID_SHADOW_ECHO").is_some();
         }
         p
@@ -65,29 +109,40 @@ impl HostPlatform {
         TEXT + i * FN_SIZE + SITE
     }
 
-    /// Enter function `name`: it becomes the innermost frame.
+    /// Enter function `name` on the calling thread: it becomes the
+    /// innermost frame.
     pub fn enter(&self, name: &str) -> usize {
         let ip = self.func(name);
-        self.lock().stack.push(ip);
+        self.lock().task_mut().stack.push(ip);
         ip
     }
 
-    /// Leave the innermost function.
+    /// Leave the calling thread's innermost function.
     pub fn leave(&self) {
-        self.lock().stack.pop();
+        self.lock().task_mut().stack.pop();
     }
 
-    /// The innermost frame's address (0 if none).
+    /// The calling thread's innermost frame's address (0 if none).
     #[must_use]
     pub fn current_ip(&self) -> usize {
-        self.lock().stack.last().copied().unwrap_or(0)
+        self.lock().task().stack.last().copied().unwrap_or(0)
     }
 
-    /// Set the current task.
+    /// The calling thread runs task `name`/`pid` of its own from now on,
+    /// with its own (empty) call stack: a CPU of a model kernel on several
+    /// threads ([`crate::host::smp`]). Other threads share one task.
+    pub fn own_task(&self, name: &str, pid: u32) {
+        let t = Task { pid, name: name.into(), stack: Vec::new() };
+        self.lock().tasks.insert(std::thread::current().id(), t);
+    }
+
+    /// Set the calling thread's task (its own, or the one the threads
+    /// without their own share).
     pub fn set_task(&self, name: &str, pid: u32) {
         let mut s = self.lock();
-        s.task = name.into();
-        s.pid = pid;
+        let t = s.task_mut();
+        t.name = name.into();
+        t.pid = pid;
     }
 
     /// Record that the pages of `[base, base + len)` are a slab.
@@ -139,18 +194,18 @@ impl Platform for HostPlatform {
     }
 
     fn current_pid(&self) -> u32 {
-        self.lock().pid
+        self.lock().task().pid
     }
 
     fn write_task_name(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
-        let name = self.lock().task.clone();
+        let name = self.lock().task().name.clone();
         out.write_str(&name)
     }
 
     fn stack_trace(&self, out: &mut [usize]) -> usize {
         let s = self.lock();
         let mut n = 0;
-        for &ip in s.stack.iter().rev() {
+        for &ip in s.task().stack.iter().rev() {
             if n == out.len() {
                 break;
             }
@@ -179,6 +234,10 @@ impl Platform for HostPlatform {
 
     fn panic(&self, msg: &str) -> ! {
         panic!("{msg}")
+    }
+
+    fn cpu(&self) -> usize {
+        thread_cpu()
     }
 
     fn vmalloc_to_ram(&self, addr: usize) -> Option<usize> {

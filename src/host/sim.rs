@@ -115,10 +115,10 @@ struct SimCache {
 /// The runtime's metadata arena, owned by the model kernel and freed after
 /// the runtime (a field after `kasan`), so kernels can come and go without
 /// leaking (a fuzzer makes millions).
-struct Arena(*mut [u8]);
+pub(crate) struct Arena(*mut [u8]);
 
 impl Arena {
-    fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         Arena(std::boxed::Box::into_raw(std::vec![0u8; bytes].into_boxed_slice()))
     }
 
@@ -127,13 +127,20 @@ impl Arena {
     /// # Safety
     ///
     /// Call once; the runtime given the slice must be gone before `self`.
-    unsafe fn hand_over(&self) -> &'static mut [u8] {
+    pub(crate) unsafe fn hand_over(&self) -> &'static mut [u8] {
         // SAFETY: the box stays alive until `self` drops, which the caller
         // guarantees happens after the runtime's last use; one handover, so
         // the mutable borrow is unique.
         unsafe { &mut *self.0 }
     }
 }
+
+// SAFETY: the pointer is the arena's owner only: nothing reads or writes
+// through it after the handover but `drop`, so the arena may move to and
+// be shared with other threads like the runtime that uses it.
+unsafe impl Send for Arena {}
+// SAFETY: as above; `&Arena` gives no access to the memory.
+unsafe impl Sync for Arena {}
 
 impl Drop for Arena {
     fn drop(&mut self) {

@@ -101,19 +101,25 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     pub(crate) fn report_uninit(&self, o: Origin, ip: usize, range: Option<(usize, usize, usize, usize)>) -> Bug {
         let kind = if origin::is_uaf(o) { BugType::UseAfterFree } else { BugType::UninitValue };
         let addr = range.map_or(0, |r| r.0);
-        if self.busy.load(Relaxed) != 0 {
+        let cpu = self.platform.cpu();
+        if self.report_lock.held_by(cpu) {
+            // Found by the code printing this CPU's report.
             return Bug { kind, addr, printed: false };
         }
         if self.reported.swap(true, Relaxed) && !self.cfg.multi_shot {
             Stats::bump(&self.stats.reports_suppressed);
             return Bug { kind, addr, printed: false };
         }
-        Stats::bump(&self.stats.reports);
         let chain = self.fetch_chain(o);
-        self.busy.fetch_add(1, Relaxed);
+        // Wait while another CPU prints its report (none is held here: the
+        // check above).
+        let Some(console) = self.report_lock.lock(cpu) else {
+            return Bug { kind, addr, printed: false };
+        };
+        Stats::bump(&self.stats.reports);
         let mut out = ConsoleWriter::new(&self.platform);
         let _ = self.write_report(&mut out, kind, ip, &chain, range);
-        self.busy.fetch_sub(1, Relaxed);
+        drop(console);
         if self.cfg.fault == FaultAction::Panic {
             self.platform.panic("kmsan.panic set (kmsan.fault=panic)");
         }

@@ -6,7 +6,7 @@
 //! `vmalloc_to_page`); the image is private from init. Which page backs
 //! each metadata page, and when that changes, is [`crate::kmsan::backing`].
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 use crate::arena::{atomics_u32, take};
 use crate::config::{Config, Mode};
@@ -60,9 +60,10 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     pub(crate) platform: P,
     pub(crate) stats: Stats,
     pub(crate) reported: AtomicBool,
-    /// Non-zero while the runtime prints (instrumented formatting code must
-    /// not report into a report).
-    pub(crate) busy: AtomicUsize,
+    /// The console, one report at a time; reports found by the CPU printing
+    /// one are dropped (instrumented formatting code must not report into
+    /// a report).
+    pub(crate) report_lock: crate::report::ReportLock,
 }
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
@@ -116,7 +117,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            report_lock: crate::report::ReportLock::default(),
         };
         k.stats.per_page_bytes.store(pages * 5, Relaxed);
         k.stats.depot_bytes.store(if off { 0 } else { depot_len }, Relaxed);
