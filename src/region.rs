@@ -20,9 +20,10 @@
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
+use crate::backing::{remap, Backing};
 use crate::config::Mode;
 use crate::layout::{Region, BLOCK_SIZE};
-use crate::mapper::{MapError, ShadowMapper, SharedPage, PAGE_SIZE};
+use crate::mapper::{MapError, ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;
 use crate::runtime::Kasan;
 use crate::shadow::PAGE_FREE;
@@ -174,11 +175,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let s = self.layout.shadow_of(r);
         let mut page = s.start;
         while page < s.end {
-            if let Err(e) = crate::ondemand::private(&mut inner.mapper, &self.stats, page, fill) {
+            if let Err(e) = remap(&mut inner.mapper, &self.stats, page, Backing::Zero, Backing::Private, fill) {
                 // Give back what was mapped: the covered gap reads as valid.
                 let mut back = s.start;
                 while back < page {
-                    let _ = crate::ondemand::shared(&mut inner.mapper, &self.stats, back, SharedPage::Zero, true);
+                    let _ = remap(&mut inner.mapper, &self.stats, back, Backing::Private, Backing::Zero, 0);
                     back += PAGE_SIZE;
                 }
                 return Err(RegionError::Map(e));

@@ -1,6 +1,6 @@
 //! The runtime object: its state, init (the initial shadow mapping) and
 //! shadow writes. Which page backs each shadow page, and when it changes,
-//! is [`crate::backing`]'s concern:
+//! is [`crate::backing`]'s concern (KASAN's decisions: [`crate::backing::kasan`]):
 //!
 //! Direct map, one shadow page per 32 KiB block of 8 data pages:
 //!
@@ -28,6 +28,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 use crate::arena::{atomics_u16, atomics_u8, take};
+use crate::backing::Backing;
 use crate::cache::Caches;
 use crate::config::{Config, MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::depot::StackDepot;
@@ -40,39 +41,6 @@ use crate::platform::Platform;
 use crate::quarantine::Quarantine;
 use crate::shadow::{GRANULE, PAGE_FREE};
 use crate::stats::{Stats, StatsSnapshot};
-
-/// How a direct-map block's shadow page is backed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Backing {
-    /// The shared zero page.
-    Zero = 0,
-    /// The shared 0xFF page.
-    Free = 1,
-    /// The shared CONSULT page.
-    Consult = 2,
-    /// A private page.
-    Private = 3,
-}
-
-impl Backing {
-    pub(crate) fn from_u8(v: u8) -> Backing {
-        match v {
-            0 => Backing::Zero,
-            1 => Backing::Free,
-            2 => Backing::Consult,
-            _ => Backing::Private,
-        }
-    }
-    pub(crate) fn shared(self) -> Option<SharedPage> {
-        match self {
-            Backing::Zero => Some(SharedPage::Zero),
-            Backing::Free => Some(SharedPage::PageFree),
-            Backing::Consult => Some(SharedPage::Consult),
-            Backing::Private => None,
-        }
-    }
-}
 
 /// What the compiler ABI's fast path needs to decide a CONSULT byte
 /// without leaving it: the per-page array, the adaptive hit counters and

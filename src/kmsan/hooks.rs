@@ -18,7 +18,8 @@
 use crate::error::HookError;
 use crate::kmsan::propagate::chunks;
 use crate::kmsan::runtime::{Kmsan, Place};
-use crate::kmsan::state::{MetaBacking, MetaPage};
+use crate::backing::Backing;
+use crate::kmsan::state::MetaPage;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
 use crate::platform::Platform;
@@ -124,7 +125,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             let p = self.ram.get(i);
             self.ram.set(i, MetaPage { kind: PageKind::Page, ..p });
             let a = self.layout.direct_map.data.start + i * PAGE_SIZE;
-            if p.backing == MetaBacking::Private && self.all_init(a, PAGE_SIZE) {
+            if p.backing == Backing::Private && self.all_init(a, PAGE_SIZE) {
                 self.share(&mut inner, Place::Ram(i), None, PageKind::Page);
             }
         }

@@ -24,9 +24,9 @@
 
 
 use crate::kmsan::origin::{Origin, NO_ORIGIN};
-use crate::kmsan::backing::OriginPlan;
+use crate::backing::kmsan::OriginPlan;
 use crate::kmsan::runtime::{Kmsan, Place};
-use crate::kmsan::state::MetaBacking;
+use crate::backing::Backing;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::platform::Platform;
 use crate::stats::Stats;
@@ -177,7 +177,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let place = self.place(addr);
         let Some((r, p)) = self.page_of(place) else { return zero };
         let shadow = r.shadow_of(addr) as *mut u8;
-        if p.backing == MetaBacking::Uninit {
+        if p.backing == Backing::UNINIT {
             Stats::bump(&self.stats.slow_path_checks);
         }
         // The value's origin is that of its first uninitialized byte (none
@@ -271,7 +271,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         Stats::bump(&self.stats.slow_path_checks);
         let into_init = (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE
-            && self.page_of(self.place(addr)).is_some_and(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked));
+            && self.page_of(self.place(addr)).is_some_and(|(_, p)| matches!(p.backing, Backing::INIT | Backing::Unchecked));
         self.defer(ctx, addr, size, if into_init { Pending::SinkIntoInit } else { Pending::Sink });
         ctx.sink()
     }
@@ -355,7 +355,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             if !dirty && (addr & (PAGE_SIZE - 1)) + size <= PAGE_SIZE {
                 // The common case: an initialized value into one page.
                 let page = self.canon(addr).and_then(|c| self.page_of(self.place(c)));
-                if page.is_none_or(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked)) {
+                if page.is_none_or(|(_, p)| matches!(p.backing, Backing::INIT | Backing::Unchecked)) {
                     return;
                 }
             }
@@ -376,10 +376,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             if !origin_only {
                 let sh = &ctx.sink_shadow[a - addr..e - addr];
                 let writable = match p.backing {
-                    MetaBacking::Private => true,
-                    MetaBacking::Unchecked => false,
-                    MetaBacking::Init if sh.iter().all(|&b| b == 0) => false,
-                    MetaBacking::Init | MetaBacking::Uninit => {
+                    Backing::Private => true,
+                    // (KASAN's kinds never back KMSAN metadata.)
+                    Backing::Unchecked | Backing::Consult | Backing::VmallocInvalid => false,
+                    Backing::INIT if sh.iter().all(|&b| b == 0) => false,
+                    Backing::INIT | Backing::UNINIT => {
                         let g = inner.get_or_insert_with(|| self.inner.lock());
                         self.materialize(g, place)
                     }

@@ -21,7 +21,6 @@
 
 #[cfg(feature = "kmsan-abi")]
 pub mod abi;
-pub mod backing;
 pub mod hooks;
 pub mod layout;
 pub mod meta;
@@ -35,7 +34,7 @@ pub use layout::{KmsanLayout, KmsanLayoutError, MetaRegion};
 pub use meta::{Context, MetaPtrs};
 pub use origin::Origin;
 pub use runtime::{Kmsan, KmsanInitError};
-pub use state::{MetaBacking, MetaCensus, MetaPage};
+pub use state::{MetaCensus, MetaPage};
 
 #[cfg(all(test, feature = "host"))]
 mod tests;

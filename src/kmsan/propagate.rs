@@ -19,7 +19,7 @@
 
 use crate::kmsan::origin::{Origin, NO_ORIGIN};
 use crate::kmsan::runtime::{KInner, Kmsan, Place};
-use crate::kmsan::state::MetaBacking;
+use crate::backing::Backing;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
 use crate::platform::Platform;
@@ -62,8 +62,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let place = self.place(c);
         let Some((_, p)) = self.page_of(place) else { return false };
         match p.backing {
-            MetaBacking::Private => true,
-            MetaBacking::Unchecked => false,
+            Backing::Private => true,
+            Backing::Unchecked => false,
             _ => self.materialize(inner, place),
         }
     }
@@ -89,8 +89,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 }
                 // Already in that state: nothing to write.
                 let same = match p.backing {
-                    MetaBacking::Init => !poison,
-                    MetaBacking::Uninit => poison && self.ram_origin[i].load(core::sync::atomic::Ordering::Relaxed) == o,
+                    Backing::INIT => !poison,
+                    Backing::UNINIT => poison && self.ram_origin[i].load(core::sync::atomic::Ordering::Relaxed) == o,
                     _ => false,
                 };
                 if same {
@@ -132,9 +132,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             let e = a + (e0 - a0);
             let Some((r, p)) = self.page_of(self.place(a)) else { continue };
             match p.backing {
-                MetaBacking::Init | MetaBacking::Unchecked => continue,
-                MetaBacking::Uninit => return false,
-                MetaBacking::Private => {
+                // (KASAN's kinds never back KMSAN metadata.)
+                Backing::INIT | Backing::Unchecked | Backing::Consult | Backing::VmallocInvalid => continue,
+                Backing::UNINIT => return false,
+                Backing::Private => {
                     // SAFETY: private shadow pages are mapped and readable.
                     let sh = unsafe { core::slice::from_raw_parts(r.shadow_of(a) as *const u8, e - a) };
                     if sh.iter().any(|&b| b != 0) {
@@ -196,7 +197,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             let sh = self.shadow_at(s);
             let Some(d) = self.canon(dst.wrapping_add(i)) else { return };
             let Some((r, p)) = self.page_of(self.place(d)) else { return };
-            if p.backing != MetaBacking::Private {
+            if p.backing != Backing::Private {
                 return;
             }
             // SAFETY: the destination page is private (checked above).
@@ -258,7 +259,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             next = e;
             // Wholly initialized shared pages (or no metadata) at once.
             let page = self.canon(a).and_then(|c| self.page_of(self.place(c)));
-            if page.is_none_or(|(_, p)| matches!(p.backing, MetaBacking::Init | MetaBacking::Unchecked)) {
+            if page.is_none_or(|(_, p)| matches!(p.backing, Backing::INIT | Backing::Unchecked)) {
                 end_run(&mut run, a - addr, &mut first);
                 continue;
             }

@@ -13,7 +13,8 @@ use crate::config::{Config, Mode};
 use crate::depot::{StackDepot, MAX_FRAMES, NO_STACK};
 use crate::kmsan::layout::{KmsanLayout, MetaRegion};
 use crate::kmsan::origin::{self, Origin, NO_ORIGIN};
-use crate::kmsan::state::{MetaBacking, MetaPage, MetaPages};
+use crate::backing::Backing;
+use crate::kmsan::state::{MetaPage, MetaPages};
 use crate::mapper::{MapError, ShadowMapper, SharedPage, PAGE_SIZE};
 use crate::page_state::PageKind;
 use crate::platform::Platform;
@@ -218,7 +219,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             Place::Ram(i) => Some((&self.layout.direct_map, self.ram.get(i))),
             Place::Image => Some((
                 &self.layout.image,
-                MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::Reserved },
+                MetaPage { backing: Backing::Private, origin_private: true, kind: PageKind::Reserved },
             )),
             Place::Outside => None,
         }
@@ -283,8 +284,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     #[inline(always)]
     pub(crate) fn page_wide_origin(&self, place: Place, p: MetaPage) -> Option<Origin> {
         match (place, p.backing) {
-            (Place::Ram(i), MetaBacking::Uninit) => Some(self.ram_origin[i].load(Relaxed)),
-            (Place::Ram(i), MetaBacking::Private) if !p.origin_private => Some(self.ram_origin[i].load(Relaxed)),
+            (Place::Ram(i), Backing::UNINIT) => Some(self.ram_origin[i].load(Relaxed)),
+            (Place::Ram(i), Backing::Private) if !p.origin_private => Some(self.ram_origin[i].load(Relaxed)),
             _ => None,
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  bit   7 6 5 4 3 2 1 0
-//!        . . k k k o b b     b = MetaBacking, o = origin page private, k = PageKind
+//!        . k k k o b b b     b = Backing, o = origin page private, k = PageKind
 //! ```
 //!
 //! In `hybrid`, a page that is not byte-tracked is described by this byte
@@ -10,8 +10,8 @@
 //!
 //! ```text
 //!  backing      shadow page           origin page          meaning
-//!  Uninit   ──► shared 0xFF           shared zero          every byte uninitialized, origin = per-page origin
-//!  Init     ──► shared zero           shared zero          every byte initialized
+//!  UNINIT   ──► shared 0xFF           shared zero          every byte uninitialized, origin = per-page origin
+//!  INIT     ──► shared zero           shared zero          every byte initialized
 //!  Private  ──► private               private, or zero     byte precise (tracked kinds, or partly initialized data);
 //!                                     (page-wide origin)   origin page only once two origins must coexist
 //!  Unchecked──► shared zero           shared zero          wanted private, no frame: reads initialized (counted)
@@ -22,27 +22,15 @@
 
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
+use crate::backing::Backing;
 use crate::page_state::PageKind;
-
-/// How a page's shadow (and origin) pages are backed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum MetaBacking {
-    /// Shared 0xFF shadow: every byte uninitialized, one origin per page.
-    Uninit = 0,
-    /// Shared zero shadow: every byte initialized.
-    Init = 1,
-    /// Private shadow page (origin page private when `origin_private`).
-    Private = 2,
-    /// Wanted a private page, none was left: reads as initialized.
-    Unchecked = 3,
-}
 
 /// One decoded per-page byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetaPage {
-    /// Backing of the shadow page.
-    pub backing: MetaBacking,
+    /// Backing of the shadow page: [`Backing::INIT`], [`Backing::UNINIT`],
+    /// `Private` or `Unchecked`.
+    pub backing: Backing,
     /// The origin page is private (else it maps the shared zero page).
     pub origin_private: bool,
     /// Owner (`None`: free, or no vmalloc area).
@@ -51,33 +39,27 @@ pub struct MetaPage {
 
 impl MetaPage {
     /// A free page in `hybrid` (or a vmalloc page without an area).
-    pub const FREE: MetaPage = MetaPage { backing: MetaBacking::Uninit, origin_private: false, kind: PageKind::None };
+    pub const FREE: MetaPage = MetaPage { backing: Backing::UNINIT, origin_private: false, kind: PageKind::None };
 
     /// Encode.
     #[must_use]
     #[inline]
     pub const fn encode(self) -> u8 {
-        self.backing as u8 | ((self.origin_private as u8) << 2) | ((self.kind as u8) << 3)
+        self.backing as u8 | ((self.origin_private as u8) << 3) | ((self.kind as u8) << 4)
     }
 
     /// Decode.
     #[must_use]
     #[inline]
     pub const fn decode(b: u8) -> MetaPage {
-        let backing = match b & 3 {
-            0 => MetaBacking::Uninit,
-            1 => MetaBacking::Init,
-            2 => MetaBacking::Private,
-            _ => MetaBacking::Unchecked,
-        };
-        MetaPage { backing, origin_private: b & 4 != 0, kind: PageKind::from_bits((b >> 3) & 7) }
+        MetaPage { backing: Backing::from_u8(b & 7), origin_private: b & 8 != 0, kind: PageKind::from_bits((b >> 4) & 7) }
     }
 
     /// Whether stores can go straight to this page's metadata.
     #[inline(always)]
     #[must_use]
     pub const fn writable(self) -> bool {
-        matches!(self.backing, MetaBacking::Private)
+        matches!(self.backing, Backing::Private)
     }
 }
 
@@ -138,7 +120,7 @@ impl MetaCensus {
         let mut c = MetaCensus::default();
         for i in 0..pages.len() {
             let p = pages.get(i);
-            if p.backing == MetaBacking::Private {
+            if p.backing == Backing::Private {
                 c.shadow[p.kind as usize] += 1;
             }
             if p.origin_private {
@@ -155,7 +137,7 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        for backing in [MetaBacking::Uninit, MetaBacking::Init, MetaBacking::Private, MetaBacking::Unchecked] {
+        for backing in [Backing::UNINIT, Backing::INIT, Backing::Private, Backing::Unchecked] {
             for origin_private in [false, true] {
                 for kind in [PageKind::None, PageKind::Page, PageKind::Slab, PageKind::Stack, PageKind::Reserved] {
                     let p = MetaPage { backing, origin_private, kind };

@@ -4,7 +4,7 @@
 use crate::config::Mode;
 use crate::host::kmsan::KmsanHost;
 use crate::kmsan::origin::{self, NO_ORIGIN};
-use crate::kmsan::state::MetaBacking;
+use crate::backing::Backing;
 use crate::mapper::PAGE_SIZE;
 use crate::report::BugType;
 
@@ -37,7 +37,7 @@ fn uninit_slab_object_has_its_allocation_as_origin() {
         assert_eq!(h.load(p + 4, 4).0, [0xFF; 4]);
         let z = slab_object(h, 5, 16, true);
         assert_eq!(h.load(z, 8).0, [0; 8], "{mode:?}: kzalloc");
-        assert_eq!(h.kmsan.page_meta(p).unwrap().backing, MetaBacking::Private);
+        assert_eq!(h.kmsan.page_meta(p).unwrap().backing, Backing::Private);
     }
 }
 
@@ -48,31 +48,31 @@ fn hybrid_pages_stay_shared_until_partly_written() {
     let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
     let before = live(h);
     h.call("alloc_pages_caller", |h| h.kmsan.page_alloc(page, 0, false)).unwrap();
-    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Uninit);
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::UNINIT);
     let (sh, o) = h.load(page + 100, 8);
     assert_eq!((sh, live(h)), (std::vec![0xFF; 8], before));
     assert_ne!(o, NO_ORIGIN, "the per-page origin is the allocation");
     // A partial write makes the page private, keeping the rest uninit.
     h.store(page + 8, &[0; 8], NO_ORIGIN);
     h.settle();
-    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Private);
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Private);
     assert_eq!(h.load(page + 8, 8).0, [0; 8]);
     assert_eq!(h.load(page + 16, 8), (std::vec![0xFF; 8], o));
     assert_eq!(live(h), before + 1, "a shadow page; the origin stays page-wide");
     assert!(!h.kmsan.page_meta(page).unwrap().origin_private);
     // Initializing the whole page returns it to the shared zero page.
     h.kmsan.unpoison_memory(page, PAGE_SIZE);
-    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Init);
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::INIT);
     assert_eq!(live(h), before);
     // Initialized data stored into an initialized page costs nothing...
     h.store(page + 24, &[0; 8], NO_ORIGIN);
     h.settle();
-    assert_eq!((h.kmsan.page_meta(page).unwrap().backing, live(h)), (MetaBacking::Init, before));
+    assert_eq!((h.kmsan.page_meta(page).unwrap().backing, live(h)), (Backing::INIT, before));
     // ...uninitialized data makes it private with the value's origin.
     let vo = origin::make(77, 0, false);
     h.store(page + 32, &[0, 0xFF, 0, 0], vo);
     assert_eq!(h.load(page + 32, 4), (std::vec![0, 0xFF, 0, 0], vo), "the load settles first");
-    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, MetaBacking::Private);
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Private);
     h.call("free_pages_caller", |h| h.kmsan.page_free(page, 0)).unwrap();
     assert_eq!(live(h), before, "freeing returns the private pages");
     let (sh, o) = h.load(page, 4);
@@ -299,7 +299,7 @@ fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
         h.kmsan.warning(o, 0);
         assert!(h.take_log().contains("Uninit was created at:\n kmalloc_large_caller+"));
         if mode == Mode::Hybrid {
-            assert_eq!(h.kmsan.page_meta(p + 8192).unwrap().backing, MetaBacking::Uninit, "stays page-granular");
+            assert_eq!(h.kmsan.page_meta(p + 8192).unwrap().backing, Backing::UNINIT, "stays page-granular");
         }
         assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, false), Err(crate::error::HookError::WrongPageState));
     }

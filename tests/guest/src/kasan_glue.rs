@@ -214,7 +214,7 @@ pub fn stackdepot_fetch(h: u32, out: &mut [usize]) -> usize {
 
 /// KMSAN: how the metadata of the RAM page at `addr` is backed.
 #[cfg(feature = "kmsan")]
-pub fn kmsan_page_backing(addr: usize) -> Option<hybrid_shadow::kmsan::MetaBacking> {
+pub fn kmsan_page_backing(addr: usize) -> Option<hybrid_shadow::Backing> {
     guest_kasan::page_backing(addr)
 }
 

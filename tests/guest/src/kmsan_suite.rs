@@ -415,7 +415,7 @@ pub fn test_copy_from_kernel_nofault() {
     }
 }
 
-fn backing_is(addr: usize, want: hybrid_shadow::kmsan::MetaBacking, what: &str) {
+fn backing_is(addr: usize, want: hybrid_shadow::Backing, what: &str) {
     if kasan_glue::mode() == Mode::Hybrid && kasan_glue::kmsan_page_backing(addr) != Some(want) {
         fail(what);
     }
@@ -423,16 +423,16 @@ fn backing_is(addr: usize, want: hybrid_shadow::kmsan::MetaBacking, what: &str) 
 
 #[inline(never)]
 pub fn test_uninit_slab_to_pagecache() {
-    use hybrid_shadow::kmsan::MetaBacking;
+    use hybrid_shadow::Backing;
     let obj = mm::kmalloc(64);
     // SAFETY: `obj` is a live 64-byte object, `page` a page just allocated.
     unsafe { core::ptr::write_bytes(obj, 0, 32) };
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
     // SAFETY: `obj` is a live 64-byte object, `page` a page just allocated.
     unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE) };
-    backing_is(page, MetaBacking::Init, "a zeroed page is backed by the shared zero page");
+    backing_is(page, Backing::INIT, "a zeroed page is backed by the shared zero page");
     memcpy_noinline((page + 128) as *mut u8, obj, 64);
-    backing_is(page, MetaBacking::Private, "uninit bytes copied in make the page private");
+    backing_is(page, Backing::Private, "uninit bytes copied in make the page private");
     mm::kfree(obj);
     check((page + 128) as *const u8, 64);
     buddy::free_pages(page, 0);
@@ -440,28 +440,28 @@ pub fn test_uninit_slab_to_pagecache() {
 
 #[inline(never)]
 pub fn test_uninit_page_partial_write() {
-    use hybrid_shadow::kmsan::MetaBacking;
+    use hybrid_shadow::Backing;
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
-    backing_is(page, MetaBacking::Uninit, "a fresh page is backed by the shared 0xFF page");
+    backing_is(page, Backing::UNINIT, "a fresh page is backed by the shared 0xFF page");
     for i in 100..200 {
         // SAFETY: `page` is a page just allocated.
         unsafe { write_volatile((page + i) as *mut u8, i as u8) };
     }
     check((page + 100) as *const u8, 100);
-    backing_is(page, MetaBacking::Private, "a partly written page is private");
+    backing_is(page, Backing::Private, "a partly written page is private");
     check((page + 96) as *const u8, 8);
     buddy::free_pages(page, 0);
 }
 
 #[inline(never)]
 pub fn test_init_page_dma() {
-    use hybrid_shadow::kmsan::MetaBacking;
+    use hybrid_shadow::Backing;
     let Some(page) = buddy::alloc_pages(0) else { return fail("no page") };
     // SAFETY: `page` is a page just allocated.
     unsafe { write_volatile((page + 8) as *mut u64, 1) };
     // The device fills the page and the driver reports the DMA done.
     kmsan_unpoison_memory(page, PAGE_SIZE);
-    backing_is(page, MetaBacking::Init, "a page initialized by DMA is shared again");
+    backing_is(page, Backing::INIT, "a page initialized by DMA is shared again");
     check(page as *const u8, PAGE_SIZE);
     buddy::free_pages(page, 0);
 }

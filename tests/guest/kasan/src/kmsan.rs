@@ -501,7 +501,7 @@ pub fn stackdepot_fetch(h: u32, out: &mut [usize]) -> usize {
 
 /// How the metadata of the RAM page holding `addr` is backed (None: no
 /// metadata there).
-pub fn page_backing(addr: usize) -> Option<hybrid_shadow::kmsan::MetaBacking> {
+pub fn page_backing(addr: usize) -> Option<hybrid_shadow::Backing> {
     rt()?.page_meta(addr).map(|p| p.backing)
 }
 

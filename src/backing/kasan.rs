@@ -1,6 +1,6 @@
-//! Block backing: which shared or private page backs each shadow page of
-//! the direct map and the vmalloc window, and the remaps when the pages
-//! under it change state (see the table in [`crate::runtime`]).
+//! KASAN's decisions: which page backs each shadow page of the direct map
+//! and the vmalloc window, from the states of the pages under it (see the
+//! table in [`crate::runtime`]); the remaps go through [`super::remap`].
 //!
 //! * A block goes private when its first page becomes tracked (or, under
 //!   `kasan.mixed=private|adaptive`, when it mixes free and allocated pages
@@ -13,11 +13,11 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{MixedBlocks, Mode, PROMOTE_AFTER};
 use crate::layout::{BLOCK_SIZE, PAGES_PER_BLOCK};
-use crate::mapper::{ShadowMapper, SharedPage, PAGE_SIZE};
-use crate::ondemand;
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::{PageInfo, PageState};
 use crate::platform::Platform;
-use crate::runtime::{Backing, Inner, Kasan, DENIED, HOT, PENDING, VM_UNCHECKED};
+use crate::runtime::{Inner, Kasan, DENIED, HOT, PENDING, VM_UNCHECKED};
+use super::{remap, unchecked, Backing};
 use crate::shadow::PAGE_FREE;
 use crate::stats::Stats;
 
@@ -109,36 +109,31 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 }
                 return true;
             }
-            match ondemand::private(&mut inner.mapper, &self.stats, spage, 0) {
-                Ok(()) => {
-                    self.blocks[b].store(Backing::Private as u8, Relaxed);
-                    for pfn in range {
-                        self.write_page_shadow(pfn, true);
-                    }
-                    return true;
+            if remap(&mut inner.mapper, &self.stats, spage, cur, Backing::Private, 0).is_ok() {
+                self.blocks[b].store(Backing::Private as u8, Relaxed);
+                for pfn in range {
+                    self.write_page_shadow(pfn, true);
                 }
-                Err(_) => {
-                    // No frame: the tracked pages of this block go unchecked.
-                    for pfn in range {
-                        let mut i = self.pages.get(pfn);
-                        if i.state == PageState::Tracked {
-                            i.state = PageState::Unchecked;
-                            self.pages.set(pfn, i);
-                            self.stats.unchecked_pages.fetch_add(1, Relaxed);
-                            Stats::bump(&self.stats.unchecked_events);
-                        }
-                    }
-                    ok = false;
+                return true;
+            }
+            // No frame: the tracked pages of this block go unchecked (per
+            // page, so the block's shared page still reports its free
+            // pages), rather than the whole block (`unchecked`).
+            for pfn in range {
+                let mut i = self.pages.get(pfn);
+                if i.state == PageState::Tracked {
+                    i.state = PageState::Unchecked;
+                    self.pages.set(pfn, i);
+                    self.stats.unchecked_pages.fetch_add(1, Relaxed);
+                    Stats::bump(&self.stats.unchecked_events);
                 }
             }
+            ok = false;
         }
         let want = self.shared_backing(b);
         if want != cur {
-            let kind = want.shared().expect("shared backing");
-            match ondemand::shared(&mut inner.mapper, &self.stats, spage, kind, cur == Backing::Private) {
-                Ok(()) => {
-                    self.blocks[b].store(want as u8, Relaxed);
-                }
+            match remap(&mut inner.mapper, &self.stats, spage, cur, want, 0) {
+                Ok(now) => self.blocks[b].store(now as u8, Relaxed),
                 Err(_) => {
                     // Keep the old (still consistent for the pages that did
                     // not change) backing; a private page stays writable.
@@ -250,15 +245,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             let r = self.vm_refs[b].load(Relaxed);
             if r & !VM_UNCHECKED == 0 {
                 let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
-                match ondemand::private(&mut inner.mapper, &self.stats, spage, fill) {
-                    Ok(()) => self.vm_refs[b].store(1, Relaxed),
-                    Err(_) => {
-                        // The 0xF8 page would report every access: map zero.
-                        let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::Zero, false);
-                        self.vm_refs[b].store(1 | VM_UNCHECKED, Relaxed);
-                        Stats::bump(&self.stats.unchecked_events);
-                        ok = false;
-                    }
+                if remap(&mut inner.mapper, &self.stats, spage, Backing::VmallocInvalid, Backing::Private, fill).is_ok() {
+                    self.vm_refs[b].store(1, Relaxed);
+                } else {
+                    // The 0xF8 page would report every access: map zero.
+                    unchecked(&mut inner.mapper, &self.stats, spage, Backing::VmallocInvalid);
+                    self.vm_refs[b].store(1 | VM_UNCHECKED, Relaxed);
+                    ok = false;
                 }
             } else {
                 if r & VM_UNCHECKED != 0 {
@@ -285,10 +278,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 continue;
             }
             let spage = l.mem_to_shadow(l.vmalloc.start + b * BLOCK_SIZE);
-            // If remapping fails the private page stays (already poisoned
-            // 0xF8 by the caller); a later map over it releases its frame.
-            let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::VmallocInvalid, false);
-            if r & VM_UNCHECKED == 0 {
+            let from = if r & VM_UNCHECKED != 0 { Backing::Unchecked } else { Backing::Private };
+            if remap(&mut inner.mapper, &self.stats, spage, from, Backing::VmallocInvalid, 0).is_err()
+                && from == Backing::Private
+            {
+                // The private page stays (already poisoned 0xF8 by the
+                // caller) and stops counting: the next map over it
+                // releases its frame.
                 self.stats.ondemand_dec();
             }
             self.vm_refs[b].store(0, Relaxed);

@@ -1,6 +1,6 @@
-//! Which page backs each RAM page's shadow and origin pages, and the
-//! remaps when the page's state changes (the mapping step itself is
-//! [`crate::ondemand`], shared with KASAN).
+//! KMSAN's decisions: which page backs each RAM page's shadow and origin
+//! pages, from the page's state and the stores into it; the remaps go
+//! through [`super::remap`] and [`super::unchecked`], as KASAN's do.
 //!
 //! ```text
 //!   event (hybrid, direct-map page)              backing afterwards
@@ -27,12 +27,13 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::config::Mode;
 use crate::kmsan::origin::{Origin, NO_ORIGIN};
 use crate::kmsan::runtime::{KInner, Kmsan, Place};
-use crate::kmsan::state::{MetaBacking, MetaPage};
+use crate::kmsan::state::MetaPage;
 use crate::mapper::{ShadowMapper, SharedPage, PAGE_SIZE};
-use crate::ondemand;
 use crate::page_state::PageKind;
 use crate::platform::Platform;
 use crate::stats::Stats;
+
+use super::{remap, unchecked, Backing};
 
 /// What writing an origin to some slots of a page takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,23 +71,25 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     pub(crate) fn materialize(&self, inner: &mut KInner<M>, place: Place) -> bool {
         let Some((_, p)) = self.page_of(place) else { return false };
         match p.backing {
-            MetaBacking::Private => return true,
-            MetaBacking::Unchecked => return false,
-            MetaBacking::Init | MetaBacking::Uninit => {}
+            Backing::Private => return true,
+            // (KASAN's kinds never back KMSAN metadata.)
+            Backing::Unchecked | Backing::Consult | Backing::VmallocInvalid => return false,
+            Backing::INIT | Backing::UNINIT => {}
         }
         let Some((spage, _)) = self.meta_pages(place) else { return false };
-        let fill = if p.backing == MetaBacking::Uninit { 0xFF } else { 0 };
-        if ondemand::private(&mut inner.mapper, &self.stats, spage, fill).is_err() {
-            self.set_page(place, MetaPage { backing: MetaBacking::Unchecked, origin_private: false, ..p });
-            let _ = ondemand::shared(&mut inner.mapper, &self.stats, spage, SharedPage::Zero, false);
-            self.stats.unchecked_pages.fetch_add(1, Relaxed);
-            Stats::bump(&self.stats.unchecked_events);
+        let fill = if p.backing == Backing::UNINIT { 0xFF } else { 0 };
+        if remap(&mut inner.mapper, &self.stats, spage, p.backing, Backing::Private, fill).is_err() {
+            let now = unchecked(&mut inner.mapper, &self.stats, spage, p.backing);
+            self.set_page(place, MetaPage { backing: now, origin_private: false, ..p });
+            if now == Backing::Unchecked {
+                self.stats.unchecked_pages.fetch_add(1, Relaxed);
+            }
             return false;
         }
-        if p.backing == MetaBacking::Init {
+        if p.backing == Backing::INIT {
             self.ram_origin_set(place, NO_ORIGIN);
         }
-        self.set_page(place, MetaPage { backing: MetaBacking::Private, origin_private: false, ..p });
+        self.set_page(place, MetaPage { backing: Backing::Private, origin_private: false, ..p });
         true
     }
 
@@ -97,7 +100,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     fn map_origin_page(&self, inner: &mut KInner<M>, opage: usize) -> bool {
-        let ok = ondemand::private(&mut inner.mapper, &self.stats, opage, 0).is_ok();
+        let ok = remap(&mut inner.mapper, &self.stats, opage, Backing::Zero, Backing::Private, 0).is_ok();
         if !ok {
             Stats::bump(&self.stats.unchecked_events);
         }
@@ -113,7 +116,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if p.origin_private {
             return true;
         }
-        if p.backing != MetaBacking::Private {
+        if p.backing != Backing::Private {
             return false;
         }
         let Some((_, opage)) = self.meta_pages(place) else { return false };
@@ -170,7 +173,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     pub(crate) fn origin_plan(&self, a: usize, e: usize, o: Origin) -> OriginPlan {
         let place = self.place(a);
         let Some((r, p)) = self.page_of(place) else { return OriginPlan::Nothing };
-        if p.backing != MetaBacking::Private || e <= a {
+        if p.backing != Backing::Private || e <= a {
             return OriginPlan::Nothing;
         }
         if p.origin_private {
@@ -197,7 +200,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let Place::Ram(i) = place else { return };
         let p = self.ram.get(i);
         let Some((spage, opage)) = self.meta_pages(place) else { return };
-        if self.cfg.mode == Mode::Full && p.backing == MetaBacking::Private && p.origin_private {
+        if self.cfg.mode == Mode::Full && p.backing == Backing::Private && p.origin_private {
             // Full keeps the metadata it was given at boot: write the state in.
             let fill = if origin.is_some() { 0xFF } else { 0 };
             // SAFETY: both metadata pages of the page are private.
@@ -206,31 +209,28 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             self.ram.set(i, MetaPage { kind, ..p });
             return;
         }
-        let want = if origin.is_some() { MetaBacking::Uninit } else { MetaBacking::Init };
-        if p.backing == MetaBacking::Private || p.backing != want {
-            let shared = if origin.is_some() { SharedPage::PageFree } else { SharedPage::Zero };
-            match ondemand::shared(&mut inner.mapper, &self.stats, spage, shared, p.backing == MetaBacking::Private) {
-                Ok(()) => {}
-                Err(_) => {
-                    // Keep the private page and write the state into it.
-                    if p.backing == MetaBacking::Private {
-                        let fill = if origin.is_some() { 0xFF } else { 0 };
-                        // SAFETY: the page is private and writable.
-                        unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
-                        if p.origin_private {
-                            fill_origin_page(opage, origin.unwrap_or(NO_ORIGIN));
-                        }
-                        self.ram.set(i, MetaPage { kind, ..p });
-                        return;
-                    }
+        let want = if origin.is_some() { Backing::UNINIT } else { Backing::INIT };
+        if p.backing != want {
+            // A shared-to-shared flip that fails (no page-table page to
+            // split a shared table) leaves the old page mapped; the state
+            // changes anyway, as the allocator's has.
+            if remap(&mut inner.mapper, &self.stats, spage, p.backing, want, 0).is_err() && p.backing == Backing::Private {
+                // Keep the private page and write the state into it.
+                let fill = if origin.is_some() { 0xFF } else { 0 };
+                // SAFETY: the page is private and writable.
+                unsafe { core::ptr::write_bytes(spage as *mut u8, fill, PAGE_SIZE) };
+                if p.origin_private {
+                    fill_origin_page(opage, origin.unwrap_or(NO_ORIGIN));
                 }
+                self.ram.set(i, MetaPage { kind, ..p });
+                return;
             }
-            if p.backing == MetaBacking::Unchecked {
+            if p.backing == Backing::Unchecked {
                 self.stats.unchecked_pages.fetch_sub(1, Relaxed);
             }
         }
         if p.origin_private {
-            let _ = ondemand::shared(&mut inner.mapper, &self.stats, opage, SharedPage::Zero, true);
+            let _ = remap(&mut inner.mapper, &self.stats, opage, Backing::Private, Backing::Zero, 0);
         }
         self.ram_origin[i].store(origin.unwrap_or(NO_ORIGIN), Relaxed);
         self.ram.set(i, MetaPage { backing: want, origin_private: false, kind });
@@ -260,7 +260,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         let place = self.place(addr);
         let Place::Ram(i) = place else { return false };
         let p = self.ram.get(i);
-        if p.kind != PageKind::None || p.backing != MetaBacking::Uninit {
+        if p.kind != PageKind::None || p.backing != Backing::UNINIT {
             return false;
         }
         let Some((spage, opage)) = self.meta_pages(place) else { return false };
@@ -280,7 +280,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             }
         }
         fill_origin_page(opage, self.ram_origin[i].load(Relaxed));
-        self.ram.set(i, MetaPage { backing: MetaBacking::Private, origin_private: true, kind: PageKind::None });
+        self.ram.set(i, MetaPage { backing: Backing::Private, origin_private: true, kind: PageKind::None });
         self.stats.init_shadow_pages.fetch_add(2, Relaxed);
         true
     }
