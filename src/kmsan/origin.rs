@@ -21,6 +21,17 @@
 //! Each store of an uninitialized value adds a link ([`MAX_DEPTH`] at most,
 //! as in Linux); past that the origin is kept as it is and marked `cut`, so
 //! the report can say the chain was shortened.
+//!
+//! The runtime makes origins from the current stack ([`Kmsan::save_stack`]
+//! and the crate's `new_origin`, `chain`, `alloca_origin`); this file also
+//! holds that part.
+
+
+use crate::depot::{MAX_FRAMES, NO_STACK};
+use crate::kmsan::runtime::{KInner, Kmsan};
+use crate::mapper::ShadowMapper;
+use crate::platform::Platform;
+use crate::stats::Stats;
 
 /// An origin value (0: none).
 pub type Origin = u32;
@@ -87,6 +98,64 @@ pub const fn with_cut(o: Origin) -> Origin {
         o
     } else {
         o | CUT
+    }
+}
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// Save the current stack in the depot (0: not stored).
+    pub fn save_stack(&self) -> u32 {
+        if !self.on() {
+            return 0;
+        }
+        let mut inner = self.inner.lock();
+        handle(self.new_origin(&mut inner, false))
+    }
+
+    /// The frames of a stack saved with [`Kmsan::save_stack`].
+    #[must_use]
+    pub fn fetch_stack(&self, h: u32) -> crate::depot::Trace {
+        self.inner.lock().depot.fetch(h)
+    }
+
+    /// Save the current stack as an origin.
+    pub(crate) fn new_origin(&self, inner: &mut KInner<M>, uaf: bool) -> Origin {
+        let mut buf = [0usize; MAX_FRAMES];
+        let n = self.platform.stack_trace(&mut buf).min(MAX_FRAMES);
+        let h = inner.depot.save(&buf[..n]);
+        if h == NO_STACK && n != 0 {
+            Stats::bump(&self.stats.depot_dropped);
+        }
+        make(h, 0, uaf)
+    }
+
+    /// `o` with one more link: the current stack stored where it was
+    /// written. At [`MAX_DEPTH`] the chain is cut (marked).
+    pub(crate) fn chain(&self, inner: &mut KInner<M>, o: Origin) -> Origin {
+        if o == NO_ORIGIN {
+            return o;
+        }
+        let d = depth(o);
+        if d >= MAX_DEPTH {
+            return with_cut(o);
+        }
+        let mut buf = [0usize; MAX_FRAMES];
+        buf[0] = CHAIN_MAGIC;
+        buf[1] = o as usize;
+        let n = self.platform.stack_trace(&mut buf[2..]).min(MAX_FRAMES - 2);
+        let h = inner.depot.save(&buf[..n + 2]);
+        if h == NO_STACK {
+            Stats::bump(&self.stats.depot_dropped);
+            return o;
+        }
+        make(h, d + 1, is_uaf(o))
+    }
+
+    /// The origin of a local variable named `name` created by the code at
+    /// `pc`, called from `pc2` (0 when unknown).
+    pub(crate) fn alloca_origin(&self, inner: &mut KInner<M>, name: &'static [u8], pc: usize, pc2: usize) -> Origin {
+        let words = [ALLOCA_MAGIC, name.as_ptr() as usize, name.len(), pc, pc2];
+        let h = inner.depot.save(&words);
+        make(h, 0, false)
     }
 }
 

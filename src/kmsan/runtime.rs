@@ -1,18 +1,18 @@
-//! The KMSAN runtime object: init, where an address's metadata lives, and
-//! origins (stack depot handles, chains).
+//! The KMSAN runtime object: init and where an address's metadata lives.
+//! Making origins (stack depot handles, chains) is [`crate::kmsan::origin`].
 //!
 //! A vmalloc address has the metadata of the RAM page mapped there (asked
 //! of the kernel, [`crate::Platform::vmalloc_to_ram`], as Linux's
 //! `vmalloc_to_page`); the image is private from init. Which page backs
-//! each metadata page, and when that changes, is [`crate::kmsan::backing`].
+//! each metadata page, and when that changes, is [`crate::backing::kmsan`].
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 use crate::arena::{atomics_u32, take};
 use crate::config::{Config, Mode};
-use crate::depot::{StackDepot, MAX_FRAMES, NO_STACK};
+use crate::depot::StackDepot;
 use crate::kmsan::layout::{KmsanLayout, MetaRegion};
-use crate::kmsan::origin::{self, Origin, NO_ORIGIN};
+use crate::kmsan::origin::{Origin, NO_ORIGIN};
 use crate::backing::Backing;
 use crate::kmsan::state::{MetaPage, MetaPages};
 use crate::mapper::{MapError, ShadowMapper, SharedPage, PAGE_SIZE};
@@ -294,61 +294,5 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// ([`crate::kmsan::abi::TaskContext`]): counted as metadata at init.
     pub fn add_context_bytes(&self, bytes: usize) {
         self.stats.context_bytes.fetch_add(bytes, Relaxed);
-    }
-
-    /// Save the current stack in the depot (0: not stored).
-    pub fn save_stack(&self) -> u32 {
-        if !self.on() {
-            return 0;
-        }
-        let mut inner = self.inner.lock();
-        origin::handle(self.new_origin(&mut inner, false))
-    }
-
-    /// The frames of a stack saved with [`Kmsan::save_stack`].
-    #[must_use]
-    pub fn fetch_stack(&self, h: u32) -> crate::depot::Trace {
-        self.inner.lock().depot.fetch(h)
-    }
-
-    /// Save the current stack as an origin.
-    pub(crate) fn new_origin(&self, inner: &mut KInner<M>, uaf: bool) -> Origin {
-        let mut buf = [0usize; MAX_FRAMES];
-        let n = self.platform.stack_trace(&mut buf).min(MAX_FRAMES);
-        let h = inner.depot.save(&buf[..n]);
-        if h == NO_STACK && n != 0 {
-            Stats::bump(&self.stats.depot_dropped);
-        }
-        origin::make(h, 0, uaf)
-    }
-
-    /// `o` with one more link: the current stack stored where it was
-    /// written. At [`origin::MAX_DEPTH`] the chain is cut (marked).
-    pub(crate) fn chain(&self, inner: &mut KInner<M>, o: Origin) -> Origin {
-        if o == NO_ORIGIN {
-            return o;
-        }
-        let d = origin::depth(o);
-        if d >= origin::MAX_DEPTH {
-            return origin::with_cut(o);
-        }
-        let mut buf = [0usize; MAX_FRAMES];
-        buf[0] = origin::CHAIN_MAGIC;
-        buf[1] = o as usize;
-        let n = self.platform.stack_trace(&mut buf[2..]).min(MAX_FRAMES - 2);
-        let h = inner.depot.save(&buf[..n + 2]);
-        if h == NO_STACK {
-            Stats::bump(&self.stats.depot_dropped);
-            return o;
-        }
-        origin::make(h, d + 1, origin::is_uaf(o))
-    }
-
-    /// The origin of a local variable named `name` created by the code at
-    /// `pc`, called from `pc2` (0 when unknown).
-    pub(crate) fn alloca_origin(&self, inner: &mut KInner<M>, name: &'static [u8], pc: usize, pc2: usize) -> Origin {
-        let words = [origin::ALLOCA_MAGIC, name.as_ptr() as usize, name.len(), pc, pc2];
-        let h = inner.depot.save(&words);
-        origin::make(h, 0, false)
     }
 }

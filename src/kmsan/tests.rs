@@ -342,3 +342,37 @@ fn large_accesses_without_metadata_stay_in_bounds() {
         assert_eq!(h.load(b, 2).0, [0xFF; 2]);
     }
 }
+
+/// No frame left for a page's private shadow: the shared fallback of
+/// [`crate::backing::unchecked`] (reads initialized, never reports,
+/// counted), and the page's way back once it is freed.
+#[test]
+fn hybrid_page_without_a_frame_goes_unchecked_and_comes_back() {
+    let h = &mut host(Mode::Hybrid);
+    let page = h.ram() + 9 * PAGE_SIZE;
+    {
+        let mut inner = h.kmsan.inner.lock();
+        let n = inner.mapper.private_pages();
+        inner.mapper.set_frame_limit(Some(n));
+    }
+    let live = h.kmsan.stats().ondemand_live_pages;
+    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.slab_page_alloc(page, 0).unwrap();
+    let s = h.kmsan.stats();
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Unchecked);
+    assert_eq!((s.unchecked_pages, s.unchecked_events, s.ondemand_live_pages), (1, 1, live));
+    h.kmsan.slab_alloc(page, 64, false).unwrap();
+    assert_eq!(h.load(page, 8).0, [0; 8], "an unchecked page reads initialized");
+    assert!(h.kmsan.check_memory(page, 64, 0).is_ok(), "and never reports");
+    h.kmsan.slab_free(page, 64).unwrap();
+    h.kmsan.slab_page_free(page, 0).unwrap();
+    h.kmsan.page_free(page, 0).unwrap();
+    let s = h.kmsan.stats();
+    assert_eq!((h.kmsan.page_meta(page).unwrap().backing, s.unchecked_pages), (Backing::UNINIT, 0));
+    h.kmsan.inner.lock().mapper.set_frame_limit(None);
+    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.slab_page_alloc(page, 0).unwrap();
+    assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Private, "frames again: private");
+    assert_eq!(h.kmsan.stats().ondemand_live_pages, live + 1);
+    assert!(h.take_log().is_empty());
+}

@@ -1,0 +1,116 @@
+//! What a kernel's allocators tell KMSAN (Linux's `kmsan_alloc_page`,
+//! `kmsan_free_page`, `kmsan_slab_alloc`, `kmsan_slab_free`, vmalloc and
+//! stack hooks).
+//!
+//! ```text
+//!  buddy alloc ─► page_alloc(zeroed?) ─► [slab_page_alloc | stack_alloc]
+//!  slab:   slab_alloc(zeroed?) ... slab_free ─► (slab page empty) slab_page_free ─► page_free
+//!  stacks: stack_alloc ... stack_free ─► page_free
+//!  vmalloc: page_alloc per page, mapped in the window (no hook: a vmalloc
+//!           address uses the metadata of the frame the page tables map there)
+//! ```
+//!
+//! Pages allocated without zeroing are uninitialized with the allocation as
+//! their origin; freed memory is uninitialized with the free as origin,
+//! flagged so a later use is reported as use-after-free. Slab pages and
+//! stacks are byte-tracked (private metadata while they are in use).
+
+//!
+//! One file per allocator kind ([`pages`], [`slab`], [`stacks`]); this one
+//! holds the checks they share and the switch between page-granular and
+//! byte-tracked pages.
+
+mod pages;
+mod slab;
+mod stacks;
+
+use crate::error::HookError;
+use crate::kmsan::propagate::chunks;
+use crate::kmsan::runtime::{Kmsan, Place};
+use crate::backing::Backing;
+use crate::kmsan::state::MetaPage;
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::page_state::PageKind;
+use crate::platform::Platform;
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// Page frames of `[addr, addr + 2^order pages)` after checking they are RAM.
+    pub(super) fn ram_pages(&self, addr: usize, order: u32) -> Result<core::ops::Range<usize>, HookError> {
+        if order > 20 {
+            return Err(HookError::BadOrder);
+        }
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(HookError::Unaligned);
+        }
+        let Place::Ram(pfn) = self.place(addr) else { return Err(HookError::NotRam) };
+        let count = 1usize << order;
+        if pfn + count > self.ram.len() {
+            return Err(HookError::BadOrder);
+        }
+        Ok(pfn..pfn + count)
+    }
+
+    /// Allocated pages become byte-tracked (`kind`: slab or stack).
+    pub(super) fn track(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), HookError> {
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind != PageKind::Page) {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        for i in pages {
+            self.materialize(&mut inner, Place::Ram(i));
+            let p = self.ram.get(i);
+            self.ram.set(i, MetaPage { kind, ..p });
+        }
+        Ok(())
+    }
+
+    /// Byte-tracked pages become page-granular again; pages whose bytes
+    /// are all initialized go back to the shared zero page.
+    pub(super) fn untrack(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), HookError> {
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind != kind) {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        for i in pages {
+            let p = self.ram.get(i);
+            self.ram.set(i, MetaPage { kind: PageKind::Page, ..p });
+            let a = self.layout.direct_map.data.start + i * PAGE_SIZE;
+            if p.backing == Backing::Private && self.all_init(a, PAGE_SIZE) {
+                self.share(&mut inner, Place::Ram(i), None, PageKind::Page);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_tracked(&self, ptr: usize, size: usize, kind: PageKind) -> Result<(), HookError> {
+        let end = ptr.checked_add(size).ok_or(HookError::BadSize)?;
+        for (a, _) in chunks(ptr, end - ptr) {
+            match self.place(a) {
+                Place::Ram(i) if self.ram.get(i).kind == kind => {}
+                Place::Ram(_) => return Err(HookError::WrongPageState),
+                _ => return Err(HookError::NotRam),
+            }
+        }
+        Ok(())
+    }
+
+    /// The metadata state of `addr`'s page (tests and statistics).
+    #[must_use]
+    pub fn page_meta(&self, addr: usize) -> Option<MetaPage> {
+        self.page_of(self.place(addr)).map(|(_, p)| p)
+    }
+
+    /// Private metadata pages of RAM now, by page kind (statistics).
+    #[must_use]
+    pub fn census(&self) -> crate::kmsan::state::MetaCensus {
+        crate::kmsan::state::MetaCensus::of(&self.ram)
+    }
+
+    /// The shadow byte and origin of `addr` as a check would see them.
+    #[must_use]
+    pub fn meta_of(&self, addr: usize) -> (u8, crate::kmsan::origin::Origin) {
+        (self.shadow_at(addr), self.origin_at(addr))
+    }
+}

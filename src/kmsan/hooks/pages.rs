@@ -1,0 +1,90 @@
+//! Page allocator hooks: pages handed out (zeroed or not) and freed,
+//! reserved RAM, and page-backed (large) kmalloc.
+
+use crate::error::HookError;
+use crate::kmsan::runtime::{Kmsan, Place};
+use crate::mapper::{ShadowMapper, PAGE_SIZE};
+use crate::page_state::PageKind;
+use crate::platform::Platform;
+use crate::stats::Stats;
+
+impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
+    /// RAM the page allocator never hands out (image, boot data):
+    /// initialized.
+    pub fn mark_reserved(&self, addr: usize, len: usize) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(HookError::Unaligned);
+        }
+        let Place::Ram(pfn) = self.place(addr) else { return Err(HookError::NotRam) };
+        let count = len.div_ceil(PAGE_SIZE);
+        if count == 0 || pfn + count > self.ram.len() {
+            return Err(HookError::BadOrder);
+        }
+        let mut inner = self.inner.lock();
+        for i in pfn..pfn + count {
+            self.share(&mut inner, Place::Ram(i), None, PageKind::Reserved);
+        }
+        Ok(())
+    }
+
+    /// The page allocator handed out `2^order` pages at `addr`; `zeroed`
+    /// when it cleared them (`__GFP_ZERO`).
+    pub fn page_alloc(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind != PageKind::None) {
+            return Err(HookError::PageInUse);
+        }
+        let mut inner = self.inner.lock();
+        let o = if zeroed { None } else { Some(self.new_origin(&mut inner, false)) };
+        for i in pages {
+            self.share(&mut inner, Place::Ram(i), o, PageKind::Page);
+        }
+        Ok(())
+    }
+
+    /// `2^order` pages at `addr` go back to the page allocator.
+    pub fn page_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind == PageKind::None) {
+            return Err(HookError::WrongPageState);
+        }
+        let mut inner = self.inner.lock();
+        let o = self.new_origin(&mut inner, true);
+        for i in pages {
+            self.share(&mut inner, Place::Ram(i), Some(o), PageKind::None);
+        }
+        Ok(())
+    }
+
+    /// A page-backed (large) kmalloc of `2^order` pages at `addr` (after
+    /// `page_alloc`): uninitialized, created here (`zeroed` for `kzalloc`).
+    /// The whole block is set, so its pages stay page-granular (the bytes
+    /// past the requested size are as uninitialized as Linux leaves them).
+    pub fn kmalloc_large(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), HookError> {
+        if !self.on() {
+            return Ok(());
+        }
+        let pages = self.ram_pages(addr, order)?;
+        if pages.clone().any(|i| self.ram.get(i).kind == PageKind::None) {
+            return Err(HookError::WrongPageState);
+        }
+        Stats::bump(&self.stats.slab_allocs);
+        let mut inner = self.inner.lock();
+        if zeroed {
+            self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
+        } else {
+            let o = self.new_origin(&mut inner, false);
+            self.set_range(&mut inner, addr, PAGE_SIZE << order, true, o);
+        }
+        Ok(())
+    }
+}
