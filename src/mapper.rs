@@ -133,6 +133,11 @@ pub unsafe trait ShadowMapper {
     /// Map shared page `kind` read-only over every shadow page in
     /// `[start, end)` (page aligned), replacing what was there. Used at init
     /// and for large ranges; a page-table backend shares whole tables here.
+    ///
+    /// Unlike the one-page calls it returns no [`Flush`]: a range remap
+    /// replaces whole tables, so the backend flushes everything it changed
+    /// (on every CPU) before it returns, and frees replaced frames only
+    /// after that. There is nothing left for the caller to forget.
     fn map_shared_range(&mut self, start: usize, end: usize, kind: SharedPage)
         -> Result<(), MapError>;
 
