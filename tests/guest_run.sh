@@ -33,6 +33,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 command -v cargo >/dev/null || { echo "guest_run.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 3; }
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-(cd "$root" && cargo build -q --bin guest-run --target-dir "$target_dir" >&2) \
-    || { echo "guest_run.sh: building the guest-run driver failed (cargo build --bin guest-run)" >&2; exit 3; }
+(cd "$root" && cargo build -q --features tools --bin guest-run --target-dir "$target_dir" >&2) \
+    || { echo "guest_run.sh: building the guest-run driver failed (cargo build --features tools --bin guest-run)" >&2; exit 3; }
 exec "$target_dir/debug/guest-run" "$@"

@@ -23,6 +23,7 @@
 //!       (inlined into) hybrid_guest::kasan_suite::kmalloc_oob_right at tests/guest/src/kasan_suite.rs:125
 //! ```
 
+use hybrid_shadow::ksyms::{Table, HEADER};
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
@@ -62,29 +63,26 @@ fn elf_symbols(elf: &[u8]) -> (Vec<Sym>, Vec<(u64, u64)>) {
     (syms, text)
 }
 
-/// The `.ksyms` table written into the ELF (kasan-ksyms, tests/guest/ksyms.sh) (the
+/// The `.ksyms` table written into the ELF (`kasan-ksyms`, the guest
+/// driver), read by the one parser, `hybrid_shadow::ksyms::Table` (the
 /// occurrence of its header that starts the longest table: the header
-/// string also appears in the guest's code).
+/// string also appears in the code). Called at most once per run: the
+/// table's bytes are leaked, as `Table` borrows them for good.
 fn ksyms(elf: &[u8]) -> Vec<Sym> {
+    let elf: &'static [u8] = Box::leak(elf.to_vec().into_boxed_slice());
     let mut best = vec![];
     let mut from = 0;
-    while let Some(p) = elf[from..].windows(7).position(|w| w == b"KSYMS1\n") {
+    while let Some(p) = elf[from..].windows(HEADER.len()).position(|w| w == HEADER) {
         let pos = from + p;
-        let end = elf[pos..].iter().position(|&c| c == 0).map_or(elf.len(), |e| pos + e);
-        let text = String::from_utf8_lossy(&elf[pos + 7..end]);
-        let syms: Vec<Sym> = text
-            .lines()
-            .map_while(|l| {
-                let mut it = l.splitn(3, ' ');
-                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-                let size = u64::from_str_radix(it.next()?, 16).ok()?;
-                Some(Sym { addr, size, folded: fold(it.next()?) })
-            })
-            .collect();
+        let syms: Vec<Sym> = Table::new(&elf[pos..]).map_or(vec![], |t| {
+            t.symbols()
+                .map(|k| Sym { addr: k.addr as u64, size: k.size as u64, folded: fold(&String::from_utf8_lossy(k.name)) })
+                .collect()
+        });
         if syms.len() > best.len() {
             best = syms;
         }
-        from = pos + 7;
+        from = pos + HEADER.len();
     }
     best
 }

@@ -164,7 +164,7 @@ impl Build<'_> {
     }
 
     /// The bootable ELF: a copy of [`Build::linked`] with its symbol table
-    /// written in (tests/guest/ksyms.sh).
+    /// written in (`hybrid_shadow::ksyms::embed`).
     pub fn elf(&self) -> PathBuf {
         self.linked().with_extension("ksyms")
     }
@@ -240,16 +240,8 @@ pub fn build(b: &Build) -> Result<PathBuf, String> {
         return Err(format!("guest build failed ({st}): {}", b.describe()));
     }
     let (linked, elf) = (b.linked(), b.elf());
-    let st = clean(Command::new("bash"))
-        .arg(guest.join("ksyms.sh"))
-        .arg(&linked)
-        .arg(&elf)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run ksyms.sh: {e}"))?;
-    if !st.success() {
-        return Err("tests/guest/ksyms.sh failed".into());
-    }
+    hybrid_shadow::ksyms::embed::embed(&linked, &elf)
+        .map_err(|e| format!("symbol table for {}: {e}", linked.display()))?;
     eprintln!("guest driver: built {} in {:.1}s", elf.display(), t0.elapsed().as_secs_f64());
     Ok(elf)
 }

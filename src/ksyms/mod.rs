@@ -19,12 +19,18 @@
 //! // in symbolize(pc, f): KSYMS.table().is_some_and(|t| t.symbolize(pc, f))
 //! ```
 //!
-//! Format (the same as the test guest's `tests/guest/ksyms.sh` writes):
+//! With feature `tools`, [`embed`] is that writer as a library (the tool
+//! and the test guest's build both call it).
+//!
+//! Format:
 //! `"KSYMS1\n"`, then lines `"<addr hex> <size hex> <demangled name>\n"`
 //! in address order, then a NUL byte. Before the tool runs, the room starts
 //! with [`MARKER`], then `" <capacity hex>\n"` for a [`Reserved`].
 
 use core::cell::UnsafeCell;
+
+#[cfg(feature = "tools")]
+pub mod embed;
 
 use crate::platform::Symbol;
 
@@ -146,7 +152,8 @@ impl Table {
     }
 
     /// The function containing `pc`. A symbol without a size (an assembly
-    /// label) extends to the next symbol, at most 64 KiB.
+    /// label) extends to the next symbol when that is at most 64 KiB away;
+    /// farther, only `pc` within its first 4 KiB is its own (size 0).
     #[must_use]
     pub fn lookup(&self, pc: usize) -> Option<KSym> {
         let mut sized: Option<KSym> = None;
@@ -156,9 +163,10 @@ impl Table {
                 if sized.is_some() {
                     return sized;
                 }
+                let near = |l: &KSym| s.addr - l.addr <= 0x10000;
                 return last
-                    .filter(|l| l.size == 0 && s.addr - l.addr <= 0x10000)
-                    .map(|l| KSym { size: s.addr - l.addr, ..l });
+                    .filter(|l| l.size == 0 && (near(l) || pc - l.addr < 0x1000))
+                    .map(|l| KSym { size: if near(&l) { s.addr - l.addr } else { 0 }, ..l });
             }
             if s.size > 0 && pc < s.addr + s.size {
                 sized = Some(s);
@@ -252,6 +260,10 @@ mod tests {
         assert_eq!(t.lookup(0x10f0).map(|s| s.addr), Some(0x1020));
         assert_eq!(t.lookup(0x0fff), None);
         assert_eq!(t.lookup(0x1110), None);
+        static FAR: &[u8] = b"KSYMS1\n1000 0 entry\n40000 10 f\n\0";
+        let t2 = Table::new(FAR).unwrap();
+        assert_eq!(t2.lookup(0x1ff0).map(|s| (s.addr, s.size)), Some((0x1000, 0)), "near a far label");
+        assert_eq!(t2.lookup(0x3000), None, "past its first 4 KiB");
         let mut got = std::string::String::new();
         assert!(t.symbolize(0x1104, &mut |s| got = std::format!("{}+{:#x}/{:#x}", s.name, s.offset, s.size)));
         assert_eq!(got, "b+0x4/0x10");
