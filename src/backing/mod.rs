@@ -42,20 +42,24 @@ use crate::stats::Stats;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Backing {
-    /// The shared zero page (KASAN: accessible; KMSAN: initialized).
-    Zero = 0,
     /// The shared 0xFF page (KASAN: page free; KMSAN: uninitialized).
-    Free = 1,
-    /// The shared CONSULT page (KASAN's mixed blocks).
-    Consult = 2,
-    /// The shared 0xF8 page (KASAN's vmalloc space without an area).
-    VmallocInvalid = 3,
+    Free = 0,
+    /// The shared zero page (KASAN: accessible; KMSAN: initialized).
+    Zero = 1,
     /// A private frame.
-    Private = 4,
+    Private = 2,
     /// Wanted a private frame, none was left: the shared zero page, so
     /// nothing is reported from it (counted in the statistics).
-    Unchecked = 5,
+    Unchecked = 3,
+    /// The shared CONSULT page (KASAN's mixed blocks).
+    Consult = 4,
+    /// The shared 0xF8 page (KASAN's vmalloc space without an area).
+    VmallocInvalid = 5,
 }
+
+// The order keeps KMSAN's hot tests to a mask and one compare on its four
+// values ("reads initialized without a private page" is `Zero | Unchecked`,
+// the values with bit 0 set below 4).
 
 impl Backing {
     /// KMSAN's name for [`Backing::Zero`]: every byte initialized.
@@ -65,7 +69,7 @@ impl Backing {
     pub const UNINIT: Backing = Backing::Free;
     /// Every backing, in `repr` order.
     pub const ALL: [Backing; 6] =
-        [Backing::Zero, Backing::Free, Backing::Consult, Backing::VmallocInvalid, Backing::Private, Backing::Unchecked];
+        [Backing::Free, Backing::Zero, Backing::Private, Backing::Unchecked, Backing::Consult, Backing::VmallocInvalid];
 
     /// Decode a value of `self as u8` (out-of-range values read as
     /// `Unchecked`, which never reports).
@@ -73,11 +77,12 @@ impl Backing {
     #[inline]
     pub const fn from_u8(v: u8) -> Backing {
         match v {
-            0 => Backing::Zero,
-            1 => Backing::Free,
-            2 => Backing::Consult,
-            3 => Backing::VmallocInvalid,
-            4 => Backing::Private,
+            0 => Backing::Free,
+            1 => Backing::Zero,
+            2 => Backing::Private,
+            3 => Backing::Unchecked,
+            4 => Backing::Consult,
+            5 => Backing::VmallocInvalid,
             _ => Backing::Unchecked,
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  bit   7 6 5 4 3 2 1 0
-//!        . k k k o b b b     b = Backing, o = origin page private, k = PageKind
+//!        . . k k k o b b     b = Backing (KMSAN uses its first four values), o = origin page private, k = PageKind
 //! ```
 //!
 //! In `hybrid`, a page that is not byte-tracked is described by this byte
@@ -45,14 +45,15 @@ impl MetaPage {
     #[must_use]
     #[inline]
     pub const fn encode(self) -> u8 {
-        self.backing as u8 | ((self.origin_private as u8) << 3) | ((self.kind as u8) << 4)
+        debug_assert!((self.backing as u8) < 4, "KASAN's backings never describe a KMSAN page");
+        (self.backing as u8 & 3) | ((self.origin_private as u8) << 2) | ((self.kind as u8) << 3)
     }
 
     /// Decode.
     #[must_use]
     #[inline]
     pub const fn decode(b: u8) -> MetaPage {
-        MetaPage { backing: Backing::from_u8(b & 7), origin_private: b & 8 != 0, kind: PageKind::from_bits((b >> 4) & 7) }
+        MetaPage { backing: Backing::from_u8(b & 3), origin_private: b & 4 != 0, kind: PageKind::from_bits((b >> 3) & 7) }
     }
 
     /// Whether stores can go straight to this page's metadata.
