@@ -19,12 +19,7 @@
 //! unchanged.
 
 use crate::cache::{read_meta, write_meta, CacheError, CacheId, CacheInfo, ObjMeta, ObjState};
-use crate::config::{MixedBlocks, Mode};
-use crate::layout::PAGES_PER_BLOCK;
-use crate::mapper::SharedPage;
-use crate::ondemand;
-use crate::runtime::Backing;
-use core::sync::atomic::Ordering::Relaxed;
+use crate::config::Mode;
 use crate::depot::{StackHandle, Trace, MAX_FRAMES};
 use crate::error::{GlobalError, PageError, PoisonError, SlabError, VmallocError};
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
