@@ -72,6 +72,13 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if self.cfg.mode != Mode::Hybrid {
             return;
         }
+        // A shared block holds no tracked page (it went private, or its
+        // tracked pages went unchecked), so unless mixed blocks go private
+        // only an arriving tracked page can make it private: the common
+        // page hook skips the scan below.
+        if self.cfg.mixed != MixedBlocks::Private && !(0..count).any(|i| info(i).state == PageState::Tracked) {
+            return;
+        }
         let first = pfn / PAGES_PER_BLOCK;
         let last = (pfn + count - 1) / PAGES_PER_BLOCK;
         for b in first..=last {
