@@ -22,6 +22,7 @@ pub mod kmsan_cases;
 pub mod kmsan_suite;
 pub mod mm;
 pub mod selftest;
+pub mod smp_stress;
 pub mod task;
 pub mod workload;
 
@@ -85,6 +86,7 @@ fn run_suite(name: &str) -> bool {
         #[cfg(feature = "kmsan")]
         "kmsan" => kmsan_suite::run(),
         "workload" => workload::run(),
+        "smp" => smp_stress::run(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

@@ -193,14 +193,28 @@ pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Op
 ///
 /// After `init`; nothing uses `va` any more.
 pub unsafe fn unmap_4k(va: u64) -> Option<u64> {
+    // SAFETY: forwarded.
+    let pa = unsafe { unmap_4k_local(va) }?;
+    // Every CPU may hold the old translation.
+    crate::smp::flush_page(va);
+    Some(pa)
+}
+
+/// [`unmap_4k`] with a flush of this CPU's TLB only: the caller shoots the
+/// other CPUs down ([`crate::smp::flush_range`]) before the frame is reused.
+///
+/// # Safety
+///
+/// After `init`; nothing uses `va` any more; the frame is not reused before
+/// every CPU dropped the translation.
+pub unsafe fn unmap_4k_local(va: u64) -> Option<u64> {
     let e = pte_ptr(va)?;
     let old = *e;
     if old & PTE_P == 0 {
         return None;
     }
     *e = 0;
-    // Every CPU may hold the old translation.
-    crate::smp::flush_page(va);
+    flush(va);
     Some(old & ADDR_MASK)
 }
 

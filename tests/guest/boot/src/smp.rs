@@ -41,8 +41,8 @@ const TRAMP_PHYS: u64 = 0x8000;
 /// IPI vector of a TLB shootdown, and the spurious-interrupt vector.
 const SHOOTDOWN_VECTOR: usize = 0xf0;
 const SPURIOUS_VECTOR: usize = 0xff;
-/// Per-AP stack.
-const AP_STACK: usize = 64 * 1024;
+/// Per-AP stack (as the boot stack: the runtime's report path is deep).
+const AP_STACK: usize = 256 * 1024;
 
 /// Local APIC IDs of the enabled processors in the MADT (boot CPU included).
 static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -55,8 +55,12 @@ static ONLINE: AtomicU32 = AtomicU32::new(1);
 /// TLB shootdown state.
 static SHOOT_LOCK: AtomicBool = AtomicBool::new(false);
 static SHOOT_GEN: AtomicU64 = AtomicU64::new(0);
-/// The page of the request in flight, or [`FLUSH_ALL`].
+/// The first page of the request in flight, or [`FLUSH_ALL`], and its
+/// number of pages.
 static SHOOT_VA: AtomicU64 = AtomicU64::new(0);
+static SHOOT_PAGES: AtomicU64 = AtomicU64::new(0);
+/// Ranges longer than this are flushed whole.
+const RANGE_MAX: u64 = 32;
 const FLUSH_ALL: u64 = u64::MAX;
 #[repr(align(64))]
 struct Acked(AtomicU64);
@@ -70,8 +74,8 @@ static SERVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 #[repr(C, align(16))]
 struct Stack([u8; AP_STACK]);
-/// AP stacks (index: CPU number; 0, the boot CPU, has its own).
-static mut AP_STACKS: [Stack; MAX_CPUS] = [const { Stack([0; AP_STACK]) }; MAX_CPUS];
+/// AP stacks (index: CPU number - 1; the boot CPU has its own).
+static mut AP_STACKS: [Stack; MAX_CPUS - 1] = [const { Stack([0; AP_STACK]) }; MAX_CPUS - 1];
 
 // The real-mode trampoline, assembled here and copied to TRAMP_PHYS. Its
 // data fields (CR3 of the boot tables, CR0/CR4 of the boot CPU, stack,
@@ -405,9 +409,9 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
             continue;
         }
         let cpu = next;
-        // SAFETY: only the address of CPU `cpu`'s stack (in bounds: cpu <
-        // n <= MAX_CPUS) is taken.
-        let top = unsafe { core::ptr::addr_of!(AP_STACKS[cpu]) } as u64 + AP_STACK as u64;
+        // SAFETY: only the address of CPU `cpu`'s stack (in bounds:
+        // 1 <= cpu < n <= MAX_CPUS) is taken.
+        let top = unsafe { core::ptr::addr_of!(AP_STACKS[cpu - 1]) } as u64 + AP_STACK as u64;
         cpu::percpu(cpu).set_apic_id(apic);
         // SAFETY: the trampoline's fields at TRAMP_PHYS (copied above); no
         // AP reads them until the SIPI below.
@@ -465,27 +469,186 @@ extern "C" fn guest_boot_ap_main(cpu: u64) -> ! {
     ONLINE.fetch_or(1 << cpu, SeqCst);
     paging::flush_all();
     service(cpu);
+    let mut done = 0;
     loop {
+        // SAFETY: interrupts off while this CPU looks for work, so a wake-up
+        // IPI cannot fall between the check and the `hlt`.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        let gen = WORK_GEN.load(Acquire);
+        if gen != done {
+            done = gen;
+            let f = WORK_FN.load(Acquire);
+            if f != 0 {
+                // SAFETY: interrupts on while the work runs (it may wait for
+                // locks whose holders shoot this CPU down).
+                unsafe { asm!("sti", options(nomem, nostack)) };
+                // SAFETY: `run_on_aps` stored a `fn(usize)` here.
+                let f = unsafe { core::mem::transmute::<usize, fn(usize)>(f) };
+                f(cpu);
+            }
+            WORK_DONE.fetch_add(1, Release);
+            continue;
+        }
         // SAFETY: `sti; hlt` waits for the next interrupt (the shootdown
-        // IPI, whose gate is set); the IDT and the APIC are set up above.
+        // IPI, which is also the wake-up); the IDT and the APIC are set up.
         unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
     }
 }
 
-/// Serve this CPU's pending shootdown request, if any.
+/// Work for the APs: a `fn(usize)` (as usize) and its generation; APs that
+/// finished it.
+static WORK_FN: AtomicUsize = AtomicUsize::new(0);
+static WORK_GEN: AtomicUsize = AtomicUsize::new(0);
+static WORK_DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Run `f(cpu)` once on every other online CPU, with interrupts enabled
+/// there; returns at once. [`wait_aps`] waits for them.
+pub fn run_on_aps(f: fn(usize)) {
+    WORK_DONE.store(0, SeqCst);
+    WORK_FN.store(f as usize, SeqCst);
+    WORK_GEN.fetch_add(1, SeqCst);
+    if others_online() {
+        send_ipi(0, 0x000c_0000 | SHOOTDOWN_VECTOR as u32);
+    }
+}
+
+/// Wait until every other online CPU finished the work of [`run_on_aps`],
+/// serving shootdowns meanwhile.
+pub fn wait_aps() {
+    let others = cpus_online() - 1;
+    while WORK_DONE.load(Acquire) < others {
+        relax();
+    }
+}
+
+/// Spin-wait step: serve this CPU's pending shootdown (a CPU that waits
+/// with interrupts off must, or the holder of what it waits for may wait
+/// for it), then pause.
+pub fn relax() {
+    service(cpu::cpu_id());
+    core::hint::spin_loop();
+}
+
+/// Enable interrupts on this CPU (IPIs only: nothing else is programmed
+/// outside the profiler). CPUs that wait for locks other CPUs hold while
+/// they shoot down TLBs must take the IPI.
+pub fn irq_enable() {
+    // SAFETY: the IDT has gates for every vector the APIC delivers.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Disable interrupts on this CPU.
+pub fn irq_disable() {
+    // SAFETY: masking interrupts only delays IPIs.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
+/// A spin lock that the same CPU may take again (nesting), for allocators
+/// whose hooks call back into them. Waiting serves shootdowns ([`relax`]).
+pub struct RecLock {
+    owner: AtomicU32,
+    depth: AtomicU32,
+}
+
+const NO_OWNER: u32 = u32::MAX;
+
+impl RecLock {
+    pub const fn new() -> Self {
+        RecLock { owner: AtomicU32::new(NO_OWNER), depth: AtomicU32::new(0) }
+    }
+
+    /// Take the lock (again, if this CPU holds it).
+    pub fn lock(&self) -> RecGuard<'_> {
+        let me = cpu::cpu_id() as u32;
+        if self.owner.load(Relaxed) != me {
+            let mut w = Watchdog::new();
+            while self.owner.compare_exchange_weak(NO_OWNER, me, Acquire, Relaxed).is_err() {
+                w.tick(|| println!("smp: cpu {me} waits for a lock cpu {} holds", self.owner.load(Relaxed)));
+                relax();
+            }
+        }
+        self.depth.fetch_add(1, Relaxed);
+        RecGuard { lock: self }
+    }
+
+    /// Whether this CPU holds the lock.
+    pub fn held(&self) -> bool {
+        self.owner.load(Relaxed) == cpu::cpu_id() as u32
+    }
+}
+
+impl Default for RecLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Says once when a wait has taken more than about 20 s of TSC time (a
+/// deadlock, or a host far too loaded), so that a hung run says where.
+struct Watchdog {
+    start: u64,
+    spins: u32,
+    said: bool,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        Watchdog { start: 0, spins: 0, said: false }
+    }
+
+    #[inline]
+    fn tick(&mut self, say: impl FnOnce()) {
+        self.spins = self.spins.wrapping_add(1);
+        if self.said || !self.spins.is_multiple_of(1024) {
+            return;
+        }
+        let now = crate::time::rdtsc();
+        if self.start == 0 {
+            self.start = now;
+        } else if now.wrapping_sub(self.start) > 50_000_000_000 {
+            self.said = true;
+            say();
+        }
+    }
+}
+
+/// Held [`RecLock`]; dropping it releases one level.
+pub struct RecGuard<'a> {
+    lock: &'a RecLock,
+}
+
+impl Drop for RecGuard<'_> {
+    fn drop(&mut self) {
+        if self.lock.depth.fetch_sub(1, Relaxed) == 1 {
+            self.lock.owner.store(NO_OWNER, Release);
+        }
+    }
+}
+
+/// Serve this CPU's pending shootdown request, if any (interrupts off
+/// meanwhile, so that the IPI handler does not serve it a second time).
 fn service(me: usize) {
+    let flags: u64;
+    // SAFETY: reading RFLAGS and masking interrupts has no memory effect.
+    unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags, options(nomem)) };
     let gen = SHOOT_GEN.load(Acquire);
     if ACKED[me].0.load(Relaxed) < gen {
-        // Published before SHOOT_GEN (Release); stays until every online
+        // Published before SHOOT_GEN (SeqCst); stays until every online
         // CPU acknowledged `gen`, so this is the request of `gen`.
-        let va = SHOOT_VA.load(Relaxed);
+        let (va, pages) = (SHOOT_VA.load(Relaxed), SHOOT_PAGES.load(Relaxed));
         if va == FLUSH_ALL {
             paging::flush_all();
         } else {
-            paging::flush(va);
+            for i in 0..pages {
+                paging::flush(va + i * 4096);
+            }
         }
         SERVED[me].fetch_add(1, Relaxed);
         ACKED[me].0.store(gen, Release);
+    }
+    if flags & (1 << 9) != 0 {
+        // SAFETY: interrupts were on when this was called: back on.
+        unsafe { asm!("sti", options(nomem, nostack)) };
     }
 }
 
@@ -501,22 +664,27 @@ fn others_online() -> bool {
     ONLINE.load(SeqCst) & !(1 << cpu::cpu_id()) != 0
 }
 
-fn shootdown(req: u64) {
+fn shootdown(req: u64, pages: u64) {
     let me = cpu::cpu_id();
     while SHOOT_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
-        service(me);
-        core::hint::spin_loop();
+        relax();
     }
     SHOOT_VA.store(req, Relaxed);
-    let gen = SHOOT_GEN.fetch_add(1, SeqCst) + 1;
+    SHOOT_PAGES.store(pages, Relaxed);
+    // Only the lock holder changes SHOOT_GEN. This CPU owes nothing for
+    // its own request: acknowledged before it is published.
+    let gen = SHOOT_GEN.load(Relaxed) + 1;
     ACKED[me].0.store(gen, Relaxed);
+    SHOOT_GEN.store(gen, SeqCst);
     // Everyone online now owes `gen` (a CPU joining later reloads CR3).
     let others = ONLINE.load(SeqCst) & !(1 << me);
     // Fixed, edge, all excluding self.
     send_ipi(0, 0x000c_0000 | SHOOTDOWN_VECTOR as u32);
     for (i, acked) in ACKED.iter().enumerate() {
         if others & (1 << i) != 0 {
+            let mut w = Watchdog::new();
             while acked.0.load(Acquire) < gen {
+                w.tick(|| println!("smp: cpu {me} waits for cpu {i} to acknowledge shootdown {gen}"));
                 core::hint::spin_loop();
             }
         }
@@ -536,7 +704,24 @@ pub fn flush_page(va: u64) -> bool {
     paging::flush(va);
     let remote = others_online();
     if remote {
-        shootdown(va & !0xfff);
+        shootdown(va & !0xfff, 1);
+    }
+    remote
+}
+
+/// Drop the translations of `pages` pages from `va` on every CPU (one IPI
+/// round; everything for long ranges). True if other CPUs were shot down.
+pub fn flush_range(va: u64, pages: u64) -> bool {
+    if pages > RANGE_MAX {
+        return flush_all();
+    }
+    let va = va & !0xfff;
+    for i in 0..pages {
+        paging::flush(va + i * 4096);
+    }
+    let remote = others_online();
+    if remote && pages > 0 {
+        shootdown(va, pages);
     }
     remote
 }
@@ -547,7 +732,7 @@ pub fn flush_all() -> bool {
     paging::flush_all();
     let remote = others_online();
     if remote {
-        shootdown(FLUSH_ALL);
+        shootdown(FLUSH_ALL, 0);
     }
     remote
 }

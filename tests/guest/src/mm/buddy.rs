@@ -2,7 +2,10 @@
 //! map minus the first MiB and the kernel image. Blocks are handed out as
 //! direct-map addresses. A frame array (one `Page` per 4 KiB frame, carved
 //! from RAM at init) holds the state; `check_invariants()` verifies it.
-//! Single CPU, no interrupts: plain `static mut` state.
+//! One lock (`LOCK`, a leaf: never held while a sanitizer hook runs, as
+//! the runtime allocates its frames here from inside its own lock) guards
+//! the free lists and the frame array of free blocks; allocated blocks'
+//! frames belong to their owner.
 //!
 //! Grouping by pool (like Linux's migratetypes, at the sanitizer's block
 //! size): RAM is cut into pageblocks of `PAGEBLOCK_PAGES` (8) pages, the
@@ -114,10 +117,14 @@ static mut B: Buddy = Buddy {
     grouping: true,
 };
 
+/// Guards `B` on several CPUs (see the header).
+static LOCK: guest_boot::smp::RecLock = guest_boot::smp::RecLock::new();
+
 fn b() -> &'static mut Buddy {
-    // SAFETY: one CPU, cooperative tasks and no allocation from interrupt
-    // context: the allocator's functions run one at a time, and none keeps
-    // the reference across a call that takes it again.
+    // SAFETY: callers that change the lists or free frames hold LOCK (or
+    // run at boot, on one CPU); no allocation from interrupt context; the
+    // fields read without it (pages, base_pfn, npages, grouping) are set at
+    // init only. None keeps the reference across a call that takes it again.
     unsafe { &mut *core::ptr::addr_of_mut!(B) }
 }
 
@@ -329,15 +336,18 @@ pub fn alloc_pages_flags(order: usize, owner: u16) -> Option<usize> {
     if order > MAX_ORDER {
         return None;
     }
-    let bb = b();
-    let pool = if bb.grouping { Pool::of_owner(owner) } else { Pool::Untracked };
-    let idx = bb.alloc_block(order, pool)?;
-    if owner != 0 {
-        for i in 0..(1u32 << order) {
-            bb.page(idx + i).flags |= owner;
+    let va = {
+        let _g = LOCK.lock();
+        let bb = b();
+        let pool = if bb.grouping { Pool::of_owner(owner) } else { Pool::Untracked };
+        let idx = bb.alloc_block(order, pool)?;
+        if owner != 0 {
+            for i in 0..(1u32 << order) {
+                bb.page(idx + i).flags |= owner;
+            }
         }
-    }
-    let va = bb.virt_of(idx);
+        bb.virt_of(idx)
+    };
     kasan_glue::page_alloc(va, order as u32);
     Some(va)
 }
@@ -349,6 +359,7 @@ pub fn alloc_pages_raw(order: usize, runtime_owned: bool) -> Option<usize> {
     if order > MAX_ORDER {
         return None;
     }
+    let _g = LOCK.lock();
     let bb = b();
     let idx = bb.alloc_block(order, Pool::Untracked)?;
     let flag = if runtime_owned { PG_KASAN } else { PG_META };
@@ -371,6 +382,7 @@ fn release_block(bb: &mut Buddy, idx: u32, order: usize) {
 
 /// Give back a block from `alloc_pages_raw` (no hooks).
 pub fn free_pages_raw(addr: usize, order: usize) {
+    let _g = LOCK.lock();
     let bb = b();
     let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
     release_block(bb, idx, order);
@@ -445,21 +457,29 @@ pub fn free_pages(addr: usize, order: usize) {
     if !kasan_glue::page_free(va, order as u32, ip) {
         return; // the runtime reported a bug; leave the block alone
     }
-    let p = bb.page(idx);
-    if p.flags & PG_HEAD == 0 || p.order as usize != order {
-        let why = if p.flags & PG_FREE != 0 || p.flags & (PG_HEAD | PG_TAIL) == 0 {
-            "free_pages: double free"
+    let bad = {
+        let _g = LOCK.lock();
+        let p = bb.page(idx);
+        if p.flags & PG_HEAD == 0 || p.order as usize != order {
+            Some(if p.flags & PG_FREE != 0 || p.flags & (PG_HEAD | PG_TAIL) == 0 {
+                "free_pages: double free"
+            } else {
+                "free_pages: not the head of an allocation of this order"
+            })
         } else {
-            "free_pages: not the head of an allocation of this order"
-        };
+            release_block(bb, idx, order);
+            None
+        }
+    };
+    // Reported outside the lock: the report path may allocate frames.
+    if let Some(why) = bad {
         kasan_glue::bad_free(va, ip, why);
-        return;
     }
-    release_block(bb, idx, order);
 }
 
 /// Turn an allocated order-n block into 2^n independent order-0 allocations.
 pub fn split_page(addr: usize, order: usize) {
+    let _g = LOCK.lock();
     let bb = b();
     let Some(idx) = virt_to_phys(addr as u64).and_then(|pa| bb.idx_of_phys(pa)) else { return };
     let owner = bb.page(idx).flags & !(PG_HEAD | PG_TAIL);
@@ -492,6 +512,7 @@ pub fn is_direct_map(addr: usize) -> bool {
 
 /// Check the allocator's invariants; returns the number of violations (each printed).
 pub fn check_invariants() -> usize {
+    let _g = LOCK.lock();
     let bb = b();
     let mut bad = 0;
     let mut total = 0usize;

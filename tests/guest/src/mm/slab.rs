@@ -12,6 +12,12 @@ use super::buddy::{self, alloc_pages_flags, free_pages, head_of, PAGE_SIZE, PG_L
 use crate::kasan_glue::{self, CacheId, FreeAction};
 use crate::println;
 
+/// Guards the caches and slabs on several CPUs. Held while the slab calls
+/// the runtime's hooks (order: slab, runtime, buddy); never taken by what
+/// the runtime calls back (`slab_ref` reads without it). The same CPU may
+/// take it again (a hook's report may free, the Rust heap is kmalloc).
+static LOCK: guest_boot::smp::RecLock = guest_boot::smp::RecLock::new();
+
 pub const KMALLOC_SIZES: [usize; 13] = [8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192];
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 const KMALLOC_NAMES: [&str; 13] = [
@@ -95,8 +101,10 @@ pub struct CacheRef {
 }
 
 fn caches() -> &'static mut [Cache; MAX_CACHES] {
-    // SAFETY: one CPU, cooperative tasks, no slab use from interrupt
-    // context: the slab's functions run one at a time.
+    // SAFETY: the slab's functions hold LOCK (every public one takes it),
+    // so they run one CPU at a time; no slab use from interrupt context;
+    // `slab_ref` (the runtime's callback) only reads cache fields that
+    // change at create and destroy.
     unsafe { &mut *core::ptr::addr_of_mut!(CACHES) }
 }
 
@@ -131,6 +139,7 @@ fn setup(idx: usize, name: &'static str, size: usize, align: usize) {
 }
 
 pub fn init() {
+    let _g = LOCK.lock();
     for (i, &s) in KMALLOC_SIZES.iter().enumerate() {
         setup(i, KMALLOC_NAMES[i], s, 8);
     }
@@ -317,6 +326,7 @@ fn release_object(m: *mut SlabMeta, i: usize) {
 
 /// Empty the runtime's quarantine completely (tests, memory accounting).
 pub fn drain_all() {
+    let _g = LOCK.lock();
     while let Some(ptr) = kasan_glue::quarantine_drain() {
         release_quarantined(ptr);
     }
@@ -324,6 +334,7 @@ pub fn drain_all() {
 
 /// Objects the runtime lets go from quarantine are really freed here.
 pub fn drain_quarantine(max: usize) {
+    let _g = LOCK.lock();
     for _ in 0..max {
         let Some(ptr) = kasan_glue::quarantine_pop() else { break };
         release_quarantined(ptr);
@@ -389,6 +400,7 @@ fn order_for(size: usize) -> usize {
 /// kmalloc: slab caches up to 8192 bytes, page-backed above.
 #[inline(never)]
 pub fn kmalloc(size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     if size == 0 {
         return 16 as *mut u8; // ZERO_SIZE_PTR
     }
@@ -407,6 +419,7 @@ pub fn kmalloc(size: usize) -> *mut u8 {
 }
 
 pub fn kzalloc(size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     let p = kmalloc(size);
     if !p.is_null() && size > 0 {
         // SAFETY: kmalloc just returned `p` for `size` bytes.
@@ -418,11 +431,13 @@ pub fn kzalloc(size: usize) -> *mut u8 {
 /// kfree: finds the slab or large allocation from the page of `ptr` (any alias).
 #[inline(never)]
 pub fn kfree(ptr: *const u8) {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     kfree_ip(ptr, ip)
 }
 
 pub fn kfree_ip(ptr: *const u8, ip: usize) {
+    let _g = LOCK.lock();
     let p = ptr as usize;
     if p <= 16 {
         return;
@@ -458,6 +473,7 @@ pub fn kfree_ip(ptr: *const u8, ip: usize) {
 /// then free it. A freed object is not touched; the free reports it.
 #[inline(never)]
 pub fn kfree_sensitive(ptr: *const u8) {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     let p = ptr as usize;
     if p <= 16 {
@@ -502,6 +518,7 @@ fn object_info(p: usize) -> Option<(usize, usize, Option<(usize, usize)>)> {
 /// null returned.
 #[inline(never)]
 pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     let p = ptr as usize;
     if p <= 16 {
@@ -551,6 +568,7 @@ pub fn krealloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
 /// ksize: usable size of a live allocation (the runtime unpoisons up to it).
 #[inline(never)]
 pub fn ksize(ptr: *const u8) -> usize {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     let p = ptr as usize;
     if let Some((m, _, _)) = locate(p) {
@@ -567,12 +585,14 @@ pub fn ksize(ptr: *const u8) -> usize {
 
 /// Create a named cache. `align` 0 means 8.
 pub fn kmem_cache_create(name: &'static str, size: usize, align: usize) -> Option<CacheRef> {
+    let _g = LOCK.lock();
     kmem_cache_create_flags(name, size, align, 0)
 }
 
 /// Create a named cache with `flags` ([`SLAB_TYPESAFE_BY_RCU`],
 /// [`SLAB_ACCOUNT`]).
 pub fn kmem_cache_create_flags(name: &'static str, size: usize, align: usize, flags: u32) -> Option<CacheRef> {
+    let _g = LOCK.lock();
     if size == 0 || size > KMALLOC_MAX_CACHE_SIZE * 4 {
         return None;
     }
@@ -588,6 +608,7 @@ static MEMCG_CHARGED: AtomicUsize = AtomicUsize::new(0);
 /// What the memory cgroup is charged for now: the object sizes of the
 /// live objects of [`SLAB_ACCOUNT`] caches.
 pub fn memcg_charged() -> usize {
+    let _g = LOCK.lock();
     MEMCG_CHARGED.load(Relaxed)
 }
 
@@ -596,6 +617,7 @@ pub fn memcg_charged() -> usize {
 /// runtime's allocation stack is the whole call chain either way).
 #[inline(never)]
 pub fn kmalloc_track_caller(size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     kmalloc(size)
 }
 
@@ -603,6 +625,7 @@ pub fn kmalloc_track_caller(size: usize) -> *mut u8 {
 /// (one node here).
 #[inline(never)]
 pub fn kmalloc_node_track_caller(size: usize, node: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     let _ = node;
     kmalloc(size)
 }
@@ -610,6 +633,7 @@ pub fn kmalloc_node_track_caller(size: usize, node: usize) -> *mut u8 {
 /// The slab object `ptr` points into: (runtime cache id, first slot of
 /// its slab, the object's start, its cache's object size). For mempools.
 pub fn slab_object_of(ptr: usize) -> Option<(CacheId, usize, usize, usize)> {
+    let _g = LOCK.lock();
     let (m, i, _) = locate(ptr)?;
     // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &*m };
@@ -621,6 +645,7 @@ pub fn slab_object_of(ptr: usize) -> Option<(CacheId, usize, usize, usize)> {
 /// The page-backed kmalloc `ptr` points into: (its first page, order,
 /// requested size). For mempools.
 pub fn large_of(ptr: usize) -> Option<(usize, usize, usize)> {
+    let _g = LOCK.lock();
     let (h, base) = head_of(ptr)?;
     (h.flags & PG_LARGE != 0).then_some((base, h.order as usize, h.private))
 }
@@ -632,6 +657,7 @@ fn cache_of(r: CacheRef) -> Option<usize> {
 
 #[inline(never)]
 pub fn kmem_cache_alloc(r: CacheRef) -> *mut u8 {
+    let _g = LOCK.lock();
     match cache_of(r) {
         Some(ci) => {
             let c = &caches()[ci];
@@ -650,6 +676,7 @@ pub fn kmem_cache_alloc(r: CacheRef) -> *mut u8 {
 
 #[inline(never)]
 pub fn kmem_cache_free(r: CacheRef, ptr: *mut u8) {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     match cache_of(r) {
         Some(ci) if caches()[ci].flags & SLAB_TYPESAFE_BY_RCU != 0 => rcu_free(ci, ptr as usize, ip),
@@ -669,8 +696,8 @@ const RCU_FREES: usize = 64;
 static mut RCU_PENDING: [(usize, usize, usize); RCU_FREES] = [(0, 0, 0); RCU_FREES];
 
 fn rcu_pending() -> &'static mut [(usize, usize, usize); RCU_FREES] {
-    // SAFETY: one CPU, cooperative tasks, no slab use from interrupt
-    // context (as `caches`): one user at a time.
+    // SAFETY: callers hold LOCK, no slab use from interrupt context (as
+    // `caches`): one user at a time.
     unsafe { &mut *core::ptr::addr_of_mut!(RCU_PENDING) }
 }
 
@@ -691,6 +718,7 @@ fn rcu_free(ci: usize, ptr: usize, ip: usize) {
 }
 
 fn rcu_free_cb(slot: usize) {
+    let _g = LOCK.lock();
     let (ci, ptr, ip) = rcu_pending()[slot];
     rcu_pending()[slot] = (0, 0, 0);
     if caches()[ci].flags & SLAB_ACCOUNT != 0 && object_info(ptr).is_some() {
@@ -701,6 +729,7 @@ fn rcu_free_cb(slot: usize) {
 
 /// Allocate `out.len()` objects; returns how many (all or, on failure, 0).
 pub fn kmem_cache_alloc_bulk(r: CacheRef, out: &mut [*mut u8]) -> usize {
+    let _g = LOCK.lock();
     for i in 0..out.len() {
         let p = kmem_cache_alloc(r);
         if p.is_null() {
@@ -713,6 +742,7 @@ pub fn kmem_cache_alloc_bulk(r: CacheRef, out: &mut [*mut u8]) -> usize {
 }
 
 pub fn kmem_cache_free_bulk(r: CacheRef, objs: &mut [*mut u8]) {
+    let _g = LOCK.lock();
     for p in objs.iter_mut() {
         kmem_cache_free(r, *p);
         *p = core::ptr::null_mut();
@@ -722,6 +752,7 @@ pub fn kmem_cache_free_bulk(r: CacheRef, objs: &mut [*mut u8]) {
 /// Destroy a named cache. Destroying it twice (stale handle) or with live
 /// objects is an error, printed and returned; nothing is corrupted.
 pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
+    let _g = LOCK.lock();
     let idx = r.idx as usize;
     if idx < KMALLOC_SIZES.len() {
         println!("kmem_cache_destroy: refusing to destroy a kmalloc cache");
@@ -751,6 +782,7 @@ pub fn kmem_cache_destroy(r: CacheRef) -> Result<(), &'static str> {
 
 /// The slab page holding `ptr`: (first page, order).
 pub fn slab_page_of(ptr: usize) -> Option<(usize, usize)> {
+    let _g = LOCK.lock();
     let (m, _, _) = locate(ptr)?;
     // SAFETY: `locate` returns the live SlabMeta of a slab page.
     let mr = unsafe { &*m };
@@ -759,6 +791,7 @@ pub fn slab_page_of(ptr: usize) -> Option<(usize, usize)> {
 
 /// Name and object size of the cache owning `ptr` (for diagnostics).
 pub fn cache_name_of(ptr: usize) -> Option<(&'static str, usize)> {
+    let _g = LOCK.lock();
     let (m, _, _) = locate(ptr)?;
     // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let c = &caches()[unsafe { (*m).cache }];
@@ -767,6 +800,7 @@ pub fn cache_name_of(ptr: usize) -> Option<(&'static str, usize)> {
 
 /// Consistency check of every live cache; returns the number of violations.
 pub fn check_invariants() -> usize {
+    let _g = LOCK.lock();
     let mut bad = 0;
     for c in caches().iter().filter(|c| c.live) {
         let mut inuse = 0;
@@ -799,6 +833,7 @@ pub fn check_invariants() -> usize {
 /// Statistics for the workload: (pages held by slabs, pages of slab
 /// metadata, objects in use), over every live cache.
 pub fn usage() -> (usize, usize, usize) {
+    let _g = LOCK.lock();
     let (mut pages, mut meta, mut objs) = (0, 0, 0);
     for c in caches().iter().filter(|c| c.live) {
         pages += c.nslabs << c.order;

@@ -24,10 +24,14 @@ struct Area {
 }
 
 static mut AREAS: [Option<Area>; MAX_AREAS] = [None; MAX_AREAS];
+/// Guards the areas and the vmalloc window's page tables on several CPUs
+/// (order: vmalloc, slab, runtime, buddy); the same CPU may nest.
+static LOCK: guest_boot::smp::RecLock = guest_boot::smp::RecLock::new();
 
 fn areas() -> &'static mut [Option<Area>; MAX_AREAS] {
-    // SAFETY: one CPU, cooperative tasks, no vmalloc from interrupt
-    // context: one caller at a time, none holding it across another call.
+    // SAFETY: callers hold LOCK (every public function takes it); no
+    // vmalloc from interrupt context; none holds the reference across
+    // another call.
     unsafe { &mut *core::ptr::addr_of_mut!(AREAS) }
 }
 
@@ -58,6 +62,7 @@ fn find_space(span: usize) -> Option<usize> {
 /// followed by a guard page).
 #[inline(never)]
 pub fn vmalloc(size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     if size == 0 {
         return core::ptr::null_mut();
     }
@@ -86,6 +91,7 @@ pub fn vmalloc(size: usize) -> *mut u8 {
 /// Map the pages at direct-map addresses `pages` together into the
 /// vmalloc window (Linux's `vmap`); null when there is no room.
 pub fn vmap(pages: &[usize]) -> *mut u8 {
+    let _g = LOCK.lock();
     let n = pages.len();
     if n == 0 {
         return core::ptr::null_mut();
@@ -114,6 +120,7 @@ pub fn vmap(pages: &[usize]) -> *mut u8 {
 
 /// Undo [`vmap`]: the pages stay allocated to their owner.
 pub fn vunmap(ptr: *const u8) {
+    let _g = LOCK.lock();
     let p = ptr as usize;
     let Some(slot) = areas().iter().position(|a| a.is_some_and(|a| a.addr == p && a.mapped)) else {
         kasan_glue::bad_free(p, crate::mm::caller_ip(), "vunmap: not a vmap area");
@@ -129,6 +136,7 @@ pub fn vunmap(ptr: *const u8) {
 }
 
 pub fn vzalloc(size: usize) -> *mut u8 {
+    let _g = LOCK.lock();
     let p = vmalloc(size);
     if !p.is_null() {
         // SAFETY: vmalloc mapped `size` bytes (rounded up to pages) at `p`.
@@ -137,11 +145,22 @@ pub fn vzalloc(size: usize) -> *mut u8 {
     p
 }
 
+/// Unmap an area's pages and free their frames: in chunks, each unmapped
+/// here, shot down on the other CPUs in one round, then freed (no frame is
+/// reused while a CPU may still reach it).
 fn unmap_range(addr: usize, pages: usize) {
-    for i in 0..pages {
-        // SAFETY: the area's own pages (being freed, or never handed out
-        // after a failed vmalloc): nobody uses them any more.
-        if let Some(pa) = unsafe { paging::unmap_4k((addr + i * PAGE_SIZE) as u64) } {
+    const CHUNK: usize = 32;
+    let mut frames = [0u64; CHUNK];
+    for start in (0..pages).step_by(CHUNK) {
+        let n = CHUNK.min(pages - start);
+        for (i, f) in frames[..n].iter_mut().enumerate() {
+            // SAFETY: the area's own pages (being freed, or never handed
+            // out after a failed vmalloc): nobody uses them any more; the
+            // frames are freed after the shootdown below.
+            *f = unsafe { paging::unmap_4k_local((addr + (start + i) * PAGE_SIZE) as u64) }.unwrap_or(0);
+        }
+        guest_boot::smp::flush_range((addr + start * PAGE_SIZE) as u64, n as u64);
+        for &pa in frames[..n].iter().filter(|&&pa| pa != 0) {
             buddy::free_pages(phys_to_virt(pa) as usize, 0);
         }
     }
@@ -150,6 +169,7 @@ fn unmap_range(addr: usize, pages: usize) {
 /// Free a vmalloc area (must be the address vmalloc returned).
 #[inline(never)]
 pub fn vfree(ptr: *const u8) {
+    let _g = LOCK.lock();
     let ip = crate::mm::caller_ip();
     let p = ptr as usize;
     if p == 0 {
@@ -166,6 +186,7 @@ pub fn vfree(ptr: *const u8) {
 
 /// Requested size of the vmalloc area containing `addr` (guard page included).
 pub fn area_of(addr: usize) -> Option<(usize, usize, usize)> {
+    let _g = LOCK.lock();
     areas().iter().flatten().find(|a| addr >= a.addr && addr < a.addr + (a.pages + 1) * PAGE_SIZE).map(|a| (a.addr, a.size, a.pages * PAGE_SIZE))
 }
 
