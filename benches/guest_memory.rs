@@ -29,11 +29,16 @@
 //!                   size run when N was not run)
 //!   --append "..."  extra guest command-line words (e.g. kasan.mixed=private),
 //!                   given to both kernels (each ignores the other's knobs)
+//!   --profile P     the workload's profile: build (the default, calibrated to
+//!                   a kernel build's slab) or light (the workload before that);
+//!                   each results.json object says which (`profile`) and its
+//!                   byte-tracked peak (`tracked_peak_bytes`)
 //!   --quick         runs 1, sizes 64,128, no probe
 //!   --timeout S     per boot (1800)
 //!   --icount        QEMU -icount shift=0: workload time = guest instructions
 //!                   (1 ns each), immune to host load, ~3x slower to run
-//!   --out DIR       output directory (target/guest-bench)
+//!   --out DIR       output directory (target/guest-bench); the guests are
+//!                   built under DIR/build and DIR/build-kmsan
 #[path = "../tests/guest_driver/mod.rs"]
 mod guest_driver;
 
@@ -59,6 +64,8 @@ struct Cfg {
     probe: bool,
     plot_ram: u32,
     append: String,
+    /// `--profile`: the workload's `profile=` (None: the guest's default, build).
+    profile: Option<String>,
     timeout: u64,
     icount: bool,
     out: Option<String>,
@@ -89,6 +96,7 @@ fn parse_cfg() -> Cfg {
         probe: true,
         plot_ram: 128,
         append: String::new(),
+        profile: None,
         timeout: 1800,
         icount: false,
         out: None,
@@ -119,6 +127,11 @@ fn parse_cfg() -> Cfg {
             "--parallel" => c.parallel = val().parse::<usize>().expect("--parallel N").max(1),
             "--plot-ram" => c.plot_ram = val().parse().expect("--plot-ram N"),
             "--append" => c.append = val(),
+            "--profile" => {
+                let p = val();
+                assert!(p == "build" || p == "light", "--profile build|light, not {p:?}");
+                c.profile = Some(p);
+            }
             "--timeout" => c.timeout = val().parse().expect("--timeout S"),
             "--no-probe" => c.probe = false,
             "--icount" => c.icount = true,
@@ -130,6 +143,13 @@ fn parse_cfg() -> Cfg {
                 c.plot_ram = 128;
             }
             "--bench" => {}
+            "--help" | "-h" => {
+                // The options are this file's header.
+                for l in include_str!("guest_memory.rs").lines().take_while(|l| l.starts_with("//!")) {
+                    println!("{}", l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""));
+                }
+                std::process::exit(0);
+            }
             other => eprintln!("guest_memory: ignoring argument {other}"),
         }
     }
@@ -138,12 +158,26 @@ fn parse_cfg() -> Cfg {
 }
 
 /// The target directory of a kernel's nested build (own per sanitizer, so
-/// neither build invalidates the other).
-fn build_dir(san: San) -> PathBuf {
+/// neither build invalidates the other), under the output directory.
+fn build_dir(out: &Path, san: San) -> PathBuf {
     match san {
-        San::Kasan => root().join("target/guest-bench/build"),
-        San::Kmsan => root().join("target/guest-bench/build-kmsan"),
+        San::Kasan => out.join("build"),
+        San::Kmsan => out.join("build-kmsan"),
     }
+}
+
+/// The guest command line of the workload.
+fn workload_append(cfg: &Cfg) -> String {
+    let mut a = format!("units={} jobs={} seed={} samples=300", cfg.units, cfg.jobs, cfg.seed);
+    if let Some(p) = &cfg.profile {
+        a.push_str(" profile=");
+        a.push_str(p);
+    }
+    if !cfg.append.is_empty() {
+        a.push(' ');
+        a.push_str(&cfg.append);
+    }
+    a
 }
 
 struct Run {
@@ -177,6 +211,15 @@ impl Run {
     fn r(&self, k: &str) -> u64 {
         self.get(k).unwrap_or(0)
     }
+    /// The workload's profile, as the guest printed it (`wl-result` or
+    /// `wl-start`), else what the command line asked for (the last
+    /// `profile=` word wins, as in the guest's parser; default build).
+    fn profile(&self, cfg: &Cfg) -> String {
+        if let Some(p) = [&self.result, &self.start].into_iter().find_map(|f| f.as_ref()?.get("profile").map(str::to_string)) {
+            return p;
+        }
+        workload_append(cfg).split_ascii_whitespace().filter_map(|w| w.strip_prefix("profile=")).last().unwrap_or("build").to_string()
+    }
 }
 
 fn run_one(cfg: &Cfg, san: San, elf: &Path, dir: &Path, mode: &str, ram: u32, rep: usize) -> Run {
@@ -186,7 +229,7 @@ fn run_one(cfg: &Cfg, san: San, elf: &Path, dir: &Path, mode: &str, ram: u32, re
         mode,
         suite: "workload",
         ram_mib: ram,
-        append: format!("units={} jobs={} seed={} samples=300 {}", cfg.units, cfg.jobs, cfg.seed, cfg.append),
+        append: workload_append(cfg),
         timeout: Duration::from_secs(cfg.timeout),
         log: dir.join("logs").join(format!("{}-{mode}-{ram}-{rep}.log", san.name())),
         icount: cfg.icount,
@@ -323,7 +366,8 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
             "  {{\"sanitizer\": \"{}\", \"mode\": \"{}\", \"ram_mib\": {}, \"completed\": {}, \"probe\": {}, \"exit\": {}, \
 \"metadata_init_bytes\": {}, \"usable_bytes\": {}, \"ondemand_peak_bytes\": {}, \"ondemand_end_bytes\": {}, \
 \"ondemand_before_bytes\": {}, \"min_free_bytes\": {}, \"workload_ns\": {}, \"workload_ns_runs\": [{}], \
-\"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"tracked_peak_bytes\": {}, \
+\"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"profile\": \"{}\", \"tracked_peak_bytes\": {}, \
+\"files\": {}, \"shrunk_dentries\": {}, \"shrunk_inodes\": {}, \
 \"pagecache_peak_bytes\": {}, \"reclaimed_pages\": {}, \"managed_bytes\": {}, \"units\": {}, \"jobs\": {}, \"seed\": {}, \
 \"checksum\": \"{}\", \"failure\": \"{}\", \"log\": \"{}\"}}{}",
             e.san.name(),
@@ -343,7 +387,11 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
             g("slowpath_checks"),
             g("reports").max(r.reports_in_log as u64),
             g("slab_allocs"),
+            json_escape(&r.profile(cfg)),
             g("tracked_peak_bytes"),
+            g("files"),
+            g("shrunk_dentries"),
+            g("shrunk_inodes"),
             g("pagecache_peak_bytes"),
             g("reclaimed_pages"),
             g("managed_bytes"),
@@ -582,7 +630,7 @@ fn main() {
     let t0 = Instant::now();
     let mut elfs: BTreeMap<San, PathBuf> = BTreeMap::new();
     for &san in &cfg.sanitizers {
-        let elf = build_guest_san(san, san.release_profile(), &build_dir(san)).unwrap_or_else(|e| {
+        let elf = build_guest_san(san, san.release_profile(), &build_dir(&dir, san)).unwrap_or_else(|e| {
             eprintln!("guest_memory: {} kernel: {e}", san.name());
             std::process::exit(1)
         });
@@ -662,7 +710,8 @@ fn main() {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Workload: units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG{}, optimized guests ({}){}.\n",
+        "Workload: profile {}, units={} jobs={} seed={} (kernel-build model, tests/guest/src/workload), {} run(s) per configuration, QEMU TCG{}, optimized guests ({}){}.\n",
+        cfg.profile.as_deref().unwrap_or("build"),
         cfg.units,
         cfg.jobs,
         cfg.seed,

@@ -12,9 +12,10 @@
 use super::mem;
 use super::pagecache::{self, disk_word};
 use super::rng::{hash3, mix, Rng};
-use super::vfs::{self, Inode, KIND_HEADER, KIND_OUTPUT, KIND_SOURCE};
+use super::mem::Kc;
+use super::vfs::{self, Inode, KIND_HEADER, KIND_OUTPUT, KIND_SOURCE, KIND_TREE};
 use super::{params, state};
-use crate::mm::{CacheRef, PAGE_SIZE};
+use crate::mm::PAGE_SIZE;
 use crate::task;
 
 const SRC_TOKEN_STRIDE: usize = 4; // one token per 4 words of source
@@ -35,6 +36,14 @@ pub fn unit_shape(seed: u64, u: u32) -> (u32, u32, usize) {
 
 pub fn header_pages(seed: u64, h: u32) -> u32 {
     1 + Rng::new(hash3(seed, 0x4d, h as u64)).skewed(12) as u32
+}
+
+/// Tree files a unit looks up (profile build).
+const TREE_LOOKUPS: usize = 48;
+
+/// File `id` of the tree as on disk: `walk`'s `create` (stat only, no pages).
+pub fn tree_file(seed: u64, id: u32) -> (u32, u32, u64) {
+    (KIND_TREE, 0, hash3(seed, 3, id as u64))
 }
 
 pub fn source_content(seed: u64, u: u32) -> u64 {
@@ -117,7 +126,7 @@ impl SymTab {
         let old = self.nbuckets;
         let nb = old * 2;
         // krealloc (in place up to the slot size, else copy), then rehash.
-        self.buckets = mem::krealloc(self.buckets as *mut u8, nb * 8) as *mut *mut Symbol;
+        self.buckets = mem::krealloc(self.buckets as *mut u8, old * 8, nb * 8) as *mut *mut Symbol;
         // SAFETY: krealloc kept the `old` bucket pointers in an array of `nb`;
         // symbols live (kmalloc'd by `intern`, `size_of::<Symbol>() + len` bytes) from `intern` until `free`, and the bucket chains hold only those; every index used is < old or < nb.
         unsafe {
@@ -151,12 +160,13 @@ impl SymTab {
                 // SAFETY: symbols live (kmalloc'd by `intern`, `size_of::<Symbol>() + len` bytes) from `intern` until `free`, and the bucket chains hold only those (`s` is freed after these reads).
                 let next = unsafe { (*s).next };
                 // SAFETY: as above.
-                sum = sum.wrapping_add(unsafe { (*s).refs } as u64);
-                mem::kfree(s as *mut u8);
+                let (refs, len) = unsafe { ((*s).refs, (*s).len) };
+                sum = sum.wrapping_add(refs as u64);
+                mem::kfree(s as *mut u8, core::mem::size_of::<Symbol>() + len as usize);
                 s = next;
             }
         }
-        mem::kfree(self.buckets as *mut u8);
+        mem::kfree(self.buckets as *mut u8, self.nbuckets * 8);
         sum
     }
 }
@@ -164,7 +174,7 @@ impl SymTab {
 /// Per-unit compiler state.
 struct Cc {
     seed: u64,
-    node_cache: CacheRef,
+    node_cache: Kc,
     syms: SymTab,
     /// Nodes without a parent yet (vmalloc'd).
     pending: *mut *mut u64,
@@ -242,7 +252,7 @@ impl Cc {
         }
         self.nodes += 1;
         // Constant folding: some leaves die at once.
-        if nchild == 0 && (val >> 28) % 8 == 0 {
+        if nchild == 0 && (val >> 28).is_multiple_of(8) {
             self.free_node(p);
             self.folded += 1;
             return;
@@ -259,7 +269,7 @@ impl Cc {
         if (h >> 48) as u32 == KIND_NODE_CACHE {
             mem::cache_free(self.node_cache, p as *mut u8);
         } else {
-            mem::kfree(p as *mut u8);
+            mem::kfree(p as *mut u8, (h & 0xffff_ffff) as usize);
         }
     }
 
@@ -299,6 +309,7 @@ impl Cc {
             // is read.
             let t = unsafe { &*head };
             let (v, k, next) = (t.val, t.kind, t.next);
+            let sz = 24 + (v % 3) as usize * 8;
             match k {
                 0..=2 => {
                     let s = self.syms.intern((v >> 40) & 0x3ff);
@@ -312,7 +323,7 @@ impl Cc {
                 self.new_node(v);
             }
             self.anon_touch(v >> 3);
-            mem::kfree(head as *mut u8);
+            mem::kfree(head as *mut u8, sz);
             head = next;
         }
     }
@@ -447,6 +458,18 @@ pub fn compile(u: u32) {
         hash: mix(u as u64),
     };
 
+    // Profile build: the include path search and make's dependency checks
+    // look up files of the tree (popular ones more often).
+    let files = params().files;
+    if files > 0 {
+        let mut tr = Rng::new(hash3(seed, 0x7e, u as u64));
+        for _ in 0..TREE_LOOKUPS {
+            let id = tr.skewed(files as u64) as u32;
+            if vfs::stat(seed, KIND_TREE, id, tree_file(seed, id)) {
+                vfs::note_refault();
+            }
+        }
+    }
     // Preprocess: read the source once (checksum only), then the headers.
     let src_content = source_content(seed, u);
     let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
@@ -463,7 +486,8 @@ pub fn compile(u: u32) {
         cc.hash ^= s;
         pagecache::put(p);
     }
-    vfs::close(f);
+    // SAFETY: `f` was opened above and is closed once, here.
+    unsafe { vfs::close(f) };
     task::yield_now();
     for &h in hdrs.iter().take(nhdr as usize) {
         let hp = header_pages(seed, h);
@@ -476,7 +500,8 @@ pub fn compile(u: u32) {
             cc.compile_page(p, HDR_TOKEN_STRIDE, hc, i);
             pagecache::put(p);
         }
-        vfs::close(f);
+        // SAFETY: `f` was opened above and is closed once, here.
+        unsafe { vfs::close(f) };
         super::maybe_sample();
         task::yield_now();
     }
@@ -492,7 +517,8 @@ pub fn compile(u: u32) {
             task::yield_now();
         }
     }
-    vfs::close(f);
+    // SAFETY: `f` was opened above and is closed once, here.
+    unsafe { vfs::close(f) };
     mem::note_tracked();
 
     // Walk the AST (the "optimiser"), with a vmalloc'd DFS stack.
@@ -517,7 +543,9 @@ pub fn compile(u: u32) {
         pagecache::fill(p, out_content, i);
         pagecache::put(p);
     }
-    vfs::close(f);
+    // SAFETY: `f` was opened above and is closed once, here.
+    unsafe { vfs::close(f) };
+    vfs::disk_write(u, out_pages, out_content);
     pagecache::balance_dirty();
     mem::note_tracked();
 
@@ -532,7 +560,7 @@ pub fn compile(u: u32) {
         anon_sum = anon_sum.wrapping_add(unsafe { (p as *const u64).read() });
         mem::anon_free(p);
     }
-    mem::kfree(cc.anon as *mut u8);
+    mem::kfree(cc.anon as *mut u8, anon_cap.max(1) * 8);
     mem::vfree(cc.pending as *mut u8, cap * 8);
     let refs = cc.syms.free();
     let stm = super::state();
@@ -552,7 +580,7 @@ pub fn link(units: u32) -> u64 {
     let symtab = mem::vmalloc(units as usize * 16) as *mut u64;
     let mut sum = 0u64;
     for u in 0..units {
-        let f = match vfs::open(seed, KIND_OUTPUT, u, None) {
+        let f = match vfs::open(seed, KIND_OUTPUT, u, vfs::disk_read(u)) {
             Some(f) => f,
             None => super::fail("link: an object file is missing"),
         };
@@ -577,7 +605,8 @@ pub fn link(units: u32) -> u64 {
             symtab.add(u as usize * 2).write(ino.content);
             symtab.add(u as usize * 2 + 1).write(s);
         }
-        vfs::close(f);
+        // SAFETY: `f` was opened above and is closed once, here.
+        unsafe { vfs::close(f) };
         super::maybe_sample();
     }
     for u in 0..units as usize {

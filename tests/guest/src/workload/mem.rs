@@ -97,13 +97,92 @@ pub fn note_tracked() {
         cc.tracked_peak_slab = s;
         cc.tracked_peak_stacks = st;
         cc.tracked_peak_vmalloc = v;
+        let a = acct();
+        for i in 0..a.n {
+            a.peak[i] = a.slots[i].bytes;
+        }
+        a.peak_ops = super::state_ops();
     }
+}
+
+// Per-cache accounting: live object bytes of every kmalloc class and named
+// cache the workload uses, and their values at the tracked peak (the
+// composition `wl-peak` prints).
+
+/// Groups of caches (what the objects are for).
+pub const G_KMALLOC: u8 = 0;
+pub const G_VFS: u8 = 1;
+pub const G_PAGECACHE: u8 = 2;
+pub const G_PROCESS: u8 = 3;
+pub const G_COMPILER: u8 = 4;
+pub const GROUP_NAMES: [&str; 5] = ["kmalloc", "vfs", "pagecache", "process", "compiler"];
+
+const KMALLOC_NAMES: [&str; 13] = [
+    "kmalloc-8", "kmalloc-16", "kmalloc-32", "kmalloc-64", "kmalloc-96", "kmalloc-128", "kmalloc-192",
+    "kmalloc-256", "kmalloc-512", "kmalloc-1k", "kmalloc-2k", "kmalloc-4k", "kmalloc-8k",
+];
+/// Accounting slot of kmalloc above the largest class (page-backed).
+const LARGE: usize = 13;
+const MAX_SLOTS: usize = 40;
+
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub name: &'static str,
+    pub group: u8,
+    /// Object size (kmalloc: the class size).
+    pub size: usize,
+    /// Bytes of live objects.
+    pub bytes: usize,
+}
+
+pub struct Acct {
+    pub slots: [Slot; MAX_SLOTS],
+    pub n: usize,
+    /// `bytes` of each slot when the tracked peak was last raised.
+    pub peak: [usize; MAX_SLOTS],
+    /// Workload operation count at the tracked peak.
+    pub peak_ops: u64,
+}
+
+const SLOT_ZERO: Slot = Slot { name: "", group: 0, size: 0, bytes: 0 };
+const ACCT_ZERO: Acct = Acct { slots: [SLOT_ZERO; MAX_SLOTS], n: 0, peak: [0; MAX_SLOTS], peak_ops: 0 };
+static mut ACCT: Acct = ACCT_ZERO;
+
+pub fn acct() -> &'static mut Acct {
+    // SAFETY: as `c()`: one CPU, cooperative tasks, never from interrupt
+    // context, no reference held across a call that takes it again.
+    unsafe { &mut *core::ptr::addr_of_mut!(ACCT) }
+}
+
+/// A named cache of the workload with its accounting slot.
+#[derive(Clone, Copy)]
+pub struct Kc {
+    pub r: CacheRef,
+    slot: u8,
+}
+
+/// Accounting slot and charged bytes of a kmalloc of `size`.
+#[inline]
+fn kmalloc_slot(size: usize) -> (usize, usize) {
+    for (i, &sz) in slab::KMALLOC_SIZES.iter().enumerate() {
+        if size <= sz {
+            return (i, sz);
+        }
+    }
+    (LARGE, (size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1))
 }
 
 pub fn init() {
     GLOBALS.store(globals_bytes(), Relaxed);
     *c() = Counters::default();
     c().stacks_live = 0;
+    let a = acct();
+    *a = ACCT_ZERO;
+    for (i, &sz) in slab::KMALLOC_SIZES.iter().enumerate() {
+        a.slots[i] = Slot { name: KMALLOC_NAMES[i], group: G_KMALLOC, size: sz, bytes: 0 };
+    }
+    a.slots[LARGE] = Slot { name: "kmalloc-large", group: G_KMALLOC, size: PAGE_SIZE, bytes: 0 };
+    a.n = LARGE + 1;
     note_tracked();
 }
 
@@ -139,6 +218,8 @@ pub fn kmalloc(size: usize) -> *mut u8 {
         let p = mm::kmalloc(size);
         if !p.is_null() {
             c().slab_allocs += 1;
+            let (i, b) = kmalloc_slot(size);
+            acct().slots[i].bytes += b;
             super::tick();
             return p;
         }
@@ -156,14 +237,19 @@ pub fn kzalloc(size: usize) -> *mut u8 {
     p
 }
 
+/// kfree of an object kmalloc'd with `size` (the size is for the accounting).
 #[inline(never)]
-pub fn kfree(p: *mut u8) {
+pub fn kfree(p: *mut u8, size: usize) {
     c().slab_frees += 1;
+    let (i, b) = kmalloc_slot(size);
+    acct().slots[i].bytes -= b;
     mm::kfree(p);
 }
 
+/// krealloc of an object kmalloc'd with `old` bytes (for the accounting)
+/// to `size`.
 #[inline(never)]
-pub fn krealloc(p: *mut u8, size: usize) -> *mut u8 {
+pub fn krealloc(p: *mut u8, old: usize, size: usize) -> *mut u8 {
     loop {
         let q = mm::krealloc(p, size);
         if !q.is_null() {
@@ -173,6 +259,11 @@ pub fn krealloc(p: *mut u8, size: usize) -> *mut u8 {
                 // A new object was allocated and the old one freed.
                 cc.slab_allocs += 1;
                 cc.slab_frees += 1;
+                let (i, b) = kmalloc_slot(old);
+                let (j, nb) = kmalloc_slot(size);
+                let a = acct();
+                a.slots[i].bytes -= b;
+                a.slots[j].bytes += nb;
             }
             return q;
         }
@@ -183,11 +274,13 @@ pub fn krealloc(p: *mut u8, size: usize) -> *mut u8 {
 }
 
 #[inline(never)]
-pub fn cache_alloc(r: CacheRef) -> *mut u8 {
+pub fn cache_alloc(k: Kc) -> *mut u8 {
     loop {
-        let p = mm::kmem_cache_alloc(r);
+        let p = mm::kmem_cache_alloc(k.r);
         if !p.is_null() {
             c().slab_allocs += 1;
+            let sl = &mut acct().slots[k.slot as usize];
+            sl.bytes += sl.size;
             super::tick();
             return p;
         }
@@ -197,16 +290,38 @@ pub fn cache_alloc(r: CacheRef) -> *mut u8 {
     }
 }
 
-pub fn cache_free(r: CacheRef, p: *mut u8) {
+pub fn cache_free(k: Kc, p: *mut u8) {
     c().slab_frees += 1;
-    mm::kmem_cache_free(r, p);
+    let sl = &mut acct().slots[k.slot as usize];
+    sl.bytes -= sl.size;
+    mm::kmem_cache_free(k.r, p);
 }
 
-pub fn create_cache(name: &'static str, size: usize) -> CacheRef {
-    match mm::kmem_cache_create(name, size, 8) {
+/// A named cache of `size`-byte objects, accounted under `group`.
+pub fn create_cache(name: &'static str, size: usize, group: u8) -> Kc {
+    let r = match mm::kmem_cache_create(name, size, 8) {
         Some(r) => r,
         None => super::fail("kmem_cache_create failed"),
-    }
+    };
+    let a = acct();
+    // A cache created again (by name) keeps its slot.
+    let slot = match (0..a.n).find(|&i| a.slots[i].name == name) {
+        Some(i) => i,
+        None => {
+            if a.n == MAX_SLOTS {
+                super::fail("too many workload caches");
+            }
+            a.n += 1;
+            a.n - 1
+        }
+    };
+    a.slots[slot] = Slot { name, group, size, bytes: a.slots[slot].bytes };
+    Kc { r, slot: slot as u8 }
+}
+
+/// Destroy a named cache of the workload (false if objects are left).
+pub fn destroy_cache(k: Kc) -> bool {
+    crate::mm::kmem_cache_destroy(k.r).is_ok()
 }
 
 #[inline(never)]

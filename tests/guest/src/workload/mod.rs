@@ -4,10 +4,25 @@
 //! (object-file size: sixteenths of a page per AST node, 20: the build
 //! writes ~1.2 GiB, more than the largest guest, so the page cache fills RAM
 //! and reclaim runs at every size), `anon=` KiB of compiler heap per source
-//! page (128), `anon_base=` KiB per unit (512), `samples=` target number of
+//! page (128), `anon_base=` KiB per unit (512), `profile=build|light`
+//! (build), `files=` files of the source tree (profile build), `samples=` target number of
 //! `wl-sample` lines (300). With the defaults a run makes ~1.1M slab
 //! allocations. The build's result (`checksum=`) depends only on the
 //! parameters, not on the mode or the RAM size.
+//!
+//! `profile=build` (the default) is calibrated to what a kernel build keeps
+//! in byte-tracked memory (at 1 GiB its peak is 12-25% of RAM, as a real
+//! build's slab): a source tree of `files=` files (default
+//! `FILES_PER_MIB` per MiB of RAM, ~77k at 1 GiB, the size of a kernel
+//! tree) looked up at the start (make) and by every unit, each with an
+//! inode of ~1 KiB and a dentry of 192 bytes; the page-cache index in
+//! 576-byte radix_tree_node objects; a buffer_head per written page; every
+//! unit as short-lived processes (gcc, cc1, as: task_struct, mm_struct,
+//! vm areas, ... and a kernel stack each, `proc.rs`); and a shrinker that
+//! frees dentries and inodes, least recently used first, in proportion to
+//! page reclaim (`vfs.rs`). `profile=light` is the workload before that
+//! calibration (a few hundred files, flat page arrays, four long-lived
+//! jobs, no shrinker), kept for comparison.
 //!
 //! Memory pressure: free pages below the low watermark (Linux's
 //! min_free_kbytes formula) wake a kswapd-like reclaim of the coldest page
@@ -18,6 +33,11 @@
 //! Output (machine-readable, one line each):
 //!   wl-start mode=.. ram_mib=.. units=.. jobs=.. seed=.. ...
 //!   wl-sample t_ns=.. ops=.. free=.. pagecache=.. dirty=.. anon=.. slab=.. vmalloc=.. ondemand=.. tracked=..
+//!   wl-peak tracked=.. slab=.. stacks=.. vmalloc=.. globals=.. objects=.. <group>=.. <cache>=..
+//!           (byte-tracked memory at its peak: by kind, live object bytes per
+//!           group of caches and per cache; `slab` minus `objects` is the
+//!           slabs' redzones, free slots and the kernel's own caches)
+//!   wl-shrinker calls=.. scanned=.. dentries=.. inodes=.. referenced=.. busy=.. refaults=..
 //!   wl-meta shadow_<kind>=.. origin_<kind>=..   (KMSAN: data pages with private
 //!                                               shadow / origin pages, per page kind)
 //!   wl-result mode=.. ram_mib=.. metadata_init_bytes=.. usable_bytes=.. ondemand_peak_bytes=..
@@ -31,12 +51,14 @@ pub mod cc;
 pub mod clock;
 pub mod mem;
 pub mod pagecache;
+pub mod proc;
 pub mod rng;
 pub mod vfs;
 
 use crate::kasan_glue::stats as stats_snapshot;
 use hybrid_shadow::StatsSnapshot;
-use crate::mm::{buddy, slab, CacheRef, PAGE_SIZE};
+use crate::mm::{buddy, slab, PAGE_SIZE};
+use mem::Kc;
 use crate::{println, task};
 
 #[derive(Clone, Copy)]
@@ -52,12 +74,20 @@ pub struct Params {
     pub folio_order: usize,
     /// Sampling profiler period in µs of guest time (`prof=`), 0 = off.
     pub prof_us: u64,
+    /// `profile=build` (true, the default) or `profile=light`.
+    pub build: bool,
+    /// Files of the source tree (`files=`; profile build, 0 in light).
+    pub files: u32,
 }
+
+/// Profile build: files of the source tree per MiB of guest RAM (a kernel
+/// tree's ~77k files at 1 GiB; smaller guests get a smaller tree).
+pub const FILES_PER_MIB: u64 = 75;
 
 pub struct State {
     pub seed: u64,
     pub nheaders: u32,
-    pub node_cache: CacheRef,
+    pub node_cache: Kc,
     pub next_unit: u32,
     pub units_done: u32,
     pub nodes: u64,
@@ -77,7 +107,7 @@ pub struct State {
     pub jobs_live: u32,
 }
 
-static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0, prof_us: 0 };
+static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0, prof_us: 0, build: true, files: 0 };
 static mut STATE: Option<State> = None;
 
 pub fn params() -> &'static Params {
@@ -92,10 +122,25 @@ pub fn state() -> &'static mut State {
     unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut().expect("workload state") }
 }
 
-fn parse_params(cmdline: &str, seed: u64) -> Params {
-    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300, folio_order: buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize, prof_us: 0 };
+/// Operations so far (0 before the workload starts).
+pub fn state_ops() -> u64 {
+    // SAFETY: as in `state` (None before the workload starts).
+    unsafe { (*core::ptr::addr_of!(STATE)).as_ref().map_or(0, |s| s.ops) }
+}
+
+fn parse_params(cmdline: &str, seed: u64, ram_mib: u64) -> Params {
+    let mut p = Params { seed, units: 240, jobs: 4, anon_per_page: 32, anon_base: 128, obj_per_node: 20, samples: 300, folio_order: buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize, prof_us: 0, build: true, files: 0 };
+    let mut files = None;
     for w in cmdline.split_ascii_whitespace() {
         let Some((k, v)) = w.split_once('=') else { continue };
+        if k == "profile" {
+            match v {
+                "build" => p.build = true,
+                "light" => p.build = false,
+                _ => println!("wl-error unknown profile={v} (build, light); using build"),
+            }
+            continue;
+        }
         let Ok(n) = v.parse::<u64>() else { continue };
         match k {
             "units" => p.units = (n as u32).max(1),
@@ -106,9 +151,11 @@ fn parse_params(cmdline: &str, seed: u64) -> Params {
             "obj" => p.obj_per_node = n as usize,
             "folio" => p.folio_order = (n as usize).min(buddy::MAX_ORDER),
             "prof" => p.prof_us = n,
+            "files" => files = Some(n.min(4_000_000) as u32),
             _ => {}
         }
     }
+    p.files = if p.build { files.unwrap_or((ram_mib * FILES_PER_MIB) as u32) } else { 0 };
     p
 }
 
@@ -173,7 +220,7 @@ fn sample_now() {
     let od = stats_snapshot().map(|s| s.ondemand_live_bytes()).unwrap_or(0);
     let pcs = pagecache::stats();
     println!(
-        "wl-sample t_ns={} ops={} free={} pagecache={} dirty={} anon={} slab={} vmalloc={} ondemand={} tracked={} units_done={}",
+        "wl-sample t_ns={} ops={} free={} pagecache={} dirty={} anon={} slab={} vmalloc={} ondemand={} tracked={} units_done={} inodes={} dentries={}",
         t,
         st.ops,
         buddy::free_page_count() * PAGE_SIZE,
@@ -184,7 +231,9 @@ fn sample_now() {
         vm,
         od,
         slab_b + mem::c().stacks_live + vm + mem::globals(),
-        st.units_done
+        st.units_done,
+        vfs::live().0,
+        vfs::live().1
     );
     if let Some(c) = crate::kasan_glue::kmsan_census() {
         println!(
@@ -202,13 +251,86 @@ fn job(_: usize) {
             break;
         }
         st.next_unit += 1;
-        cc::compile(u);
+        if params().build {
+            build_unit(u);
+        } else {
+            cc::compile(u);
+        }
         maybe_sample();
         pagecache::balance();
         task::yield_now();
     }
     mem::c().stacks_live -= task::STACK_SIZE;
     state().jobs_live -= 1;
+}
+
+/// Profile build: unit `u` as processes: the gcc driver (forked by make,
+/// this job), which runs cc1 and then as, each a task of its own.
+fn build_unit(u: u32) {
+    let gcc = proc::spawn_objects(u as u64, 24);
+    let cc1 = mem::spawn("cc1", cc1_task, u as usize);
+    task::join(cc1);
+    let as_ = mem::spawn("as", as_task, u as usize);
+    task::join(as_);
+    proc::exit_objects(gcc);
+}
+
+fn cc1_task(u: usize) {
+    let (_, _, anon) = cc::unit_shape(params().seed, u as u32);
+    // cc1 maps its libraries, then its heap grows in mappings of ~256 KiB.
+    let p = proc::spawn_objects(u as u64, 36 + anon / 64);
+    cc::compile(u as u32);
+    proc::exit_objects(p);
+    mem::c().stacks_live -= task::STACK_SIZE;
+}
+
+fn as_task(u: usize) {
+    let p = proc::spawn_objects(u as u64, 20);
+    task::yield_now();
+    proc::exit_objects(p);
+    mem::c().stacks_live -= task::STACK_SIZE;
+}
+
+/// Profile build: make reads the tree (every file looked up once).
+fn populate_tree() {
+    let p = params();
+    for id in 0..p.files {
+        vfs::stat(p.seed, vfs::KIND_TREE, id, cc::tree_file(p.seed, id));
+        if id % 256 == 255 {
+            maybe_sample();
+        }
+    }
+    mem::note_tracked();
+}
+
+/// The composition of byte-tracked memory at its peak.
+fn print_peak() {
+    let c = *mem::c();
+    let a = mem::acct();
+    let objects: usize = a.peak[..a.n].iter().sum();
+    let mut groups = [0usize; 5];
+    for i in 0..a.n {
+        groups[a.slots[i].group as usize] += a.peak[i];
+    }
+    crate::print!(
+        "wl-peak tracked={} slab={} stacks={} vmalloc={} globals={} objects={} at_ops={}",
+        c.tracked_peak,
+        c.tracked_peak_slab,
+        c.tracked_peak_stacks,
+        c.tracked_peak_vmalloc,
+        mem::globals(),
+        objects,
+        a.peak_ops
+    );
+    for (g, name) in mem::GROUP_NAMES.iter().enumerate() {
+        crate::print!(" {}={}", name, groups[g]);
+    }
+    for i in 0..a.n {
+        if a.peak[i] > 0 {
+            crate::print!(" {}={}", a.slots[i].name, a.peak[i]);
+        }
+    }
+    println!();
 }
 
 fn link_task(arg: usize) {
@@ -250,7 +372,7 @@ fn profile_report((buf, order): (usize, usize)) {
 /// The suite. True when the workload completed with every check passing.
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
-    let p = parse_params(info.cmdline(), info.config.seed);
+    let p = parse_params(info.cmdline(), info.config.seed, (info.ram_bytes + (1 << 20) - 1) >> 20);
     // SAFETY: before any task starts, on the one CPU (see `params`).
     unsafe { PARAMS = p };
     // Before the free-page baseline: the APIC's page tables stay.
@@ -270,10 +392,15 @@ pub fn run() -> bool {
     let managed = buddy::managed_pages();
 
     mem::init();
-    pagecache::init(managed, info.ram_bytes, params().folio_order);
+    pagecache::init(managed, info.ram_bytes, params().folio_order, p.build);
     let nheaders = 64 + p.units / 4;
-    vfs::init(2 * p.units as usize + nheaders as usize + 1024);
-    let node_cache = mem::create_cache("ast_node", 64);
+    // Profile build: the tree's files and directories (~24 x 160) besides.
+    let max_inodes = 2 * p.units as usize + nheaders as usize + 1024 + if p.build { p.units as usize + p.files as usize + 8192 } else { 0 };
+    vfs::init(max_inodes, p.build, p.files as usize, p.units as usize);
+    if p.build {
+        proc::init();
+    }
+    let node_cache = mem::create_cache("ast_node", 64, mem::G_COMPILER);
     let est_ops = p.units as u64 * 6000;
     // SAFETY: before any task starts, on the one CPU (see `state`).
     unsafe {
@@ -299,8 +426,10 @@ pub fn run() -> bool {
         })
     };
     println!(
-        "wl-start sanitizer={} mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
+        "wl-start sanitizer={} profile={} files={} mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
         crate::kasan_glue::SANITIZER,
+        if p.build { "build" } else { "light" },
+        p.files,
         mode,
         ram_mib,
         p.units,
@@ -321,9 +450,12 @@ pub fn run() -> bool {
     let t0 = clock::rdtsc();
     state().t0 = t0;
     sample();
+    if p.build {
+        populate_tree();
+    }
     let mut pids = [0u32; 32];
     for pid in pids.iter_mut().take(p.jobs as usize) {
-        *pid = mem::spawn("cc1", job, 0);
+        *pid = mem::spawn(if p.build { "make" } else { "cc1" }, job, 0);
         state().jobs_live += 1;
     }
     for &pid in pids.iter().take(p.jobs as usize) {
@@ -342,6 +474,13 @@ pub fn run() -> bool {
         profile_report(buf);
     }
     let peak_before_teardown = stats_snapshot().unwrap_or_default();
+    print_peak();
+    let shr = vfs::shrink_stats();
+    println!(
+        "wl-shrinker calls={} scanned={} dentries={} inodes={} referenced={} busy={} refaults={}",
+        shr.calls, shr.scanned, shr.dentries, shr.inodes, shr.referenced, shr.busy, shr.refaults
+    );
+    let buffer_heads = pagecache::stats().buffer_heads;
 
     // Exit: tear everything down.
     let pcs = pagecache::stats();
@@ -351,8 +490,12 @@ pub fn run() -> bool {
     vfs::teardown();
     pagecache::shutdown();
     let st = state();
-    if crate::mm::kmem_cache_destroy(st.node_cache).is_err() {
+    if !mem::destroy_cache(st.node_cache) {
         println!("wl-error ast_node cache not empty");
+        st.errors += 1;
+    }
+    if !proc::destroy() {
+        println!("wl-error a process cache not empty");
         st.errors += 1;
     }
     slab::drain_all();
@@ -367,7 +510,7 @@ pub fn run() -> bool {
     let bad_slab = slab::check_invariants();
     let cnt = *mem::c();
     let vm_pt_allow = if cnt.vmalloc_hi > 0 {
-        (cnt.vmalloc_hi - guest_boot::paging::VMALLOC_START as usize + (2 << 20) - 1) / (2 << 20) + 2
+        (cnt.vmalloc_hi - guest_boot::paging::VMALLOC_START as usize).div_ceil(2 << 20) + 2
     } else {
         0
     };
@@ -404,7 +547,7 @@ pub fn run() -> bool {
     let slab_allocs = if runtime_real && rt_allocs > 0 { rt_allocs } else { cnt.slab_allocs };
 
     println!(
-        "wl-result sanitizer={} mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
+        "wl-result sanitizer={} profile={} files={} shrunk_dentries={} shrunk_inodes={} buffer_heads={} mode={} ram_mib={} runtime={} units={} jobs={} seed={} metadata_init_bytes={} usable_bytes={} \
 ondemand_peak_bytes={} ondemand_end_bytes={} ondemand_before_bytes={} min_free_bytes={} workload_ns={} build_ns={} sample_ns={} \
 slowpath_checks={} slowpath_clean={} reports={} slab_allocs={} wl_slab_allocs={} tracked_peak_bytes={} \
 tracked_peak_slab={} tracked_peak_stacks={} tracked_peak_vmalloc={} globals_bytes={} anon_peak_bytes={} \
@@ -413,6 +556,11 @@ dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} kreal
 unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} shadow_table_peak_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
 slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
         crate::kasan_glue::SANITIZER,
+        if p.build { "build" } else { "light" },
+        p.files,
+        shr.dentries,
+        shr.inodes,
+        buffer_heads,
         mode,
         ram_mib,
         if runtime_real { "real" } else { "stub" },

@@ -23,6 +23,7 @@
 //!  every page:            F_USED, F_UPTODATE, F_DIRTY, ino, index
 //! ```
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use super::mem::{self, Kc};
 use super::rng::mix;
 use super::vfs::{self, Inode};
 use crate::mm::{buddy, PAGE_SIZE};
@@ -71,6 +72,8 @@ pub struct Stats {
     pub large_folios: u64,
     /// Runs that could have been a folio but got order-0 pages (no block free).
     pub folio_fallbacks: u64,
+    /// Buffer heads attached (profile build).
+    pub buffer_heads: u64,
 }
 
 struct Pc {
@@ -79,7 +82,15 @@ struct Pc {
     nchunks: usize,
     folio_order: usize,
     s: Stats,
+    /// Profile build: buffer heads, and the per-frame table that finds them
+    /// (`bh_chunks` pages whose addresses are in the `bh_table` block).
+    bh_cache: Option<Kc>,
+    bh_table: *mut usize,
+    bh_table_order: usize,
+    bh_chunks: usize,
 }
+
+const BH_SIZE: usize = 104;
 
 const STATS_ZERO: Stats = Stats {
     nr: 0,
@@ -95,6 +106,7 @@ const STATS_ZERO: Stats = Stats {
     dirty_limit: 0,
     large_folios: 0,
     folio_fallbacks: 0,
+    buffer_heads: 0,
 };
 
 /// The pages holding the frame descriptors (`DESC_PER_CHUNK` each); 0: none.
@@ -105,6 +117,10 @@ static mut PC: Pc = Pc {
     nchunks: 0,
     folio_order: 0,
     s: STATS_ZERO,
+    bh_cache: None,
+    bh_table: core::ptr::null_mut(),
+    bh_table_order: 0,
+    bh_chunks: 0,
 };
 
 fn pc() -> &'static mut Pc {
@@ -192,16 +208,32 @@ pub fn verify(addr: usize, content: u64, index: usize) -> bool {
 }
 
 /// Linux's min_free_kbytes = sqrt(16 * lowmem KiB), low = 5/4, high = 3/2 of it.
-pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize) {
+pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize, build: bool) {
     let p = pc();
-    let max_pfn = (ram_bytes as usize + PAGE_SIZE - 1) / PAGE_SIZE + 256;
-    let n = ((max_pfn + DESC_PER_CHUNK - 1) / DESC_PER_CHUNK).min(MAX_CHUNKS);
-    for i in 0..n {
+    let max_pfn = (ram_bytes as usize).div_ceil(PAGE_SIZE) + 256;
+    p.bh_cache = None;
+    if build {
+        let per = PAGE_SIZE / 8;
+        let chunks = max_pfn.div_ceil(per);
+        let order = (chunks * 8).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize;
+        let Some(t) = buddy::alloc_pages(order) else { super::fail("page cache: no memory for the buffer_head table") };
+        p.bh_table = t as *mut usize;
+        p.bh_table_order = order;
+        for i in 0..chunks {
+            let Some(c) = buddy::alloc_page_zeroed() else { super::fail("page cache: no memory for the buffer_head table") };
+            // SAFETY: the table block holds >= chunks entries (its order was chosen so).
+            unsafe { *p.bh_table.add(i) = c };
+        }
+        p.bh_chunks = chunks;
+        p.bh_cache = Some(mem::create_cache("buffer_head", BH_SIZE, mem::G_PAGECACHE));
+    }
+    let n = max_pfn.div_ceil(DESC_PER_CHUNK).min(MAX_CHUNKS);
+    for chunk in &CHUNKS[..n] {
         let c = match buddy::alloc_page_zeroed() {
             Some(c) => c,
             None => super::fail("page cache: no memory for the frame descriptors"),
         };
-        CHUNKS[i].store(c, Relaxed);
+        chunk.store(c, Relaxed);
     }
     p.nchunks = n;
     p.folio_order = folio_order.min(buddy::MAX_ORDER);
@@ -323,8 +355,8 @@ fn run_of(ino: &Inode, index: usize) -> (usize, usize) {
     if order == 0 || first + n > ino.npages as usize {
         return (index, 0);
     }
-    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); first + n <= npages (checked above).
-    if (first..first + n).any(|i| unsafe { *ino.pages.add(i) } != 0) {
+    // first + n <= npages (checked above).
+    if (first..first + n).any(|i| ino.page(i) != 0) {
         return (index, 0);
     }
     (first, order)
@@ -355,8 +387,8 @@ fn add_folio(ino: &mut Inode, index: usize, write: bool) -> usize {
         }
         let (prev, flags) = if k == 0 { (NONE, flags | if order > 0 { F_LARGE } else { 0 }) } else { (head, flags | F_TAIL) };
         *desc(head + k as u32) = Desc { prev, next: NONE, ino: ino.ino, index: i as u16, flags, pins: 0 };
-        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); i < npages (the folio fits, as chosen).
-        unsafe { *ino.pages.add(i) = addr };
+        // i < npages (the folio fits, as chosen).
+        ino.set_page(i, addr);
     }
     let h = desc(head);
     h.pins = 1;
@@ -373,8 +405,12 @@ fn add_folio(ino: &mut Inode, index: usize, write: bool) -> usize {
     } else {
         s.misses += n as u64;
     }
+    let page = base + (index - first) * PAGE_SIZE;
+    if write {
+        attach_bh(page);
+    }
     super::tick();
-    base + (index - first) * PAGE_SIZE
+    page
 }
 
 /// Pin the folio of a cached page and make the page up to date.
@@ -398,8 +434,8 @@ pub fn get(ino: &mut Inode, index: usize) -> usize {
     if index >= ino.npages as usize {
         super::broken("page cache: index past the inode:", index);
     }
-    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
-    let cur = unsafe { *ino.pages.add(index) };
+    // index < npages (asserted).
+    let cur = ino.page(index);
     if cur != 0 {
         let fresh = desc(pfn_of(cur)).flags & F_UPTODATE != 0;
         pin_cached(ino, index, cur);
@@ -417,8 +453,8 @@ pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
     if index >= ino.npages as usize {
         super::broken("page cache: index past the inode:", index);
     }
-    // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); index < npages (asserted).
-    let cur = unsafe { *ino.pages.add(index) };
+    // index < npages (asserted).
+    let cur = ino.page(index);
     if cur == 0 {
         return add_folio(ino, index, true);
     }
@@ -433,6 +469,8 @@ pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
         d.flags |= F_DIRTY;
         pc().s.dirty += 1;
     }
+    // Pinned above: reclaim inside this allocation leaves the folio alone.
+    attach_bh(cur);
     cur
 }
 
@@ -476,13 +514,11 @@ fn evict(head: u32) -> usize {
     for pfn in head..head + n {
         let d = desc(pfn);
         let addr = addr_of_pfn(pfn);
-        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); a cached page's descriptor records its
-        // index in it, which is < npages.
-        unsafe {
-            debug_assert!(*ino.pages.add(d.index as usize) == addr);
-            *ino.pages.add(d.index as usize) = 0;
-        }
+        // A cached page's descriptor records its index, which is < npages.
+        debug_assert!(ino.page(d.index as usize) == addr);
+        ino.set_page(d.index as usize, 0);
         d.flags = 0;
+        detach_bh(pfn);
     }
     ino.cached -= n;
     pc().s.nr -= n as usize;
@@ -496,6 +532,7 @@ pub fn reclaim(n: usize) -> usize {
     let mut done = 0;
     let mut scanned = 0;
     let limit = pc().s.nr;
+    let lru_pages = limit;
     while done < n && scanned < limit {
         let t = pc().tail;
         if t == NONE {
@@ -510,6 +547,8 @@ pub fn reclaim(n: usize) -> usize {
         done += evict(t);
     }
     pc().s.reclaimed += done as u64;
+    // Slab reclaim in proportion (profile build): the vfs shrinker.
+    vfs::shrink_for(done, lru_pages);
     done
 }
 
@@ -534,8 +573,8 @@ pub fn balance_dirty() {
 /// Drop every cached page of an inode (writing back dirty ones).
 pub fn drop_inode(ino: &mut Inode) {
     for i in 0..ino.npages as usize {
-        // SAFETY: `ino.pages` is the inode's array of `npages` cached-page addresses (vfs allocates it with the inode and frees it with it); i < npages.
-        let a = unsafe { *ino.pages.add(i) };
+        // i < npages.
+        let a = ino.page(i);
         if a != 0 {
             evict(head_of(pfn_of(a)));
         }
@@ -554,6 +593,61 @@ pub fn shutdown() {
         buddy::free_pages(c.swap(0, Relaxed), 0);
     }
     p.nchunks = 0;
+    if let Some(k) = p.bh_cache.take() {
+        for i in 0..p.bh_chunks {
+            // SAFETY: the chunk table holds bh_chunks page addresses (init).
+            buddy::free_pages(unsafe { *p.bh_table.add(i) }, 0);
+        }
+        buddy::free_pages(p.bh_table as usize, p.bh_table_order);
+        crate::mm::slab::drain_all();
+        if !mem::destroy_cache(k) {
+            super::fail("page cache: buffer_head cache still has objects (leak)");
+        }
+    }
+}
+
+/// Profile build: a buffer_head (104 bytes, as ext4's) for a page written
+/// through the cache, found through a per-frame table (struct page's
+/// `private`) and freed when the page is evicted. The page's folio must
+/// be pinned (the allocation may reclaim).
+fn attach_bh(addr: usize) {
+    let Some(k) = pc().bh_cache else { return };
+    let pfn = pfn_of(addr) as usize;
+    let slot = bh_slot(pfn);
+    // SAFETY: bh_slot returns this frame's entry in a table page.
+    if unsafe { *slot } != 0 {
+        return;
+    }
+    let bh = mem::cache_alloc(k) as *mut u64;
+    // SAFETY: a fresh BH_SIZE object (13 words); the entry as above (table
+    // pages stay until shutdown).
+    unsafe {
+        core::ptr::write_bytes(bh as *mut u8, 0, BH_SIZE);
+        bh.write(addr as u64);
+        bh.add(1).write(pfn as u64);
+        *bh_slot(pfn) = bh as usize;
+    }
+    pc().s.buffer_heads += 1;
+}
+
+fn detach_bh(pfn: u32) {
+    let Some(k) = pc().bh_cache else { return };
+    let slot = bh_slot(pfn as usize);
+    // SAFETY: this frame's entry in a table page.
+    let bh = unsafe { core::mem::replace(&mut *slot, 0) };
+    if bh != 0 {
+        mem::cache_free(k, bh as *mut u8);
+    }
+}
+
+fn bh_slot(pfn: usize) -> *mut usize {
+    let p = pc();
+    let per = PAGE_SIZE / 8;
+    if pfn / per >= p.bh_chunks {
+        super::broken("page cache: no buffer_head entry for frame", pfn);
+    }
+    // SAFETY: the table holds bh_chunks zeroed pages of `per` entries each.
+    unsafe { (*p.bh_table.add(pfn / per) as *mut usize).add(pfn % per) }
 }
 
 /// Frame-descriptor table bytes (kept out of the "tracked" figures: whole pages).

@@ -23,6 +23,7 @@ impl Rng {
         Rng(mix(seed) | 1)
     }
     #[inline]
+    #[allow(clippy::should_implement_trait)] // a stream, not an Iterator
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;

@@ -1,22 +1,52 @@
 //! A tiny VFS: dentries (with inline or kmalloc'd external names) in a hash
 //! table, inodes, open files, path walk through `names_cache` buffers; all
 //! objects come from named slab caches, like the kernel's.
-use super::mem;
+//!
+//! Profile `build` (the default) adds what a kernel build keeps: a source
+//! tree of `files=` stat-only files (each an inode of `INODE_SIZE_BUILD`
+//! bytes, ext4_inode_cache's class, and a 192-byte dentry), the page-cache
+//! index of multi-page files in 576-byte `radix_tree_node` objects (64 page
+//! slots each, as Linux's xarray nodes) instead of one flat kmalloc'd array,
+//! and a shrinker: the dentries of files sit on an LRU (new ones at the
+//! head, a lookup hit marks them referenced); under memory pressure page
+//! reclaim calls `shrink_for`, which scans from the tail twice the fraction
+//! of dentries that reclaim took of the page cache (Linux's
+//! `do_shrink_slab` with `DEFAULT_SEEKS`), gives referenced ones a second
+//! chance, skips files that are open or have cached pages, and frees the
+//! rest: dentry, external name, inode and its page index. A file looked up
+//! again comes back from "disk" (sources, headers and the tree are
+//! deterministic; object files keep their size and content in `disk`).
+//! Profile `light` has none of this (today's workload, for comparison).
+use super::mem::{self, Kc};
 use super::pagecache;
 use super::rng::{hash3, mix, Rng};
-use crate::mm::CacheRef;
+use crate::mm::{buddy, PAGE_SIZE};
 
 pub const KIND_DIR: u32 = 0;
 pub const KIND_SOURCE: u32 = 1;
 pub const KIND_HEADER: u32 = 2;
 pub const KIND_OUTPUT: u32 = 3;
+/// A file of the source tree that the build only looks up (profile build).
+pub const KIND_TREE: u32 = 4;
 
 const DENTRY_SIZE: usize = 192;
 const INODE_SIZE: usize = 600;
+/// Profile build: ext4_inode_cache's size class (~1 KiB).
+const INODE_SIZE_BUILD: usize = 1024;
+/// Profile build: an xarray node, 64 slots (Linux's radix_tree_node, 576 bytes).
+const XA_NODE_SIZE: usize = 576;
+const XA_SLOTS: usize = 64;
+/// Words before the slots in a node (the first holds the count of used slots).
+const XA_HDR_WORDS: usize = 8;
+/// Dentry on the LRU / referenced since the shrinker last saw it.
+const D_LRU: u32 = 1;
+const D_REFERENCED: u32 = 2;
 const FILP_SIZE: usize = 256;
 const PATH_MAX: usize = 4096;
 const DNAME_INLINE_LEN: usize = 40;
 const HASH_BUCKETS: usize = 4096;
+/// Inode-table slot that holds no inode: `(next free slot + 1) << 1 | 1`.
+const SLOT_FREE: usize = 1;
 
 #[repr(C)]
 pub struct Inode {
@@ -31,6 +61,74 @@ pub struct Inode {
     /// Pages written back to "disk".
     pub written: u32,
     pub opens: u32,
+    /// Open files on this inode (the shrinker skips it while > 0).
+    pub refs: u32,
+    /// `pages` is a root of `radix_tree_node` pointers (profile build,
+    /// files of more than one page), else a flat array of page addresses.
+    pub xa: u32,
+}
+
+impl Inode {
+    /// Address of cached page `i` (0: not cached); i < npages.
+    #[inline]
+    pub fn page(&self, i: usize) -> usize {
+        if self.xa == 0 {
+            // SAFETY: `pages` is the flat array of `npages` addresses new_inode made; i < npages (the caller's).
+            return unsafe { *self.pages.add(i) };
+        }
+        // SAFETY: the root holds npages.div_ceil(XA_SLOTS) node pointers (new_inode); i < npages.
+        let node = unsafe { *self.pages.add(i / XA_SLOTS) } as *const usize;
+        if node.is_null() {
+            return 0;
+        }
+        // SAFETY: a node is a live XA_NODE_SIZE object (XA_HDR_WORDS + XA_SLOTS words) while the root points at it.
+        unsafe { *node.add(XA_HDR_WORDS + i % XA_SLOTS) }
+    }
+
+    /// Set cached page `i` to `addr` (0: none). Profile build allocates a
+    /// node when its first page arrives and frees it when its last goes.
+    pub fn set_page(&mut self, i: usize, addr: usize) {
+        if self.xa == 0 {
+            // SAFETY: as in `page`.
+            unsafe { *self.pages.add(i) = addr };
+            return;
+        }
+        // SAFETY: as in `page`.
+        let root = unsafe { self.pages.add(i / XA_SLOTS) };
+        // SAFETY: `root` is inside the root array.
+        let mut node = unsafe { *root } as *mut usize;
+        if node.is_null() {
+            if addr == 0 {
+                return;
+            }
+            // A reclaim inside this allocation cannot touch this node's
+            // range: none of its pages is cached (it has no node).
+            let Some(xc) = v().xa_cache else { super::broken("vfs: page index node without a cache", i) };
+            node = mem::cache_alloc(xc) as *mut usize;
+            // SAFETY: a fresh XA_NODE_SIZE object; `root` as above.
+            unsafe {
+                core::ptr::write_bytes(node as *mut u8, 0, XA_NODE_SIZE);
+                *root = node as usize;
+            }
+        }
+        // SAFETY: `node` is live (XA_HDR_WORDS + XA_SLOTS words); word 0 counts the used slots.
+        unsafe {
+            let slot = node.add(XA_HDR_WORDS + i % XA_SLOTS);
+            let was = *slot;
+            *slot = addr;
+            if was == 0 && addr != 0 {
+                *node += 1;
+            } else if was != 0 && addr == 0 {
+                *node -= 1;
+                if *node == 0 {
+                    *root = 0;
+                    if let Some(xc) = v().xa_cache {
+                        mem::cache_free(xc, node as *mut u8);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[repr(C)]
@@ -42,6 +140,10 @@ pub struct Dentry {
     name_len: u32,
     hash: u32,
     inline_name: [u8; DNAME_INLINE_LEN],
+    /// LRU links (profile build; file dentries only).
+    lru_prev: *mut Dentry,
+    lru_next: *mut Dentry,
+    flags: u32,
 }
 
 #[repr(C)]
@@ -52,19 +154,55 @@ pub struct File {
 }
 
 struct Vfs {
-    dentry_cache: CacheRef,
-    inode_cache: CacheRef,
-    filp_cache: CacheRef,
-    names_cache: CacheRef,
+    dentry_cache: Kc,
+    inode_cache: Kc,
+    filp_cache: Kc,
+    names_cache: Kc,
+    /// Profile build: page-cache index nodes.
+    xa_cache: Option<Kc>,
+    build: bool,
+    /// Files (not directories) walk has created.
+    created_files: u64,
+    inode_size: usize,
+    nbuckets: usize,
     buckets: *mut *mut Dentry,
     inodes: *mut *mut Inode,
     max_inodes: usize,
+    /// Slots of the inode table used so far (free ones are reused first).
     ninodes: usize,
+    /// First free slot + 1 (0: none).
+    free_slot: usize,
+    live_inodes: usize,
     root: *mut Dentry,
     pub ndentries: usize,
     pub lookups: u64,
     pub dcache_hits: u64,
     pub external_names: usize,
+    lru_head: *mut Dentry,
+    lru_tail: *mut Dentry,
+    nlru: usize,
+    /// Object files' size and content on "disk" (profile build), per unit:
+    /// page-granular memory, the disk's, not the kernel's.
+    disk: *mut u64,
+    disk_order: usize,
+    /// Shrinker: scan work carried over (numerator over page-cache pages).
+    carry: u64,
+    pub shrink: ShrinkStats,
+}
+
+/// What the shrinker did.
+#[derive(Clone, Copy, Default)]
+pub struct ShrinkStats {
+    /// Calls that scanned something.
+    pub calls: u64,
+    pub scanned: u64,
+    pub dentries: u64,
+    pub inodes: u64,
+    /// Second chances (referenced) and skips (open or with cached pages).
+    pub referenced: u64,
+    pub busy: u64,
+    /// Files looked up again after the shrinker freed them (read from disk).
+    pub refaults: u64,
 }
 
 static mut V: Option<Vfs> = None;
@@ -75,27 +213,53 @@ fn v() -> &'static mut Vfs {
     unsafe { (*core::ptr::addr_of_mut!(V)).as_mut().expect("vfs not initialised") }
 }
 
-pub fn init(max_inodes: usize) {
+/// `max_inodes`: live inodes at most; `build`: profile build with a tree
+/// of `files` files and `units` object files.
+pub fn init(max_inodes: usize, build: bool, files: usize, units: usize) {
+    let (inode_size, nbuckets) = if build { (INODE_SIZE_BUILD, (files / 2).next_power_of_two().max(HASH_BUCKETS)) } else { (INODE_SIZE, HASH_BUCKETS) };
+    let (disk, disk_order) = if build {
+        let order = (units * 16).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize;
+        let Some(p) = buddy::alloc_pages(order) else { super::fail("vfs: no memory for the disk table") };
+        // SAFETY: a fresh block of 1 << order pages, ours until teardown.
+        unsafe { core::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE << order) };
+        (p as *mut u64, order)
+    } else {
+        (core::ptr::null_mut(), 0)
+    };
     let vs = Vfs {
-        dentry_cache: mem::create_cache("dentry", DENTRY_SIZE),
-        inode_cache: mem::create_cache("inode_cache", INODE_SIZE),
-        filp_cache: mem::create_cache("filp", FILP_SIZE),
-        names_cache: mem::create_cache("names_cache", PATH_MAX),
-        buckets: mem::vmalloc(HASH_BUCKETS * 8) as *mut *mut Dentry,
+        dentry_cache: mem::create_cache("dentry", DENTRY_SIZE, mem::G_VFS),
+        inode_cache: mem::create_cache(if build { "ext4_inode_cache" } else { "inode_cache" }, inode_size, mem::G_VFS),
+        filp_cache: mem::create_cache("filp", FILP_SIZE, mem::G_VFS),
+        names_cache: mem::create_cache("names_cache", PATH_MAX, mem::G_VFS),
+        xa_cache: if build { Some(mem::create_cache("radix_tree_node", XA_NODE_SIZE, mem::G_PAGECACHE)) } else { None },
+        build,
+        created_files: 0,
+        inode_size,
+        nbuckets,
+        buckets: mem::vmalloc(nbuckets * 8) as *mut *mut Dentry,
         inodes: mem::vmalloc(max_inodes * 8) as *mut *mut Inode,
         max_inodes,
         ninodes: 0,
+        free_slot: 0,
+        live_inodes: 0,
         root: core::ptr::null_mut(),
         ndentries: 0,
         lookups: 0,
         dcache_hits: 0,
         external_names: 0,
+        lru_head: core::ptr::null_mut(),
+        lru_tail: core::ptr::null_mut(),
+        nlru: 0,
+        disk,
+        disk_order,
+        carry: 0,
+        shrink: ShrinkStats::default(),
     };
     // SAFETY: the workload's vmalloc returns the asked size or stops the
-    // guest: HASH_BUCKETS and max_inodes pointers (null is all-zero);
+    // guest: nbuckets and max_inodes pointers (null is all-zero);
     // V is set once here, before any v().
     unsafe {
-        core::ptr::write_bytes(vs.buckets, 0, HASH_BUCKETS);
+        core::ptr::write_bytes(vs.buckets, 0, nbuckets);
         core::ptr::write_bytes(vs.inodes, 0, max_inodes);
         V = Some(vs);
     }
@@ -110,14 +274,63 @@ pub fn inode(ino: u32) -> &'static mut Inode {
     if ino as usize >= v().ninodes {
         super::broken("vfs: no inode", ino as usize);
     }
-    // SAFETY: slots below ninodes hold inodes new_inode made, alive until
-    // teardown; one CPU, cooperative tasks: one user of an inode at a time.
-    unsafe { &mut **v().inodes.add(ino as usize) }
+    // SAFETY: ino < ninodes indexes the inode table.
+    let p = unsafe { *v().inodes.add(ino as usize) };
+    if p as usize & SLOT_FREE != 0 {
+        super::broken("vfs: freed inode", ino as usize);
+    }
+    // SAFETY: a used slot holds an inode new_inode made, alive until the
+    // shrinker or teardown frees it (which frees the slot); one CPU,
+    // cooperative tasks: one user of an inode at a time.
+    unsafe { &mut *p }
 }
 
 pub fn stats() -> (usize, u64, u64, usize, usize) {
     let vs = v();
     (vs.ndentries, vs.lookups, vs.dcache_hits, vs.external_names, vs.ninodes)
+}
+
+pub fn shrink_stats() -> ShrinkStats {
+    v().shrink
+}
+
+/// Live inodes and dentries now.
+pub fn live() -> (usize, usize) {
+    (v().live_inodes, v().ndentries)
+}
+
+/// Bytes of an inode's page index root (flat array or node pointers).
+fn root_bytes(npages: u32, xa: bool) -> usize {
+    if xa {
+        (npages as usize).div_ceil(XA_SLOTS) * 8
+    } else {
+        npages as usize * 8
+    }
+}
+
+/// Record an object file's size and content on "disk" (profile build).
+pub fn disk_write(unit: u32, npages: u32, content: u64) {
+    let vs = v();
+    if vs.disk.is_null() {
+        return;
+    }
+    // SAFETY: the disk table holds 2 words per unit (init sized it for `units`; unit < units).
+    unsafe {
+        vs.disk.add(unit as usize * 2).write(npages as u64 | 1 << 32);
+        vs.disk.add(unit as usize * 2 + 1).write(content);
+    }
+}
+
+/// An object file as on "disk": `walk`'s `create` argument (None when not
+/// written, or in profile light, which never forgets a dentry).
+pub fn disk_read(unit: u32) -> Option<(u32, u32, u64)> {
+    let vs = v();
+    if vs.disk.is_null() {
+        return None;
+    }
+    // SAFETY: as in disk_write.
+    let (a, c) = unsafe { (vs.disk.add(unit as usize * 2).read(), vs.disk.add(unit as usize * 2 + 1).read()) };
+    (a >> 32 != 0).then_some((KIND_OUTPUT, a as u32, c))
 }
 
 fn name_hash(parent: *mut Dentry, name: &[u8]) -> u32 {
@@ -130,30 +343,183 @@ fn name_hash(parent: *mut Dentry, name: &[u8]) -> u32 {
 
 fn new_inode(kind: u32, npages: u32, content: u64) -> *mut Inode {
     let vs = v();
-    if vs.ninodes == vs.max_inodes {
+    if vs.free_slot == 0 && vs.ninodes == vs.max_inodes {
         super::fail("vfs: inode table full");
     }
     let p = mem::cache_alloc(vs.inode_cache) as *mut Inode;
-    // SAFETY: cache_alloc returns an INODE_SIZE object (or stops the guest).
-    unsafe { core::ptr::write_bytes(p as *mut u8, 0, INODE_SIZE) };
-    let pages = if npages > 0 { mem::kzalloc(npages as usize * 8) as *mut usize } else { core::ptr::null_mut() };
-    let ino = vs.ninodes as u32;
-    // SAFETY: `p` is that object (INODE_SIZE >= size_of::<Inode>()), and
-    // ninodes < max_inodes (checked above) indexes the inode table.
+    // SAFETY: cache_alloc returns an inode_size object (or stops the guest).
+    unsafe { core::ptr::write_bytes(p as *mut u8, 0, vs.inode_size) };
+    let xa = vs.build && npages > 1;
+    let pages = if npages > 0 { mem::kzalloc(root_bytes(npages, xa)) as *mut usize } else { core::ptr::null_mut() };
+    // The allocations above may have run the shrinker: take the slot now.
+    let vs = v();
+    let ino = if vs.free_slot != 0 {
+        let i = vs.free_slot - 1;
+        // SAFETY: i < ninodes: a free slot of the inode table holding the next free one.
+        vs.free_slot = unsafe { *vs.inodes.add(i) } as usize >> 1;
+        i
+    } else {
+        vs.ninodes += 1;
+        vs.ninodes - 1
+    };
+    // SAFETY: `p` is that object (inode_size >= size_of::<Inode>()), and
+    // ino < max_inodes indexes the inode table.
     unsafe {
-        p.write(Inode { ino, kind, npages, cached: 0, pages, content, written: 0, opens: 0 });
-        *vs.inodes.add(ino as usize) = p;
+        p.write(Inode { ino: ino as u32, kind, npages, cached: 0, pages, content, written: 0, opens: 0, refs: 0, xa: xa as u32 });
+        *vs.inodes.add(ino) = p;
     }
-    vs.ninodes += 1;
+    vs.live_inodes += 1;
     p
 }
 
-fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
+/// Free an inode that has no cached page (its slot becomes free).
+fn free_inode(p: *mut Inode) {
     let vs = v();
-    let d = mem::cache_alloc(vs.dentry_cache) as *mut Dentry;
+    // SAFETY: a live inode (the caller's), freed just below.
+    let ino = unsafe { &mut *p };
+    if !ino.pages.is_null() {
+        mem::kfree(ino.pages as *mut u8, root_bytes(ino.npages, ino.xa != 0));
+    }
+    let i = ino.ino as usize;
+    // SAFETY: i < ninodes: the inode's own slot.
+    unsafe { *vs.inodes.add(i) = ((vs.free_slot << 1) | SLOT_FREE) as *mut Inode };
+    vs.free_slot = i + 1;
+    vs.live_inodes -= 1;
+    mem::cache_free(vs.inode_cache, p as *mut u8);
+}
+
+fn lru_unlink(d: *mut Dentry) {
+    let vs = v();
+    // SAFETY: `d` is a live dentry on the LRU, whose links are live LRU dentries or null.
+    unsafe {
+        let dn = &mut *d;
+        if dn.lru_prev.is_null() {
+            vs.lru_head = dn.lru_next;
+        } else {
+            (*dn.lru_prev).lru_next = dn.lru_next;
+        }
+        if dn.lru_next.is_null() {
+            vs.lru_tail = dn.lru_prev;
+        } else {
+            (*dn.lru_next).lru_prev = dn.lru_prev;
+        }
+        dn.lru_prev = core::ptr::null_mut();
+        dn.lru_next = core::ptr::null_mut();
+    }
+}
+
+fn lru_push(d: *mut Dentry) {
+    let vs = v();
+    // SAFETY: `d` is a live dentry not on the LRU; the head is a live LRU dentry or null.
+    unsafe {
+        (*d).lru_prev = core::ptr::null_mut();
+        (*d).lru_next = vs.lru_head;
+        if vs.lru_head.is_null() {
+            vs.lru_tail = d;
+        } else {
+            (*vs.lru_head).lru_prev = d;
+        }
+    }
+    vs.lru_head = d;
+}
+
+/// Take a dentry out of its hash chain.
+fn unhash(d: *mut Dentry) {
+    let vs = v();
+    // SAFETY: `d` is a live hashed dentry (not the root); the bucket index
+    // is < nbuckets and the chain holds only live dentries.
+    unsafe {
+        let mut pp = vs.buckets.add((*d).hash as usize % vs.nbuckets);
+        while *pp != d {
+            if (*pp).is_null() {
+                super::broken("vfs: dentry not in its hash chain", d as usize);
+            }
+            pp = core::ptr::addr_of_mut!((**pp).hash_next);
+        }
+        *pp = (*d).hash_next;
+    }
+}
+
+/// Free a dentry (and its external name).
+fn free_dentry(d: *mut Dentry) {
+    let vs = v();
+    // SAFETY: a live dentry (the caller's), freed just below.
+    let dn = unsafe { &*d };
+    if dn.name_len as usize >= DNAME_INLINE_LEN {
+        mem::kfree(dn.name, dn.name_len as usize + 1);
+    }
+    mem::cache_free(vs.dentry_cache, d as *mut u8);
+    vs.ndentries -= 1;
+}
+
+/// Scan up to `n` dentries from the LRU's cold end: referenced ones get a
+/// second chance, busy ones (open, or with cached pages) go back to the
+/// head, the others are freed with their inode. Returns objects freed.
+pub fn shrink(n: usize) -> usize {
+    let vs = v();
+    if !vs.build || n == 0 || vs.nlru == 0 {
+        return 0;
+    }
+    vs.shrink.calls += 1;
+    let mut freed = 0;
+    for _ in 0..n.min(vs.nlru) {
+        let d = v().lru_tail;
+        if d.is_null() {
+            break;
+        }
+        v().shrink.scanned += 1;
+        // SAFETY: the LRU holds live file dentries, each with a live inode.
+        let (ino, flags) = unsafe { ((*d).inode, (*d).flags) };
+        // SAFETY: as above.
+        let busy = unsafe { (*ino).refs != 0 || (*ino).cached != 0 };
+        if busy || flags & D_REFERENCED != 0 {
+            if busy {
+                v().shrink.busy += 1;
+            } else {
+                v().shrink.referenced += 1;
+            }
+            lru_unlink(d);
+            // SAFETY: live dentry (above).
+            unsafe { (*d).flags &= !D_REFERENCED };
+            lru_push(d);
+            continue;
+        }
+        lru_unlink(d);
+        v().nlru -= 1;
+        unhash(d);
+        free_dentry(d);
+        free_inode(ino);
+        let st = &mut v().shrink;
+        st.dentries += 1;
+        st.inodes += 1;
+        freed += 2;
+    }
+    freed
+}
+
+/// Page reclaim took `reclaimed` of `lru_pages` page-cache pages: scan
+/// twice that fraction of the dentry LRU (`do_shrink_slab`'s
+/// `4 / DEFAULT_SEEKS`), carrying the remainder to the next call.
+pub fn shrink_for(reclaimed: usize, lru_pages: usize) -> usize {
+    let vs = v();
+    if !vs.build || reclaimed == 0 || lru_pages == 0 {
+        return 0;
+    }
+    let total = vs.carry + 2 * reclaimed as u64 * vs.nlru as u64;
+    let n = total / lru_pages as u64;
+    vs.carry = total % lru_pages as u64;
+    shrink(n as usize)
+}
+
+fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
+    let d = mem::cache_alloc(v().dentry_cache) as *mut Dentry;
+    let ext = if name.len() < DNAME_INLINE_LEN { core::ptr::null_mut() } else { mem::kmalloc(name.len() + 1) };
+    // The allocations above may have run the shrinker (it never frees
+    // directories, so `parent` is still live).
+    let vs = v();
     // SAFETY: `d` is a fresh DENTRY_SIZE object (cache_alloc stops the guest
     // rather than fail), all-zero is a valid Dentry; the external name is a
-    // fresh kmalloc of len + 1; the bucket index is < HASH_BUCKETS.
+    // fresh kmalloc of len + 1; the bucket index is < nbuckets.
     unsafe {
         core::ptr::write_bytes(d as *mut u8, 0, DENTRY_SIZE);
         let dn = &mut *d;
@@ -164,14 +530,13 @@ fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
             dn.inline_name[..name.len()].copy_from_slice(name);
             dn.name = dn.inline_name.as_mut_ptr();
         } else {
-            let ext = mem::kmalloc(name.len() + 1);
             core::ptr::copy_nonoverlapping(name.as_ptr(), ext, name.len());
             *ext.add(name.len()) = 0;
             dn.name = ext;
             vs.external_names += 1;
         }
         if !parent.is_null() {
-            let b = vs.buckets.add(hash as usize % HASH_BUCKETS);
+            let b = vs.buckets.add(hash as usize % vs.nbuckets);
             dn.hash_next = *b;
             *b = d;
         }
@@ -182,8 +547,8 @@ fn new_dentry(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
 
 fn d_lookup(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
     let vs = v();
-    // SAFETY: the index is < HASH_BUCKETS, in the zeroed bucket array.
-    let mut d = unsafe { *vs.buckets.add(hash as usize % HASH_BUCKETS) };
+    // SAFETY: the index is < nbuckets, in the zeroed bucket array.
+    let mut d = unsafe { *vs.buckets.add(hash as usize % vs.nbuckets) };
     while !d.is_null() {
         // SAFETY: dentries live in the dentry cache from new_dentry until teardown, and the hash chains hold only those.
         let dn = unsafe { &*d };
@@ -205,6 +570,8 @@ pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> 
     let vs = v();
     vs.lookups += 1;
     let mut cur = vs.root;
+    // Directories are never freed (only file dentries are on the LRU), so
+    // `cur` stays live across the allocations below.
     let comps = path.split(|&b| b == b'/').filter(|c| !c.is_empty());
     let ncomp = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).count();
     for (i, comp) in comps.enumerate() {
@@ -212,7 +579,9 @@ pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> 
         let h = name_hash(cur, comp);
         let d = d_lookup(cur, comp, h);
         if !d.is_null() {
-            vs.dcache_hits += 1;
+            v().dcache_hits += 1;
+            // SAFETY: d_lookup returned a live dentry.
+            unsafe { (*d).flags |= D_REFERENCED };
             cur = d;
             continue;
         }
@@ -224,9 +593,19 @@ pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> 
                 None => return None,
             }
         };
+        if last {
+            v().created_files += 1;
+        }
         let d = new_dentry(cur, comp, h);
-        // SAFETY: new_dentry returned a live dentry.
-        unsafe { (*d).inode = ino };
+        // SAFETY: new_dentry returned a live dentry, `ino` a live inode.
+        unsafe {
+            (*d).inode = ino;
+            if v().build && (*ino).kind != KIND_DIR {
+                (*d).flags = D_LRU;
+                lru_push(d);
+                v().nlru += 1;
+            }
+        }
         cur = d;
     }
     // SAFETY: `cur` is the root or a dentry found or made above: live.
@@ -282,6 +661,15 @@ pub fn make_path(seed: u64, kind: u32, id: u32, buf: *mut u8) -> usize {
             let mut dr = Rng::new(hash3(seed, 7, id as u64 % 24));
             word(&mut dr, buf, &mut len, false);
         }
+        KIND_TREE => {
+            // About 24 x 160 directories, as a kernel tree has thousands.
+            put(buf, &mut len, b"/linux/");
+            let mut dr = Rng::new(hash3(seed, 8, id as u64 % 24));
+            word(&mut dr, buf, &mut len, false);
+            put(buf, &mut len, b"/");
+            let mut sr = Rng::new(hash3(seed, 9, (id as u64 / 24) % 160));
+            word(&mut sr, buf, &mut len, false);
+        }
         _ => {
             put(buf, &mut len, if kind == KIND_OUTPUT { b"/obj/" } else { b"/src/" });
             let mut dr = Rng::new(hash3(seed, 5, id as u64 % 16));
@@ -311,6 +699,7 @@ pub fn make_path(seed: u64, kind: u32, id: u32, buf: *mut u8) -> usize {
     put(buf, &mut len, match kind {
         KIND_HEADER => b".h",
         KIND_OUTPUT => b".o",
+        KIND_TREE if id.is_multiple_of(3) => b".h",
         _ => b".c",
     });
     len
@@ -324,61 +713,93 @@ pub fn open(seed: u64, kind: u32, id: u32, create: Option<(u32, u32, u64)>) -> O
     let ino = walk(path, create);
     putname(buf);
     let ino = ino?;
+    // Held before the next allocation (which may run the shrinker).
+    // SAFETY: a live inode from walk.
+    unsafe {
+        (*ino).refs += 1;
+        (*ino).opens += 1;
+    }
     let f = mem::cache_alloc(v().filp_cache) as *mut File;
     // SAFETY: `f` is a fresh FILP_SIZE object (>= size_of::<File>()), `ino`
-    // a live inode from walk.
+    // a live inode from walk (held).
     unsafe {
         core::ptr::write_bytes(f as *mut u8, 0, FILP_SIZE);
         f.write(File { inode: ino, pos: 0, flags: kind });
-        (*ino).opens += 1;
     }
     Some(f)
 }
 
-pub fn close(f: *mut File) {
+/// close(): drop the file's hold on its inode and free it.
+///
+/// # Safety
+/// `f` is a file `open` returned, not closed yet.
+pub unsafe fn close(f: *mut File) {
+    // SAFETY: `f` is an open file (the caller's contract), its inode held by it.
+    unsafe { (*(*f).inode).refs -= 1 };
     mem::cache_free(v().filp_cache, f as *mut u8);
+}
+
+/// stat(): look a file up (creating it from "disk" when not cached);
+/// profile build's make and compilers do this for the tree's files.
+/// Returns whether the file had to be created (read from disk).
+pub fn stat(seed: u64, kind: u32, id: u32, create: (u32, u32, u64)) -> bool {
+    let (buf, len) = getname(seed, kind, id);
+    // SAFETY: getname wrote `len` bytes into `buf`, released only below.
+    let path = unsafe { core::slice::from_raw_parts(buf, len) };
+    let before = v().created_files;
+    walk(path, Some(create));
+    putname(buf);
+    v().created_files != before
+}
+
+/// A tree file looked up again after the shrinker freed it.
+pub fn note_refault() {
+    v().shrink.refaults += 1;
 }
 
 /// Free the whole tree (page cache pages of every inode first).
 pub fn teardown() {
     let vs = v();
     for i in 0..vs.ninodes {
-        // SAFETY: i < ninodes: a slot new_inode filled, its inode still live
-        // (freed only just below, once per slot).
+        // SAFETY: i < ninodes: a slot new_inode filled: a live inode (freed
+        // only just below, once per slot) or a free slot.
         let p = unsafe { *vs.inodes.add(i) };
+        if p as usize & SLOT_FREE != 0 {
+            continue;
+        }
         // SAFETY: as above; nothing else uses the vfs during teardown.
         let ino = unsafe { &mut *p };
         if !ino.pages.is_null() {
             pagecache::drop_inode(ino);
-            mem::kfree(ino.pages as *mut u8);
+            mem::kfree(ino.pages as *mut u8, root_bytes(ino.npages, ino.xa != 0));
         }
         mem::cache_free(vs.inode_cache, p as *mut u8);
+        vs.live_inodes -= 1;
     }
-    for b in 0..HASH_BUCKETS {
-        // SAFETY: b < HASH_BUCKETS.
+    for b in 0..vs.nbuckets {
+        // SAFETY: b < nbuckets.
         let mut d = unsafe { *vs.buckets.add(b) };
         while !d.is_null() {
             // SAFETY: dentries live in the dentry cache from new_dentry until teardown, and the hash chains hold only those (each is freed after its `next` is read).
             let dn = unsafe { &*d };
             let next = dn.hash_next;
-            if dn.name_len as usize >= DNAME_INLINE_LEN {
-                mem::kfree(dn.name);
-            }
-            mem::cache_free(vs.dentry_cache, d as *mut u8);
-            vs.ndentries -= 1;
+            free_dentry(d);
             d = next;
         }
     }
-    mem::cache_free(vs.dentry_cache, vs.root as *mut u8);
-    vs.ndentries -= 1;
-    mem::vfree(vs.buckets as *mut u8, HASH_BUCKETS * 8);
+    free_dentry(vs.root);
+    let vs = v();
+    mem::vfree(vs.buckets as *mut u8, vs.nbuckets * 8);
     mem::vfree(vs.inodes as *mut u8, vs.max_inodes * 8);
-    let caches = [vs.dentry_cache, vs.inode_cache, vs.filp_cache, vs.names_cache];
+    if !vs.disk.is_null() {
+        buddy::free_pages(vs.disk as usize, vs.disk_order);
+    }
+    let caches = [Some(vs.dentry_cache), Some(vs.inode_cache), Some(vs.filp_cache), Some(vs.names_cache), vs.xa_cache];
     // SAFETY: the last use of the vfs: nothing holds a reference from v().
     unsafe { V = None };
     crate::mm::slab::drain_all();
-    for c in caches {
-        if crate::mm::kmem_cache_destroy(c).is_err() {
+    for c in caches.into_iter().flatten() {
+        if !mem::destroy_cache(c) {
             super::fail("vfs: a named cache still has objects (leak)");
         }
     }
