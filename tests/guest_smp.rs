@@ -7,7 +7,11 @@
 //! invariants, no sanitizer report, and shootdowns served by every other
 //! CPU (the shadow remaps and vmalloc unmaps of one CPU reach the others).
 //!
-//! Logs: target/guest-logs/smp4/<mode>/smp.log. The run is short
+//! Also: with `smp_sched=on` (tasks on every CPU) the guest's selftests
+//! (mm, vmalloc, tasks: spawn, join, call_rcu, workqueue) pass, and the APs
+//! ran some of the tasks.
+//!
+//! Logs: target/guest-logs/smp4/<mode>/<suite>.log. The run is short
 //! (`smp_rounds=150` per CPU): on a 2-core host each shootdown waits for
 //! three vCPU threads to be scheduled.
 #![cfg(target_os = "linux")]
@@ -68,4 +72,36 @@ fn guest_smp4_allocators_full() {
 #[test]
 fn guest_smp4_allocators_hybrid() {
     check_smp_stress("hybrid");
+}
+
+/// The selftests with tasks on every CPU.
+fn check_selftest_sched(mode: &str) {
+    let b = guest::boot_smp(CPUS, mode, "selftest", "smp_sched=on");
+    let ctx = || format!("guest {mode}/selftest on {CPUS} cpus (log {})\n{}", b.path.display(), guest::excerpt(&b.log));
+    assert_eq!(b.code, 33, "exit code {} (want 33): {}", b.code, ctx());
+    assert!(b.log.contains("guest: suite selftest PASSED"), "{}", ctx());
+    assert!(b.log.contains(&format!("smp: tasks run on {CPUS} cpus")), "{}", ctx());
+    for bad in ["BUG: KASAN", "refused:", "selftest: FAILED", "waits for"] {
+        assert!(!b.log.contains(bad), "'{bad}' in the log: {}", ctx());
+    }
+    let line = b
+        .log
+        .lines()
+        .find_map(|l| l.strip_prefix("smp: task switches per cpu:"))
+        .unwrap_or_else(|| panic!("no task-switch line: {}", ctx()));
+    let per_cpu: Vec<u64> = line.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    assert_eq!(per_cpu.len(), CPUS as usize);
+    eprintln!("guest {mode}/selftest on {CPUS} cpus, smp_sched=on: task switches per cpu {per_cpu:?}, {:.1}s", b.secs);
+    // About 25 tasks are spawned while the APs idle: some run there.
+    assert!(per_cpu[1..].iter().sum::<u64>() > 0, "no task ran on an AP: {}", ctx());
+}
+
+#[test]
+fn guest_smp4_sched_selftest_full() {
+    check_selftest_sched("full");
+}
+
+#[test]
+fn guest_smp4_sched_selftest_hybrid() {
+    check_selftest_sched("hybrid");
 }

@@ -76,7 +76,12 @@ type Verdict = (String, Vec<String>);
 /// Boot the bug suite in `mode` on `smp` CPUs, check its log against the
 /// table (see the file's header) and return every case's verdict.
 fn check_kasan_suite_on(mode: &str, smp: u32) -> (guest::Boot, Vec<Verdict>) {
-    let b = guest::boot_smp(smp, mode, "kasan", "kasan_multi_shot");
+    check_kasan_suite_with(mode, smp, "")
+}
+
+/// [`check_kasan_suite_on`] with extra command-line words.
+fn check_kasan_suite_with(mode: &str, smp: u32, extra: &str) -> (guest::Boot, Vec<Verdict>) {
+    let b = guest::boot_smp(smp, mode, "kasan", &format!("kasan_multi_shot {extra}"));
     let verdicts = check_kasan_log(mode, &b);
     (b, verdicts)
 }
@@ -201,6 +206,17 @@ fn check_kasan_suite_smp(mode: &str) {
         // private: each remap is a shootdown of the other CPUs.
         assert!(shadow > 0, "guest hybrid/kasan on {CPUS} cpus: no shadow remap shot the other cpus down");
     }
+}
+
+/// The bug suite on 4 CPUs with tasks on every CPU (`smp_sched=on`: the
+/// suite's tasks, workqueue and RCU callbacks may run on the APs): the
+/// verdicts of one CPU.
+#[test]
+fn guest_kasan_suite_smp4_sched_hybrid() {
+    let (_, one) = check_kasan_suite_on("hybrid", 1);
+    let (b, many) = check_kasan_suite_with("hybrid", 4, "smp_sched=on");
+    assert!(b.log.contains("smp: tasks run on 4 cpus"), "tasks not spread:\n{}", guest::excerpt(&b.log));
+    assert_eq!(many, one, "verdicts on 4 cpus with smp_sched=on differ from one cpu's");
 }
 
 #[test]

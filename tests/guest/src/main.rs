@@ -39,6 +39,7 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
     println!("guest: ran {} .init_array constructors", n);
     kasan_glue::late_init(info);
     start_cpus(info);
+    task::start_smp();
     let suite = info.config.suite();
     println!("guest: suite {}", suite);
     let ok = run_suite(suite);
@@ -53,6 +54,13 @@ pub fn guest_main(info: &'static BootInfo) -> ! {
             smp.served,
             smp.cpus
         );
+        if task::spread() {
+            print!("smp: task switches per cpu:");
+            for c in 0..smp.cpus {
+                print!(" {}", task::switches(c));
+            }
+            println!();
+        }
     }
     println!("guest: suite {} {}", suite, if ok { "PASSED" } else { "FAILED" });
     exit(if ok { code::SUCCESS } else { code::FAILURE })

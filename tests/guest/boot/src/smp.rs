@@ -489,6 +489,19 @@ extern "C" fn guest_boot_ap_main(cpu: u64) -> ! {
             WORK_DONE.fetch_add(1, Release);
             continue;
         }
+        let idle = IDLE_HOOK.load(Acquire);
+        if idle != 0 {
+            // SAFETY: as for the work above: interrupts on while tasks run.
+            unsafe { asm!("sti", options(nomem, nostack)) };
+            // SAFETY: `set_idle_hook` stored a `fn(usize)` here.
+            let f = unsafe { core::mem::transmute::<usize, fn(usize)>(idle) };
+            f(cpu);
+            // SAFETY: back to the check with interrupts off (see above).
+            unsafe { asm!("cli", options(nomem, nostack)) };
+            if WORK_GEN.load(Acquire) != done {
+                continue;
+            }
+        }
         // SAFETY: `sti; hlt` waits for the next interrupt (the shootdown
         // IPI, which is also the wake-up); the IDT and the APIC are set up.
         unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
@@ -581,6 +594,65 @@ impl Default for RecLock {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A plain spin lock taken and released by explicit calls (the scheduler
+/// holds one across a context switch: the next task releases it). Waiting
+/// serves shootdowns ([`relax`]).
+pub struct SpinLock {
+    locked: AtomicBool,
+}
+
+impl SpinLock {
+    pub const fn new() -> Self {
+        SpinLock { locked: AtomicBool::new(false) }
+    }
+
+    pub fn lock(&self) {
+        let mut w = Watchdog::new();
+        while self.locked.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+            w.tick(|| println!("smp: cpu {} waits for a spin lock", cpu::cpu_id()));
+            relax();
+        }
+    }
+
+    /// Release; the caller (or the task it switched from) took it.
+    pub fn unlock(&self) {
+        self.locked.store(false, Release);
+    }
+}
+
+impl Default for SpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Set the function APs call whenever they are idle (with interrupts on;
+/// it returns when it has nothing to run): the scheduler's idle loop.
+pub fn set_idle_hook(f: fn(usize)) {
+    IDLE_HOOK.store(f as usize, SeqCst);
+    wake_others();
+}
+
+static IDLE_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Wake the other CPUs from `hlt` (new work for their idle hook).
+pub fn wake_others() {
+    if others_online() {
+        send_ipi(0, 0x000c_0000 | SHOOTDOWN_VECTOR as u32);
+    }
+}
+
+/// Bounds (low, high) of CPU `cpu`'s boot stack (an AP's, or the boot
+/// CPU's for 0).
+pub fn stack_of(cpu: usize) -> (u64, u64) {
+    if cpu == 0 || cpu >= MAX_CPUS {
+        return crate::boot_stack();
+    }
+    // SAFETY: only the address of the stack is taken (in bounds: checked).
+    let lo = unsafe { core::ptr::addr_of!(AP_STACKS[cpu - 1]) } as u64;
+    (lo, lo + AP_STACK as u64)
 }
 
 /// Says once when a wait has taken more than about 20 s of TSC time (a

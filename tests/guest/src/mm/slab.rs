@@ -706,10 +706,14 @@ fn rcu_pending() -> &'static mut [(usize, usize, usize); RCU_FREES] {
 /// [`rcu_free_cb`] frees it for real (the runtime poisons it then).
 fn rcu_free(ci: usize, ptr: usize, ip: usize) {
     let Some(slot) = rcu_pending().iter().position(|e| e.1 == 0) else {
-        // Full: wait for a grace period (outside a read-side section only).
+        // Full: a grace period (outside a read-side section only) runs the
+        // queued frees. Not rcu_barrier: it would wait, with this lock held,
+        // for callbacks another CPU runs, which take it.
         if !crate::task::rcu_reading() {
-            crate::task::rcu_barrier();
-            return rcu_free(ci, ptr, ip);
+            crate::task::rcu_grace_point();
+            if rcu_pending().iter().any(|e| e.1 == 0) {
+                return rcu_free(ci, ptr, ip);
+            }
         }
         return free_object(ptr, Some(ci), ip, "kmem_cache_free");
     };
