@@ -7,7 +7,7 @@
 //! pass in every mode without a report, and the boot-time and metadata
 //! lines exist with hybrid's metadata far below full's.
 //!
-//! On 4 CPUs (multi-threaded TCG; the suite runs on the boot CPU while the
+//! On 2 and 4 CPUs (multi-threaded TCG; the suite runs on the boot CPU while the
 //! other three are up and take the TLB shootdowns of every remap): in
 //! `full` and `hybrid` the same verdict per case as on one CPU, `smp: 4 cpus
 //! up`, and every shootdown served by each other CPU.
@@ -178,33 +178,32 @@ fn guest_kasan_suite_hybrid() {
     check_kasan_suite("hybrid");
 }
 
-/// The bug suite on 4 CPUs gives the verdicts of one CPU; the APs are up
+/// The bug suite on `cpus` CPUs gives the verdicts of one CPU; the APs are up
 /// and each serves every shootdown; hybrid's shadow remaps shoot them down.
-fn check_kasan_suite_smp(mode: &str) {
-    const CPUS: u32 = 4;
+fn check_kasan_suite_smp(mode: &str, cpus: u32) {
     let (_, one) = check_kasan_suite_on(mode, 1);
-    let (b, many) = check_kasan_suite_on(mode, CPUS);
-    let up = format!("smp: {CPUS} cpus up");
-    assert!(b.log.lines().any(|l| l.starts_with(&up)), "guest {mode}/kasan on {CPUS} cpus: no '{up}' line\n{}", guest::excerpt(&b.log));
+    let (b, many) = check_kasan_suite_on(mode, cpus);
+    let up = format!("smp: {cpus} cpus up");
+    assert!(b.log.lines().any(|l| l.starts_with(&up)), "guest {mode}/kasan on {cpus} cpus: no '{up}' line\n{}", guest::excerpt(&b.log));
     for ((name, v1), (_, vn)) in one.iter().zip(&many) {
-        assert_eq!(vn, v1, "guest {mode}/kasan: case {name} on {CPUS} cpus reports {vn:?}, on one cpu {v1:?}");
+        assert_eq!(vn, v1, "guest {mode}/kasan: case {name} on {cpus} cpus reports {vn:?}, on one cpu {v1:?}");
     }
     assert_eq!(many.len(), one.len());
     let line = b
         .log
         .lines()
         .find_map(|l| guest_driver::parse_tagged(l, "smp:").filter(|f| f.get("shootdowns").is_some()))
-        .unwrap_or_else(|| panic!("guest {mode}/kasan on {CPUS} cpus: no 'smp: shootdowns=' line ({})", b.path.display()));
+        .unwrap_or_else(|| panic!("guest {mode}/kasan on {cpus} cpus: no 'smp: shootdowns=' line ({})", b.path.display()));
     let (shootdowns, served, shadow) = (line.num("shootdowns"), line.num("served"), line.num("shadow"));
-    eprintln!("guest {mode}/kasan on {CPUS} cpus: {shootdowns} shootdowns ({shadow} for shadow remaps), {served} served");
-    assert_eq!(line.num("cpus"), u64::from(CPUS));
+    eprintln!("guest {mode}/kasan on {cpus} cpus: {shootdowns} shootdowns ({shadow} for shadow remaps), {served} served");
+    assert_eq!(line.num("cpus"), u64::from(cpus));
     assert_eq!(line.num("page") + line.num("full"), shootdowns);
-    assert_eq!(served, shootdowns * u64::from(CPUS - 1), "guest {mode}: every shootdown is served once by each other cpu");
+    assert_eq!(served, shootdowns * u64::from(cpus - 1), "guest {mode}: every shootdown is served once by each other cpu");
     assert!(shadow <= shootdowns);
     if mode == "hybrid" {
         // The suite's hybrid cases move shadow pages between shared and
         // private: each remap is a shootdown of the other CPUs.
-        assert!(shadow > 0, "guest hybrid/kasan on {CPUS} cpus: no shadow remap shot the other cpus down");
+        assert!(shadow > 0, "guest hybrid/kasan on {cpus} cpus: no shadow remap shot the other cpus down");
     }
 }
 
@@ -221,12 +220,22 @@ fn guest_kasan_suite_smp4_sched_hybrid() {
 
 #[test]
 fn guest_kasan_suite_smp4_full() {
-    check_kasan_suite_smp("full");
+    check_kasan_suite_smp("full", 4);
 }
 
 #[test]
 fn guest_kasan_suite_smp4_hybrid() {
-    check_kasan_suite_smp("hybrid");
+    check_kasan_suite_smp("hybrid", 4);
+}
+
+#[test]
+fn guest_kasan_suite_smp2_full() {
+    check_kasan_suite_smp("full", 2);
+}
+
+#[test]
+fn guest_kasan_suite_smp2_hybrid() {
+    check_kasan_suite_smp("hybrid", 2);
 }
 
 #[test]
