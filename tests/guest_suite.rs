@@ -79,6 +79,17 @@ fn check_kasan_suite_on(mode: &str, smp: u32) -> (guest::Boot, Vec<Verdict>) {
     check_kasan_suite_with(mode, smp, "")
 }
 
+/// The verdicts of one CPU in `mode`, booted once per test binary.
+fn one_cpu_verdicts(mode: &str) -> Vec<Verdict> {
+    static ONE: std::sync::Mutex<Vec<(String, Vec<Verdict>)>> = std::sync::Mutex::new(Vec::new());
+    if let Some((_, v)) = ONE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(m, _)| m == mode) {
+        return v.clone();
+    }
+    let (_, v) = check_kasan_suite_on(mode, 1);
+    ONE.lock().unwrap_or_else(|e| e.into_inner()).push((mode.to_string(), v.clone()));
+    v
+}
+
 /// [`check_kasan_suite_on`] with extra command-line words.
 fn check_kasan_suite_with(mode: &str, smp: u32, extra: &str) -> (guest::Boot, Vec<Verdict>) {
     let b = guest::boot_smp(smp, mode, "kasan", &format!("kasan_multi_shot {extra}"));
@@ -181,7 +192,7 @@ fn guest_kasan_suite_hybrid() {
 /// The bug suite on `cpus` CPUs gives the verdicts of one CPU; the APs are up
 /// and each serves every shootdown; hybrid's shadow remaps shoot them down.
 fn check_kasan_suite_smp(mode: &str, cpus: u32) {
-    let (_, one) = check_kasan_suite_on(mode, 1);
+    let one = one_cpu_verdicts(mode);
     let (b, many) = check_kasan_suite_on(mode, cpus);
     let up = format!("smp: {cpus} cpus up");
     assert!(b.log.lines().any(|l| l.starts_with(&up)), "guest {mode}/kasan on {cpus} cpus: no '{up}' line\n{}", guest::excerpt(&b.log));
@@ -210,12 +221,21 @@ fn check_kasan_suite_smp(mode: &str, cpus: u32) {
 /// The bug suite on 4 CPUs with tasks on every CPU (`smp_sched=on`: the
 /// suite's tasks, workqueue and RCU callbacks may run on the APs): the
 /// verdicts of one CPU.
+fn check_kasan_suite_sched(mode: &str) {
+    let one = one_cpu_verdicts(mode);
+    let (b, many) = check_kasan_suite_with(mode, 4, "smp_sched=on");
+    assert!(b.log.contains("smp: tasks run on 4 cpus"), "tasks not spread:\n{}", guest::excerpt(&b.log));
+    assert_eq!(many, one, "{mode}: verdicts on 4 cpus with smp_sched=on differ from one cpu's");
+}
+
+#[test]
+fn guest_kasan_suite_smp4_sched_full() {
+    check_kasan_suite_sched("full");
+}
+
 #[test]
 fn guest_kasan_suite_smp4_sched_hybrid() {
-    let (_, one) = check_kasan_suite_on("hybrid", 1);
-    let (b, many) = check_kasan_suite_with("hybrid", 4, "smp_sched=on");
-    assert!(b.log.contains("smp: tasks run on 4 cpus"), "tasks not spread:\n{}", guest::excerpt(&b.log));
-    assert_eq!(many, one, "verdicts on 4 cpus with smp_sched=on differ from one cpu's");
+    check_kasan_suite_sched("hybrid");
 }
 
 #[test]
