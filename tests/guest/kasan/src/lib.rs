@@ -197,6 +197,11 @@ impl Platform for GuestPlatform {
         (ops().current_task)().1
     }
 
+    /// This CPU's number (GS base): the runtime serializes reports per CPU.
+    fn cpu(&self) -> usize {
+        guest_boot::cpu::cpu_id()
+    }
+
     fn write_task_name(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         out.write_str((ops().current_task)().0)
     }
