@@ -184,7 +184,7 @@ impl Drop for ReportGuard<'_> {
 }
 
 impl ReportLock {
-    /// The lock's value for CPU `cpu`.
+    /// The lock's value for CPU `cpu` (CPU numbers are below `usize::MAX`).
     fn token(cpu: usize) -> usize {
         cpu.wrapping_add(1).max(1)
     }
@@ -528,6 +528,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod report_lock_tests {
+    use super::ReportLock;
+
+    #[test]
+    fn one_cpu_at_a_time_and_no_nesting() {
+        let l = ReportLock::default();
+        assert!(!l.held_by(0) && !l.held_by(3));
+        let g = l.lock(3).expect("free");
+        assert!(l.held_by(3) && !l.held_by(0), "held by CPU 3 only");
+        assert!(l.lock(3).is_none(), "a nested report of the same CPU is refused, not waited for");
+        drop(g);
+        assert!(!l.held_by(3));
+        let g = l.lock(1000).expect("free again");
+        assert!(l.held_by(1000) && !l.held_by(3));
+        drop(g);
     }
 }
 

@@ -17,10 +17,17 @@
 //! one backing to another), in `full`, `hybrid` and hybrid with private
 //! mixed blocks.
 //!
+//! A second test, the flip hammer (see [`hammer`]), aims the race: one
+//! block flipping as fast as it can while other threads probe its free
+//! and allocated pages; the random test alone rarely lands an access in
+//! the microsecond a remap leaves open.
+//!
 //! Knobs: `SMP_RACE_OPS` (operations per thread, default 6000),
-//! `SMP_RACE_THREADS` (2..=8, default 4), `SMP_RACE_SEED` (default: from
-//! the clock; printed on failure). A longer run, in release mode:
-//! `SMP_RACE_OPS=400000 cargo test --release --test differential_smp -- --nocapture`.
+//! `SMP_HAMMER_CYCLES` (flips per flipper thread, default 2/3 of the
+//! operations), `SMP_RACE_THREADS` (2..=8, default 4), `SMP_RACE_SEED`
+//! (default: from the clock; printed on failure). The default run takes
+//! about 10 s here (debug, two cores); a longer one, in release mode:
+//! `SMP_RACE_OPS=1000000 SMP_HAMMER_CYCLES=200000 cargo test --release --test differential_smp -- --nocapture`.
 
 use hybrid_shadow::host::smp::{Object, SmpConfig, SmpKernel, CACHE_SIZES};
 use hybrid_shadow::{BugType, Config, MixedBlocks, Mode, Size};
@@ -378,18 +385,20 @@ struct Console {
 impl Console {
     fn feed(&mut self, run: &Run, text: &str) {
         self.pending.push_str(text);
-        // complete reports: RULE \n body \n RULE \n
-        while let Some(start) = self.pending.find(RULE) {
+        let pending = std::mem::take(&mut self.pending);
+        // complete reports: RULE \n body \n RULE \n, read with a cursor
+        // (the text is cut once at the end: a big chunk stays linear)
+        let mut at = 0;
+        while let Some(start) = pending[at..].find(RULE).map(|s| at + s) {
             let body_at = start + RULE.len() + 1;
-            let Some(end) = self.pending.get(body_at..).and_then(|s| s.find(RULE)) else { break };
-            let end = body_at + end;
-            let report = self.pending[start..end + RULE.len()].to_string();
-            if start != 0 {
-                self.note(format!("text outside a report: {:?}", &self.pending[..start]));
+            let Some(end) = pending.get(body_at..).and_then(|s| s.find(RULE)).map(|e| body_at + e) else { break };
+            if start != at {
+                self.note(format!("text outside a report: {:?}", &pending[at..start]));
             }
-            self.pending.drain(..(end + RULE.len() + 1).min(self.pending.len()));
-            self.report(run, &report);
+            self.report(run, &pending[start..end + RULE.len()]);
+            at = (end + RULE.len() + 1).min(pending.len());
         }
+        self.pending = pending[at..].to_string();
     }
 
     fn note(&mut self, s: String) {
@@ -520,7 +529,7 @@ fn hammer(name: &str, mode: Mode, mixed: MixedBlocks) {
     const REPORT_EVERY: usize = 2048;
     let threads = env_usize("SMP_RACE_THREADS", 4).clamp(2, 8);
     let flippers = threads / 2;
-    let cycles = env_usize("SMP_RACE_OPS", 6000) * 2 / 3;
+    let cycles = env_usize("SMP_HAMMER_CYCLES", env_usize("SMP_RACE_OPS", 6000) * 2 / 3);
     let kasan = Config { mode, multi_shot: true, mixed, ..Config::default() };
     let k = SmpKernel::new(SmpConfig { ram: 4 << 20, vmalloc: 1 << 20, kasan }).expect("model kernel");
     let run = Run {
@@ -655,4 +664,71 @@ fn smp_flip_hammer_full() {
 #[test]
 fn smp_flip_hammer_hybrid() {
     hammer("hybrid", Mode::Hybrid, MixedBlocks::Consult);
+}
+
+/// Two CPUs free the same pages at once (a double free racing with
+/// itself): exactly one free may succeed, the other is reported as a
+/// double free, in every round.
+#[test]
+fn smp_double_free_race() {
+    let rounds = env_usize("SMP_RACE_OPS", 6000) / 3;
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let kasan = Config { mode, multi_shot: true, ..Config::default() };
+        let k = SmpKernel::new(SmpConfig { ram: 4 << 20, vmalloc: 1 << 20, kasan }).expect("model kernel");
+        // A spinning start line (a futex wake would start the two frees
+        // tens of microseconds apart): `arrived` counts the threads at it.
+        let arrived = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let page = k.alloc_pages(0, 64).expect("a page");
+        let (ok, double) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..2usize {
+                let (k, arrived, ok, double, failed) = (&k, &arrived, &ok, &double, &failed);
+                s.spawn(move || {
+                    // a thread that fails releases the other from the start line
+                    struct Fail<'a>(&'a AtomicBool);
+                    impl Drop for Fail<'_> {
+                        fn drop(&mut self) {
+                            if std::thread::panicking() {
+                                self.0.store(true, Relaxed);
+                            }
+                        }
+                    }
+                    let _fail = Fail(failed);
+                    k.plat.own_task(&format!("free{t}"), 400 + t as u32);
+                    let wait_for = |n: usize| {
+                        arrived.fetch_add(1, AcqRel);
+                        let mut spins = 0u32;
+                        while arrived.load(Acquire) < n {
+                            assert!(!failed.load(Relaxed), "the other thread failed");
+                            // spin a while, then let the other thread run
+                            // (two cores, maybe busy with other work)
+                            spins += 1;
+                            if spins.is_multiple_of(1024) {
+                                std::thread::yield_now();
+                            }
+                            std::hint::spin_loop();
+                        }
+                    };
+                    for r in 0..rounds {
+                        wait_for(6 * r + 2);
+                        match k.free_pages_held(page, 0) {
+                            Ok(()) => ok.fetch_add(1, Relaxed),
+                            Err(b) if b.kind == BugType::DoubleFree => double.fetch_add(1, Relaxed),
+                            Err(b) => panic!("{mode:?}: {b:?}"),
+                        };
+                        wait_for(6 * r + 4);
+                        if t == 0 {
+                            k.kasan.page_alloc(page, 0).expect("the page again");
+                        }
+                        wait_for(6 * r + 6);
+                    }
+                });
+            }
+        });
+        let log = k.plat.take_log();
+        let (ok, double) = (ok.into_inner(), double.into_inner());
+        assert_eq!((ok, double), (rounds, rounds), "{mode:?}: one free of two succeeds each round");
+        assert_eq!(log.matches("BUG: KASAN: double-free").count(), rounds, "{mode:?}");
+    }
 }
