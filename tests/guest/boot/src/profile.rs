@@ -135,12 +135,20 @@ pub unsafe fn start(buf: *mut u32, bytes: usize, period_us: u64, alloc: &mut dyn
         lapic_write(0x3e0, 0xb); // divide by 1: one tick per ns of guest time
         lapic_write(0x320, VECTOR as u32 | 1 << 17); // periodic
         lapic_write(0x380, (period_us * 1000).min(u64::from(u32::MAX)) as u32);
+        let flags: u64;
+        asm!("pushfq", "pop {}", out(reg) flags, options(nomem));
+        IRQ_WAS_ON.store(flags & (1 << 9) != 0, core::sync::atomic::Ordering::Relaxed);
         asm!("sti", options(nomem, nostack));
     }
     Ok(())
 }
 
-/// Stop sampling (interrupts off, the timer masked and stopped).
+/// Interrupts were on before [`start`] (several CPUs with tasks on all of
+/// them keep them on: see `smp::irq_enable`); [`stop`] leaves them so.
+static IRQ_WAS_ON: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Stop sampling (the timer masked and stopped; interrupts off again
+/// unless they were on before [`start`]).
 pub fn stop() {
     // SAFETY: disabling interrupts is always allowed; the APIC is mapped
     // since `start`.
@@ -148,6 +156,9 @@ pub fn stop() {
         asm!("cli", options(nomem, nostack));
         lapic_write(0x320, 1 << 16);
         lapic_write(0x380, 0);
+    }
+    if IRQ_WAS_ON.load(core::sync::atomic::Ordering::Relaxed) {
+        crate::smp::irq_enable();
     }
 }
 
