@@ -12,7 +12,11 @@
 #              QEMU_MACHINE=microvm|q35 (default microvm),
 #              GUEST_QEMU_ARGS="extra qemu arguments" (e.g. -icount shift=0,align=off,sleep=off),
 #              GUEST_SMP=N CPUs (default 1; above 1: -smp N with multi-threaded TCG,
-#              -accel tcg,thread=multi, and the log under target/guest-logs/smp<N>/).
+#              -accel tcg,thread=multi, and the log under target/guest-logs/smp<N>/),
+#              GUEST_CHECKS=outline|inline (KASAN only; default outline: a call per access;
+#              inline: the compiler loads the shadow itself, Linux's default; cargo profile
+#              inline or inline-release, ELF under target/guest/x86_64-unknown-none/inline[-release]/,
+#              log under target/guest-logs/inline/).
 # Build directory: target/guest (cargo --target-dir, a clean environment).
 # Serial log: target/guest-logs[/smp<N>]/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
 # kmsan suite, <mode>/kmsan-<suite>.log for others). Prints the log, then "qemu exit code: N",

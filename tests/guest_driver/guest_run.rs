@@ -6,7 +6,7 @@
 #[path = "mod.rs"]
 mod guest_driver;
 
-use guest_driver::{boot_with, build, ensure_qemu, log_path_smp, profile_for, root, Boot, Build, Qemu, San};
+use guest_driver::{boot_with, build, ensure_qemu, log_path_checks, profile_with, root, Boot, Build, Checks, Qemu, San};
 use std::time::Duration;
 
 /// Exit status for a bad argument or environment variable.
@@ -43,7 +43,13 @@ fn main() {
     let san = San::from_name(&san_name)
         .unwrap_or_else(|| fail(EXIT_USAGE, &format!("GUEST_SANITIZER must be kasan|kmsan, got '{san_name}'")));
     let word = env("GUEST_PROFILE").unwrap_or_else(|| "dev".into());
-    let profile = profile_for(san, &word)
+    let checks_name = env("GUEST_CHECKS").unwrap_or_else(|| "outline".into());
+    let checks = Checks::from_name(&checks_name)
+        .unwrap_or_else(|| fail(EXIT_USAGE, &format!("GUEST_CHECKS must be outline|inline, got '{checks_name}'")));
+    if checks == Checks::Inline && san != San::Kasan {
+        fail(EXIT_USAGE, "GUEST_CHECKS=inline is for the KASAN kernel only");
+    }
+    let profile = profile_with(san, &word, checks)
         .unwrap_or_else(|| fail(EXIT_USAGE, &format!("GUEST_PROFILE must be dev|release, got '{word}'")));
     let timeout: u64 = match env("GUEST_TIMEOUT") {
         None => 300,
@@ -72,7 +78,7 @@ fn main() {
         args: env("GUEST_QEMU_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default(),
         smp,
     };
-    let log = log_path_smp(san, smp, mode, suite);
+    let log = log_path_checks(san, smp, checks, mode, suite);
     let boot = Boot {
         elf: &elf,
         san,

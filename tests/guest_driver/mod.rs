@@ -139,7 +139,8 @@ pub fn build_guest_san(san: San, profile: &str, target_dir: &Path) -> Result<Pat
 pub struct Build<'a> {
     /// The kernel's sanitizer.
     pub san: San,
-    /// The cargo profile (`dev`, `release`; KMSAN: `kmsan`, `kmsan-release`).
+    /// The cargo profile (`dev`, `release`; KASAN with inline checks:
+    /// `inline`, `inline-release`; KMSAN: `kmsan`, `kmsan-release`).
     pub profile: &'a str,
     /// `Some(list)`: `--no-default-features --features <list>` (guest_run.sh's
     /// GUEST_FEATURES); `None`: the default features.
@@ -195,6 +196,60 @@ pub fn profile_for(san: San, word: &str) -> Option<&'static str> {
     }
 }
 
+/// How the KASAN kernel's accesses are checked (guest_run.sh's GUEST_CHECKS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Checks {
+    /// A call to `__asan_load*` / `__asan_store*` per access
+    /// (`-asan-instrumentation-with-call-threshold=0`; cargo profiles
+    /// `dev` and `release`). The default.
+    #[default]
+    Outline,
+    /// The compiler loads the shadow byte itself and calls the runtime only
+    /// to report (Linux's default; cargo profiles `inline` and
+    /// `inline-release`). KASAN only.
+    Inline,
+}
+
+impl Checks {
+    /// "outline" or "inline".
+    pub fn name(self) -> &'static str {
+        match self {
+            Checks::Outline => "outline",
+            Checks::Inline => "inline",
+        }
+    }
+
+    /// Parse a name.
+    pub fn from_name(s: &str) -> Option<Checks> {
+        match s {
+            "outline" => Some(Checks::Outline),
+            "inline" => Some(Checks::Inline),
+            _ => None,
+        }
+    }
+
+    /// The checks a cargo profile builds ([`profile_with`]'s inverse).
+    pub fn of_profile(profile: &str) -> Checks {
+        if profile.starts_with("inline") {
+            Checks::Inline
+        } else {
+            Checks::Outline
+        }
+    }
+}
+
+/// [`profile_for`] with `checks`: the KASAN kernel's inline checks build
+/// with profiles `inline` (dev) and `inline-release` (release); `None` for
+/// KMSAN with inline checks (its instrumentation always calls the runtime).
+pub fn profile_with(san: San, word: &str, checks: Checks) -> Option<&'static str> {
+    match (checks, san, word) {
+        (Checks::Outline, ..) => profile_for(san, word),
+        (Checks::Inline, San::Kasan, "dev") => Some("inline"),
+        (Checks::Inline, San::Kasan, "release") => Some("inline-release"),
+        _ => None,
+    }
+}
+
 /// Where a boot's serial log is kept by guest_run.sh and the host tests:
 /// target/guest-logs/<mode>/<suite>.log (KMSAN: <mode>/kmsan.log for the
 /// `kmsan` suite, <mode>/kmsan-<suite>.log for others).
@@ -216,6 +271,21 @@ pub fn log_path_smp(san: San, smp: u32, mode: &str, suite: &str) -> PathBuf {
     }
     let rel = one.strip_prefix(root().join("target/guest-logs")).expect("log_path is under target/guest-logs").to_path_buf();
     root().join("target/guest-logs").join(format!("smp{smp}")).join(rel)
+}
+
+/// [`log_path_smp`] of a kernel with `checks`: the same path for outlined
+/// checks, under target/guest-logs/inline/ for inline ones (so the logs of
+/// the two builds never overwrite each other).
+pub fn log_path_checks(san: San, smp: u32, checks: Checks, mode: &str, suite: &str) -> PathBuf {
+    let p = log_path_smp(san, smp, mode, suite);
+    match checks {
+        Checks::Outline => p,
+        Checks::Inline => {
+            let logs = root().join("target/guest-logs");
+            let rel = p.strip_prefix(&logs).expect("log_path_smp is under target/guest-logs").to_path_buf();
+            logs.join("inline").join(rel)
+        }
+    }
 }
 
 /// Build the guest `b` describes (the toolchain and QEMU are installed

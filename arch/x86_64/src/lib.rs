@@ -44,6 +44,7 @@
 //! * `entry`: page-table entry encoding and the four levels.
 //! * `shared`: building the shared pages and tables.
 //! * [`mapper`]: [`X86ShadowMapper`], the `ShadowMapper` implementation.
+//! * [`early`]: the early zero shadow, mapped before the first inline check.
 //! * [`init`]: boot-time helpers (memory map sizes, initial shadow mapping).
 //! * [`stack`]: a bounded frame-pointer stack walker.
 //! * [`kernel`]: a ready-made runtime and `GlobalAlloc` for a kernel that
@@ -59,6 +60,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod early;
 mod entry;
 pub mod frames;
 pub mod init;

@@ -276,9 +276,53 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
     pub unsafe fn new(
         pml4: PhysAddr,
         mem: M,
+        frames: F,
+        tlb: T,
+        config: Config,
+    ) -> Result<Self, InitError> {
+        // SAFETY: forwarded from the caller (no early shadow to take over).
+        unsafe { Self::build(pml4, mem, frames, tlb, config, false) }
+    }
+
+    /// [`Self::new`] over a region that an early zero shadow may map
+    /// already ([`crate::early::map_early_shadow`], Linux's
+    /// `kasan_early_init`): after building its shared structures (while
+    /// the early shadow still answers the inline checks of whatever the
+    /// frame source runs), the mapper points every PML4 entry of the
+    /// region at its shared [`SharedPage::Zero`] tables and flushes the
+    /// TLB once. The translation stays "zero everywhere" throughout, so an
+    /// inline check between two instructions sees no change. The early
+    /// frames are never read, written or freed by the mapper; they are
+    /// unused once this returns. Empty PML4 entries are mapped the same way.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`], except that the region's PML4 entries may be
+    /// present: each present one maps read-only memory that reads as zero
+    /// everywhere and is no table of this mapper's frame source.
+    pub unsafe fn new_over_early(
+        pml4: PhysAddr,
+        mem: M,
+        frames: F,
+        tlb: T,
+        config: Config,
+    ) -> Result<Self, InitError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::build(pml4, mem, frames, tlb, config, true) }
+    }
+
+    /// [`Self::new`] and [`Self::new_over_early`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::new`]; with `over_early`, as [`Self::new_over_early`].
+    unsafe fn build(
+        pml4: PhysAddr,
+        mem: M,
         mut frames: F,
         tlb: T,
         config: Config,
+        over_early: bool,
     ) -> Result<Self, InitError> {
         const SLOT: usize = 1 << 39;
         if config.shadow_start >= config.shadow_end
@@ -289,7 +333,7 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
             return Err(InitError::BadRegion);
         }
         let mut va = config.shadow_start;
-        while va < config.shadow_end {
+        while va < config.shadow_end && !over_early {
             // SAFETY: the PML4 is reachable through `mem` (caller).
             if is_present(unsafe { read_entry(&mem, pml4, Level::Pml4.index(va)) }) {
                 return Err(InitError::RegionInUse);
@@ -300,7 +344,7 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
         // SAFETY: `frames` and `mem` fit together (caller).
         let shared =
             unsafe { SharedTables::build(&mut frames, &mem, enc) }.ok_or(InitError::OutOfFrames)?;
-        Ok(X86ShadowMapper {
+        let mut m = X86ShadowMapper {
             pml4,
             mem,
             frames,
@@ -316,7 +360,27 @@ impl<F: FrameSource, M: PhysMem, T: TlbFlush> X86ShadowMapper<F, M, T> {
                 shared_tables: SHARED_TABLES,
                 ..MapperStats::default()
             },
-        })
+        };
+        if over_early {
+            m.take_over_early();
+        }
+        Ok(m)
+    }
+
+    /// Point every PML4 entry of the region at the shared zero PDPT (what
+    /// [`ShadowMapper::map_shared_range`] would do over the whole region,
+    /// without looking at what the early entries point at), then flush.
+    fn take_over_early(&mut self) {
+        let zero = self
+            .enc
+            .shared(self.shared.target(SharedPage::Zero, Level::Pml4));
+        let mut va = self.config.shadow_start;
+        while va < self.config.shadow_end {
+            self.write(self.pml4, Level::Pml4.index(va), zero);
+            va += Level::Pml4.span();
+        }
+        self.tlb.flush_all();
+        self.stats.full_flushes += 1;
     }
 
     /// The configuration.

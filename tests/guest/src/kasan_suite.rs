@@ -102,8 +102,12 @@ fn wr8(a: usize, v: u8) {
     unsafe { write_volatile(black_box(a) as *mut u8, v) }
 }
 
-/// 16 bytes read or written as one access (`load i128`, align 1).
-#[repr(C, packed)]
+/// 16 bytes read or written as one access (`load i128`, align 8), like
+/// Linux's `struct { u64 words[2]; }`. Aligned to the 8-byte granule, the
+/// access is one check with inline checks too (a 2-byte shadow load); with
+/// align 1, LLVM checks its first and last byte separately, and a
+/// use-after-free, bad at both ends, reports twice in recover mode.
+#[repr(C, packed(8))]
 #[derive(Clone, Copy)]
 struct U128(u128);
 

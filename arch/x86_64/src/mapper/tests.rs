@@ -769,3 +769,72 @@ fn big_leaf_ranges_use_one_full_flush() {
     assert_eq!(m.stats().private_pages, 0);
     assert_eq!(byte(&m, &mem, S), Some(0));
 }
+
+#[test]
+fn takes_over_the_early_zero_shadow() {
+    let mem = FakePhys::new(80);
+    // The early shadow in the last four fake frames (outside the frame
+    // source's reach only by convention: FakeFrames hands out from the
+    // bottom, and 80 frames are far more than this test needs).
+    let early: [PhysAddr; 4] =
+        core::array::from_fn(|i| PhysAddr::new(FAKE_BASE + (76 + i as u64) * 4096));
+    // SAFETY: fake memory holds the PML4 and the four frames; the region's
+    // PML4 entries are empty.
+    unsafe { crate::early::map_early_shadow(&mem, mem.pml4(), early, &Config::linux()) };
+    let probes = [
+        S,
+        mem_to_shadow(DIRECT_MAP_BASE + 0x1234_5678),
+        mem_to_shadow(crate::KERNEL_BASE + 0x8d230 * 8),
+        SHADOW_END - 1,
+    ];
+    for va in probes {
+        let w = walk(&mem, mem.pml4(), va).unwrap();
+        assert_eq!(w.phys & !4095, early[0].as_u64(), "{va:#x}");
+        assert!(!w.writable && w.no_execute);
+        assert_eq!(load(&mem, mem.pml4(), va), Some(0));
+    }
+    assert_eq!(pml4_entry(&mem, SHADOW_END), 0);
+    assert_eq!(pml4_entry(&mem, S - 1), 0);
+    let snapshot: Vec<u64> = (0..4 * 512)
+        .map(|i| mem.read_u64(early[0].as_u64() + i * 8))
+        .collect();
+    // `new` refuses the region, `new_over_early` takes it over.
+    let log: Log = Default::default();
+    let mk = |over: bool| {
+        let frames = FakeFrames::new(&mem, log.clone());
+        let tlb = RecordingTlb { log: log.clone() };
+        // SAFETY: fake memory; the early entries map a zero page read-only.
+        unsafe {
+            if over {
+                X86ShadowMapper::new_over_early(mem.pml4(), &mem, frames, tlb, Config::linux())
+            } else {
+                X86ShadowMapper::new(mem.pml4(), &mem, frames, tlb, Config::linux())
+            }
+        }
+    };
+    assert_eq!(mk(false).err(), Some(InitError::RegionInUse));
+    log.borrow_mut().clear();
+    let mut m = mk(true).expect("new_over_early");
+    assert_eq!(*log.borrow().last().unwrap(), Event::FlushAll);
+    assert_eq!(m.frames().live(), BASE_FRAMES);
+    let zero = m.shared_page(SharedPage::Zero).as_u64();
+    for va in probes {
+        assert_eq!(walk(&mem, m.pml4(), va).unwrap().phys & !4095, zero);
+        assert_eq!(m.translate(va), Some(Backing::Shared(SharedPage::Zero)));
+    }
+    // The mapper works as over an empty region, and never touched the
+    // early frames.
+    let page = mem_to_shadow(DIRECT_MAP_BASE) & !(PAGE_SIZE - 1);
+    m.map_private(page, 0xfc).unwrap().flush(&mut m);
+    assert_eq!(byte(&m, &mem, page), Some(0xfc));
+    m.map_shared_range(SHADOW_START, SHADOW_END, SharedPage::PageFree)
+        .unwrap();
+    assert_eq!(byte(&m, &mem, S), Some(0xff));
+    let after: Vec<u64> = (0..4 * 512)
+        .map(|i| mem.read_u64(early[0].as_u64() + i * 8))
+        .collect();
+    assert_eq!(snapshot, after);
+    for f in early {
+        assert!(!m.frames().is_live(f));
+    }
+}

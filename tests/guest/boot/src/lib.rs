@@ -9,6 +9,8 @@
 pub mod serial;
 pub mod config;
 pub mod cpu;
+#[cfg(not(feature = "kmsan"))]
+mod early_shadow;
 mod entry;
 pub mod ksyms;
 pub mod paging;
@@ -204,6 +206,10 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
     );
     paging::init(&ram[..nram]);
     println!("boot: direct map up to {:#x} at {:#x}", paging::direct_map_end(), paging::DIRECT_MAP_BASE);
+    // Before the first instrumented instruction (guest_main): inline
+    // checks read the shadow themselves.
+    #[cfg(not(feature = "kmsan"))]
+    early_shadow::init();
     bi.config = Config::parse(bi.cmdline());
     let c = &bi.config;
     // The KMSAN kernel's runtime reads its own kmsan.* words; these are KASAN's.

@@ -52,11 +52,14 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     };
     layout.validate().map_err(|_| "bad layout")?;
     // SAFETY: the PML4 is the live one; its shadow slots (472..=503) are
-    // left to the mapper by the guest's paging code; all RAM is mapped at
-    // DIRECT_MAP_BASE (OffsetPhysMem::direct_map); SmpTlb flushes every
-    // CPU that uses the PML4 (CPL 0); EFER.NXE was set at boot (every CPU).
+    // left to the mapper by the guest's paging code, and map the early
+    // zero shadow (guest_boot's early_shadow: a read-only zero page in the
+    // image, never a buddy frame) until the mapper points them at its own
+    // zero tables; all RAM is mapped at DIRECT_MAP_BASE
+    // (OffsetPhysMem::direct_map); SmpTlb flushes every CPU that uses the
+    // PML4 (CPL 0); EFER.NXE was set at boot (every CPU).
     let mut mapper = unsafe {
-        Mapper::new(
+        Mapper::new_over_early(
             PhysAddr::new(p.pml4),
             OffsetPhysMem::direct_map(),
             BuddyFrames,
