@@ -7,6 +7,12 @@
 //! invariants, no sanitizer report, and shootdowns served by every other
 //! CPU (the shadow remaps and vmalloc unmaps of one CPU reach the others).
 //!
+//! Before that, the guest checks that a shootdown reaches the other CPUs'
+//! TLBs (`smp-tlb:`: every AP reads a page, the boot CPU remaps it and
+//! shoots it down, every AP must read the new frame); a negative control
+//! (`smp_tlb_control=on`: local flush only) shows that the APs then read
+//! the old frame through stale entries, so the check can fail.
+//!
 //! Also: with `smp_sched=on` (tasks on every CPU) the guest's selftests
 //! (mm, vmalloc, tasks: spawn, join, call_rcu, workqueue) pass, and the APs
 //! ran some of the tasks.
@@ -37,6 +43,10 @@ fn check_smp_stress(mode: &str) {
             .find_map(|l| guest_driver::parse_tagged(l, tag).filter(|f| f.get(key).is_some()))
             .unwrap_or_else(|| panic!("no '{tag} {key}=' line: {}", ctx()))
     };
+    let tlb = line("smp-tlb:", "stale");
+    assert_eq!(tlb.num("control"), 0);
+    assert_eq!(tlb.num("checked"), u64::from(CPUS - 1), "every AP took part in the TLB check: {}", ctx());
+    assert_eq!(tlb.num("stale"), 0, "an AP read a remapped page through a stale TLB entry: {}", ctx());
     let st = line("smp-stress:", "ops");
     assert_eq!(st.num("cpus"), u64::from(CPUS));
     assert_eq!(st.num("rounds"), ROUNDS);
@@ -104,4 +114,25 @@ fn guest_smp4_sched_selftest_full() {
 #[test]
 fn guest_smp4_sched_selftest_hybrid() {
     check_selftest_sched("hybrid");
+}
+
+/// The negative control of the TLB check: with a local flush only, the
+/// APs read the old frame through their stale TLB entries (multi-threaded
+/// TCG keeps one software TLB per vCPU, as hardware does). At least one AP
+/// must: otherwise the check above proves nothing.
+#[test]
+fn guest_smp4_tlb_check_control() {
+    // Mode off: its own log (smp4/off/smp.log); the TLB does not care.
+    let b = guest::boot_smp(CPUS, "off", "smp", "smp_rounds=10 smp_tlb_control=on");
+    let ctx = || format!("(log {})\n{}", b.path.display(), guest::excerpt(&b.log));
+    assert_eq!(b.code, 33, "exit code {} (want 33): {}", b.code, ctx());
+    let tlb = b
+        .log
+        .lines()
+        .find_map(|l| guest_driver::parse_tagged(l, "smp-tlb:"))
+        .unwrap_or_else(|| panic!("no smp-tlb line: {}", ctx()));
+    assert_eq!(tlb.num("control"), 1);
+    assert_eq!(tlb.num("checked"), u64::from(CPUS - 1));
+    eprintln!("TLB control: {} of {} APs read the old frame after a local-only flush", tlb.num("stale"), CPUS - 1);
+    assert!(tlb.num("stale") >= 1, "no AP kept a stale entry: the check cannot tell a shootdown from none: {}", ctx());
 }

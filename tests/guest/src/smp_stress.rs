@@ -9,7 +9,16 @@
 //! slab_bad=<n> leaked_pages=<n>`; passes with no corruption and no
 //! invariant broken (the host test also requires no sanitizer report).
 //! Command line: `smp_rounds=<n>` (default 2000 per CPU).
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+//!
+//! First, a check that shootdowns reach the other CPUs' TLBs: every AP
+//! reads a vmap'd page (its TLB now holds the translation), the boot CPU
+//! points the page-table entry at another frame and shoots the page down,
+//! and every AP must then read the new frame. `smp-tlb: cpus=<n>
+//! checked=<n> stale=<n> control=<0|1>`; with `smp_tlb_control=on` the
+//! boot CPU flushes only its own TLB (the bug the 2017 review found), and
+//! the APs are expected to read the old frame through their stale entries
+//! (a negative control: it shows that the check can fail).
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::{Relaxed, SeqCst}};
 
 use crate::mm::{buddy, slab, vmalloc, PAGE_SIZE};
 use crate::println;
@@ -124,8 +133,102 @@ fn avail() -> usize {
     buddy::free_page_count() + crate::kasan_glue::frames_held()
 }
 
+/// The TLB check's shared state: the page address, the phase (0: readers
+/// warm their TLBs, 1: remapped), readers ready, readers done, stale reads.
+static TLB_VA: AtomicUsize = AtomicUsize::new(0);
+static TLB_PHASE: AtomicUsize = AtomicUsize::new(0);
+static TLB_READY: AtomicUsize = AtomicUsize::new(0);
+static TLB_DONE: AtomicUsize = AtomicUsize::new(0);
+static TLB_STALE: AtomicUsize = AtomicUsize::new(0);
+const OLD: u64 = 0xaaaa_aaaa_aaaa_aaaa;
+const NEW: u64 = 0xbbbb_bbbb_bbbb_bbbb;
+
+/// Read a word through the page tables, unchecked (the sanitizer's view of
+/// the vmap area does not matter here: the translation does).
+fn read_raw(va: usize) -> u64 {
+    let v: u64;
+    // SAFETY: `va` is the vmap'd page of `tlb_check`, mapped (to one frame
+    // or the other) while the readers run.
+    unsafe { core::arch::asm!("mov {}, [{}]", out(reg) v, in(reg) va, options(nostack, readonly, preserves_flags)) };
+    v
+}
+
+fn tlb_reader(_cpu: usize) {
+    let va = TLB_VA.load(SeqCst);
+    // Warm this CPU's TLB.
+    let first = read_raw(va);
+    if first != OLD {
+        TLB_STALE.fetch_add(1 << 16, SeqCst); // counted apart: not the old page
+    }
+    TLB_READY.fetch_add(1, SeqCst);
+    while TLB_PHASE.load(SeqCst) == 0 {
+        guest_boot::smp::relax();
+    }
+    if read_raw(va) != NEW {
+        TLB_STALE.fetch_add(1, SeqCst);
+    }
+    TLB_DONE.fetch_add(1, SeqCst);
+}
+
+/// The shootdown check (see the header); true when it went as expected.
+fn tlb_check(control: bool) -> bool {
+    let others = guest_boot::smp::cpus_online() - 1;
+    if others == 0 {
+        return true;
+    }
+    let (Some(a), Some(b)) = (buddy::alloc_pages(0), buddy::alloc_pages(0)) else { return false };
+    // SAFETY: two pages just allocated for this check alone.
+    unsafe {
+        core::ptr::write_bytes(a as *mut u8, 0xaa, PAGE_SIZE);
+        core::ptr::write_bytes(b as *mut u8, 0xbb, PAGE_SIZE);
+    }
+    let va = vmalloc::vmap(&[a]) as usize;
+    if va == 0 {
+        return false;
+    }
+    TLB_VA.store(va, SeqCst);
+    guest_boot::smp::run_on_aps(tlb_reader);
+    while TLB_READY.load(SeqCst) < others {
+        guest_boot::smp::relax();
+    }
+    let pa = guest_boot::paging::virt_to_phys(b as u64).expect("direct map");
+    let mut no_tables = || None;
+    // SAFETY: `va` is our vmap'd page (its tables exist: no allocation);
+    // the new frame is ours; map_4k flushes this CPU's entry.
+    let ok = unsafe {
+        guest_boot::paging::map_4k(
+            va as u64,
+            pa,
+            guest_boot::paging::PTE_W | guest_boot::paging::PTE_G | guest_boot::paging::PTE_NX,
+            &mut no_tables,
+        )
+    }
+    .is_ok();
+    if !control {
+        guest_boot::smp::flush_page(va as u64);
+    }
+    TLB_PHASE.store(1, SeqCst);
+    guest_boot::smp::wait_aps();
+    let stale = TLB_STALE.load(SeqCst);
+    println!(
+        "smp-tlb: cpus={} checked={} stale={} control={}",
+        others + 1,
+        TLB_DONE.load(SeqCst),
+        stale,
+        u8::from(control)
+    );
+    // The readers are done: drop every CPU's entry before the frames go.
+    guest_boot::smp::flush_page(va as u64);
+    vmalloc::vunmap(va as *const u8);
+    buddy::free_pages(a, 0);
+    buddy::free_pages(b, 0);
+    ok && TLB_DONE.load(SeqCst) == others && if control { stale > 0 } else { stale == 0 }
+}
+
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
+    let control = info.cmdline().split_ascii_whitespace().any(|w| w == "smp_tlb_control=on");
+    let tlb_ok = tlb_check(control);
     for w in info.cmdline().split_ascii_whitespace() {
         if let Some(n) = w.strip_prefix("smp_rounds=").and_then(|v| v.parse().ok()) {
             ROUNDS.store(n, Relaxed);
@@ -162,5 +265,5 @@ pub fn run() -> bool {
         slab_bad,
         leaked
     );
-    c.is_some() && corrupt == 0 && buddy_bad == 0 && slab_bad == 0
+    tlb_ok && c.is_some() && corrupt == 0 && buddy_bad == 0 && slab_bad == 0
 }
