@@ -37,6 +37,9 @@
 //!   --timeout S     per boot (1800)
 //!   --icount        QEMU -icount shift=0: workload time = guest instructions
 //!                   (1 ns each), immune to host load, ~3x slower to run
+//!   --checks C      KASAN's checks: outline (default, a call per access;
+//!                   profile release) or inline (Linux's default; profile
+//!                   inline-release, its own ELF beside the other)
 //!   --out DIR       output directory (target/guest-bench); the guests are
 //!                   built under DIR/build and DIR/build-kmsan
 #[path = "../tests/guest_driver/mod.rs"]
@@ -68,6 +71,8 @@ struct Cfg {
     profile: Option<String>,
     timeout: u64,
     icount: bool,
+    /// `--checks`: how the KASAN kernel checks accesses (KMSAN: always calls).
+    checks: Checks,
     out: Option<String>,
 }
 
@@ -99,6 +104,7 @@ fn parse_cfg() -> Cfg {
         profile: None,
         timeout: 1800,
         icount: false,
+        checks: Checks::Outline,
         out: None,
     };
     let mut args: Vec<String> = Vec::new();
@@ -135,6 +141,7 @@ fn parse_cfg() -> Cfg {
             "--timeout" => c.timeout = val().parse().expect("--timeout S"),
             "--no-probe" => c.probe = false,
             "--icount" => c.icount = true,
+            "--checks" => c.checks = Checks::from_name(&val()).expect("--checks outline|inline"),
             "--out" => c.out = Some(val()),
             "--quick" => {
                 c.runs = 1;
@@ -155,6 +162,11 @@ fn parse_cfg() -> Cfg {
     }
     c.runs = c.runs.max(1);
     c
+}
+
+/// The cargo profile of `san`'s optimized kernel with `--checks`.
+fn bench_profile(cfg: &Cfg, san: San) -> &'static str {
+    profile_with(san, "release", cfg.checks).unwrap_or(san.release_profile())
 }
 
 /// The target directory of a kernel's nested build (own per sanitizer, so
@@ -630,7 +642,7 @@ fn main() {
     let t0 = Instant::now();
     let mut elfs: BTreeMap<San, PathBuf> = BTreeMap::new();
     for &san in &cfg.sanitizers {
-        let elf = build_guest_san(san, san.release_profile(), &build_dir(&dir, san)).unwrap_or_else(|e| {
+        let elf = build_guest_san(san, bench_profile(&cfg, san), &build_dir(&dir, san)).unwrap_or_else(|e| {
             eprintln!("guest_memory: {} kernel: {e}", san.name());
             std::process::exit(1)
         });
@@ -719,7 +731,7 @@ fn main() {
         if cfg.icount { " with -icount shift=0 (times = guest instructions x 1 ns)" } else { " (times = wall clock from the TSC, affected by host load)" },
         cfg.sanitizers
             .iter()
-            .map(|s| format!("{}: profile {}", s.name().to_ascii_uppercase(), s.release_profile()))
+            .map(|s| format!("{}: profile {}", s.name().to_ascii_uppercase(), bench_profile(&cfg, *s)))
             .collect::<Vec<_>>()
             .join("; "),
         if cfg.append.is_empty() { String::new() } else { format!(", extra cmdline `{}`", cfg.append) }
