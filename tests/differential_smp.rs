@@ -573,6 +573,11 @@ fn hammer(name: &str, mode: Mode, mixed: MixedBlocks) {
                         k.kasan.kfree_large(page, 0, hybrid_shadow::Ip(0)).expect("kfree_large");
                     }
                     k.free_pages(page, 0).expect("free");
+                    if mixed == MixedBlocks::Adaptive && f == 0 {
+                        // the shrinker gives promoted blocks back: they heat
+                        // up and are promoted again
+                        k.kasan.shrink();
+                    }
                     // and an area of vmalloc block f comes and goes
                     let (addr, backing) = k.vmalloc(4096, 8 * f).expect("vmalloc");
                     assert_eq!(addr, vm_block(f));
@@ -633,13 +638,14 @@ fn hammer(name: &str, mode: Mode, mixed: MixedBlocks) {
     println!(
         "smp-race: transitions={transitions} planted={planted} reported={} unexpected={} \
          ({name}: flip hammer, {flippers} flippers x {cycles} cycles, {} checkers, {:.1}s; \
-         fast-path probes of free pages {} of which passed {})",
+         fast-path probes of free pages {} of which passed {}; promotions {})",
         console.reported,
         console.unexpected,
         threads - flippers,
         t0.elapsed().as_secs_f64(),
         run.probes.load(Relaxed),
         run.probe_misses.load(Relaxed),
+        k.kasan.stats().promotions,
     );
     let failures = run.failures.lock().unwrap();
     assert!(
@@ -664,6 +670,24 @@ fn smp_flip_hammer_full() {
 #[test]
 fn smp_flip_hammer_hybrid() {
     hammer("hybrid", Mode::Hybrid, MixedBlocks::Consult);
+}
+
+/// `kasan.mixed=adaptive`: the checkers' slow-path checks heat the mixed
+/// blocks, the next hook promotes them to a private page, the shrinker
+/// (called by a flipper every cycle) gives them back. Fails now and then
+/// (one run in a few: 3,365 of 1.4M fast-path probes of free pages passed,
+/// 2 planted use-after-free unreported): a promotion (`promote_pending` ->
+/// `sync_block` in src/backing/kasan.rs) maps the private page
+/// zero-filled and writes the free pages' 0xFF after it, the window
+/// `premap_private` closes for tracked pages only. Ignored until
+/// `sync_block` maps a shared block private with its shared page's fill;
+/// run it with `SMP_HAMMER_CYCLES=20000 cargo test --test differential_smp
+/// -- --ignored` (fails every time here: 29,413 of 7.9M probes passed, 15
+/// planted use-after-free unreported, 475 promotions).
+#[test]
+#[ignore = "missed use-after-free while an adaptive promotion maps a block (src/backing/kasan.rs sync_block maps zero-filled)"]
+fn smp_flip_hammer_hybrid_adaptive() {
+    hammer("hybrid kasan.mixed=adaptive", Mode::Hybrid, MixedBlocks::Adaptive);
 }
 
 /// Two CPUs free the same pages at once (a double free racing with
