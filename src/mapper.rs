@@ -126,8 +126,11 @@ impl Flush {
 /// Implementors guarantee that, once a returned [`Flush`] has been flushed,
 /// a load from any address in a mapped shadow page returns the backing's
 /// contents (the shared page's fill, or what was last written to the private
-/// page); that shared pages are never writable; that a private frame being
-/// replaced is flushed from the TLB before the frame is reused; and that
+/// page); that a new private page holds its fill before any CPU can reach
+/// it through the new mapping (a check racing with the remap reads either
+/// the old backing or the filled page, never a half-filled one); that
+/// shared pages are never writable; that a private frame being replaced is
+/// flushed from the TLB (of every CPU) before the frame is reused; and that
 /// nothing else maps or writes the shadow region.
 pub unsafe trait ShadowMapper {
     /// Map shared page `kind` read-only over every shadow page in

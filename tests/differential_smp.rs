@@ -674,18 +674,13 @@ fn smp_flip_hammer_hybrid() {
 
 /// `kasan.mixed=adaptive`: the checkers' slow-path checks heat the mixed
 /// blocks, the next hook promotes them to a private page, the shrinker
-/// (called by a flipper every cycle) gives them back. Fails now and then
-/// (one run in a few: 3,365 of 1.4M fast-path probes of free pages passed,
-/// 2 planted use-after-free unreported): a promotion (`promote_pending` ->
-/// `sync_block` in src/backing/kasan.rs) maps the private page
-/// zero-filled and writes the free pages' 0xFF after it, the window
-/// `premap_private` closes for tracked pages only. Ignored until
-/// `sync_block` maps a shared block private with its shared page's fill;
-/// run it with `SMP_HAMMER_CYCLES=20000 cargo test --test differential_smp
-/// -- --ignored` (fails every time here: 29,413 of 7.9M probes passed, 15
-/// planted use-after-free unreported, 475 promotions).
+/// (called by a flipper every cycle) gives them back. A promotion
+/// (`promote_pending` -> `sync_block` in src/backing/kasan.rs) used to map
+/// the private page zero-filled and write the free pages' 0xFF after it
+/// (29,413 of 7.9M probes passed, 15 planted use-after-free unreported
+/// with `SMP_HAMMER_CYCLES=20000`); it now maps it holding the shared
+/// page's fill first.
 #[test]
-#[ignore = "missed use-after-free while an adaptive promotion maps a block (src/backing/kasan.rs sync_block maps zero-filled)"]
 fn smp_flip_hammer_hybrid_adaptive() {
     hammer("hybrid kasan.mixed=adaptive", Mode::Hybrid, MixedBlocks::Adaptive);
 }

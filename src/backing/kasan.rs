@@ -164,7 +164,12 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 }
                 return true;
             }
-            if remap(&mut inner.mapper, &self.stats, spage, cur, Backing::Private, 0).is_ok() {
+            // The private page first holds what the shared one did, so
+            // that while each page's own byte is written below, another
+            // CPU's check of a page that does not change keeps its verdict
+            // (a CONSULT byte sends it to the per-page state).
+            let fill = cur.page().map_or(0, SharedPage::fill);
+            if remap(&mut inner.mapper, &self.stats, spage, cur, Backing::Private, fill).is_ok() {
                 self.blocks[b].store(Backing::Private as u8, Relaxed);
                 for pfn in range {
                     self.write_page_shadow(pfn, true);
@@ -217,13 +222,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
         let Some(pfn) = self.pages.pfn(addr) else { return };
         let b = pfn / PAGES_PER_BLOCK;
+        // Compare-and-swap: a count computed from a stale read must not
+        // overwrite HOT, PENDING or DENIED set meanwhile by another CPU.
         let h = self.hits[b].load(Relaxed);
         if h < PROMOTE_AFTER {
-            self.hits[b].store(h + 1, Relaxed);
+            let _ = self.hits[b].compare_exchange(h, h + 1, Relaxed, Relaxed);
         } else if h == PROMOTE_AFTER {
             if let Some(mut inner) = self.inner.try_lock() {
-                if inner.pending.try_push(b as u32).is_ok() {
-                    self.hits[b].store(PENDING, Relaxed);
+                if self.hits[b].compare_exchange(h, PENDING, Relaxed, Relaxed).is_ok()
+                    && inner.pending.try_push(b as u32).is_err()
+                {
+                    // Queue full: a later check tries again.
+                    self.hits[b].store(h, Relaxed);
                 }
             }
         }
