@@ -268,6 +268,16 @@ pub fn shadow_shootdowns() -> usize {
     guest_kasan::shadow_shootdowns()
 }
 
+/// The shadow mapper's one-page remaps so far (shadow pages changing
+/// backing: shared, CONSULT, private).
+#[cfg(not(feature = "kmsan"))]
+pub fn shadow_remaps() -> usize {
+    guest_kasan::shadow_remaps()
+}
+
+/// The console tap: each report's type and address, per CPU (suite `race`).
+pub use guest_kasan::tap;
+
 /// How the shadow page of a direct-map address is backed.
 pub fn backing_of(addr: usize) -> Option<Backing> {
     guest_kasan::backing_of(addr)

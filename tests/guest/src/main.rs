@@ -22,6 +22,8 @@ pub mod kmsan_cases;
 pub mod kmsan_suite;
 pub mod mm;
 pub mod selftest;
+#[cfg(not(feature = "kmsan"))]
+pub mod smp_race;
 pub mod smp_stress;
 pub mod task;
 pub mod workload;
@@ -95,6 +97,8 @@ fn run_suite(name: &str) -> bool {
         "kmsan" => kmsan_suite::run(),
         "workload" => workload::run(),
         "smp" => smp_stress::run(),
+        #[cfg(not(feature = "kmsan"))]
+        "race" => smp_race::run(),
         "panic" => panic!("requested panic (suite=panic)"),
         "pagefault" => {
             let p = 0xffff_a000_0000_1000u64 as *const u64;

@@ -1,6 +1,9 @@
 //! The KASAN instance: `Kasan<X86ShadowMapper<BuddyFrames>, GuestPlatform>`
 //! and the non-generic hook wrappers `kasan_glue.rs` calls.
 
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use hybrid_shadow::mapper::{Flush, MapError, SharedPage, ShadowMapper};
 use hybrid_shadow::{Ip, Size};
 use guest_boot::println;
 use hybrid_shadow::{
@@ -12,8 +15,65 @@ pub use hybrid_shadow::page_state::PageState;
 
 use crate::{build_ranges, refused, BuddyFrames, FreeAction, GuestOps, GuestPlatform, Params, OPS};
 
-/// The mapper type of the guest: TLB flushes shoot down every CPU.
-pub type Mapper = X86ShadowMapper<BuddyFrames, OffsetPhysMem, crate::SmpTlb>;
+/// The x86-64 page-table mapper of the guest: TLB flushes shoot down every CPU.
+pub type X86Mapper = X86ShadowMapper<BuddyFrames, OffsetPhysMem, crate::SmpTlb>;
+/// The mapper type of the guest: [`X86Mapper`], its one-page remaps counted.
+pub type Mapper = CountingMapper;
+
+/// One-page shadow remaps (shared to private, private to shared, shared
+/// to another shared page): each one a shadow page changing its backing.
+static REMAPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Shadow transitions so far: the mapper's one-page remaps (`map_shared`,
+/// `map_private`; the runtime calls them only when a page's backing
+/// changes), as the host mapper counts them.
+pub fn shadow_remaps() -> usize {
+    REMAPS.load(Relaxed)
+}
+
+/// [`X86Mapper`] with a count of its one-page remaps ([`shadow_remaps`]).
+pub struct CountingMapper(X86Mapper);
+
+// SAFETY: every call goes unchanged to the inner mapper, which keeps the
+// trait's contract; the flush tokens returned are the inner mapper's, for
+// the pages it remapped, and `flush_page` is its own.
+unsafe impl ShadowMapper for CountingMapper {
+    fn map_shared_range(&mut self, start: usize, end: usize, kind: SharedPage) -> Result<(), MapError> {
+        self.0.map_shared_range(start, end, kind)
+    }
+
+    fn map_shared(&mut self, page: usize, kind: SharedPage) -> Result<Flush, MapError> {
+        let r = self.0.map_shared(page, kind);
+        if r.is_ok() {
+            REMAPS.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn map_private(&mut self, page: usize, fill: u8) -> Result<Flush, MapError> {
+        let r = self.0.map_private(page, fill);
+        if r.is_ok() {
+            REMAPS.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn flush_page(&mut self, page: usize) {
+        self.0.flush_page(page);
+    }
+
+    fn table_bytes(&self) -> usize {
+        self.0.table_bytes()
+    }
+
+    fn table_peak_bytes(&self) -> usize {
+        self.0.table_peak_bytes()
+    }
+
+    fn reshare(&mut self) -> usize {
+        self.0.reshare()
+    }
+}
 /// The runtime type of the guest.
 pub type Rt = Kasan<Mapper, GuestPlatform>;
 
@@ -59,7 +119,7 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     // (OffsetPhysMem::direct_map); SmpTlb flushes every CPU that uses the
     // PML4 (CPL 0); EFER.NXE was set at boot (every CPU).
     let mut mapper = unsafe {
-        Mapper::new_over_early(
+        X86Mapper::new_over_early(
             PhysAddr::new(p.pml4),
             OffsetPhysMem::direct_map(),
             BuddyFrames,
@@ -73,7 +133,7 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
             .map_err(|_| "no memory for the direct map's shadow page tables")?;
     }
     let arena = crate::alloc_arena(Rt::arena_bytes(&layout, &cfg), guest)?;
-    let k = Rt::new(cfg, layout, mapper, GuestPlatform, arena).map_err(|_| "runtime init failed")?;
+    let k = Rt::new(cfg, layout, CountingMapper(mapper), GuestPlatform, arena).map_err(|_| "runtime init failed")?;
     KASAN.call_once(|| k);
     Ok(())
 }

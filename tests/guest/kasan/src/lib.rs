@@ -34,6 +34,7 @@ pub use kasan::*;
 mod kmsan;
 #[cfg(feature = "kmsan")]
 pub use kmsan::*;
+pub mod tap;
 
 /// What the runtime needs from the guest kernel, as plain functions.
 pub struct GuestOps {
@@ -190,6 +191,7 @@ pub struct GuestPlatform;
 
 impl Platform for GuestPlatform {
     fn write_str(&self, s: &str) {
+        tap::feed(s);
         guest_boot::serial::write_bytes(s.as_bytes());
     }
 

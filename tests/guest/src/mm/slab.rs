@@ -303,12 +303,66 @@ fn locate(ptr: usize) -> Option<(*mut SlabMeta, usize, usize)> {
     Some((m, off / c.slot_size, off % c.slot_size))
 }
 
+/// Objects freed with [`kfree_held`]: (object, the slab let it go
+/// meanwhile). Their slots are not reused until [`unhold`].
+const HOLD_MAX: usize = 64;
+static mut HELD: [(usize, bool); HOLD_MAX] = [(0, false); HOLD_MAX];
+static NHELD: AtomicUsize = AtomicUsize::new(0);
+
+fn held() -> &'static mut [(usize, bool); HOLD_MAX] {
+    // SAFETY: callers hold LOCK (as `caches`): one user at a time.
+    unsafe { &mut *core::ptr::addr_of_mut!(HELD) }
+}
+
+/// kfree of slab object `ptr` (direct map) whose slot stays taken, not
+/// reused, until [`unhold`]: the runtime sees a real free (quarantine,
+/// poisoning), so every access to it is a use-after-free that no
+/// reallocation can hide. False (nothing freed) when `ptr` is no slab
+/// object's start or the hold table is full.
+#[inline(never)]
+pub fn kfree_held(ptr: *const u8) -> bool {
+    let _g = LOCK.lock();
+    let ip = crate::mm::caller_ip();
+    let p = ptr as usize;
+    if !matches!(locate(p), Some((_, _, 0))) {
+        return false;
+    }
+    let Some(e) = held().iter_mut().find(|e| e.0 == 0) else { return false };
+    *e = (p, false);
+    NHELD.fetch_add(1, Relaxed);
+    kfree_ip(ptr, ip);
+    true
+}
+
+/// Let the slot of an object freed with [`kfree_held`] be reused (freed
+/// now if the slab let it go meanwhile, else when the quarantine does).
+pub fn unhold(ptr: *const u8) {
+    let _g = LOCK.lock();
+    let p = ptr as usize;
+    let Some(e) = held().iter_mut().find(|e| e.0 == p) else { return };
+    let released = e.1;
+    *e = (0, false);
+    NHELD.fetch_sub(1, Relaxed);
+    if released {
+        if let Some((m, i, 0)) = locate(p) {
+            release_object(m, i);
+        }
+    }
+}
+
 /// The actual free of a slab object (after the runtime said "now").
 fn release_object(m: *mut SlabMeta, i: usize) {
     // SAFETY: `m` comes from `locate` (or the quarantine, which holds
     // objects of live slabs): a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
     let mr = unsafe { &mut *m };
     let c = &mut caches()[mr.cache];
+    if NHELD.load(Relaxed) != 0 {
+        let ptr = mr.base + c.slab_offset + i * c.slot_size;
+        if let Some(e) = held().iter_mut().find(|e| e.0 == ptr && !e.1) {
+            e.1 = true; // released by [`unhold`]
+            return;
+        }
+    }
     mr.allocated[i / 64] &= !(1 << (i % 64));
     mr.free_stack[mr.nfree as usize] = i as u16;
     mr.nfree += 1;
