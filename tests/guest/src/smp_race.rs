@@ -39,6 +39,7 @@
 //!
 //! Command line: `race_ops=<n>` (operations per CPU, default 3000),
 //! `race_plant=<n>` (one plant per n operations on average, default 40),
+//! `race_progress=<n>` (counts every n operations of the boot CPU),
 //! `seed=<n>`. Run with `kasan_multi_shot`.
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed, Release}};
@@ -60,6 +61,13 @@ const CACHE_OBJ: usize = 192;
 static OPS: AtomicUsize = AtomicUsize::new(3000);
 static PLANT_EVERY: AtomicUsize = AtomicUsize::new(40);
 static SEED: AtomicU64 = AtomicU64::new(0);
+/// `race_progress=<n>`: the boot CPU prints the counts every n of its
+/// operations (long runs; 0: never). The line may land inside a report
+/// another CPU prints (the tap does not mind; a reader of the log might).
+static PROGRESS: AtomicUsize = AtomicUsize::new(0);
+/// Counters at the start: mapper remaps, shootdowns.
+static REMAPS0: AtomicUsize = AtomicUsize::new(0);
+static SHOOT0: AtomicU64 = AtomicU64::new(0);
 /// The shared cache (set before the other CPUs start).
 static mut CACHE: Option<slab::CacheRef> = None;
 
@@ -257,21 +265,23 @@ fn plant(cpu: usize, seen: &mut usize, at: usize, size: usize, bug: BugType, kin
 
 fn alloc(rng: &mut Rng) -> Item {
     let (kind, addr, len) = match rng.below(16) {
-        0..=5 => {
+        0..=4 => {
             let len = rng.skewed(2048) as usize + 1;
             (Kind::Kmalloc, slab::kmalloc(len) as usize, len)
         }
-        6..=7 => match cache() {
+        5..=6 => match cache() {
             Some(c) => (Kind::Cache, slab::kmem_cache_alloc(c) as usize, CACHE_OBJ),
             None => (Kind::None, 0, 0),
         },
-        8 => {
+        7 => {
             // never a multiple of 8: a redzone byte right after it
             let len = (slab::KMALLOC_MAX_CACHE_SIZE + 1 + rng.below(8000) as usize) | 1;
             (Kind::Large, slab::kmalloc(len) as usize, len)
         }
-        9..=12 => {
-            let order = rng.below(2) as usize;
+        8..=12 => {
+            // up to a whole pageblock (order 3: the 8 pages of one shadow
+            // page, which flips between the shared zero and 0xFF pages)
+            let order = rng.below(4) as usize;
             (Kind::Pages(order), buddy::alloc_pages(order).unwrap_or(0), PAGE_SIZE << order)
         }
         _ => {
@@ -366,7 +376,21 @@ fn worker(me: usize) {
     let mut held: [Option<Freed>; HELD] = [None; HELD];
     let mut seen = tap::count(me);
     let plant_every = PLANT_EVERY.load(Relaxed).max(1) as u64;
-    for _ in 0..OPS.load(Relaxed) {
+    let progress = if me == 0 { PROGRESS.load(Relaxed) } else { 0 };
+    for n in 0..OPS.load(Relaxed) {
+        if progress != 0 && n % progress == 0 && n != 0 {
+            let sd = guest_boot::smp::stats();
+            println!(
+                "smp-race-progress: ops={} transitions={} shootdowns={} planted={} reported={} unexpected={} missed={}",
+                DONE_OPS.load(Relaxed),
+                kasan_glue::shadow_remaps() - REMAPS0.load(Relaxed),
+                sd.page + sd.full - SHOOT0.load(Relaxed),
+                PLANTED.load(Relaxed),
+                REPORTED.load(Relaxed),
+                UNEXPECTED.load(Relaxed),
+                MISSED.load(Relaxed)
+            );
+        }
         let slot = rng.below(CAP as u64) as usize;
         if rng.below(plant_every) == 0 {
             // plant a bug on this CPU's own memory
@@ -474,6 +498,9 @@ pub fn run() -> bool {
         if let Some(n) = w.strip_prefix("race_plant=").and_then(|v| v.parse().ok()) {
             PLANT_EVERY.store(n, Relaxed);
         }
+        if let Some(n) = w.strip_prefix("race_progress=").and_then(|v| v.parse().ok()) {
+            PROGRESS.store(n, Relaxed);
+        }
     }
     SEED.store(info.config.seed, Relaxed);
     if !kasan_glue::checking() {
@@ -488,6 +515,8 @@ pub fn run() -> bool {
     let (remaps0, shadow_sd0) = (kasan_glue::shadow_remaps(), kasan_glue::shadow_shootdowns());
     let sd = guest_boot::smp::stats();
     let sd0 = sd.page + sd.full;
+    REMAPS0.store(remaps0, Relaxed);
+    SHOOT0.store(sd0, Relaxed);
     let tap0: usize = (0..cpus).map(tap::count).sum();
     tap::enable(true);
     let t0 = guest_boot::time::rdtsc();
