@@ -145,6 +145,20 @@ fn consult_valid(addr: usize) -> Option<bool> {
     CONSULT.get()?.valid(addr)
 }
 
+/// An inline check failed (the compiler found the shadow byte not zero, or
+/// too small): settle what [`fast`] settles (a CONSULT byte over an
+/// allocated page, hybrid's mixed blocks) before the runtime looks, as the
+/// outlined path does, so hybrid's CONSULT bytes cost inline code no more
+/// than outlined code.
+#[inline(always)]
+fn inline_failed(addr: usize, size: usize, write: bool, ip: usize) {
+    if let Some(r) = rt() {
+        if !(size <= 16 && fast(addr, size)) {
+            r.check(addr, size, write, ip);
+        }
+    }
+}
+
 /// Check an access; false when a bug was found (and reported).
 #[inline(always)]
 fn access(addr: usize, size: usize, write: bool, ip: usize) -> bool {
@@ -171,16 +185,16 @@ macro_rules! sized {
         pub extern "C" fn $store_na(addr: usize) { access(addr, $n, true, caller_ip()); }
         #[doc = concat!("Inline check failed on a ", stringify!($n), "-byte load.")]
         #[no_mangle]
-        pub extern "C" fn $rload(addr: usize) { if let Some(r) = rt() { r.check(addr, $n, false, caller_ip()); } }
+        pub extern "C" fn $rload(addr: usize) { inline_failed(addr, $n, false, caller_ip()); }
         #[doc = concat!("Inline check failed on a ", stringify!($n), "-byte load (recover).")]
         #[no_mangle]
-        pub extern "C" fn $rload_na(addr: usize) { if let Some(r) = rt() { r.check(addr, $n, false, caller_ip()); } }
+        pub extern "C" fn $rload_na(addr: usize) { inline_failed(addr, $n, false, caller_ip()); }
         #[doc = concat!("Inline check failed on a ", stringify!($n), "-byte store.")]
         #[no_mangle]
-        pub extern "C" fn $rstore(addr: usize) { if let Some(r) = rt() { r.check(addr, $n, true, caller_ip()); } }
+        pub extern "C" fn $rstore(addr: usize) { inline_failed(addr, $n, true, caller_ip()); }
         #[doc = concat!("Inline check failed on a ", stringify!($n), "-byte store (recover).")]
         #[no_mangle]
-        pub extern "C" fn $rstore_na(addr: usize) { if let Some(r) = rt() { r.check(addr, $n, true, caller_ip()); } }
+        pub extern "C" fn $rstore_na(addr: usize) { inline_failed(addr, $n, true, caller_ip()); }
     )*};
 }
 
@@ -220,30 +234,22 @@ pub extern "C" fn __asan_storeN_noabort(addr: usize, size: usize) {
 /// Inline check failed on an N-byte load.
 #[no_mangle]
 pub extern "C" fn __asan_report_load_n(addr: usize, size: usize) {
-    if let Some(r) = rt() {
-        r.check(addr, size, false, caller_ip());
-    }
+    inline_failed(addr, size, false, caller_ip());
 }
 /// Inline check failed on an N-byte load (recover).
 #[no_mangle]
 pub extern "C" fn __asan_report_load_n_noabort(addr: usize, size: usize) {
-    if let Some(r) = rt() {
-        r.check(addr, size, false, caller_ip());
-    }
+    inline_failed(addr, size, false, caller_ip());
 }
 /// Inline check failed on an N-byte store.
 #[no_mangle]
 pub extern "C" fn __asan_report_store_n(addr: usize, size: usize) {
-    if let Some(r) = rt() {
-        r.check(addr, size, true, caller_ip());
-    }
+    inline_failed(addr, size, true, caller_ip());
 }
 /// Inline check failed on an N-byte store (recover).
 #[no_mangle]
 pub extern "C" fn __asan_report_store_n_noabort(addr: usize, size: usize) {
-    if let Some(r) = rt() {
-        r.check(addr, size, true, caller_ip());
-    }
+    inline_failed(addr, size, true, caller_ip());
 }
 
 /// Register `n` globals described at `globals`.
