@@ -3,8 +3,10 @@
 //! million slab allocations in each run, on the KASAN kernel and on the
 //! KMSAN kernel. Asserts the exact QEMU exit status, no sanitizer report,
 //! the allocators' invariants (checked in the guest), the slab-allocation
-//! count, the same build result in both modes, and that `hybrid`'s
-//! on-demand metadata comes back to its level before the workload.
+//! count, the same build result in both modes, that `hybrid`'s
+//! on-demand metadata comes back to its level before the workload, and
+//! (profile build, the default) that the peak of byte-tracked memory is
+//! 12-25% of RAM, as a kernel build's slab, and that the vfs shrinker ran.
 //!
 //! Needs QEMU and rustup's nightly (installed when missing and possible,
 //! else the test fails naming the command). Log files:
@@ -84,6 +86,13 @@ fn stress(san: San) {
         assert!(slab >= 1_000_000, "{mode}: only {slab} slab allocations (want >= 1M; raise STRESS_UNITS); {}", ctx());
         assert!(r.num("large_folios") > 0, "{mode}: the page cache made no folio; {}", ctx());
         assert!(r.num("reclaimed_pages") > 0, "{mode}: no page-cache reclaim happened (no memory pressure); {}", ctx());
+        // The workload's calibration (profile build): byte-tracked memory
+        // (slab, stacks, globals, vmalloc) peaks at 12-25% of RAM, and the
+        // shrinker frees vfs objects under the pressure.
+        assert_eq!(r.get("profile"), Some("build"), "{}", ctx());
+        let pct = r.num("tracked_peak_bytes") as f64 * 100.0 / (128u64 << 20) as f64;
+        assert!((12.0..=25.0).contains(&pct), "{mode}: tracked peak {pct:.1}% of RAM, want 12-25%; {}", ctx());
+        assert!(r.num("shrunk_dentries") > 0, "{mode}: the vfs shrinker freed nothing; {}", ctx());
         if *mode == "hybrid" {
             let before = r.num("ondemand_before_bytes");
             let end = r.num("ondemand_end_bytes");
@@ -91,7 +100,7 @@ fn stress(san: San) {
             assert!(r.num("ondemand_peak_bytes") > before, "hybrid: no on-demand shadow was mapped; {}", ctx());
         }
         eprintln!(
-            "stress {} {mode}: {:.1}s wall, workload {:.1}s, {} slab allocs, ondemand peak {} KiB, min free {} KiB, {} pages reclaimed",
+            "stress {} {mode}: {:.1}s wall, workload {:.1}s, {} slab allocs, ondemand peak {} KiB, min free {} KiB, {} pages reclaimed, tracked peak {pct:.1}% of RAM",
             san.name(),
             out.wall.as_secs_f64(),
             r.num("workload_ns") as f64 / 1e9,
