@@ -9,7 +9,7 @@
 pub mod serial;
 pub mod config;
 pub mod cpu;
-#[cfg(not(feature = "kmsan"))]
+#[cfg(all(feature = "early-shadow", not(feature = "kmsan")))]
 mod early_shadow;
 mod entry;
 pub mod ksyms;
@@ -208,7 +208,7 @@ unsafe extern "C" fn boot_entry64(start_info: u32) -> ! {
     println!("boot: direct map up to {:#x} at {:#x}", paging::direct_map_end(), paging::DIRECT_MAP_BASE);
     // Before the first instrumented instruction (guest_main): inline
     // checks read the shadow themselves.
-    #[cfg(not(feature = "kmsan"))]
+    #[cfg(all(feature = "early-shadow", not(feature = "kmsan")))]
     early_shadow::init();
     bi.config = Config::parse(bi.cmdline());
     let c = &bi.config;
