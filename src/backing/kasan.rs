@@ -54,61 +54,6 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         all_ok
     }
 
-    /// Before frames `[pfn, pfn + count)` take the states `info(i)`: back
-    /// each of their blocks that has a shared shadow page now and will
-    /// need a private one (a tracked page arrives, or `kasan.mixed=private`
-    /// and it becomes mixed) by a private page that first holds exactly
-    /// what the shared one did, then each page's own byte from its
-    /// present state (a CONSULT mark resolved: 0xFF free, 0 allocated).
-    ///
-    /// [`Kasan::set_pages`] would map the private page filled with zeros
-    /// and write the free pages' 0xFF after it: in between, another CPU's
-    /// check of a free page of the block read 0 and passed (a missed
-    /// use-after-free, found by `tests/differential_smp.rs`). Here every
-    /// read of a page that does not change sees its right verdict
-    /// throughout; `set_pages` then finds the block private and only
-    /// writes the changed pages.
-    pub(crate) fn premap_private(&self, inner: &mut Inner<M>, pfn: usize, count: usize, info: &impl Fn(usize) -> PageInfo) {
-        if self.cfg.mode != Mode::Hybrid {
-            return;
-        }
-        // A shared block holds no tracked page (it went private, or its
-        // tracked pages went unchecked), so unless mixed blocks go private
-        // only an arriving tracked page can make it private: the common
-        // page hook skips the scan below.
-        if self.cfg.mixed != MixedBlocks::Private && !(0..count).any(|i| info(i).state == PageState::Tracked) {
-            return;
-        }
-        let first = pfn / PAGES_PER_BLOCK;
-        let last = (pfn + count - 1) / PAGES_PER_BLOCK;
-        for b in first..=last {
-            let cur = Backing::from_u8(self.blocks[b].load(Relaxed));
-            let Some(shared) = cur.page() else { continue };
-            let frames = b * PAGES_PER_BLOCK..((b + 1) * PAGES_PER_BLOCK).min(self.pages.len());
-            let state = |p: usize| if (pfn..pfn + count).contains(&p) { info(p - pfn).state } else { self.pages.get(p).state };
-            let tracked = frames.clone().any(|p| state(p) == PageState::Tracked);
-            let free = frames.clone().any(|p| state(p) == PageState::Free);
-            let used = frames.clone().any(|p| state(p) != PageState::Free);
-            if !(tracked || (free && used && self.cfg.mixed == MixedBlocks::Private)) {
-                continue;
-            }
-            let spage = self.layout.mem_to_shadow(self.pages.addr(b * PAGES_PER_BLOCK));
-            if remap(&mut inner.mapper, &self.stats, spage, cur, Backing::Private, shared.fill()).is_err() {
-                // No frame: set_pages meets the same and makes the
-                // tracked pages unchecked.
-                continue;
-            }
-            self.blocks[b].store(Backing::Private as u8, Relaxed);
-            if shared == SharedPage::Consult {
-                for p in frames {
-                    let value = if self.pages.get(p).state == PageState::Free { PAGE_FREE } else { 0 };
-                    let addr = self.pages.addr(p);
-                    self.fill_shadow(addr, addr + PAGE_SIZE, value);
-                }
-            }
-        }
-    }
-
     /// Desired shared backing of block `b` ignoring tracked pages.
     fn shared_backing(&self, b: usize) -> Backing {
         let (mut free, mut used) = (false, false);

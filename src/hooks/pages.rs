@@ -71,9 +71,9 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// [`Kasan::set_pages`] for the hooks: the per-page states of `count`
     /// frames from `pfn` become `info(i)` and the blocks' shadow follows,
     /// with no moment at which another CPU's check reads a wrong verdict
-    /// for a page that did not change (see [`Kasan::premap_private`]).
+    /// for a page that did not change (a block going private is mapped
+    /// holding its shared page's fill first: `sync_block`).
     pub(super) fn set_states(&self, inner: &mut Inner<M>, pfn: usize, count: usize, info: impl Fn(usize) -> PageInfo) -> bool {
-        self.premap_private(inner, pfn, count, &info);
         self.set_pages(inner, pfn, count, info)
     }
 
