@@ -158,16 +158,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         live.then_some(cache)
     }
 
-    /// Whether the object at `ptr` of a slab at `base` is allocated now.
-    pub fn slab_object_live(&self, id: CacheId, base: usize, ptr: usize) -> bool {
-        ptr >= base && self.live_object(&self.inner.lock(), id, ptr).is_some()
+    /// Whether `ptr` is an allocated object of cache `id` now (its slab is
+    /// the one [`Platform::slab_of`] gives for `ptr`).
+    pub fn slab_object_live(&self, id: CacheId, ptr: usize) -> bool {
+        self.live_object(&self.inner.lock(), id, ptr).is_some()
     }
 
-    /// The kernel frees `ptr` to cache `id` whose slab starts at `base`.
-    /// `Ok` says whether the object went into quarantine (see [`Freed`]). `Err`
-    /// means a double or invalid free was reported: the kernel must do
-    /// nothing.
-    pub fn slab_free(&self, id: CacheId, base: usize, ptr: usize, ip: Ip) -> Result<Freed, Bug> {
+    /// The kernel frees `ptr` to cache `id`. The slab is the one
+    /// [`Platform::slab_of`] gives for `ptr` (the only address the hook
+    /// takes, so no slab start can be passed in its place); `ptr` must
+    /// start one of its slots. `Ok` says whether the object went into
+    /// quarantine (see [`Freed`]). `Err` means a double or invalid free was
+    /// reported: the kernel must do nothing.
+    pub fn slab_free(&self, id: CacheId, ptr: usize, ip: Ip) -> Result<Freed, Bug> {
         let ip = ip.0;
         if self.cfg.mode == Mode::Off {
             return Ok(Freed::FreeNow);
@@ -180,7 +183,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 return Err(self.report_free(ptr, BugType::InvalidFree, ip));
             }
         };
-        if ptr < base || !(ptr - base).is_multiple_of(cache.slot_size) || !self.is_slot(id, &cache, ptr) {
+        if !self.is_slot(id, &cache, ptr) {
             drop(inner);
             return Err(self.report_free(ptr, BugType::InvalidFree, ip));
         }

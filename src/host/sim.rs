@@ -396,11 +396,10 @@ impl SimKernel {
 
     /// Free `ptr` to cache `id` (bugs are reported, not done).
     pub fn cache_free(&mut self, id: CacheId, ptr: usize) -> Result<(), Bug> {
-        let base = match self.plat_slab(ptr) {
-            Some(r) if r.cache == id => r.base,
-            _ => return Err(self.kasan.report_invalid_free(ptr, self.ip())),
-        };
-        let freed = self.kasan.slab_free(id, base, ptr, Ip(self.ip()))?;
+        if self.plat_slab(ptr).is_none_or(|r| r.cache != id) {
+            return Err(self.kasan.report_invalid_free(ptr, self.ip()));
+        }
+        let freed = self.kasan.slab_free(id, ptr, Ip(self.ip()))?;
         self.objects.remove(&ptr);
         match freed {
             crate::hooks::Freed::Quarantined => self.pump_quarantine(),
@@ -524,7 +523,7 @@ impl SimKernel {
         // A live object of a cache this model does not allocate from (a raw
         // cache whose slots the caller hands out) is the runtime's to size,
         // even with no accessible byte (a zero-size object).
-        let live_slab = self.plat_slab(ptr).is_some_and(|r| self.kasan.slab_object_live(r.cache, r.base, ptr));
+        let live_slab = self.plat_slab(ptr).is_some_and(|r| self.kasan.slab_object_live(r.cache, ptr));
         if !self.allocated(ptr) && !live_slab {
             // What the runtime's ksize does for it: check the first byte.
             self.read(ptr, 1)?;

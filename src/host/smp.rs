@@ -285,8 +285,7 @@ impl SmpKernel {
         if hold {
             lock(&self.held).slots.insert(o.ptr);
         }
-        let base = (o.ptr & !(PAGE_SIZE - 1)) + c.offset;
-        if let Err(bug) = self.kasan.slab_free(c.id, base, o.ptr, Ip(self.ip())) {
+        if let Err(bug) = self.kasan.slab_free(c.id, o.ptr, Ip(self.ip())) {
             lock(&self.held).slots.remove(&o.ptr);
             return Err(bug);
         }

@@ -147,10 +147,10 @@ impl Lockstep {
         let r = &self.raw;
         let i = slot as usize % (r.slots.len() + 1);
         let (fa, ha) = r.at(i, delta % r.slot);
-        let (ids, base) = (r.ids, r.base);
+        let ids = r.ids;
         let target = self.live_at(fa).filter(|&j| self.live[j].kind == Kind::Raw);
-        let f = self.full.kasan.slab_free(ids.0, base.0, fa, Ip(self.full.ip()));
-        let h = self.hybrid.kasan.slab_free(ids.1, base.1, ha, Ip(self.hybrid.ip()));
+        let f = self.full.kasan.slab_free(ids.0, fa, Ip(self.full.ip()));
+        let h = self.hybrid.kasan.slab_free(ids.1, ha, Ip(self.hybrid.ip()));
         if f == Ok(Freed::Quarantined) {
             // what the kernel does after a free into the quarantine
             self.full.pump_quarantine();

@@ -342,22 +342,23 @@ pub fn object_alloc(id: CacheId, ptr: usize, size: usize) {
     }
 }
 
-/// Object `ptr` of cache `id`, in the slab whose first slot is `first`, is freed.
-pub fn object_free(id: CacheId, first: usize, ptr: usize, ip: usize) -> FreeAction {
+/// Object `ptr` of cache `id` is freed (the runtime finds its slab through
+/// the platform's `slab_of`).
+pub fn object_free(id: CacheId, ptr: usize, ip: usize) -> FreeAction {
     if id == UNTRACKED {
         return FreeAction::Now;
     }
-    guest_kasan::slab_free(id as u16, first, ptr, ip)
+    guest_kasan::slab_free(id as u16, ptr, ip)
 }
 
 /// Whether the object at `ptr` is live: the runtime's view when it
 /// checks (quarantined objects are still allocated for the slab), else
 /// the slab's own (`slab_says`).
-pub fn object_live(id: CacheId, first: usize, ptr: usize, slab_says: bool) -> bool {
+pub fn object_live(id: CacheId, ptr: usize, slab_says: bool) -> bool {
     if id == UNTRACKED || !checking() {
         return slab_says;
     }
-    guest_kasan::slab_object_live(id as u16, first, ptr)
+    guest_kasan::slab_object_live(id as u16, ptr)
 }
 
 /// krealloc / kfree_sensitive: the first byte of `ptr` must be accessible;

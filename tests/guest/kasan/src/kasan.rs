@@ -243,8 +243,8 @@ pub fn slab_alloc(id: u16, ptr: usize, size: usize) {
     }
 }
 
-pub fn slab_free(id: u16, base: usize, ptr: usize, ip: usize) -> FreeAction {
-    match rt().map(|k| k.slab_free(CacheId(id), base, ptr, Ip(ip))) {
+pub fn slab_free(id: u16, ptr: usize, ip: usize) -> FreeAction {
+    match rt().map(|k| k.slab_free(CacheId(id), ptr, Ip(ip))) {
         None | Some(Ok(Freed::FreeNow)) => FreeAction::Now,
         Some(Ok(Freed::Quarantined)) => FreeAction::Deferred,
         Some(Err(_)) => FreeAction::Bug,
@@ -283,9 +283,9 @@ pub fn check_byte(ptr: usize, ip: usize) -> bool {
     rt().is_none_or(|k| k.check_byte(ptr, Ip(ip)))
 }
 
-/// Whether the runtime sees the object at `ptr` (slab at `base`) as allocated.
-pub fn slab_object_live(id: u16, base: usize, ptr: usize) -> bool {
-    rt().is_some_and(|k| k.slab_object_live(CacheId(id), base, ptr))
+/// Whether the runtime sees the object at `ptr` as allocated.
+pub fn slab_object_live(id: u16, ptr: usize) -> bool {
+    rt().is_some_and(|k| k.slab_object_live(CacheId(id), ptr))
 }
 
 pub fn kmalloc_large(addr: usize, order: u32, size: usize) {

@@ -409,7 +409,7 @@ pub fn slab_alloc(id: u16, ptr: usize, _size: usize) {
 }
 
 /// An object is freed: uninitialized, a later use is a use-after-free.
-pub fn slab_free(id: u16, _base: usize, ptr: usize, _ip: usize) -> FreeAction {
+pub fn slab_free(id: u16, ptr: usize, _ip: usize) -> FreeAction {
     let n = object_size(id);
     if let Some(Err(e)) = hook(|k| k.slab_free(ptr, n)) {
         refused("slab_free", ptr, e);
@@ -446,7 +446,7 @@ pub fn check_byte(_ptr: usize, _ip: usize) -> bool {
 }
 
 /// KASAN's view of liveness: not kept by KMSAN (the slab's own view rules).
-pub fn slab_object_live(_id: u16, _base: usize, _ptr: usize) -> bool {
+pub fn slab_object_live(_id: u16, _ptr: usize) -> bool {
     true
 }
 

@@ -423,8 +423,7 @@ fn free_object(ptr: usize, expect_cache: Option<usize>, ip: usize, what: &'stati
             return;
         }
     }
-    let first = mr.base + c.slab_offset;
-    let action = kasan_glue::object_free(c.id, first, direct(ptr), ip);
+    let action = kasan_glue::object_free(c.id, direct(ptr), ip);
     if action == FreeAction::Bug {
         return;
     }
@@ -538,7 +537,7 @@ pub fn kfree_sensitive(ptr: *const u8) {
         let mr = unsafe { &*m };
         let c = &caches()[mr.cache];
         let slab_says = i < mr.nobj as usize && mr.allocated[i / 64] & (1 << (i % 64)) != 0;
-        if kasan_glue::object_live(c.id, mr.base + c.slab_offset, direct(p), slab_says) {
+        if kasan_glue::object_live(c.id, direct(p), slab_says) {
             let n = kasan_glue::ksize(c.id, direct(p), c.object_size, ip);
             // SAFETY: a live object of at least `n` usable bytes (ksize).
             unsafe { core::ptr::write_bytes(ptr as *mut u8, 0, n) };
