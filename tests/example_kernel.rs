@@ -8,7 +8,11 @@
 //! kernel's own, registered with `kernel::add_region`); `off` reports nothing. Also counts
 //! the example's glue lines (target: at most 60).
 //!
-//! Logs: `<target dir>/example-kernel-logs/<mode>.log`. Needs rustup
+//! The same with inline checks (profile `inline`, feature `inline-checks`):
+//! the example maps the early zero shadow before its first instrumented
+//! instruction and `kernel::start` takes it over (`KernelMap::early_shadow`).
+//!
+//! Logs: `<target dir>/example-kernel-logs/[inline/]<mode>.log`. Needs rustup
 //! (nightly) and qemu-system-x86_64; installs what it can, otherwise fails
 //! naming the command.
 #![cfg(target_os = "linux")]
@@ -19,10 +23,12 @@ mod example;
 #[path = "guest_driver/mod.rs"]
 mod guest_driver;
 
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::syzkaller;
-use example::target_dir;
+use example::{target_dir, Checks};
 use guest_driver::{boot, root, Boot, San};
 
 /// The cases the example kernel runs, with the bug type each must report
@@ -64,16 +70,32 @@ fn glue_lines() -> usize {
     n
 }
 
+/// One build and one guest at a time (the tests of this file run in
+/// parallel threads; the machine has two cores).
+static ONE: Mutex<()> = Mutex::new(());
+
 #[test]
 fn example_kernel_reports_its_8_bugs_in_full_and_hybrid() {
     let glue = glue_lines();
     eprintln!("example kernel: {glue} lines of adoption glue");
     assert!(glue > 0 && glue <= 60, "the example's glue is {glue} lines (target: at most 60)");
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let elf = example::build().elf;
-    let logs = target_dir().join("example-kernel-logs");
+    reports_its_8_bugs(&elf, &target_dir().join("example-kernel-logs"));
+}
+
+#[test]
+fn example_kernel_with_inline_checks_takes_over_its_early_shadow() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let elf = example::build_with(Checks::Inline).elf;
+    reports_its_8_bugs(&elf, &target_dir().join("example-kernel-logs/inline"));
+}
+
+/// Boot `elf` in `full`, `hybrid` and `off` and check every case's report.
+fn reports_its_8_bugs(elf: &Path, logs: &Path) {
     for mode in ["full", "hybrid", "off"] {
         let out = boot(&Boot {
-            elf: &elf,
+            elf,
             san: San::Kasan,
             mode,
             suite: "example",

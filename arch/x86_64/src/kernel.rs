@@ -19,6 +19,10 @@
 //! direct map in the lower half, a region under the shadow, an unaligned
 //! heap) is refused with a [`StartError`]. The shadow offset is the
 //! compiler's (`-asan-mapping-offset=0xdffffc0000000000`, [`SHADOW_OFFSET`]).
+//! Outlined checks (`__asan_load8_noabort`, ...) need nothing mapped before
+//! [`start`]; inline checks read the shadow themselves, so such a kernel
+//! maps the early zero shadow ([`crate::early`]) before its first
+//! instrumented instruction and says so in [`KernelMap::early_shadow`].
 //! Single CPU: the mapper flushes with a local `invlpg`.
 
 use core::alloc::{GlobalAlloc, Layout as AllocLayout};
@@ -136,6 +140,13 @@ pub struct KernelMap {
     pub heap: (usize, usize),
     /// Physical address of the live PML4.
     pub pml4: u64,
+    /// Whether the shadow's PML4 slots (472..504) map the early read-only
+    /// zero shadow ([`crate::early::map_early_shadow`]), as a kernel built
+    /// with inline checks must from its first instrumented instruction on:
+    /// [`start`] then takes the region over without a moment unmapped
+    /// ([`X86ShadowMapper::new_over_early`]). `false`: the slots must be
+    /// empty ([`StartError::Mapper`] with `RegionInUse` otherwise).
+    pub early_shadow: bool,
 }
 
 /// Why [`start`] refused (nothing is checked afterwards).
@@ -201,7 +212,9 @@ pub fn layout_of(map: &KernelMap) -> Result<Layout, StartError> {
 ///
 /// `map` is true: all RAM is mapped read-write at `phys_offset`, the heap
 /// range is mapped read-write and used by nothing else from now on, `pml4`
-/// is the live PML4 and its shadow slots (472..504) are unused; `frames`
+/// is the live PML4 and its shadow slots (472..504) are unused, or, with
+/// `early_shadow`, each present one maps the early zero shadow (read-only,
+/// reads zero everywhere, its frames not handed out by `frames`); `frames`
 /// hands out unused RAM frames; one CPU, CPL 0, EFER.NXE set.
 pub unsafe fn start(
     map: &KernelMap,
@@ -227,10 +240,16 @@ pub unsafe fn start(
         return Err(StartError::HeapRange);
     }
     // SAFETY: the caller's contract: RAM at phys_offset, live PML4 with
-    // free shadow slots, frames fit the memory accessor, one CPU, NXE.
+    // free shadow slots (or, with early_shadow, slots that map the early
+    // zero shadow from frames of its own), frames fit the memory accessor,
+    // one CPU, NXE.
     let mut mapper = unsafe {
-        let phys = OffsetPhysMem::new(map.phys_offset);
-        X86ShadowMapper::new(PhysAddr::new(map.pml4), phys, frames, LocalInvlpg::new(), MapperConfig::linux())
+        let (pml4, phys, tlb) = (PhysAddr::new(map.pml4), OffsetPhysMem::new(map.phys_offset), LocalInvlpg::new());
+        if map.early_shadow {
+            X86ShadowMapper::new_over_early(pml4, phys, frames, tlb, MapperConfig::linux())
+        } else {
+            X86ShadowMapper::new(pml4, phys, frames, tlb, MapperConfig::linux())
+        }
     }
     .map_err(StartError::Mapper)?;
     if cfg.mode != Mode::Off {

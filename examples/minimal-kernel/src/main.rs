@@ -65,11 +65,12 @@ fn start_kasan(info: &'static BootInfo) {
         vmalloc: None,
         heap: (HEAP_VA, HEAP_VA + HEAP_LEN),
         pml4: paging::pml4_phys(),
+        early_shadow: cfg!(feature = "inline-checks"), // guest-boot mapped it (docs/adopting.md)
     };
     let frames = KernelFrames { alloc: alloc_frame, free: |_| {} };
-    // SAFETY: the map is this kernel's (direct map of all RAM, heap mapped
-    // by map_heap and used by nothing else, live PML4 whose shadow slots
-    // paging leaves free); alloc_frame hands out unused frames; one CPU.
+    // SAFETY: the map is this kernel's (direct map of all RAM, heap mapped by
+    // map_heap for the runtime alone, live PML4 with free shadow slots or the
+    // early shadow, in the image); alloc_frame hands out unused frames; one CPU.
     if let Err(e) = unsafe { kernel::start(&map, info.cmdline(), frames, &Services) } {
         println!("kasan: start failed: {:?}", e);
         exit(code::BAD_BOOT);
