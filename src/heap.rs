@@ -10,11 +10,23 @@
 //!  [page table][slab][slab][large object ...][slab] ... [free pages]
 //!   4 bytes       │ size classes 16..2048: one runtime cache each
 //!   per page      │ (crate::cache: slot = object + redzone + ObjMeta),
-//!                 │ freed objects wait in the runtime's quarantine
-//!                 └ larger or page-aligned: whole pages, object + redzone
-//!                   + ObjMeta at the end; freed pages read 0xFF and are
-//!                   handed out again last (next fit)
+//!                 │ freed objects wait in the runtime's quarantine; a slab
+//!                 │ whose slots are all available again goes back to the
+//!                 │ free pages (while its class keeps another slab's worth
+//!                 │ of free slots, or when an allocation finds no pages)
+//!                 └ larger or aligned above 16: whole pages (at any
+//!                   power-of-two alignment), object + redzone + ObjMeta at
+//!                   the end; freed, they read 0xFF and wait in the same
+//!                   quarantine (Linux quarantines kmalloc_large objects
+//!                   too), then become free pages, handed out again last
+//!                   (next fit)
 //! ```
+//!
+//! An allocation that finds no room first reclaims: the quarantine gives
+//! back its heap objects (oldest first, as Linux's quarantine shrinker
+//! does under memory pressure) and every empty slab goes back to the free
+//! pages; only then is the answer null. The range itself never grows: it
+//! is the one the kernel handed over (see docs/adopting.md).
 //!
 //! The same tables and drivers as the kernel's own slab hooks: caches
 //! ([`crate::cache`]), slot metadata, the quarantine, the stack depot and
@@ -38,7 +50,7 @@ use crate::shadow::{GRANULE, PAGE_FREE, PAGE_REDZONE, SLAB_REDZONE};
 use crate::stats::Stats;
 
 /// Object sizes of the heap's slab classes; larger objects (or alignment
-/// above 16) take whole pages.
+/// above 16) take whole pages, aligned as asked.
 pub const HEAP_CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
 const NAMES: [&str; 8] =
     ["heap-16", "heap-32", "heap-64", "heap-128", "heap-256", "heap-512", "heap-1024", "heap-2048"];
@@ -82,12 +94,26 @@ const TAG_MASK: u32 = 7 << TAG_SHIFT;
 const VALUE_MASK: u32 = (1 << TAG_SHIFT) - 1;
 /// The heap's own page table.
 const TAG_TABLE: u32 = 1 << TAG_SHIFT;
-/// First page of a slab; value = class index.
+/// First page of a slab; value = class index (bits 0..3) and the slots
+/// not available (allocated or quarantined, bits 3..28).
 const TAG_SLAB: u32 = 2 << TAG_SHIFT;
+const CLASS_MASK: u32 = 7;
+const INUSE_ONE: u32 = 1 << 3;
 /// First page of a page-backed object; value = its pages.
 const TAG_LARGE: u32 = 3 << TAG_SHIFT;
 /// Another page of a slab or object; value = distance to its first page.
 const TAG_TAIL: u32 = 4 << TAG_SHIFT;
+
+/// The `cache` of a page-backed object's [`ObjMeta`] (no runtime cache):
+/// how the quarantine tells it from a slab object.
+pub(crate) const LARGE_CACHE: u16 = u16::MAX;
+
+/// The bytes a page-backed object of `size` bytes takes while checking
+/// (object, redzone and metadata, rounded to pages): what it weighs in
+/// the quarantine.
+pub(crate) const fn large_span(size: usize) -> usize {
+    round_up(round_up(size, GRANULE) + META_SIZE, PAGE_SIZE)
+}
 
 /// A size class, fixed at init.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +122,8 @@ struct Class {
     slot: usize,
     offset: usize,
     order: u32,
+    /// Slots per slab.
+    slots: usize,
 }
 
 /// What reports and frees read without the lock: the range, the page
@@ -130,13 +158,15 @@ impl HeapView {
 pub(crate) struct HeapState {
     /// First available slot of each class (linked through the slots' first word).
     free: [usize; HEAP_CLASSES.len()],
+    /// Available slots of each class (the length of its free list).
+    avail: [usize; HEAP_CLASSES.len()],
     /// Next-fit cursor of the page allocator.
     cursor: usize,
 }
 
 impl HeapState {
     pub(crate) const fn new() -> Self {
-        HeapState { free: [0; HEAP_CLASSES.len()], cursor: 0 }
+        HeapState { free: [0; HEAP_CLASSES.len()], avail: [0; HEAP_CLASSES.len()], cursor: 0 }
     }
 }
 
@@ -182,7 +212,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             p.store(if i < table_pages { TAG_TABLE } else { FREE }, Relaxed);
         }
         self.fill_shadow(start, start + table_pages * PAGE_SIZE, PAGE_REDZONE);
-        let mut classes = [Class { id: CacheId(0), slot: 0, offset: 0, order: 0 }; HEAP_CLASSES.len()];
+        let mut classes = [Class { id: CacheId(0), slot: 0, offset: 0, order: 0, slots: 0 }; HEAP_CLASSES.len()];
         let mut inner = self.inner.lock();
         for (i, c) in classes.iter_mut().enumerate() {
             let id = inner.caches.create(NAMES[i], HEAP_CLASSES[i], CLASS_ALIGN, self.on()).map_err(HeapError::Cache)?;
@@ -190,9 +220,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             let order = (0..MAX_SLAB_ORDER)
                 .find(|&o| ((PAGE_SIZE << o) - info.slab_offset) / info.slot_size >= 4)
                 .unwrap_or(MAX_SLAB_ORDER);
-            *c = Class { id, slot: info.slot_size, offset: info.slab_offset, order };
+            let slots = ((PAGE_SIZE << order) - info.slab_offset) / info.slot_size;
+            *c = Class { id, slot: info.slot_size, offset: info.slab_offset, order, slots };
         }
-        inner.heap = HeapState { free: [0; HEAP_CLASSES.len()], cursor: table_pages };
+        inner.heap = HeapState { cursor: table_pages, ..HeapState::new() };
         drop(inner);
         self.heap.call_once(|| HeapView { range, pages, classes });
         Ok(())
@@ -204,15 +235,20 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         self.heap.get().map(|v| v.range)
     }
 
-    /// Allocate `size` bytes aligned to `align` from the heap; null when it
-    /// is full, has not been set up, or `align` is above a page. `from` is
-    /// the return address of the kernel's allocation entry point (the
-    /// allocation stack starts there), 0 if unknown.
+    /// Allocate `size` bytes aligned to `align` (a power of two) from the
+    /// heap. Any alignment is honoured: up to 16 from a size class, above
+    /// that from whole pages starting at a multiple of `align`. Null (what
+    /// `GlobalAlloc::alloc` returns on failure) when the heap has not been
+    /// set up, `align` is not a power of two or above the heap's length,
+    /// or no room is left after reclaiming (quarantined heap objects and
+    /// empty slabs). `from` is the return address of the kernel's
+    /// allocation entry point (the allocation stack starts there), 0 if
+    /// unknown.
     pub fn heap_alloc(&self, size: Size, align: usize, from: Ip) -> *mut u8 {
         let from = from.0;
         let size = size.0;
         let Some(v) = self.heap.get() else { return core::ptr::null_mut() };
-        if align > PAGE_SIZE {
+        if !align.is_power_of_two() || align > v.range.len() {
             return core::ptr::null_mut();
         }
         let size = size.max(1);
@@ -220,7 +256,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let class = (align <= CLASS_ALIGN).then(|| HEAP_CLASSES.iter().position(|&c| size <= c)).flatten();
         let ptr = match class {
             Some(c) => self.heap_alloc_slot(&mut inner, v, c, size, from),
-            None => self.heap_alloc_pages(&mut inner, v, size, from),
+            None => self.heap_alloc_pages(&mut inner, v, size, align, from),
         };
         ptr.map_or(core::ptr::null_mut(), |p| p as *mut u8)
     }
@@ -232,19 +268,100 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let ptr = inner.heap.free[c];
         // SAFETY: an available slot of this class: its first word links the free list.
         inner.heap.free[c] = unsafe { core::ptr::read(ptr as *const usize) };
+        inner.heap.avail[c] -= 1;
         if self.on() {
             let class = v.classes[c];
             let cache = *inner.caches.live(class.id).ok()?;
             self.obj_alloc(inner, class.id, &cache, ptr, size, from).ok()?;
         }
+        let (head, _) = v.head(v.page(ptr)?);
+        v.pages[head].fetch_add(INUSE_ONE, Relaxed);
         Some(ptr)
+    }
+
+    /// The slot at `ptr` of class `c` is available again: back on its free
+    /// list. Its slab goes back to the free pages when that left no slot of
+    /// it in use and the class keeps another slab's worth of free slots.
+    fn heap_slot_back(&self, inner: &mut Inner<M>, v: &HeapView, c: usize, ptr: usize) {
+        // SAFETY: an available slot of this class: its first word is the heap's.
+        unsafe { core::ptr::write(ptr as *mut usize, inner.heap.free[c]) };
+        inner.heap.free[c] = ptr;
+        inner.heap.avail[c] += 1;
+        let Some(page) = v.page(ptr) else { return };
+        let (head, _) = v.head(page);
+        let e = v.pages[head].fetch_sub(INUSE_ONE, Relaxed) - INUSE_ONE;
+        if e & !CLASS_MASK == TAG_SLAB && inner.heap.avail[c] >= 2 * v.classes[c].slots {
+            self.heap_free_slab(inner, v, head);
+        }
+    }
+
+    /// Give the empty slab at page `head` back to the free pages: its
+    /// slots leave the class's free list, its pages read 0xFF.
+    fn heap_free_slab(&self, inner: &mut Inner<M>, v: &HeapView, head: usize) {
+        let c = (v.pages[head].load(Relaxed) & CLASS_MASK) as usize;
+        let class = v.classes[c];
+        let count = 1usize << class.order;
+        let (start, end) = (v.addr(head), v.addr(head + count));
+        let (mut prev, mut cur) = (None, inner.heap.free[c]);
+        while cur != 0 {
+            // SAFETY: a slot on the free list: its first word links the list.
+            let next = unsafe { core::ptr::read(cur as *const usize) };
+            if (start..end).contains(&cur) {
+                match prev {
+                    // SAFETY: as above, for the slot before it.
+                    Some(p) => unsafe { core::ptr::write(p as *mut usize, next) },
+                    None => inner.heap.free[c] = next,
+                }
+                inner.heap.avail[c] -= 1;
+            } else {
+                prev = Some(cur);
+            }
+            cur = next;
+        }
+        if self.on() {
+            self.fill_shadow(start, end, PAGE_FREE);
+        }
+        for p in &v.pages[head..head + count] {
+            p.fetch_or(FREE, Relaxed);
+        }
+    }
+
+    /// Make room: the quarantine's heap objects go back to the heap (oldest
+    /// first, up to a kernel slab object waiting for the kernel), then
+    /// every empty slab to the free pages. False when nothing changed.
+    fn heap_reclaim(&self, inner: &mut Inner<M>, v: &HeapView) -> bool {
+        let mut freed = false;
+        while let Some(meta) = self.pop_quarantined(inner, true) {
+            // SAFETY: it was on the quarantine's lists, hence valid.
+            if !self.heap_owns(unsafe { crate::cache::read_meta_at(meta) }.cache) {
+                // SAFETY: a quarantined object just taken off the lists.
+                unsafe { inner.quarantine.defer(meta) };
+                break;
+            }
+            let _ = self.finish_release(inner, meta);
+            freed = true;
+        }
+        for head in 0..v.pages.len() {
+            let e = v.pages[head].load(Relaxed);
+            // A slab (not free) with no slot in use.
+            if e & !CLASS_MASK == TAG_SLAB {
+                self.heap_free_slab(inner, v, head);
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Whether an object whose metadata names cache `cache` is the heap's.
+    fn heap_owns(&self, cache: u16) -> bool {
+        cache == LARGE_CACHE || self.heap.get().is_some_and(|v| v.classes.iter().any(|c| c.id.0 == cache))
     }
 
     /// A new slab for class `c`: its slots poisoned and on the free list.
     fn heap_grow(&self, inner: &mut Inner<M>, v: &HeapView, c: usize) -> Option<()> {
         let class = v.classes[c];
         let count = 1usize << class.order;
-        let base = self.heap_take_pages(inner, v, count, TAG_SLAB | c as u32)?;
+        let base = self.heap_take_pages(inner, v, count, PAGE_SIZE, TAG_SLAB | c as u32)?;
         let end = base + count * PAGE_SIZE;
         let cache = *inner.caches.get(class.id).ok()?;
         if self.on() {
@@ -267,18 +384,20 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             unsafe { core::ptr::write(s as *mut usize, inner.heap.free[c]) };
             inner.heap.free[c] = s;
         }
+        inner.heap.avail[c] += slots;
         Some(())
     }
 
-    /// A page-backed object: whole pages, the object at their start, a
-    /// redzone after it and its metadata at the end.
-    fn heap_alloc_pages(&self, inner: &mut Inner<M>, v: &HeapView, size: usize, from: usize) -> Option<usize> {
-        let span = if self.on() { round_up(size, GRANULE) + META_SIZE } else { size };
+    /// A page-backed object: whole pages starting at a multiple of
+    /// `align`, the object at their start, a redzone after it and its
+    /// metadata at the end.
+    fn heap_alloc_pages(&self, inner: &mut Inner<M>, v: &HeapView, size: usize, align: usize, from: usize) -> Option<usize> {
+        let span = if self.on() { large_span(size) } else { size };
         let count = span.div_ceil(PAGE_SIZE);
-        if count as u32 > VALUE_MASK {
+        if count > v.pages.len() || count > VALUE_MASK as usize {
             return None;
         }
-        let base = self.heap_take_pages(inner, v, count, TAG_LARGE | count as u32)?;
+        let base = self.heap_take_pages(inner, v, count, align, TAG_LARGE | count as u32)?;
         if self.on() {
             let end = base + count * PAGE_SIZE;
             self.unpoison(base, size);
@@ -287,7 +406,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 alloc_stack: self.save_stack_from(inner, from),
                 alloc_pid: self.platform.current_pid(),
                 size: size as u32,
-                cache: u16::MAX,
+                cache: LARGE_CACHE,
                 state: ObjState::Allocated as u16,
                 ..ObjMeta::EMPTY
             };
@@ -298,12 +417,21 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Some(base)
     }
 
-    /// `count` free pages (next fit: freed pages are reused last), marked
+    /// `count` free pages starting at a multiple of `align` (next fit:
+    /// freed pages are reused last; reclaiming when none are left), marked
     /// with `head` and tails.
-    fn heap_take_pages(&self, inner: &mut Inner<M>, v: &HeapView, count: usize, head: u32) -> Option<usize> {
+    fn heap_take_pages(&self, inner: &mut Inner<M>, v: &HeapView, count: usize, align: usize, head: u32) -> Option<usize> {
         let n = v.pages.len();
-        let cursor = inner.heap.cursor.min(n);
-        let start = Self::free_run(v, count, cursor, n).or_else(|| Self::free_run(v, count, 0, cursor.saturating_add(count).min(n)))?;
+        let align = align.max(PAGE_SIZE);
+        let find = |cursor: usize| {
+            Self::free_run(v, count, align, cursor, n)
+                .or_else(|| Self::free_run(v, count, align, 0, cursor.saturating_add(count + align / PAGE_SIZE).min(n)))
+        };
+        let start = match find(inner.heap.cursor.min(n)) {
+            Some(s) => s,
+            None if self.heap_reclaim(inner, v) => find(inner.heap.cursor.min(n))?,
+            None => return None,
+        };
         v.pages[start].store(head, Relaxed);
         for k in 1..count {
             v.pages[start + k].store(TAG_TAIL | k as u32, Relaxed);
@@ -312,14 +440,20 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Some(v.addr(start))
     }
 
-    /// The first run of `count` free pages starting in `[lo, hi)` and
-    /// ending by `hi`.
-    fn free_run(v: &HeapView, count: usize, lo: usize, hi: usize) -> Option<usize> {
-        let mut start = lo;
+    /// The first run of `count` free pages at a multiple of `align` (a
+    /// power of two, at least a page, at most the heap's length) starting
+    /// in `[lo, hi)` and ending by `hi`.
+    fn free_run(v: &HeapView, count: usize, align: usize, lo: usize, hi: usize) -> Option<usize> {
+        // The first page at or after page `i` that starts at a multiple of `align`.
+        let aligned = |i: usize| {
+            let a = v.addr(i);
+            (a - v.range.start + (a.wrapping_neg() & (align - 1))) / PAGE_SIZE
+        };
+        let mut start = aligned(lo);
         while start + count <= hi {
             match (start..start + count).rev().find(|&i| v.pages[i].load(Relaxed) & FREE == 0) {
                 None => return Some(start),
-                Some(used) => start = used + 1,
+                Some(used) => start = aligned(used + 1),
             }
         }
         None
@@ -346,16 +480,14 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 BugType::InvalidFree
             }
         } else if tag == TAG_SLAB {
-            let c = (e & VALUE_MASK) as usize;
+            let c = (e & CLASS_MASK) as usize;
             let class = v.classes[c];
             let base = v.addr(head) + class.offset;
             let end = v.addr(head) + (PAGE_SIZE << class.order);
             if ptr < base || !(ptr - base).is_multiple_of(class.slot) || ptr + class.slot > end {
                 BugType::InvalidFree
             } else if !self.on() {
-                // SAFETY: a slot of this class that was handed out: it is the heap's again.
-                unsafe { core::ptr::write(ptr as *mut usize, inner.heap.free[c]) };
-                inner.heap.free[c] = ptr;
+                self.heap_slot_back(&mut inner, v, c, ptr);
                 return Ok(());
             } else {
                 let Ok(cache) = inner.caches.live(class.id).copied() else { return Ok(()) };
@@ -369,21 +501,31 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
         } else if tag == TAG_LARGE && ptr == v.addr(head) {
             let count = (e & VALUE_MASK) as usize;
-            if self.on() {
-                let end = ptr + count * PAGE_SIZE;
-                // SAFETY: the metadata at the end of the object's pages.
-                let mut meta = unsafe { crate::cache::read_meta_at(end - META_SIZE) };
+            if !self.on() {
+                for p in &v.pages[head..head + count] {
+                    p.fetch_or(FREE, Relaxed);
+                }
+                return Ok(());
+            }
+            let end = ptr + count * PAGE_SIZE;
+            // SAFETY: the metadata at the end of the object's pages.
+            let mut meta = unsafe { crate::cache::read_meta_at(end - META_SIZE) };
+            if meta.state() == ObjState::Quarantined {
+                BugType::DoubleFree
+            } else {
                 meta.free_stack = self.save_stack_from(&mut inner, from);
                 meta.free_pid = self.platform.current_pid();
                 meta.state = ObjState::Quarantined as u16;
                 // SAFETY: as above.
                 unsafe { crate::cache::write_meta_at(end - META_SIZE, meta) };
                 self.fill_shadow(ptr, end, PAGE_FREE);
+                // SAFETY: the pages stay taken (not FREE) until the
+                // quarantine lets the object go (heap_release_large).
+                unsafe { inner.quarantine.push(end - META_SIZE, end - ptr) };
+                self.stats.quarantine_bytes.store(inner.quarantine.bytes(), Relaxed);
+                self.heap_release(&mut inner);
+                return Ok(());
             }
-            for p in &v.pages[head..head + count] {
-                p.fetch_or(FREE, Relaxed);
-            }
-            return Ok(());
         } else {
             BugType::InvalidFree
         };
@@ -397,9 +539,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     fn heap_release(&self, inner: &mut Inner<M>) {
         while let Some(meta) = self.pop_quarantined(inner, false) {
             // SAFETY: it was on the quarantine's lists, hence valid.
-            let id = CacheId(unsafe { crate::cache::read_meta_at(meta) }.cache);
-            let ours = self.heap.get().is_some_and(|v| v.classes.iter().any(|c| c.id == id));
-            if !ours {
+            if !self.heap_owns(unsafe { crate::cache::read_meta_at(meta) }.cache) {
                 // SAFETY: a quarantined object just taken off the lists.
                 unsafe { inner.quarantine.defer(meta) };
                 return;
@@ -413,9 +553,24 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     pub(crate) fn heap_take_back(&self, inner: &mut Inner<M>, id: CacheId, ptr: usize) -> bool {
         let Some(v) = self.heap.get() else { return false };
         let Some(c) = v.classes.iter().position(|c| c.id == id) else { return false };
-        // SAFETY: an available slot of this class: its first word is the heap's.
-        unsafe { core::ptr::write(ptr as *mut usize, inner.heap.free[c]) };
-        inner.heap.free[c] = ptr;
+        self.heap_slot_back(inner, v, c, ptr);
+        true
+    }
+
+    /// The page-backed object whose metadata is at `meta` left the
+    /// quarantine: its pages are free (its metadata stays, describing it
+    /// as freed until the pages are taken again). False when it is none.
+    pub(crate) fn heap_release_large(&self, meta: usize) -> bool {
+        let Some(v) = self.heap.get() else { return false };
+        let Some(page) = v.page(meta) else { return false };
+        let (head, e) = v.head(page);
+        if e & (FREE | TAG_MASK) != TAG_LARGE {
+            return false;
+        }
+        let count = (e & VALUE_MASK) as usize;
+        for p in &v.pages[head..head + count] {
+            p.fetch_or(FREE, Relaxed);
+        }
         true
     }
 
@@ -426,7 +581,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if e & (FREE | TAG_MASK) != TAG_SLAB {
             return None;
         }
-        let class = v.classes[(e & VALUE_MASK) as usize];
+        let class = v.classes[(e & CLASS_MASK) as usize];
         Some(SlabRef { cache: class.id, base: v.addr(head) + class.offset })
     }
 

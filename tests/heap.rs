@@ -2,7 +2,10 @@
 //! host backend: a heap at its own virtual range (outside the direct map,
 //! the vmalloc window and the image) gives every object redzones,
 //! quarantine and alloc/free stacks; each bug gets Linux's type in `full`
-//! and `hybrid`; regions that do not fit the layout are refused.
+//! and `hybrid`; page-backed objects wait in the quarantine too; any
+//! power-of-two alignment is honoured (or null); empty slabs and
+//! quarantined objects go back to the free pages when room runs out;
+//! regions that do not fit the layout are refused.
 
 use hybrid_shadow::{Ip, Size};
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
@@ -112,6 +115,134 @@ fn heap_recycles_through_quarantine_without_false_reports() {
         for (p, _) in live {
             assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
         }
+    }
+}
+
+/// Bytes the quarantine holds.
+fn quarantined(k: &SimKernel) -> usize {
+    k.kasan.stats().quarantine_bytes
+}
+
+#[test]
+fn page_backed_objects_wait_in_quarantine() {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let k = &mut kernel(mode);
+        let big = alloc(k, 10_000, 8);
+        let before = quarantined(k);
+        assert_eq!(k.kasan.heap_free(big, Ip(0)), Ok(()));
+        // object, redzone and metadata: 3 pages, as Linux counts the pages
+        // of a kmalloc_large object
+        assert_eq!(quarantined(k) - before, 3 * 4096, "{mode:?}");
+        assert_eq!(k.read_bug(big + 4096, 8), Some(BugType::UseAfterFree));
+        assert!(k.take_log().contains("freed 10000-byte region"));
+        assert_eq!(k.kasan.heap_free(big, Ip(0)).map_err(|b| b.kind), Err(BugType::DoubleFree), "{mode:?}: in quarantine");
+        k.take_log();
+        // its pages are not handed out while it waits
+        let others: Vec<usize> = (0..200).map(|_| alloc(k, 10_000, 8)).collect();
+        assert!(others.iter().all(|&o| o + 3 * 4096 <= big || o >= big + 3 * 4096), "{mode:?}: quarantined pages reused");
+        for o in others {
+            assert_eq!(k.kasan.heap_free(o, Ip(0)), Ok(()));
+        }
+        assert_eq!(k.kasan.quarantine_drain(), None, "heap objects are the heap's, not the kernel's");
+        assert_eq!(quarantined(k), 0);
+        // out of quarantine: free pages, still described, still a double free
+        assert_eq!(k.read_bug(big, 8), Some(BugType::UseAfterFree));
+        k.take_log();
+        assert_eq!(k.kasan.heap_free(big, Ip(0)).map_err(|b| b.kind), Err(BugType::DoubleFree), "{mode:?}: released");
+        assert!(!k.take_log().is_empty());
+        assert_eq!(alloc(k, HEAP / 2, 8) % 4096, 0, "{mode:?}: the released pages are free");
+    }
+}
+
+#[test]
+fn alignment_above_a_page_is_honoured_or_null() {
+    for mode in [Mode::Off, Mode::Full, Mode::Hybrid] {
+        let k = &mut kernel(mode);
+        let mut taken = vec![];
+        for (size, align) in [(100, 8192), (5000, 65536), (64, 1 << 20), (70_000, 32768), (1, 1 << 20)] {
+            let p = alloc(k, size, align);
+            assert!(taken.iter().all(|&(q, n)| p + size <= q || p >= q + n), "{mode:?}: overlap");
+            assert_eq!(k.write(p, size), Ok(()), "{mode:?}");
+            if mode != Mode::Off {
+                assert_eq!(k.read_bug(p + size, 1), Some(BugType::SlabOutOfBounds), "{mode:?}: {size} at {align}");
+                k.take_log();
+            }
+            taken.push((p, size));
+        }
+        let null = |size: usize, align: usize| k.kasan.heap_alloc(Size(size), align, Ip(0)).is_null();
+        assert!(null(64, 3 << 12), "not a power of two");
+        assert!(null(64, HEAP * 2), "above the heap's length");
+        // until the aligned runs run out: null, never a misaligned block
+        let mut n = 0;
+        while let p @ 1.. = k.kasan.heap_alloc(Size(64), 1 << 20, Ip(0)) as usize {
+            assert_eq!(p % (1 << 20), 0);
+            n += 1;
+            assert!(n < 8, "{mode:?}: more 1 MiB-aligned blocks than a 4 MiB heap holds");
+        }
+        for (p, _) in taken {
+            assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
+        }
+    }
+}
+
+#[test]
+fn empty_slabs_go_back_to_the_free_pages() {
+    for mode in [Mode::Off, Mode::Full, Mode::Hybrid] {
+        let k = &mut kernel(mode);
+        // fill the heap with small objects, then free them all
+        let mut objs = vec![];
+        loop {
+            let p = k.kasan.heap_alloc(Size(64), 8, Ip(0)) as usize;
+            if p == 0 {
+                break;
+            }
+            objs.push(p);
+        }
+        assert!(objs.len() > 10_000, "{mode:?}: {}", objs.len());
+        assert!(k.kasan.heap_alloc(Size(HEAP / 2), 8, Ip(0)).is_null(), "{mode:?}: full");
+        for &p in &objs {
+            assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
+        }
+        if mode != Mode::Off {
+            // The quarantine lets them go; their slabs, once empty, go back
+            // (all but one: the class keeps a slab's worth of free slots).
+            assert_eq!(k.kasan.quarantine_drain(), None);
+            let mid = objs[objs.len() / 2];
+            assert_eq!(k.read_bug(mid, 1), Some(BugType::UseAfterFree), "{mode:?}: a slab that went back reads as free pages");
+            assert!(k.take_log().contains("belongs to a free heap page"), "{mode:?}");
+        }
+        // Half the heap in one object: the pages of the empty slabs.
+        let big = alloc(k, HEAP / 2, 8);
+        assert_eq!(k.write(big, HEAP / 2), Ok(()), "{mode:?}");
+        assert_eq!(k.kasan.heap_free(big, Ip(0)), Ok(()));
+        assert!(!k.take_log().contains("BUG: KASAN"), "{mode:?}: false report");
+    }
+}
+
+#[test]
+fn a_full_heap_reclaims_its_quarantine_before_returning_null() {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let mut cfg = SimConfig::small(mode);
+        cfg.extra = HEAP + 4 * BLOCK_SIZE;
+        cfg.kasan.quarantine_bytes = Some(HEAP); // larger than the heap
+        let k = &mut SimKernel::new(cfg).unwrap();
+        let r = k.extra();
+        // SAFETY: the extra range is mapped read-write by the host space and
+        // used by nothing else.
+        unsafe { k.kasan.heap_init(r.start, Size(HEAP)) }.unwrap();
+        // Objects of a quarter of the heap, freed at once: the quarantine
+        // holds them all, and the next allocation takes them back.
+        for i in 0..20 {
+            let p = alloc(k, HEAP / 4, 8);
+            assert_eq!(k.write(p, HEAP / 4), Ok(()), "{mode:?}: round {i}");
+            assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
+        }
+        let small: Vec<usize> = (0..20_000).map(|_| alloc(k, 100, 8)).collect();
+        for p in small {
+            assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
+        }
+        alloc(k, HEAP / 2, 8);
+        assert!(!k.take_log().contains("BUG: KASAN"), "{mode:?}: false report");
     }
 }
 

@@ -254,8 +254,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let Inner { quarantine, caches, .. } = inner;
         let slot_size = |meta: usize| {
             // SAFETY: `meta` is on the quarantine's lists, hence valid.
-            let id = unsafe { crate::cache::read_meta_at(meta) }.cache;
-            caches.get(CacheId(id)).map(|c| c.slot_size).unwrap_or(0)
+            let m = unsafe { crate::cache::read_meta_at(meta) };
+            if m.cache == crate::heap::LARGE_CACHE {
+                return crate::heap::large_span(m.size as usize);
+            }
+            caches.get(CacheId(m.cache)).map(|c| c.slot_size).unwrap_or(0)
         };
         // SAFETY: every object on the lists is in a live slab page.
         let m = unsafe { quarantine.pop(all, slot_size) };
@@ -265,10 +268,15 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// The object whose metadata is at `meta_addr` left the quarantine:
     /// its slot is available again. A heap object goes back to the heap
-    /// (`None`); a kernel slab object is returned for the kernel to free.
+    /// (`None`; a page-backed one frees its pages); a kernel slab object
+    /// is returned for the kernel to free.
     pub(crate) fn finish_release(&self, inner: &mut Inner<M>, meta_addr: usize) -> Option<Released> {
         // SAFETY: it was on the quarantine's lists, hence in a live slab page.
         let mut meta = unsafe { crate::cache::read_meta_at(meta_addr) };
+        if meta.cache == crate::heap::LARGE_CACHE {
+            self.heap_release_large(meta_addr);
+            return None;
+        }
         let id = CacheId(meta.cache);
         let c = inner.caches.get_mut(id).ok()?;
         c.quarantined -= 1;

@@ -296,7 +296,10 @@ pub fn add_region(kind: RegionKind, r: Region) -> Result<bool, RegionError> {
 
 /// The KASAN heap as the kernel's global allocator:
 /// `#[global_allocator] static HEAP: KernelHeap = KernelHeap;`
-/// (null until [`start`] ran).
+/// Null until [`start`] ran, and when [`Kasan::heap_alloc`] finds no room
+/// in the fixed heap range even after reclaiming its quarantine and empty
+/// slabs (any power-of-two alignment is honoured); Rust's `alloc` then
+/// calls `handle_alloc_error`.
 pub struct KernelHeap;
 
 // SAFETY: blocks come from the runtime's heap, which hands out each byte
