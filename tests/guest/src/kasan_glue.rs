@@ -43,7 +43,7 @@ fn frames_free(pa: u64) {
     crate::mm::buddy::free_pages_raw(guest_boot::paging::phys_to_virt(pa) as usize, 0);
 }
 
-static mut INFO: Option<&'static BootInfo> = None;
+static INFO: spin::Once<&'static BootInfo> = spin::Once::new();
 
 /// The sanitizer this kernel is built with (log prefixes).
 pub const SANITIZER: &str = if cfg!(feature = "kmsan") { "kmsan" } else { "kasan" };
@@ -58,16 +58,14 @@ pub fn from_runtime<T>(v: &mut T) {
 }
 
 fn info() -> &'static BootInfo {
-    // SAFETY: written once in early_init, single CPU.
-    unsafe { (*core::ptr::addr_of!(INFO)).expect("kasan_glue: early_init not called") }
+    INFO.get().expect("kasan_glue: early_init not called")
 }
 
 // ---- boot ---------------------------------------------------------------
 
 /// Before anything allocates: remember the boot info.
 pub fn early_init(info: &'static BootInfo) {
-    // SAFETY: single CPU, before any reader.
-    unsafe { INFO = Some(info) };
+    INFO.call_once(|| info);
 }
 
 /// Physical address of `.text` (the linker script's `__text_start`).

@@ -40,11 +40,11 @@ extern "C" {
 use crate::kasan_cases::{Case, KASAN_CASES};
 
 static FAILED: AtomicUsize = AtomicUsize::new(0);
-static mut CURRENT: &str = "";
+/// The case running now (set by `run` between cases).
+static CURRENT: spin::Mutex<&str> = spin::Mutex::new("");
 
 fn current() -> &'static str {
-    // SAFETY: single CPU; written only by `run` between cases.
-    unsafe { *core::ptr::addr_of!(CURRENT) }
+    *CURRENT.lock()
 }
 
 fn fail(what: &str) {
@@ -1156,8 +1156,7 @@ pub fn run() -> bool {
         println!("kasan-suite: note: without kasan_multi_shot only the first report is printed");
     }
     for c in KASAN_CASES {
-        // SAFETY: single CPU; read by `fail` during the case.
-        unsafe { CURRENT = c.name };
+        *CURRENT.lock() = c.name;
         print_marker(c);
         let Some(f) = case_fn(c.name) else {
             fail("no function for this case");

@@ -31,11 +31,11 @@ use hybrid_shadow::kmsan::abi::{kmsan_check_memory, kmsan_unpoison_memory};
 
 static FAILED: AtomicUsize = AtomicUsize::new(0);
 static USES: AtomicUsize = AtomicUsize::new(0);
-static mut CURRENT: &str = "";
+/// The case running now (set by `run_case`).
+static CURRENT: spin::Mutex<&str> = spin::Mutex::new("");
 
 fn fail(what: &str) {
-    // SAFETY: single CPU; written only by `run` between cases.
-    let name = unsafe { *core::ptr::addr_of!(CURRENT) };
+    let name = *CURRENT.lock();
     println!("kmsan-check-failed: {}: {}", name, what);
     FAILED.fetch_add(1, SeqCst);
 }
@@ -552,8 +552,7 @@ pub fn run() -> bool {
 }
 
 fn run_case(c: &Case) {
-    // SAFETY: single CPU; read by `fail` during the case.
-    unsafe { CURRENT = c.name };
+    *CURRENT.lock() = c.name;
     println!("kmsan-case: {} expect {}", c.name, c.expect.len());
     let Some(f) = case_fn(c.name) else {
         fail("no function for this case");

@@ -68,8 +68,8 @@ static PROGRESS: AtomicUsize = AtomicUsize::new(0);
 /// Counters at the start: mapper remaps, shootdowns.
 static REMAPS0: AtomicUsize = AtomicUsize::new(0);
 static SHOOT0: AtomicU64 = AtomicU64::new(0);
-/// The shared cache (set before the other CPUs start).
-static mut CACHE: Option<slab::CacheRef> = None;
+/// The shared cache (set once by `run`, before the other CPUs start).
+static CACHE: spin::Once<Option<slab::CacheRef>> = spin::Once::new();
 
 // Results.
 static DONE_OPS: AtomicUsize = AtomicUsize::new(0);
@@ -96,9 +96,7 @@ enum Plant {
 }
 
 fn cache() -> Option<slab::CacheRef> {
-    // SAFETY: written once by `run` before any CPU runs `worker` (published
-    // by run_on_aps's sequentially consistent stores), read-only after.
-    unsafe { *core::ptr::addr_of!(CACHE) }
+    CACHE.get().copied().flatten()
 }
 
 /// A registry slot: `state` is generation << 32 | pins << 1 | live.
@@ -508,8 +506,7 @@ pub fn run() -> bool {
         return false;
     }
     let c = slab::kmem_cache_create("smp_race", CACHE_OBJ, 8);
-    // SAFETY: no other CPU runs `worker` yet (see `cache`).
-    unsafe { *core::ptr::addr_of_mut!(CACHE) = c };
+    let c = *CACHE.call_once(|| c);
     let cpus = guest_boot::smp::cpus_online();
     let s0 = kasan_glue::stats().unwrap_or_default();
     let (remaps0, shadow_sd0) = (kasan_glue::shadow_remaps(), kasan_glue::shadow_shootdowns());

@@ -29,8 +29,8 @@ static ROUNDS: AtomicUsize = AtomicUsize::new(2000);
 static SEED: AtomicU64 = AtomicU64::new(0);
 static OPS: AtomicUsize = AtomicUsize::new(0);
 static CORRUPT: AtomicUsize = AtomicUsize::new(0);
-/// The shared cache (set before the other CPUs start).
-static mut CACHE: Option<slab::CacheRef> = None;
+/// The shared cache (set once by `run`, before the other CPUs start).
+static CACHE: spin::Once<Option<slab::CacheRef>> = spin::Once::new();
 const CACHE_OBJ: usize = 192;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,7 @@ struct Obj {
 const EMPTY: Obj = Obj { kind: Kind::None, ptr: 0, len: 0, tag: 0 };
 
 fn cache() -> Option<slab::CacheRef> {
-    // SAFETY: written once by `run` before any CPU runs `stress` (published
-    // by run_on_aps's sequentially consistent stores), read-only after.
-    unsafe { *core::ptr::addr_of!(CACHE) }
+    CACHE.get().copied().flatten()
 }
 
 fn alloc(rng: &mut Rng, tag: u8) -> Obj {
@@ -237,8 +235,7 @@ pub fn run() -> bool {
     SEED.store(info.config.seed, Relaxed);
     let free0 = avail();
     let c = slab::kmem_cache_create("smp_stress", CACHE_OBJ, 8);
-    // SAFETY: no other CPU runs `stress` yet (see `cache`).
-    unsafe { *core::ptr::addr_of_mut!(CACHE) = c };
+    let c = *CACHE.call_once(|| c);
     let cpus = guest_boot::smp::cpus_online();
     guest_boot::smp::run_on_aps(stress);
     // Interrupts on while every CPU allocates: a CPU waiting for a lock must
