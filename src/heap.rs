@@ -330,17 +330,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// first, up to a kernel slab object waiting for the kernel), then
     /// every empty slab to the free pages. False when nothing changed.
     fn heap_reclaim(&self, inner: &mut Inner<M>, v: &HeapView) -> bool {
-        let mut freed = false;
-        while let Some(meta) = self.pop_quarantined(inner, true) {
-            // SAFETY: it was on the quarantine's lists, hence valid.
-            if !self.heap_owns(unsafe { crate::cache::read_meta_at(meta) }.cache) {
-                // SAFETY: a quarantined object just taken off the lists.
-                unsafe { inner.quarantine.defer(meta) };
-                break;
-            }
-            let _ = self.finish_release(inner, meta);
-            freed = true;
-        }
+        let mut freed = self.heap_release(inner, true);
         for head in 0..v.pages.len() {
             let e = v.pages[head].load(Relaxed);
             // A slab (not free) with no slot in use.
@@ -493,7 +483,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 let Ok(cache) = inner.caches.live(class.id).copied() else { return Ok(()) };
                 match self.obj_free(&mut inner, class.id, &cache, ptr, from) {
                     Ok(()) => {
-                        self.heap_release(&mut inner);
+                        self.heap_release(&mut inner, false);
                         return Ok(());
                     }
                     Err(bug) => bug,
@@ -523,7 +513,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
                 // quarantine lets the object go (heap_release_large).
                 unsafe { inner.quarantine.push(end - META_SIZE, end - ptr) };
                 self.stats.quarantine_bytes.store(inner.quarantine.bytes(), Relaxed);
-                self.heap_release(&mut inner);
+                self.heap_release(&mut inner, false);
                 return Ok(());
             }
         } else {
@@ -533,19 +523,23 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         Err(self.report_free(ptr, bug, from))
     }
 
-    /// Let the quarantine go down to its limit: heap objects go back to
-    /// their free lists; a kernel slab object stays on the release list for
-    /// the kernel's next [`Kasan::quarantine_pop`].
-    fn heap_release(&self, inner: &mut Inner<M>) {
-        while let Some(meta) = self.pop_quarantined(inner, false) {
+    /// Let the quarantine go down to its limit (`all`: empty it, oldest
+    /// first): heap objects go back to the heap; a kernel slab object
+    /// stops it, on the release list for the kernel's next
+    /// [`Kasan::quarantine_pop`]. True when a heap object went back.
+    fn heap_release(&self, inner: &mut Inner<M>, all: bool) -> bool {
+        let mut released = false;
+        while let Some(meta) = self.pop_quarantined(inner, all) {
             // SAFETY: it was on the quarantine's lists, hence valid.
             if !self.heap_owns(unsafe { crate::cache::read_meta_at(meta) }.cache) {
                 // SAFETY: a quarantined object just taken off the lists.
                 unsafe { inner.quarantine.defer(meta) };
-                return;
+                break;
             }
             let _ = self.finish_release(inner, meta);
+            released = true;
         }
+        released
     }
 
     /// A heap object of cache `id` at `ptr` left the quarantine: back on
