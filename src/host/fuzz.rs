@@ -5,17 +5,23 @@
 //! is a panic.
 //!
 //! ```text
-//!  byte 0: mixed-block scheme, quarantine (default | keeps all | tiny), raw alignment
-//!  byte 1: raw cache object size
+//!  byte 0: bits 0-5 mixed-block scheme, quarantine (default | keeps all | tiny),
+//!          raw alignment; bits 6-7 = 3: KMSAN (else KASAN)
+//!  byte 1: raw cache object size (KASAN)
 //!  then per operation: opcode byte, operands (sizes skewed to 0, small,
 //!  page-sized, page-backed, huge, near usize::MAX; targets: a live or freed
 //!  object and an offset, a region and an offset, an absolute address)
 //! ```
 //!
+//! KASAN operations run in [`Lockstep`], KMSAN ones ([`KOp`]: page, slab,
+//! stack and vmalloc hooks at any address and order, instrumented loads and
+//! stores, copies, poisoning, checks, warnings) in [`KLockstep`].
+//!
 //! Input that runs out ends the sequence; everything is then freed and
 //! the kernels are checked for leaks.
 
 use crate::config::MixedBlocks;
+use crate::host::lockstep::kmsan::{KAt, KLockstep, KOp, KSet, KSetup, KOP_KINDS};
 use crate::host::lockstep::{Lockstep, Op, Setup, Target};
 use crate::host::sim::ZERO_SIZE_PTR;
 use std::vec::Vec;
@@ -23,24 +29,71 @@ use std::vec::Vec;
 /// Operations a run makes at most (a bound on an input's time).
 pub const MAX_OPS: usize = 2000;
 
-/// Decode `data` and run it; panics on any disagreement or leak.
-pub fn run(data: &[u8]) {
-    let (setup, ops) = decode(data);
-    let mut l = Lockstep::new(setup);
-    for (i, op) in ops.into_iter().enumerate() {
-        l.apply(op);
-        if i % 64 == 63 {
-            l.check_live();
-        }
-    }
-    l.check_live();
-    l.finish();
+/// What a run executed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ran {
+    /// KASAN operations.
+    pub kasan_ops: usize,
+    /// KMSAN operations, by [`KOp::kind`].
+    pub kmsan_ops: [usize; KOP_KINDS],
 }
 
-/// The setup and operations `data` encodes.
+/// The sanitizer and operations an input encodes.
+#[derive(Clone, Debug)]
+pub enum Decoded {
+    /// KASAN in [`Lockstep`].
+    Kasan(Setup, Vec<Op>),
+    /// KMSAN in [`KLockstep`].
+    Kmsan(KSetup, Vec<KOp>),
+}
+
+/// Decode `data` and run it; panics on any disagreement or leak.
+pub fn run(data: &[u8]) -> Ran {
+    let mut ran = Ran::default();
+    match decode(data) {
+        Decoded::Kasan(setup, ops) => {
+            let mut l = Lockstep::new(setup);
+            for (i, op) in ops.into_iter().enumerate() {
+                l.apply(op);
+                if i % 64 == 63 {
+                    l.check_live();
+                }
+                ran.kasan_ops += 1;
+            }
+            l.check_live();
+            l.finish();
+        }
+        Decoded::Kmsan(setup, ops) => {
+            let mut l = KLockstep::new(setup);
+            for (i, op) in ops.into_iter().enumerate() {
+                l.apply(op);
+                if i % 64 == 63 {
+                    l.compare(i, 61);
+                }
+            }
+            ran.kmsan_ops = l.counts();
+            l.finish();
+        }
+    }
+    ran
+}
+
+/// The sanitizer, setup and operations `data` encodes.
 #[must_use]
-pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
+pub fn decode(data: &[u8]) -> Decoded {
     let mut input = Input { data, pos: 0 };
+    if data.first().is_some_and(|&a| a >> 6 == 3) {
+        input.pos = 2;
+        let setup = KSetup::tiny();
+        let mut ops = Vec::new();
+        while ops.len() < MAX_OPS {
+            match input.kop(&setup) {
+                Some(op) => ops.push(op),
+                None => break,
+            }
+        }
+        return Decoded::Kmsan(setup, ops);
+    }
     let setup = input.setup();
     let mut ops = Vec::new();
     while ops.len() < MAX_OPS {
@@ -49,7 +102,7 @@ pub fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
             None => break,
         }
     }
-    (setup, ops)
+    Decoded::Kasan(setup, ops)
 }
 
 /// A cursor over the input; `None` once it runs out.
@@ -201,6 +254,66 @@ impl Input<'_> {
             _ => match self.u8()? % 4 {
                 0 => Op::Drain,
                 _ => Op::Misuse { hook: self.u8()?, at: self.target()?, arg: self.u64()? as usize },
+            },
+        })
+    }
+
+    /// A KMSAN target: mostly allocations and page starts, region ends
+    /// (ranges that cross them), anywhere.
+    fn kat(&mut self, setup: &KSetup) -> Option<KAt> {
+        Some(match self.u8()? % 12 {
+            0..=3 => KAt::Live { pick: self.u16()?, off: 0 },
+            4 | 5 => KAt::Live { pick: self.u16()?, off: self.u16()? as i16 as isize },
+            6 | 7 => KAt::Ram((self.u16()? as usize % (setup.ram / 4096 + 1)) * 4096),
+            8 => KAt::Ram(self.u32()? as usize % (setup.ram + 8192)),
+            9 => match self.u8()? % 4 {
+                0 => KAt::Ram(setup.ram.wrapping_sub(1 + self.u8()? as usize)),
+                1 => KAt::Image(setup.image.wrapping_sub(1 + self.u8()? as usize)),
+                2 => KAt::Ram((self.u8()? as usize).wrapping_neg()),
+                _ => KAt::Vmalloc(setup.vmalloc.wrapping_sub(1 + self.u8()? as usize)),
+            },
+            10 => match self.u8()? % 2 {
+                0 => KAt::Vmalloc(self.u32()? as usize % (setup.vmalloc + 4096)),
+                _ => KAt::Image(self.u32()? as usize % (setup.image + 4096)),
+            },
+            _ => KAt::Abs(match self.u8()? % 3 {
+                0 => self.u8()? as usize,
+                1 => 0x1000 + self.u32()? as usize,
+                _ => usize::MAX - self.u16()? as usize,
+            }),
+        })
+    }
+
+    /// A page order: mostly small, sometimes past RAM or the hooks' limit.
+    fn order(&mut self) -> Option<u32> {
+        let b = self.u8()?;
+        Some(if b & 0x80 == 0 { u32::from(b % 4) } else { u32::from(b % 24) })
+    }
+
+    fn kop(&mut self, setup: &KSetup) -> Option<KOp> {
+        Some(match self.u8()? % 16 {
+            0 | 1 => KOp::PageAlloc { at: self.kat(setup)?, order: self.order()?, zeroed: self.u8()? & 1 != 0 },
+            2 => KOp::PageFree { at: self.kat(setup)?, order: self.order()? },
+            3 => KOp::KmallocLarge { at: self.kat(setup)?, order: self.order()?, zeroed: self.u8()? & 1 != 0 },
+            4 => {
+                let (at, order, b) = (self.kat(setup)?, self.order()?, self.u8()?);
+                KOp::Track { at, order, stack: b & 1 != 0, free: b & 2 != 0 }
+            }
+            5 | 6 => KOp::SlabAlloc { at: self.kat(setup)?, size: self.size()?, zeroed: self.u8()? & 1 != 0 },
+            7 => KOp::SlabFree { at: self.kat(setup)?, size: self.size()? },
+            8 => KOp::Vmalloc { pages: 1 + self.u8()? as usize % 8, zeroed: self.u8()? & 1 != 0 },
+            9 => KOp::Vfree { pick: self.u16()? },
+            10 | 11 => KOp::Store { at: self.kat(setup)?, size: self.access_size()?, pattern: self.u8()?, from: self.kat(setup)? },
+            12 => KOp::Load { at: self.kat(setup)?, size: self.access_size()? },
+            13 => KOp::Copy { dst: self.kat(setup)?, src: self.kat(setup)?, size: self.size()? },
+            14 => {
+                let (at, size, b) = (self.kat(setup)?, self.size()?, self.u8()?);
+                let how = [KSet::Unpoison, KSet::Poison, KSet::Memset, KSet::PoisonAlloca, KSet::UnpoisonAlloca, KSet::AsmStore][b as usize % 6];
+                KOp::Set { at, size, how }
+            }
+            _ => match self.u8()? % 3 {
+                0 => KOp::Warning { at: self.kat(setup)? },
+                _ => KOp::Check { at: self.kat(setup)?, size: self.size()? },
             },
         })
     }

@@ -277,10 +277,16 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     /// Whether `[addr, addr + size)` crosses from one vmalloc page to
-    /// another (whose frames' metadata need not be adjacent).
+    /// another (whose frames' metadata need not be adjacent), or runs past
+    /// the end of RAM or the image (whose metadata ends there: what lies
+    /// after it need not be mapped).
     #[inline(always)]
     fn split(&self, addr: usize, size: usize) -> bool {
-        self.layout.vmalloc.contains(addr) && (addr % PAGE_SIZE) + size > PAGE_SIZE
+        if (addr % PAGE_SIZE).saturating_add(size) <= PAGE_SIZE {
+            return false;
+        }
+        let l = &self.layout;
+        l.vmalloc.contains(addr) || [&l.direct_map.data, &l.image.data].iter().any(|r| r.contains(addr) && addr.saturating_add(size) > r.end)
     }
 
     #[inline(always)]

@@ -376,3 +376,36 @@ fn hybrid_page_without_a_frame_goes_unchecked_and_comes_back() {
     assert_eq!(h.kmsan.stats().ondemand_live_pages, live + 1);
     assert!(h.take_log().is_empty());
 }
+
+/// Found by the KMSAN fuzz target: a refused `stack_free` (pages that are
+/// not a stack) used to unpoison them first, hiding a later use of freed
+/// memory; now it changes nothing.
+#[test]
+fn refused_stack_free_keeps_the_metadata() {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let h = &mut host(mode);
+        let page = h.ram() + 3 * PAGE_SIZE;
+        h.kmsan.page_alloc(page, 0, false).unwrap();
+        h.kmsan.page_free(page, 0).unwrap();
+        assert_eq!(h.kmsan.stack_free(page, 0), Err(crate::error::HookError::WrongPageState), "{mode:?}");
+        assert_eq!(h.load(page, 4).0, [0xFF; 4], "{mode:?}: freed memory stays uninitialized");
+        assert!(h.kmsan.check_memory(page, 4, 0).is_err(), "{mode:?}");
+    }
+}
+
+/// Found by the KMSAN fuzz target: a load or store running past the end
+/// of RAM got metadata pointers whose tail lay past RAM's metadata
+/// (unmapped on the host: a crash); it is now gathered byte by byte.
+#[test]
+fn access_past_the_end_of_ram_is_gathered() {
+    for mode in [Mode::Full, Mode::Hybrid] {
+        let h = &mut host(mode);
+        let last = h.ram() + h.kmsan.layout().direct_map.data.len() - PAGE_SIZE;
+        h.kmsan.page_alloc(last, 0, false).unwrap();
+        let (sh, _) = h.load(last + PAGE_SIZE - 4, 16);
+        assert_eq!(sh, [[0xFF; 4].as_slice(), &[0; 12]].concat(), "{mode:?}");
+        h.store(last + PAGE_SIZE - 2, &[0; 16], 0);
+        h.settle();
+        assert_eq!(h.load(last + PAGE_SIZE - 4, 4).0, [0xFF, 0xFF, 0, 0], "{mode:?}");
+    }
+}

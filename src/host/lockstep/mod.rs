@@ -19,6 +19,7 @@
 
 mod compiler;
 mod heap;
+pub mod kmsan;
 mod misuse;
 pub mod oracle;
 mod raw;

@@ -20,15 +20,15 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Ok(())
     }
 
-    /// A kernel stack is given up (its pages stay allocated until freed).
+    /// A kernel stack is given up (its pages stay allocated until freed,
+    /// initialized). Refused pages keep their metadata.
     pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
         if !self.on() {
             return Ok(());
         }
-        {
-            let mut inner = self.inner.lock();
-            self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
-        }
-        self.untrack(addr, order, PageKind::Stack)
+        self.untrack(addr, order, PageKind::Stack)?;
+        let mut inner = self.inner.lock();
+        self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
+        Ok(())
     }
 }
