@@ -14,6 +14,7 @@
 use crate::config::{Config, Mode};
 use crate::host::mapper::HostMapper;
 use crate::host::platform::HostPlatform;
+use crate::host::sim::Arena;
 use crate::host::space::{HostSpace, SpaceError};
 use crate::kmsan::{Context, Kmsan, KmsanInitError, Origin};
 use std::vec::Vec;
@@ -36,6 +37,8 @@ pub struct KmsanHost {
     /// The current task's context.
     pub ctx: std::boxed::Box<Context>,
     _space: HostSpace,
+    /// The runtime's arena, freed after it (field order).
+    _arena: Arena,
 }
 
 impl KmsanHost {
@@ -53,16 +56,18 @@ impl KmsanHost {
         let layout = space.kmsan_layout();
         let mapper = HostMapper::new(layout.meta_span());
         let plat = HostPlatform::new();
-        let arena = std::vec![0u8; Kmsan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg)];
-        let arena: &'static mut [u8] = std::boxed::Box::leak(arena.into_boxed_slice());
-        let kmsan = Kmsan::new(cfg, layout, mapper, plat.clone(), arena).map_err(KmsanHostError::Init)?;
+        let arena = Arena::new(Kmsan::<HostMapper, HostPlatform>::arena_bytes(&layout, &cfg));
+        // SAFETY: handed over once; `kmsan` is declared before `_arena`, so
+        // the runtime drops before its arena.
+        let mem = unsafe { arena.hand_over() };
+        let kmsan = Kmsan::new(cfg, layout, mapper, plat.clone(), mem).map_err(KmsanHostError::Init)?;
         if cfg.mode == Mode::Full {
             // Linux's cost, as a kernel pays it at boot: metadata for every page.
             for pfn in 0..layout.ram_pages() {
                 kmsan.full_back_page(layout.direct_map.data.start + pfn * crate::mapper::PAGE_SIZE);
             }
         }
-        Ok(KmsanHost { kmsan, plat, ctx: std::boxed::Box::new(Context::new()), _space: space })
+        Ok(KmsanHost { kmsan, plat, ctx: std::boxed::Box::new(Context::new()), _space: space, _arena: arena })
     }
 
     /// First RAM address.
