@@ -43,7 +43,7 @@ fn kmsan_setup(mode: Mode) -> (KmsanHost, [usize; 2]) {
     h.kmsan.page_alloc(page, 0, true).unwrap();
     h.kmsan.page_alloc(slab, 0, true).unwrap();
     h.kmsan.slab_page_alloc(slab, 0).unwrap();
-    h.call("kmalloc_site", |h| h.kmsan.slab_alloc(slab, 64, false)).unwrap();
+    h.call("kmalloc_site", |h| h.kmsan.slab_alloc(slab, Size(64), false)).unwrap();
     h.store(slab, &[0; 64], 0);
     (h, [page, slab])
 }

@@ -2,6 +2,8 @@
 //! in `full` and `hybrid`.
 
 use crate::config::Mode;
+use crate::error::{PageError, SlabError};
+use crate::hooks::Size;
 use crate::host::kmsan::KmsanHost;
 use crate::kmsan::origin::{self, NO_ORIGIN};
 use crate::backing::Backing;
@@ -19,7 +21,7 @@ fn slab_object(h: &mut KmsanHost, pfn: usize, size: usize, zeroed: bool) -> usiz
     let page = h.ram() + pfn * PAGE_SIZE;
     h.kmsan.page_alloc(page, 0, false).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, size, zeroed)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(size), zeroed)).unwrap();
     page
 }
 
@@ -92,14 +94,14 @@ fn an_origin_page_is_mapped_only_for_a_second_origin() {
     let page = h.ram() + 4 * PAGE_SIZE;
     h.kmsan.page_alloc(page, 0, true).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, 64, false)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(64), false)).unwrap();
     let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
     let a = h.load(page, 4).1;
     let p = |h: &KmsanHost| h.kmsan.page_meta(page).unwrap();
     assert!(!p(h).origin_private, "one uninitialized object: its allocation is the page's origin");
     let before = live(h);
     // A second object, allocated elsewhere, while the first is uninit.
-    h.call("other_caller", |h| h.kmsan.slab_alloc(page + 64, 64, false)).unwrap();
+    h.call("other_caller", |h| h.kmsan.slab_alloc(page + 64, Size(64), false)).unwrap();
     let b = h.load(page + 64, 4).1;
     assert_ne!(a, b);
     assert!(p(h).origin_private, "two origins need the origin page");
@@ -109,12 +111,12 @@ fn an_origin_page_is_mapped_only_for_a_second_origin() {
     let q = h.ram() + 5 * PAGE_SIZE;
     h.kmsan.page_alloc(q, 0, true).unwrap();
     h.kmsan.slab_page_alloc(q, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(q, 64, false)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(q, Size(64), false)).unwrap();
     h.store(q, &[0; 16], NO_ORIGIN);
     h.store(q + 16, &[0; 16], NO_ORIGIN);
     h.store(q + 32, &[0; 16], NO_ORIGIN);
     h.store(q + 48, &[0; 16], NO_ORIGIN);
-    h.call("third_caller", |h| h.kmsan.slab_alloc(q + 64, 32, false)).unwrap();
+    h.call("third_caller", |h| h.kmsan.slab_alloc(q + 64, Size(32), false)).unwrap();
     let c = h.load(q + 64, 4).1;
     assert!(!h.kmsan.page_meta(q).unwrap().origin_private, "the first object is initialized");
     assert_ne!(c, NO_ORIGIN);
@@ -171,7 +173,7 @@ fn freed_object_use_is_use_after_free() {
         let h = &mut host(mode);
         let obj = slab_object(h, 2, 80, false);
         h.store(obj, &[0; 8], NO_ORIGIN);
-        h.call("kfree_caller", |h| h.kmsan.slab_free(obj, 80)).unwrap();
+        h.call("kfree_caller", |h| h.kmsan.slab_free(obj, Size(80))).unwrap();
         let (sh, o) = h.load(obj, 8);
         assert_eq!(sh, [0xFF; 8]);
         let bug = h.kmsan.warning(o, h.plat.func("test_uaf"));
@@ -231,7 +233,7 @@ fn memcpy_keeps_origins_across_initialized_gaps() {
         h.store(src, &[0, 0, 0xFF, 0xFF], a);
         h.store(src + 8, &[0xFF, 0xFF, 0, 0], b);
         let dst = src + 64;
-        h.kmsan.slab_alloc(dst, 16, true).unwrap();
+        h.kmsan.slab_alloc(dst, Size(16), true).unwrap();
         h.kmsan.copy_meta(dst, src + 2, 8);
         let read = |h: &mut KmsanHost, at| h.load(at, 4);
         let (s0, o0) = read(h, dst);
@@ -277,7 +279,7 @@ fn vmalloc_uses_the_metadata_of_the_frames_mapped_there() {
         h.kmsan.page_free(b, 0).unwrap();
         // A slab page returned to the page allocator and reused.
         let page = slab_object(h, 12, 128, false);
-        h.kmsan.slab_free(page, 128).unwrap();
+        h.kmsan.slab_free(page, Size(128)).unwrap();
         h.kmsan.slab_page_free(page, 0).unwrap();
         h.kmsan.page_free(page, 0).unwrap();
         h.kmsan.page_alloc(page, 0, true).unwrap();
@@ -301,23 +303,26 @@ fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
         if mode == Mode::Hybrid {
             assert_eq!(h.kmsan.page_meta(p + 8192).unwrap().backing, Backing::UNINIT, "stays page-granular");
         }
-        assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, false), Err(crate::error::HookError::WrongPageState));
+        assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, false), Err(PageError::WrongPageState));
     }
 }
 
 #[test]
 fn hooks_refuse_bad_input() {
-    use crate::error::HookError;
     let h = &mut host(Mode::Hybrid);
     let p = h.ram() + PAGE_SIZE;
-    assert_eq!(h.kmsan.page_alloc(p + 1, 0, false), Err(HookError::Unaligned));
-    assert_eq!(h.kmsan.page_alloc(h.vmalloc(), 0, false), Err(HookError::NotRam));
-    assert_eq!(h.kmsan.page_free(p, 0), Err(HookError::WrongPageState));
+    assert_eq!(h.kmsan.page_alloc(p + 1, 0, false), Err(PageError::Unaligned));
+    assert_eq!(h.kmsan.page_alloc(h.vmalloc(), 0, false), Err(PageError::NotRam));
+    assert_eq!(h.kmsan.page_alloc(p, 21, false), Err(PageError::BadOrder));
+    assert_eq!(h.kmsan.page_free(p, 0), Err(PageError::WrongPageState));
+    assert_eq!(h.kmsan.mark_reserved(p, Size(0)), Err(PageError::BadOrder), "an empty range");
     h.kmsan.page_alloc(p, 0, false).unwrap();
-    assert_eq!(h.kmsan.page_alloc(p, 0, false), Err(HookError::PageInUse));
-    assert_eq!(h.kmsan.slab_alloc(p, 8, false), Err(HookError::WrongPageState));
-    assert_eq!(h.kmsan.slab_free(p, 8), Err(HookError::WrongPageState));
-    assert_eq!(h.kmsan.stack_alloc(h.vmalloc(), 0), Err(HookError::NotRam));
+    assert_eq!(h.kmsan.page_alloc(p, 0, false), Err(PageError::PageInUse));
+    assert_eq!(h.kmsan.slab_alloc(p, Size(8), false), Err(SlabError::WrongPageState));
+    assert_eq!(h.kmsan.slab_free(p, Size(8)), Err(SlabError::WrongPageState));
+    assert_eq!(h.kmsan.slab_alloc(h.vmalloc(), Size(8), false), Err(SlabError::NotRam));
+    assert_eq!(h.kmsan.slab_alloc(p, Size(usize::MAX), false), Err(SlabError::BadSize), "wraps around");
+    assert_eq!(h.kmsan.stack_alloc(h.vmalloc(), 0), Err(PageError::NotRam));
 }
 
 #[test]
@@ -361,10 +366,10 @@ fn hybrid_page_without_a_frame_goes_unchecked_and_comes_back() {
     let s = h.kmsan.stats();
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Unchecked);
     assert_eq!((s.unchecked_pages, s.unchecked_events, s.ondemand_live_pages), (1, 1, live));
-    h.kmsan.slab_alloc(page, 64, false).unwrap();
+    h.kmsan.slab_alloc(page, Size(64), false).unwrap();
     assert_eq!(h.load(page, 8).0, [0; 8], "an unchecked page reads initialized");
     assert!(h.kmsan.check_memory(page, 64, 0).is_ok(), "and never reports");
-    h.kmsan.slab_free(page, 64).unwrap();
+    h.kmsan.slab_free(page, Size(64)).unwrap();
     h.kmsan.slab_page_free(page, 0).unwrap();
     h.kmsan.page_free(page, 0).unwrap();
     let s = h.kmsan.stats();
@@ -387,7 +392,7 @@ fn refused_stack_free_keeps_the_metadata() {
         let page = h.ram() + 3 * PAGE_SIZE;
         h.kmsan.page_alloc(page, 0, false).unwrap();
         h.kmsan.page_free(page, 0).unwrap();
-        assert_eq!(h.kmsan.stack_free(page, 0), Err(crate::error::HookError::WrongPageState), "{mode:?}");
+        assert_eq!(h.kmsan.stack_free(page, 0), Err(PageError::WrongPageState), "{mode:?}");
         assert_eq!(h.load(page, 4).0, [0xFF; 4], "{mode:?}: freed memory stays uninitialized");
         assert!(h.kmsan.check_memory(page, 4, 0).is_err(), "{mode:?}");
     }

@@ -24,7 +24,8 @@
 //! with `memcpy`), and the data access itself would fault.
 
 use crate::config::Mode;
-use crate::error::HookError;
+use crate::error::{PageError, SlabError};
+use crate::hooks::Size;
 use crate::host::kmsan::KmsanHost;
 use crate::kmsan::meta::{DROP_BYTES, SINK_BYTES};
 use crate::mapper::PAGE_SIZE;
@@ -326,33 +327,33 @@ impl KOracle {
     }
 
     /// The frames of `2^order` pages at `a`, as the page hooks check them.
-    fn ram_pages(&self, a: usize, order: u32) -> Result<core::ops::Range<usize>, HookError> {
+    fn ram_pages(&self, a: usize, order: u32) -> Result<core::ops::Range<usize>, PageError> {
         if order > 20 {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         if !a.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(PageError::Unaligned);
         }
         if !self.ram.contains(&a) {
-            return Err(HookError::NotRam);
+            return Err(PageError::NotRam);
         }
         let pfn = (a - self.ram.start) / PAGE_SIZE;
         if pfn + (1 << order) > self.kinds.len() {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         Ok(pfn..pfn + (1 << order))
     }
 
     /// Whether `[a, a + n)` lies in pages of `kind`, as the slab hooks check it.
-    fn tracked(&self, a: usize, n: usize, kind: PKind) -> Result<(), HookError> {
-        let end = a.checked_add(n).ok_or(HookError::BadSize)?;
+    fn tracked(&self, a: usize, n: usize, kind: PKind) -> Result<(), SlabError> {
+        let end = a.checked_add(n).ok_or(SlabError::BadSize)?;
         let mut x = a;
         while x < end {
             if !self.ram.contains(&x) {
-                return Err(HookError::NotRam);
+                return Err(SlabError::NotRam);
             }
             if self.kinds[(x - self.ram.start) / PAGE_SIZE] != kind {
-                return Err(HookError::WrongPageState);
+                return Err(SlabError::WrongPageState);
             }
             x = (x & !(PAGE_SIZE - 1)) + PAGE_SIZE;
         }
@@ -538,7 +539,7 @@ impl KLockstep {
                 let a = self.at(at);
                 let want = self.o.ram_pages(a, order).and_then(|p| {
                     if p.clone().any(|i| self.o.kinds[i] != PKind::Free) {
-                        return Err(HookError::PageInUse);
+                        return Err(PageError::PageInUse);
                     }
                     Ok(p)
                 });
@@ -554,7 +555,7 @@ impl KLockstep {
                 let a = self.at(at);
                 let want = self.o.ram_pages(a, order).and_then(|p| {
                     if p.clone().any(|i| self.o.kinds[i] == PKind::Free) {
-                        return Err(HookError::WrongPageState);
+                        return Err(PageError::WrongPageState);
                     }
                     Ok(p)
                 });
@@ -569,7 +570,7 @@ impl KLockstep {
                 let a = self.at(at);
                 let want = self.o.ram_pages(a, order).and_then(|p| {
                     if p.clone().any(|i| self.o.kinds[i] == PKind::Free) {
-                        return Err(HookError::WrongPageState);
+                        return Err(PageError::WrongPageState);
                     }
                     Ok(p)
                 });
@@ -585,7 +586,7 @@ impl KLockstep {
                 let (from, to) = if free { (kind, PKind::Page) } else { (PKind::Page, kind) };
                 let want = self.o.ram_pages(a, order).and_then(|p| {
                     if p.clone().any(|i| self.o.kinds[i] != from) {
-                        return Err(HookError::WrongPageState);
+                        return Err(PageError::WrongPageState);
                     }
                     Ok(p)
                 });
@@ -607,7 +608,7 @@ impl KLockstep {
             KOp::SlabAlloc { at, size, zeroed } => {
                 let a = self.at(at);
                 let want = if size == 0 { Ok(()) } else { self.o.tracked(a, size, PKind::Slab) };
-                let got = self.both("kmalloc_site", at, |h, x| h.kmsan.slab_alloc(x, size, zeroed));
+                let got = self.both("kmalloc_site", at, |h, x| h.kmsan.slab_alloc(x, Size(size), zeroed));
                 assert_eq!(got, want, "slab_alloc({at:?}, {size})");
                 if want.is_ok() && size > 0 {
                     self.o.set(a, size, if zeroed { 0 } else { 0xFF });
@@ -617,7 +618,7 @@ impl KLockstep {
             KOp::SlabFree { at, size } => {
                 let a = self.at(at);
                 let want = if size == 0 { Ok(()) } else { self.o.tracked(a, size, PKind::Slab) };
-                let got = self.both("kfree_site", at, |h, x| h.kmsan.slab_free(x, size));
+                let got = self.both("kfree_site", at, |h, x| h.kmsan.slab_free(x, Size(size)));
                 assert_eq!(got, want, "slab_free({at:?}, {size})");
                 if want.is_ok() {
                     self.o.set(a, size, 0xFF);

@@ -14,6 +14,12 @@
 //! their origin; freed memory is uninitialized with the free as origin,
 //! flagged so a later use is reported as use-after-free. Slab pages and
 //! stacks are byte-tracked (private metadata while they are in use).
+//!
+//! Object sizes are [`Size`](crate::Size)s, so neither compiles in the
+//! address's place. Input that breaks the allocator's contract is refused
+//! with the error of the hook's kind, as KASAN's hooks do: [`PageError`]
+//! for pages, stacks and slab pages, [`SlabError`] for objects (both
+//! convert into [`HookError`](crate::HookError)); nothing changes then.
 
 //!
 //! One file per allocator kind ([`pages`], [`slab`], [`stacks`]); this one
@@ -24,7 +30,7 @@ mod pages;
 mod slab;
 mod stacks;
 
-use crate::error::HookError;
+use crate::error::{PageError, SlabError};
 use crate::kmsan::propagate::chunks;
 use crate::kmsan::runtime::{Kmsan, Place};
 use crate::backing::Backing;
@@ -35,26 +41,26 @@ use crate::platform::Platform;
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Page frames of `[addr, addr + 2^order pages)` after checking they are RAM.
-    pub(super) fn ram_pages(&self, addr: usize, order: u32) -> Result<core::ops::Range<usize>, HookError> {
+    pub(super) fn ram_pages(&self, addr: usize, order: u32) -> Result<core::ops::Range<usize>, PageError> {
         if order > 20 {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(PageError::Unaligned);
         }
-        let Place::Ram(pfn) = self.place(addr) else { return Err(HookError::NotRam) };
+        let Place::Ram(pfn) = self.place(addr) else { return Err(PageError::NotRam) };
         let count = 1usize << order;
         if pfn + count > self.ram.len() {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         Ok(pfn..pfn + count)
     }
 
     /// Allocated pages become byte-tracked (`kind`: slab or stack).
-    pub(super) fn track(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), HookError> {
+    pub(super) fn track(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), PageError> {
         let pages = self.ram_pages(addr, order)?;
         if pages.clone().any(|i| self.ram.get(i).kind != PageKind::Page) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         for i in pages {
@@ -67,10 +73,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// Byte-tracked pages become page-granular again; pages whose bytes
     /// are all initialized go back to the shared zero page.
-    pub(super) fn untrack(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), HookError> {
+    pub(super) fn untrack(&self, addr: usize, order: u32, kind: PageKind) -> Result<(), PageError> {
         let pages = self.ram_pages(addr, order)?;
         if pages.clone().any(|i| self.ram.get(i).kind != kind) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         for i in pages {
@@ -84,13 +90,14 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Ok(())
     }
 
-    pub(super) fn check_tracked(&self, ptr: usize, size: usize, kind: PageKind) -> Result<(), HookError> {
-        let end = ptr.checked_add(size).ok_or(HookError::BadSize)?;
+    /// `[ptr, ptr + size)` lies in RAM pages of `kind` (byte-tracked).
+    pub(super) fn check_tracked(&self, ptr: usize, size: usize, kind: PageKind) -> Result<(), SlabError> {
+        let end = ptr.checked_add(size).ok_or(SlabError::BadSize)?;
         for (a, _) in chunks(ptr, end - ptr) {
             match self.place(a) {
                 Place::Ram(i) if self.ram.get(i).kind == kind => {}
-                Place::Ram(_) => return Err(HookError::WrongPageState),
-                _ => return Err(HookError::NotRam),
+                Place::Ram(_) => return Err(SlabError::WrongPageState),
+                _ => return Err(SlabError::NotRam),
             }
         }
         Ok(())

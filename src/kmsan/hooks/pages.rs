@@ -1,7 +1,8 @@
 //! Page allocator hooks: pages handed out (zeroed or not) and freed,
 //! reserved RAM, and page-backed (large) kmalloc.
 
-use crate::error::HookError;
+use crate::error::PageError;
+use crate::hooks::Size;
 use crate::kmsan::runtime::{Kmsan, Place};
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
@@ -11,17 +12,18 @@ use crate::stats::Stats;
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// RAM the page allocator never hands out (image, boot data):
     /// initialized.
-    pub fn mark_reserved(&self, addr: usize, len: usize) -> Result<(), HookError> {
+    pub fn mark_reserved(&self, addr: usize, len: Size) -> Result<(), PageError> {
+        let len = len.bytes();
         if !self.on() {
             return Ok(());
         }
         if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(HookError::Unaligned);
+            return Err(PageError::Unaligned);
         }
-        let Place::Ram(pfn) = self.place(addr) else { return Err(HookError::NotRam) };
+        let Place::Ram(pfn) = self.place(addr) else { return Err(PageError::NotRam) };
         let count = len.div_ceil(PAGE_SIZE);
         if count == 0 || pfn + count > self.ram.len() {
-            return Err(HookError::BadOrder);
+            return Err(PageError::BadOrder);
         }
         let mut inner = self.inner.lock();
         for i in pfn..pfn + count {
@@ -32,13 +34,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// The page allocator handed out `2^order` pages at `addr`; `zeroed`
     /// when it cleared them (`__GFP_ZERO`).
-    pub fn page_alloc(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), HookError> {
+    pub fn page_alloc(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let pages = self.ram_pages(addr, order)?;
         if pages.clone().any(|i| self.ram.get(i).kind != PageKind::None) {
-            return Err(HookError::PageInUse);
+            return Err(PageError::PageInUse);
         }
         let mut inner = self.inner.lock();
         let o = if zeroed { None } else { Some(self.new_origin(&mut inner, false)) };
@@ -49,13 +51,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     /// `2^order` pages at `addr` go back to the page allocator.
-    pub fn page_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn page_free(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let pages = self.ram_pages(addr, order)?;
         if pages.clone().any(|i| self.ram.get(i).kind == PageKind::None) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         let mut inner = self.inner.lock();
         let o = self.new_origin(&mut inner, true);
@@ -69,13 +71,13 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// `page_alloc`): uninitialized, created here (`zeroed` for `kzalloc`).
     /// The whole block is set, so its pages stay page-granular (the bytes
     /// past the requested size are as uninitialized as Linux leaves them).
-    pub fn kmalloc_large(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), HookError> {
+    pub fn kmalloc_large(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
         let pages = self.ram_pages(addr, order)?;
         if pages.clone().any(|i| self.ram.get(i).kind == PageKind::None) {
-            return Err(HookError::WrongPageState);
+            return Err(PageError::WrongPageState);
         }
         Stats::bump(&self.stats.slab_allocs);
         let mut inner = self.inner.lock();

@@ -2,7 +2,8 @@
 //! uninitialized (or zeroed) and die uninitialized with a use-after-free
 //! origin.
 
-use crate::error::HookError;
+use crate::error::{PageError, SlabError};
+use crate::hooks::Size;
 use crate::kmsan::runtime::Kmsan;
 use crate::mapper::ShadowMapper;
 use crate::page_state::PageKind;
@@ -11,7 +12,7 @@ use crate::stats::Stats;
 
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Allocated pages at `addr` become a slab.
-    pub fn slab_page_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn slab_page_alloc(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
@@ -20,7 +21,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// A slab's pages stop being a slab (they are still allocated; the
     /// kernel calls [`Kmsan::page_free`] next, or reuses them).
-    pub fn slab_page_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn slab_page_free(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
@@ -29,7 +30,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// A slab object of `size` bytes at `ptr` was handed out; `zeroed`
     /// when the allocator cleared it (`kzalloc`, `__GFP_ZERO`).
-    pub fn slab_alloc(&self, ptr: usize, size: usize, zeroed: bool) -> Result<(), HookError> {
+    pub fn slab_alloc(&self, ptr: usize, size: Size, zeroed: bool) -> Result<(), SlabError> {
+        let size = size.bytes();
         if !self.on() || size == 0 {
             return Ok(());
         }
@@ -47,7 +49,8 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// A slab object of `size` bytes at `ptr` was freed: its bytes are
     /// uninitialized and a later use is a use-after-free.
-    pub fn slab_free(&self, ptr: usize, size: usize) -> Result<(), HookError> {
+    pub fn slab_free(&self, ptr: usize, size: Size) -> Result<(), SlabError> {
+        let size = size.bytes();
         if !self.on() || size == 0 {
             return Ok(());
         }

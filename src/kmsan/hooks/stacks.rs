@@ -1,7 +1,7 @@
 //! Kernel stack hooks: a stack's pages are byte-tracked while it is in
 //! use; the compiler poisons each frame's locals.
 
-use crate::error::HookError;
+use crate::error::PageError;
 use crate::kmsan::runtime::Kmsan;
 use crate::mapper::{ShadowMapper, PAGE_SIZE};
 use crate::page_state::PageKind;
@@ -10,7 +10,7 @@ use crate::platform::Platform;
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Allocated pages at `addr` become a kernel stack (initialized;
     /// the compiler poisons each frame's locals).
-    pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn stack_alloc(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
@@ -22,7 +22,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
 
     /// A kernel stack is given up (its pages stay allocated until freed,
     /// initialized). Refused pages keep their metadata.
-    pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), HookError> {
+    pub fn stack_free(&self, addr: usize, order: u32) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }

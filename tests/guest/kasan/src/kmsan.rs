@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use guest_boot::println;
 use hybrid_shadow::kmsan::abi::{self, TaskContext};
 use hybrid_shadow::kmsan::{Kmsan, KmsanLayout, MetaRegion};
-use hybrid_shadow::{Backing, Config, Mode, Region, StatsSnapshot};
+use hybrid_shadow::{Backing, Config, Mode, Region, Size, StatsSnapshot};
 use hybrid_shadow_x86_64::{FrameSource, PhysAddr, X86ShadowMapper};
 
 pub use hybrid_shadow::page_state::PageState;
@@ -343,7 +343,7 @@ pub fn page_state(_addr: usize) -> Option<PageState> {
 
 /// RAM outside every allocator: initialized.
 pub fn mark_reserved(addr: usize, len: usize) {
-    if let Some(Err(e)) = hook(|k| k.mark_reserved(addr, len)) {
+    if let Some(Err(e)) = hook(|k| k.mark_reserved(addr, Size(len))) {
         refused("mark_reserved", addr, e);
     }
 }
@@ -403,7 +403,7 @@ pub fn slab_page_free(base: usize, order: u32) {
 /// memset initializes it right after).
 pub fn slab_alloc(id: u16, ptr: usize, _size: usize) {
     let n = object_size(id);
-    if let Some(Err(e)) = hook(|k| k.slab_alloc(ptr, n, false)) {
+    if let Some(Err(e)) = hook(|k| k.slab_alloc(ptr, Size(n), false)) {
         refused("slab_alloc", ptr, e);
     }
 }
@@ -411,7 +411,7 @@ pub fn slab_alloc(id: u16, ptr: usize, _size: usize) {
 /// An object is freed: uninitialized, a later use is a use-after-free.
 pub fn slab_free(id: u16, ptr: usize, _ip: usize) -> FreeAction {
     let n = object_size(id);
-    if let Some(Err(e)) = hook(|k| k.slab_free(ptr, n)) {
+    if let Some(Err(e)) = hook(|k| k.slab_free(ptr, Size(n))) {
         refused("slab_free", ptr, e);
     }
     FreeAction::Now
