@@ -17,12 +17,35 @@
 //! keeps the task's deferred store there), and brackets interrupt
 //! handlers with [`interrupt_enter`] / [`interrupt_exit`] (a context per
 //! nesting level, up to [`IRQ_LEVELS`]). Until install, and while the
-//! runtime itself runs code that may be instrumented (one CPU: a nesting
-//! count), metadata calls get a dummy page: reads are initialized, writes
+//! runtime itself runs code that may be instrumented (a nesting count per
+//! CPU), metadata calls get a dummy page: reads are initialized, writes
 //! go nowhere, nothing is reported.
+//!
+//! ## Several CPUs
+//!
+//! All of that state is per CPU ([`CpuContexts`]): which context is
+//! current, the nesting count, the interrupt levels, and the context of
+//! code that runs outside any task (boot, idle loops). CPU 0 has one built
+//! in; every other CPU gets one from the kernel with [`register_cpu`]
+//! before it runs instrumented code, and the ABI finds it through the
+//! installed runtime's [`Platform::cpu`]. A CPU without one runs
+//! untracked (the dummy page), never with another CPU's context.
+//!
+//! ```text
+//!  __msan_*(…) ─► Platform::cpu() = n ─► CPUS[n]: current ─► TaskContext (task's, or idle / irq level)
+//!                                                 depth    (runtime entered on this CPU?)
+//! ```
+//!
+//! A store the runtime defers (the sink, see [`crate::kmsan::meta`]) lives
+//! in the storing task's context and lands at that CPU's next runtime
+//! entry. Another CPU can only read the stored bytes after the storing
+//! CPU published them (a release store, an unlock, an atomic), and that
+//! publishing access enters the runtime first, so the metadata has landed
+//! before the data is visible; [`set_current`] settles the outgoing
+//! task's store before it can move to another CPU.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed}};
 
 use crate::caller::{caller_ip, caller_ip2};
 use crate::kmsan::meta::{Context, MetaPtrs};
@@ -113,6 +136,8 @@ pub trait AbiKmsan: Sync {
     fn copy(&self, dst: usize, src: usize, n: usize);
     /// Check a range; false when something was reported.
     fn check(&self, addr: usize, size: usize, ip: usize) -> bool;
+    /// The calling CPU's number ([`Platform::cpu`]).
+    fn cpu(&self) -> usize;
 }
 
 impl<M: ShadowMapper + Send, P: Platform + Sync> AbiKmsan for Kmsan<M, P> {
@@ -146,6 +171,10 @@ impl<M: ShadowMapper + Send, P: Platform + Sync> AbiKmsan for Kmsan<M, P> {
     fn check(&self, addr: usize, size: usize, ip: usize) -> bool {
         self.check_memory(addr, size, ip).is_ok()
     }
+    #[inline]
+    fn cpu(&self) -> usize {
+        self.platform().cpu()
+    }
 }
 
 /// Bytes of the dummy metadata handed out when the runtime cannot answer.
@@ -159,17 +188,107 @@ unsafe impl Sync for Dummy {}
 static ZERO: Dummy = Dummy(UnsafeCell::new([0; DUMMY_BYTES]));
 static SCRATCH: Dummy = Dummy(UnsafeCell::new([0; DUMMY_BYTES]));
 
-struct BootContext(UnsafeCell<TaskContext>);
-// SAFETY: used by one CPU before the kernel sets a context of its own.
-unsafe impl Sync for BootContext {}
-static BOOT: BootContext = BootContext(UnsafeCell::new(TaskContext::new()));
+/// Most CPUs the ABI serves (numbered from 0, as [`Platform::cpu`] does).
+pub const MAX_CPUS: usize = 64;
+
+/// One CPU's KMSAN state: the context current on it, whether it is inside
+/// the runtime, its interrupt levels, and the context of code that runs
+/// there outside any task (boot, idle loop). About 23 KiB: a kernel
+/// allocates one per CPU beyond the first ([`register_cpu`]), outside
+/// memory the runtime tracks byte by byte.
+pub struct CpuContexts {
+    /// The context the compiler's code on this CPU uses (null: `idle`).
+    current: AtomicPtr<TaskContext>,
+    /// Runtime entries in progress on this CPU (0 or 1, more while
+    /// [`without_tracking`] or too-deep interrupts nest). While non-zero,
+    /// metadata calls get the dummy page and nothing is reported.
+    depth: AtomicUsize,
+    /// Interrupt nesting on this CPU.
+    irq_depth: AtomicUsize,
+    /// The context each interrupt level interrupted.
+    irq_saved: [AtomicPtr<TaskContext>; IRQ_LEVELS],
+    /// Code outside any task.
+    idle: UnsafeCell<TaskContext>,
+    /// One context per interrupt nesting level.
+    irq: UnsafeCell<[TaskContext; IRQ_LEVELS]>,
+}
+
+// SAFETY: every field but the two cells is atomic. `idle` and `irq` are
+// used only by the CPU that owns this block (the one `Platform::cpu`
+// names): `idle` while no task context is current, level `d` of `irq`
+// between the `interrupt_enter` that opened it and the matching exit,
+// strictly nested.
+unsafe impl Sync for CpuContexts {}
+
+impl Default for CpuContexts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuContexts {
+    /// A CPU with nothing current, outside the runtime, no interrupt.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self::with_depth(0)
+    }
+
+    const fn with_depth(depth: usize) -> Self {
+        CpuContexts {
+            current: AtomicPtr::new(core::ptr::null_mut()),
+            depth: AtomicUsize::new(depth),
+            irq_depth: AtomicUsize::new(0),
+            irq_saved: [const { AtomicPtr::new(core::ptr::null_mut()) }; IRQ_LEVELS],
+            idle: UnsafeCell::new(TaskContext::new()),
+            irq: UnsafeCell::new([const { TaskContext::new() }; IRQ_LEVELS]),
+        }
+    }
+
+    fn current_ptr(&self) -> *mut TaskContext {
+        let p = self.current.load(Relaxed);
+        if p.is_null() {
+            self.idle.get()
+        } else {
+            p
+        }
+    }
+}
+
+/// Why [`register_cpu`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuError {
+    /// CPU 0 has its contexts built in.
+    BootCpu,
+    /// The CPU number is [`MAX_CPUS`] or more.
+    TooMany,
+    /// The CPU already has contexts.
+    Registered,
+}
+
+impl core::fmt::Display for CpuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            CpuError::BootCpu => "cpu 0 has its KMSAN contexts built in",
+            CpuError::TooMany => "cpu number beyond kmsan::abi::MAX_CPUS",
+            CpuError::Registered => "cpu already has KMSAN contexts",
+        })
+    }
+}
+
+/// CPU 0's state (in the image: it runs before any allocator does).
+static CPU0: CpuContexts = CpuContexts::new();
+/// Where CPUs that have no state of their own run: permanently inside
+/// the runtime (so untracked); the compiler's state they write there is
+/// never read by the runtime, and racing writes to it are harmless.
+static UNTRACKED: CpuContexts = CpuContexts::with_depth(1);
+/// The other CPUs' state, from [`register_cpu`] (null: none yet).
+static CPUS: [AtomicPtr<CpuContexts>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+/// Whether any CPU beyond 0 has registered: until then every call is
+/// CPU 0's without asking the platform.
+static SEVERAL: AtomicBool = AtomicBool::new(false);
 
 static RUNTIME: spin::Once<&'static dyn AbiKmsan> = spin::Once::new();
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static CURRENT: AtomicPtr<TaskContext> = AtomicPtr::new(core::ptr::null_mut());
-/// Runtime calls in progress (one CPU). While non-zero, metadata calls get
-/// the dummy page and nothing is reported.
-static DEPTH: AtomicUsize = AtomicUsize::new(0);
 
 /// Route the compiler's calls to `rt`. Only the first call has effect; in
 /// `off` mode nothing is routed.
@@ -186,52 +305,96 @@ pub fn disable() {
     ENABLED.store(false, Relaxed);
 }
 
-/// Make `ctx` the current task's context.
+/// Give CPU `cpu` (as the installed runtime's [`Platform::cpu`] numbers
+/// it) its KMSAN state. Call it before that CPU runs instrumented code
+/// (from the CPU that starts it); until then, and on a CPU that never
+/// registers, the CPU runs untracked. CPU 0's state is built in.
+///
+/// # Errors
+///
+/// [`CpuError`]: CPU 0, a number past [`MAX_CPUS`], or a CPU that already
+/// has its state.
+pub fn register_cpu(cpu: usize, state: &'static CpuContexts) -> Result<(), CpuError> {
+    if cpu == 0 {
+        return Err(CpuError::BootCpu);
+    }
+    let slot = CPUS.get(cpu).ok_or(CpuError::TooMany)?;
+    slot.compare_exchange(core::ptr::null_mut(), core::ptr::from_ref(state).cast_mut(), AcqRel, Acquire)
+        .map_err(|_| CpuError::Registered)?;
+    SEVERAL.store(true, Relaxed);
+    Ok(())
+}
+
+/// The calling CPU's state.
+#[inline(always)]
+fn this_cpu() -> &'static CpuContexts {
+    if !SEVERAL.load(Relaxed) {
+        return &CPU0;
+    }
+    let Some(rt) = RUNTIME.get() else { return &CPU0 };
+    match rt.cpu() {
+        0 => &CPU0,
+        n => match CPUS.get(n).map(|p| p.load(Acquire)) {
+            // SAFETY: `register_cpu` stored a `&'static CpuContexts`.
+            Some(p) if !p.is_null() => unsafe { &*p },
+            _ => &UNTRACKED,
+        },
+    }
+}
+
+/// Make `ctx` the current task's context on this CPU.
 ///
 /// # Safety
 ///
-/// `ctx` must stay valid and be used by no other running task until the
-/// next `set_current`; null selects the boot context.
+/// `ctx` must stay valid and be used by no other running task (on any
+/// CPU) until this CPU's next `set_current`; null selects this CPU's own
+/// context (idle code).
 pub unsafe fn set_current(ctx: *mut TaskContext) {
-    // The outgoing task's deferred store lands before anyone else runs.
-    if let Some((rt, old)) = enter() {
-        rt.settle(old);
-        leave();
+    let cpu = this_cpu();
+    if core::ptr::eq(cpu, &UNTRACKED) {
+        return;
     }
-    CURRENT.store(ctx, Relaxed);
+    // The outgoing task's deferred store lands before anyone else runs it
+    // (here or on another CPU).
+    if let Some(e) = enter() {
+        e.rt.settle(e.ctx);
+    }
+    cpu.current.store(ctx, Relaxed);
 }
 
-fn current_ptr() -> *mut TaskContext {
-    let p = CURRENT.load(Relaxed);
-    if p.is_null() {
-        BOOT.0.get()
-    } else {
-        p
+/// Inside the runtime on this CPU: metadata calls made meanwhile (by code
+/// the runtime calls) get the dummy page. Leaves on drop.
+struct Entered {
+    rt: &'static dyn AbiKmsan,
+    cpu: &'static CpuContexts,
+    ctx: &'static mut Context,
+}
+
+impl Drop for Entered {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.cpu.depth.store(0, Relaxed);
     }
 }
 
-fn current_ctx() -> &'static mut Context {
-    // SAFETY: the current context belongs to the running task (the
-    // contract of `set_current`); the runtime part is only touched here,
-    // inside runtime calls, which do not nest (DEPTH).
-    unsafe { &mut (*current_ptr()).rt }
-}
-
-/// Enter the runtime: the runtime and the current context, or `None`
-/// when disabled or already inside.
+/// Enter the runtime: the runtime and this CPU's current context, or
+/// `None` when disabled or already inside on this CPU.
 #[inline(always)]
-fn enter() -> Option<(&'static dyn AbiKmsan, &'static mut Context)> {
-    if !ENABLED.load(Relaxed) || DEPTH.load(Relaxed) != 0 {
+fn enter() -> Option<Entered> {
+    if !ENABLED.load(Relaxed) {
         return None;
     }
     let rt = *RUNTIME.get()?;
-    DEPTH.store(1, Relaxed);
-    Some((rt, current_ctx()))
-}
-
-#[inline(always)]
-fn leave() {
-    DEPTH.store(0, Relaxed);
+    let cpu = this_cpu();
+    if cpu.depth.load(Relaxed) != 0 {
+        return None;
+    }
+    cpu.depth.store(1, Relaxed);
+    // SAFETY: the current context belongs to the task running on this CPU
+    // (the contract of `set_current`); its runtime part is only touched
+    // here, inside runtime calls, which do not nest on one CPU (`depth`).
+    let ctx = unsafe { &mut (*cpu.current_ptr()).rt };
+    Some(Entered { rt, cpu, ctx })
 }
 
 fn dummy_load() -> MetaPtrs {
@@ -246,22 +409,14 @@ fn dummy_store() -> MetaPtrs {
 
 fn load(addr: usize, size: usize) -> MetaPtrs {
     match enter() {
-        Some((rt, ctx)) => {
-            let p = rt.meta_load(ctx, addr, size);
-            leave();
-            p
-        }
+        Some(e) => e.rt.meta_load(e.ctx, addr, size),
         None => dummy_load(),
     }
 }
 
 fn store(addr: usize, size: usize) -> MetaPtrs {
     match enter() {
-        Some((rt, ctx)) => {
-            let p = rt.meta_store(ctx, addr, size);
-            leave();
-            p
-        }
+        Some(e) => e.rt.meta_store(e.ctx, addr, size),
         None => dummy_store(),
     }
 }
@@ -269,7 +424,7 @@ fn store(addr: usize, size: usize) -> MetaPtrs {
 /// The current task's compiler state.
 #[no_mangle]
 pub extern "C" fn __msan_get_context_state() -> *mut ContextState {
-    current_ptr().cast()
+    this_cpu().current_ptr().cast()
 }
 
 macro_rules! sized {
@@ -307,9 +462,8 @@ pub extern "C" fn __msan_metadata_ptr_for_store_n(addr: usize, size: u64) -> Met
 #[inline(never)]
 pub extern "C" fn __msan_warning(origin: u32) {
     let ip = caller_ip();
-    if let Some((rt, _)) = enter() {
-        rt.warning(origin, ip);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.warning(origin, ip);
     }
 }
 
@@ -317,11 +471,7 @@ pub extern "C" fn __msan_warning(origin: u32) {
 #[no_mangle]
 pub extern "C" fn __msan_chain_origin(origin: u32) -> u32 {
     match enter() {
-        Some((rt, _)) => {
-            let o = rt.chain_origin(origin);
-            leave();
-            o
-        }
+        Some(e) => e.rt.chain_origin(origin),
         None => origin,
     }
 }
@@ -349,18 +499,16 @@ pub unsafe extern "C" fn __msan_poison_alloca(addr: usize, size: u64, descr: *co
         // SAFETY: `n` bytes were just read; the string is a constant.
         unsafe { core::slice::from_raw_parts(descr, n) }
     };
-    if let Some((rt, _)) = enter() {
-        rt.poison_alloca(addr, size as usize, name, pc, pc2);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.poison_alloca(addr, size as usize, name, pc, pc2);
     }
 }
 
 /// A local variable at `[addr, addr + size)` is initialized.
 #[no_mangle]
 pub extern "C" fn __msan_unpoison_alloca(addr: usize, size: u64) {
-    if let Some((rt, _)) = enter() {
-        rt.unpoison(addr, size as usize);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.unpoison(addr, size as usize);
     }
 }
 
@@ -368,9 +516,8 @@ pub extern "C" fn __msan_unpoison_alloca(addr: usize, size: u64) {
 #[no_mangle]
 pub extern "C" fn __msan_instrument_asm_store(addr: usize, size: u64) {
     let size = if size > 512 { 8 } else { size as usize };
-    if let Some((rt, _)) = enter() {
-        rt.unpoison(addr, size);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.unpoison(addr, size);
     }
 }
 
@@ -383,9 +530,8 @@ pub extern "C" fn __msan_instrument_asm_store(addr: usize, size: u64) {
 pub unsafe extern "C" fn __msan_memcpy(dst: *mut u8, src: *const u8, n: u64) -> *mut u8 {
     // SAFETY: the caller's contract.
     unsafe { core::ptr::copy_nonoverlapping(src, dst, n as usize) };
-    if let Some((rt, _)) = enter() {
-        rt.copy(dst as usize, src as usize, n as usize);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.copy(dst as usize, src as usize, n as usize);
     }
     dst
 }
@@ -399,9 +545,8 @@ pub unsafe extern "C" fn __msan_memcpy(dst: *mut u8, src: *const u8, n: u64) -> 
 pub unsafe extern "C" fn __msan_memmove(dst: *mut u8, src: *const u8, n: u64) -> *mut u8 {
     // SAFETY: the caller's contract.
     unsafe { core::ptr::copy(src, dst, n as usize) };
-    if let Some((rt, _)) = enter() {
-        rt.copy(dst as usize, src as usize, n as usize);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.copy(dst as usize, src as usize, n as usize);
     }
     dst
 }
@@ -415,9 +560,8 @@ pub unsafe extern "C" fn __msan_memmove(dst: *mut u8, src: *const u8, n: u64) ->
 pub unsafe extern "C" fn __msan_memset(dst: *mut u8, c: i32, n: u64) -> *mut u8 {
     // SAFETY: the caller's contract.
     unsafe { core::ptr::write_bytes(dst, c as u8, n as usize) };
-    if let Some((rt, _)) = enter() {
-        rt.unpoison(dst as usize, n as usize);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.unpoison(dst as usize, n as usize);
     }
     dst
 }
@@ -429,11 +573,7 @@ pub unsafe extern "C" fn __msan_memset(dst: *mut u8, c: i32, n: u64) -> *mut u8 
 pub extern "C" fn kmsan_check_memory(addr: usize, size: usize) -> bool {
     let ip = caller_ip();
     match enter() {
-        Some((rt, _)) => {
-            let ok = rt.check(addr, size, ip);
-            leave();
-            ok
-        }
+        Some(e) => e.rt.check(addr, size, ip),
         None => true,
     }
 }
@@ -442,42 +582,33 @@ pub extern "C" fn kmsan_check_memory(addr: usize, size: usize) -> bool {
 /// device, by assembly, by uninstrumented code).
 #[no_mangle]
 pub extern "C" fn kmsan_unpoison_memory(addr: usize, size: usize) {
-    if let Some((rt, _)) = enter() {
-        rt.unpoison(addr, size);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.unpoison(addr, size);
     }
 }
 
 /// Linux's `kmsan_poison_memory`: the range is uninitialized, created here.
 #[no_mangle]
 pub extern "C" fn kmsan_poison_memory(addr: usize, size: usize) {
-    if let Some((rt, _)) = enter() {
-        rt.poison(addr, size);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.poison(addr, size);
     }
 }
 
-/// Run `f` with metadata calls answered by the dummy page (the runtime's
-/// callers use it around uninstrumented work that must not be tracked).
+/// Run `f` with metadata calls answered by the dummy page on this CPU (the
+/// runtime's callers use it around uninstrumented work that must not be
+/// tracked).
 pub fn without_tracking<R>(f: impl FnOnce() -> R) -> R {
-    let d = DEPTH.load(Relaxed);
-    DEPTH.store(d + 1, Relaxed);
+    let cpu = this_cpu();
+    cpu.depth.fetch_add(1, Relaxed);
     let r = f();
-    DEPTH.store(d, Relaxed);
+    cpu.depth.fetch_sub(1, Relaxed);
     r
 }
 
 /// Interrupt nesting levels with a context of their own; deeper levels
 /// run untracked (their metadata calls get the dummy page).
 pub const IRQ_LEVELS: usize = 4;
-
-struct IrqContexts(UnsafeCell<[TaskContext; IRQ_LEVELS]>);
-// SAFETY: level `d` is used only between the `interrupt_enter` that opened
-// it and the matching `interrupt_exit`, on one CPU, strictly nested.
-unsafe impl Sync for IrqContexts {}
-static IRQ: IrqContexts = IrqContexts(UnsafeCell::new([const { TaskContext::new() }; IRQ_LEVELS]));
-static IRQ_DEPTH: AtomicUsize = AtomicUsize::new(0);
-static IRQ_SAVED: [AtomicPtr<TaskContext>; IRQ_LEVELS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; IRQ_LEVELS];
 
 /// An interrupt (or exception) handler starts on this CPU: from here to
 /// the matching [`interrupt_exit`] its instrumented code uses a context of
@@ -490,40 +621,48 @@ static IRQ_SAVED: [AtomicPtr<TaskContext>; IRQ_LEVELS] = [const { AtomicPtr::new
 /// Call it before any instrumented code of the handler runs, and do not
 /// switch tasks ([`set_current`]) until the matching exit.
 pub fn interrupt_enter() {
-    let d = IRQ_DEPTH.load(Relaxed);
-    IRQ_DEPTH.store(d + 1, Relaxed);
-    if d >= IRQ_LEVELS {
-        // Too deep: untracked until the matching exit.
-        DEPTH.fetch_add(1, Relaxed);
+    let cpu = this_cpu();
+    if core::ptr::eq(cpu, &UNTRACKED) {
         return;
     }
-    IRQ_SAVED[d].store(CURRENT.load(Relaxed), Relaxed);
+    let d = cpu.irq_depth.load(Relaxed);
+    cpu.irq_depth.store(d + 1, Relaxed);
+    if d >= IRQ_LEVELS {
+        // Too deep: untracked until the matching exit.
+        cpu.depth.fetch_add(1, Relaxed);
+        return;
+    }
+    cpu.irq_saved[d].store(cpu.current.load(Relaxed), Relaxed);
     // SAFETY: level `d` is free (every deeper level exited) and only this
-    // CPU uses it (see `IrqContexts`).
-    let ctx = unsafe { &mut (*IRQ.0.get())[d] };
+    // CPU uses it (see `CpuContexts`).
+    let ctx = unsafe { &mut (*cpu.irq.get())[d] };
     // Fresh parameter and return-value shadow, nothing pending.
     *ctx = TaskContext::new();
-    CURRENT.store(ctx, Relaxed);
+    cpu.current.store(ctx, Relaxed);
 }
 
-/// The handler opened by the last [`interrupt_enter`] returns: its last
-/// store lands, and the interrupted context is current again.
+/// The handler opened by the last [`interrupt_enter`] on this CPU
+/// returns: its last store lands, and the interrupted context is current
+/// again.
 pub fn interrupt_exit() {
-    let Some(d) = IRQ_DEPTH.load(Relaxed).checked_sub(1) else { return };
-    IRQ_DEPTH.store(d, Relaxed);
+    let cpu = this_cpu();
+    if core::ptr::eq(cpu, &UNTRACKED) {
+        return;
+    }
+    let Some(d) = cpu.irq_depth.load(Relaxed).checked_sub(1) else { return };
+    cpu.irq_depth.store(d, Relaxed);
     if d >= IRQ_LEVELS {
-        DEPTH.fetch_sub(1, Relaxed);
+        cpu.depth.fetch_sub(1, Relaxed);
         return;
     }
     settle_current();
-    CURRENT.store(IRQ_SAVED[d].load(Relaxed), Relaxed);
+    cpu.current.store(cpu.irq_saved[d].load(Relaxed), Relaxed);
 }
 
 /// Settle the current context's deferred store (before an allocator hook
 /// that may change the pages it touched).
 pub fn settle_current() {
-    if let Some((rt, ctx)) = enter() {
-        rt.settle(ctx);
-        leave();
+    if let Some(e) = enter() {
+        e.rt.settle(e.ctx);
     }
 }
