@@ -36,6 +36,7 @@ pub mod hooks;
 pub mod kmsan;
 pub mod ksyms;
 pub mod layout;
+pub mod lock;
 pub mod mapper;
 pub mod page_state;
 pub mod platform;

@@ -53,6 +53,14 @@ pub trait Platform {
     fn cpu(&self) -> usize {
         0
     }
+    /// What a CPU runs between tries while it waits for the runtime's
+    /// lock (see [`crate::lock`]): by default a pause. A kernel whose TLB
+    /// shootdowns wait for every CPU returns a function that serves this
+    /// CPU's pending shootdowns, so a CPU that waits with interrupts off
+    /// does not block the holder, which may be waiting for it.
+    fn lock_wait(&self) -> fn() {
+        core::hint::spin_loop
+    }
     /// The direct-map address of the RAM byte mapped at vmalloc address
     /// `addr`, if any (Linux's `vmalloc_to_page`). KMSAN uses it: a vmalloc
     /// (or vmap) address has the metadata of the frame mapped there, so

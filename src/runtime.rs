@@ -127,7 +127,7 @@ pub struct Kasan<M: ShadowMapper, P: Platform> {
     /// registered global's span (body and redzone) covers it (written under
     /// the lock).
     pub(crate) globals: &'static [AtomicU8],
-    pub(crate) inner: spin::Mutex<Inner<M>>,
+    pub(crate) inner: crate::lock::RuntimeLock<Inner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
     pub(crate) reported: AtomicBool,
@@ -203,7 +203,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             vm_refs: atomics_u16(vm_mem),
             hits: atomics_u8(hits_mem, 0),
             globals: atomics_u8(globals_mem, 0),
-            inner: spin::Mutex::new(Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new(), heap: crate::heap::HeapState::new() }),
+            inner: crate::lock::RuntimeLock::new(
+                Inner { mapper, caches: Caches::new(), quarantine, depot, pending: arrayvec::ArrayVec::new(), heap: crate::heap::HeapState::new() },
+                platform.lock_wait(),
+            ),
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),

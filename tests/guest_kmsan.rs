@@ -82,10 +82,24 @@ fn check_report(case: &Case, k: usize, e: &Expect, report: &str) -> Result<(), S
 /// Boot the suite in `mode`, check every case; returns the reports with
 /// addresses blanked (to compare modes).
 fn check_suite(mode: &str) -> Vec<String> {
-    let b = guest::boot_san(Sanitizer::Kmsan, mode, "kmsan", "kmsan_multi_shot");
+    check_suite_on(mode, 1)
+}
+
+/// [`check_suite`] on `cpus` CPUs (above 1: tasks on every CPU).
+fn check_suite_on(mode: &str, cpus: u32) -> Vec<String> {
+    let b = if cpus > 1 {
+        guest::boot_san_smp(Sanitizer::Kmsan, cpus, mode, "kmsan", "kmsan_multi_shot smp_sched=on")
+    } else {
+        guest::boot_san(Sanitizer::Kmsan, mode, "kmsan", "kmsan_multi_shot")
+    };
     let log = &b.log.replace("\r\n", "\n");
-    let ctx = || format!("mode {mode}, log {}:\n{}", b.path.display(), guest::excerpt(log));
+    let ctx = || format!("mode {mode} on {cpus} cpus, log {}:\n{}", b.path.display(), guest::excerpt(log));
     assert_eq!(b.code, 33, "the suite failed (exit {}) in {}", b.code, ctx());
+    if cpus > 1 {
+        assert!(log.contains(&format!("smp: {cpus} cpus up")), "{}", ctx());
+        assert!(log.contains(&format!("smp: tasks run on {cpus} cpus")), "{}", ctx());
+        assert!(!log.contains("runs untracked"), "a CPU without KMSAN contexts: {}", ctx());
+    }
     assert!(log.contains(&format!("kmsan-suite: done mode={mode} cases={} failed_checks=0", KMSAN_CASES.len())), "{}", ctx());
     let blank = regex::Regex::new(r"[0-9a-f]{16}").unwrap();
     let mut all = vec![];
@@ -132,6 +146,61 @@ fn guest_kmsan_suite_full_and_hybrid_agree() {
     for (f, h) in full.iter().zip(&hybrid) {
         assert_eq!(f, h, "full and hybrid print different reports");
     }
+}
+
+/// The suite on 4 CPUs (multi-threaded TCG, tasks on every CPU, the
+/// metadata mapper's remaps shot down on every CPU): each CPU with its own
+/// KMSAN contexts, the same reports as on one.
+#[test]
+fn guest_kmsan_suite_smp4_full_and_hybrid_agree() {
+    let full = check_suite_on("full", 4);
+    let hybrid = check_suite_on("hybrid", 4);
+    assert_eq!(full.len(), KMSAN_CASES.iter().map(|c| c.expect.len()).sum::<usize>());
+    assert_eq!(full, hybrid, "full and hybrid print different reports on 4 cpus");
+}
+
+/// Suite `smp` in the KMSAN kernel: every CPU allocates and frees slab
+/// objects, pages and vmalloc areas at once, writing and checking each,
+/// while the hybrid runtime remaps metadata under them (shootdowns on
+/// every CPU): no report, no corruption, allocator invariants hold. 300
+/// rounds per CPU (the KASAN kernel runs 2000): every page allocation and
+/// free flips its metadata between the shared pages, each flip a
+/// shootdown of every CPU, slow under multi-threaded TCG on two host cores.
+fn check_kmsan_allocators_smp4(mode: &str) {
+    let b = guest::boot_san_smp(Sanitizer::Kmsan, 4, mode, "smp", "kmsan_multi_shot smp_sched=on smp_rounds=300");
+    let log = &b.log;
+    let ctx = || format!("KMSAN {mode}/smp on 4 cpus (log {})\n{}", b.path.display(), guest::excerpt(log));
+    assert_eq!(b.code, 33, "exit code {}: {}", b.code, ctx());
+    let s = log
+        .lines()
+        .find_map(|l| guest_driver::parse_tagged(l, "smp-stress:"))
+        .unwrap_or_else(|| panic!("no smp-stress line: {}", ctx()));
+    assert_eq!(s.num("cpus"), 4, "{}", ctx());
+    assert!(s.num("ops") > 0);
+    for k in ["corrupt", "buddy_bad", "slab_bad", "leaked_pages"] {
+        assert_eq!(s.num(k), 0, "{k}: {}", ctx());
+    }
+    assert!(!log.contains("BUG: KMSAN"), "a report: {}", ctx());
+    for bad in ["refused:", "PANIC", "EXCEPTION", "waits for", "runs untracked"] {
+        assert!(!log.contains(bad), "'{bad}' in the log: {}", ctx());
+    }
+    if mode == "hybrid" {
+        let smp = log
+            .lines()
+            .find_map(|l| guest_driver::parse_tagged(l, "smp:").filter(|f| f.get("shadow").is_some()))
+            .unwrap_or_else(|| panic!("no smp: shootdowns line: {}", ctx()));
+        assert!(smp.num("shadow") > 0, "hybrid remapped no metadata page on 4 cpus: {}", ctx());
+    }
+}
+
+#[test]
+fn guest_kmsan_smp4_allocators_full() {
+    check_kmsan_allocators_smp4("full");
+}
+
+#[test]
+fn guest_kmsan_smp4_allocators_hybrid() {
+    check_kmsan_allocators_smp4("hybrid");
 }
 
 #[test]

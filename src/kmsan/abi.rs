@@ -659,6 +659,20 @@ pub fn interrupt_exit() {
     cpu.current.store(cpu.irq_saved[d].load(Relaxed), Relaxed);
 }
 
+/// [`interrupt_enter`] for assembly interrupt entry stubs, which must
+/// switch contexts before the first instrumented function of the handler
+/// runs (that function takes its context on entry).
+#[no_mangle]
+pub extern "C" fn kmsan_interrupt_enter() {
+    interrupt_enter();
+}
+
+/// [`interrupt_exit`] for assembly interrupt entry stubs.
+#[no_mangle]
+pub extern "C" fn kmsan_interrupt_exit() {
+    interrupt_exit();
+}
+
 /// Settle the current context's deferred store (before an allocator hook
 /// that may change the pages it touched).
 pub fn settle_current() {

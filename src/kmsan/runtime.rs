@@ -57,7 +57,7 @@ pub struct Kmsan<M: ShadowMapper, P: Platform> {
     /// Per direct-map page: the origin of every uninitialized byte while
     /// the page is `Uninit`, or `Private` without an origin page.
     pub(crate) ram_origin: &'static [AtomicU32],
-    pub(crate) inner: spin::Mutex<KInner<M>>,
+    pub(crate) inner: crate::lock::RuntimeLock<KInner<M>>,
     pub(crate) platform: P,
     pub(crate) stats: Stats,
     pub(crate) reported: AtomicBool,
@@ -114,7 +114,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             layout,
             ram: MetaPages::new(ram_mem, ram_init),
             ram_origin,
-            inner: spin::Mutex::new(KInner { mapper, depot }),
+            inner: crate::lock::RuntimeLock::new(KInner { mapper, depot }, platform.lock_wait()),
             platform,
             stats: Stats::default(),
             reported: AtomicBool::new(false),

@@ -224,6 +224,24 @@ pub fn context_switch(slot: usize) {
     let _ = slot;
 }
 
+/// This CPU goes back to its idle loop (KMSAN: the CPU's own context; the
+/// task it ran may go on elsewhere).
+pub fn context_idle() {
+    #[cfg(feature = "kmsan")]
+    guest_kasan::idle_context_switch();
+}
+
+/// The boot CPU is about to start AP `cpu` (guest_boot::smp's prepare
+/// hook). KMSAN: the CPU's own contexts; without them it runs untracked,
+/// which is said.
+pub fn cpu_prepare(cpu: usize) {
+    #[cfg(feature = "kmsan")]
+    if let Err(e) = guest_kasan::cpu_online(cpu) {
+        println!("kmsan: cpu {} runs untracked: {:?}", cpu, e);
+    }
+    let _ = cpu;
+}
+
 /// A new task takes scheduler slot `slot` (KMSAN: a clean context).
 pub fn context_reset(slot: usize) {
     #[cfg(feature = "kmsan")]

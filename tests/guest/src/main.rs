@@ -77,6 +77,7 @@ fn start_cpus(info: &BootInfo) {
     if !ram {
         return;
     }
+    guest_boot::smp::set_prepare_hook(kasan_glue::cpu_prepare);
     let mut tables = || mm::buddy::alloc_page_zeroed().map(|p| guest_boot::paging::virt_to_phys(p as u64).expect("direct map"));
     // SAFETY: once, on the boot CPU, interrupts off, after paging is up;
     // the trampoline page is RAM (checked above) below the first MiB, which

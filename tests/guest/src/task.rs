@@ -127,7 +127,7 @@ pub fn init() {
 /// every task runs on the boot CPU in strict round robin.
 pub fn start_smp() {
     let on = guest_boot::boot_info().cmdline().split_ascii_whitespace().any(|w| w == "smp_sched=on");
-    if !on || guest_boot::smp::cpus_online() < 2 || cfg!(feature = "kmsan") {
+    if !on || guest_boot::smp::cpus_online() < 2 {
         return;
     }
     SPREAD.store(true, SeqCst);
@@ -255,6 +255,7 @@ fn pick(sc: &Sched, c: usize, cur: usize) -> Option<usize> {
 fn switch(c: usize, cur: usize, next: usize, save: *mut u64) {
     let sc = s();
     let new = if next == IDLE {
+        kasan_glue::context_idle();
         IDLE_RSP[c].load(Relaxed)
     } else {
         sc.tasks[next].on_cpu = true;

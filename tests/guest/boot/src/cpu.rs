@@ -100,9 +100,15 @@ isr_common:
     push %r13
     push %r14
     push %r15
-    mov %rsp, %rdi
     cld
+    "#,
+    irq_enter!(),
+    r#"
+    mov %rsp, %rdi
     call guest_boot_exception_dispatch
+    "#,
+    irq_exit!(),
+    r#"
     pop %r15
     pop %r14
     pop %r13
@@ -217,16 +223,24 @@ impl PerCpu {
     }
 }
 
+/// Fill in CPU `cpu`'s per-CPU block for it (from the CPU that starts it)
+/// and return the block's address, which the AP's trampoline loads into
+/// GS base before any Rust code runs.
+pub(crate) fn prepare_percpu(cpu: usize) -> u64 {
+    let p = &PERCPU[cpu];
+    let addr = p as *const PerCpu as u64;
+    p.self_ptr.store(addr, Relaxed);
+    p.id.store(cpu as u32, Relaxed);
+    addr
+}
+
 /// Point GS base at CPU `cpu`'s per-CPU block.
 ///
 /// # Safety
 ///
 /// Once per CPU, `cpu` its own number; nothing uses GS otherwise.
 unsafe fn set_percpu(cpu: usize) {
-    let p = &PERCPU[cpu];
-    let addr = p as *const PerCpu as u64;
-    p.self_ptr.store(addr, Relaxed);
-    p.id.store(cpu as u32, Relaxed);
+    let addr = prepare_percpu(cpu);
     // SAFETY: IA32_GS_BASE (0xc0000101) only sets the GS segment base.
     unsafe { asm!("wrmsr", in("ecx") 0xc000_0101u32, in("eax") addr as u32, in("edx") (addr >> 32) as u32, options(nostack)) };
 }

@@ -6,6 +6,36 @@
 #![allow(static_mut_refs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+/// Assembly an interrupt entry stub runs before its first instrumented
+/// function: in the KMSAN kernel, switch to this CPU's interrupt context
+/// (caller-saved registers already saved; the stack 16-byte aligned).
+#[cfg(feature = "kmsan")]
+macro_rules! irq_enter {
+    () => {
+        "call kmsan_interrupt_enter"
+    };
+}
+#[cfg(not(feature = "kmsan"))]
+macro_rules! irq_enter {
+    () => {
+        ""
+    };
+}
+/// Assembly an interrupt entry stub runs after its handler returned: back
+/// to the interrupted context (KMSAN kernel).
+#[cfg(feature = "kmsan")]
+macro_rules! irq_exit {
+    () => {
+        "call kmsan_interrupt_exit"
+    };
+}
+#[cfg(not(feature = "kmsan"))]
+macro_rules! irq_exit {
+    () => {
+        ""
+    };
+}
+
 pub mod serial;
 pub mod config;
 pub mod cpu;

@@ -23,8 +23,13 @@
 //! interrupts off) serves pending requests itself ([`service`]), so two
 //! CPUs shooting at each other never deadlock.
 //!
-//! The KMSAN kernel stays on one CPU (its per-CPU context state is a later
-//! step): [`start_aps`] starts nothing there.
+//! The AP's first Rust instruction runs on the kernel's tables with GS at
+//! its per-CPU block (the trampoline and `guest_boot_ap_entry` set both):
+//! in the KMSAN kernel every instrumented function asks the runtime for
+//! its context, which asks `cpu_id()` and reads the context through the
+//! direct map. The boot CPU gives each AP its KMSAN contexts before
+//! starting it ([`set_prepare_hook`]), and interrupt entries switch to
+//! the CPU's interrupt context first (`kmsan_interrupt_enter`).
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
@@ -125,6 +130,12 @@ tramp_lm64:
     xor %eax, %eax
     mov %eax, %fs
     mov %eax, %gs
+    /* GS base: this AP's per-CPU block, before any Rust code runs */
+    mov guest_boot_tramp_gs(%rip), %rax
+    mov %rax, %rdx
+    shr $32, %rdx
+    mov $0xC0000101, %ecx
+    wrmsr
     mov guest_boot_tramp_stack(%rip), %rsp
     mov guest_boot_tramp_cpu(%rip), %rdi
     mov guest_boot_tramp_entry(%rip), %rax
@@ -154,6 +165,8 @@ guest_boot_tramp_stack: .quad 0
 guest_boot_tramp_entry: .quad 0
     .global guest_boot_tramp_cpu
 guest_boot_tramp_cpu: .quad 0
+    .global guest_boot_tramp_gs
+guest_boot_tramp_gs: .quad 0
     .global guest_boot_tramp_end
 guest_boot_tramp_end:
 
@@ -171,7 +184,13 @@ guest_boot_shootdown_isr:
     push %r10
     push %r11
     cld
+    "#,
+    irq_enter!(),
+    r#"
     call guest_boot_shootdown_ipi
+    "#,
+    irq_exit!(),
+    r#"
     pop %r11
     pop %r10
     pop %r9
@@ -199,9 +218,11 @@ extern "C" {
     static guest_boot_tramp_stack: u8;
     static guest_boot_tramp_entry: u8;
     static guest_boot_tramp_cpu: u8;
+    static guest_boot_tramp_gs: u8;
     static boot_tables: u8;
     fn guest_boot_shootdown_isr();
     fn guest_boot_spurious_isr();
+    fn guest_boot_ap_entry();
 }
 
 /// Read physical memory through the boot identity map (before
@@ -363,10 +384,6 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
     if n <= 1 {
         return 1;
     }
-    if cfg!(feature = "kmsan") {
-        println!("smp: the KMSAN kernel stays on one cpu ({n} found)");
-        return 1;
-    }
     // SAFETY: uncached mapping of the APIC page at an address nothing else
     // uses (the profiler maps the same page at the same address).
     if unsafe { paging::map_4k(LAPIC_VA, LAPIC_PHYS, paging::PTE_W | paging::PTE_NX | 0x18, alloc) }.is_err() {
@@ -399,8 +416,9 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
         field(core::ptr::addr_of!(guest_boot_tramp_cr3)).write_volatile(boot_cr3);
         field(core::ptr::addr_of!(guest_boot_tramp_cr0)).write_volatile(cr0 & 0xffff_ffff & !0x6000_0000);
         field(core::ptr::addr_of!(guest_boot_tramp_cr4)).write_volatile(cr4 & 0xffff_ffff);
-        field(core::ptr::addr_of!(guest_boot_tramp_entry)).write_volatile(guest_boot_ap_main as *const () as u64);
+        field(core::ptr::addr_of!(guest_boot_tramp_entry)).write_volatile(guest_boot_ap_entry as *const () as u64);
     }
+    guest_boot_ap_cr3.store(paging::pml4_phys(), SeqCst);
     let t0 = crate::time::rdtsc();
     let mut next = 1;
     for id in &APIC_IDS[..n] {
@@ -413,11 +431,19 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
         // 1 <= cpu < n <= MAX_CPUS) is taken.
         let top = unsafe { core::ptr::addr_of!(AP_STACKS[cpu - 1]) } as u64 + AP_STACK as u64;
         cpu::percpu(cpu).set_apic_id(apic);
+        let gs = cpu::prepare_percpu(cpu);
+        let hook = PREPARE_HOOK.load(Acquire);
+        if hook != 0 {
+            // SAFETY: `set_prepare_hook` stored a `fn(usize)` here.
+            let f = unsafe { core::mem::transmute::<usize, fn(usize)>(hook) };
+            f(cpu);
+        }
         // SAFETY: the trampoline's fields at TRAMP_PHYS (copied above); no
         // AP reads them until the SIPI below.
         unsafe {
             field(core::ptr::addr_of!(guest_boot_tramp_stack)).write_volatile(top);
             field(core::ptr::addr_of!(guest_boot_tramp_cpu)).write_volatile(cpu as u64);
+            field(core::ptr::addr_of!(guest_boot_tramp_gs)).write_volatile(gs);
         }
         fence(SeqCst);
         send_ipi(apic, 0x4500); // INIT, assert
@@ -452,14 +478,11 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
     up
 }
 
-/// An AP, from the trampoline: on the boot tables, its own stack,
-/// interrupts off.
+/// An AP, from `guest_boot_ap_entry`: on the kernel's tables, its own
+/// stack, GS at its per-CPU block, interrupts off.
 #[no_mangle]
 extern "C" fn guest_boot_ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
-    // SAFETY: the kernel's tables map this code, its stack (.bss) and all
-    // RAM; loading them drops the boot tables' translations.
-    unsafe { asm!("mov cr3, {}", in(reg) paging::pml4_phys(), options(nostack)) };
     // SAFETY: once, by this CPU (its number from `start_aps`), interrupts off.
     unsafe { cpu::init_ap(cpu) };
     lapic_enable();
@@ -637,6 +660,33 @@ pub fn set_idle_hook(f: fn(usize)) {
 
 static IDLE_HOOK: AtomicUsize = AtomicUsize::new(0);
 
+/// Run `f(cpu)` on the boot CPU just before it starts AP `cpu`. The KMSAN
+/// kernel gives the CPU its contexts there.
+pub fn set_prepare_hook(f: fn(usize)) {
+    PREPARE_HOOK.store(f as usize, SeqCst);
+}
+
+static PREPARE_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// The kernel's tables, for `guest_boot_ap_entry`.
+#[no_mangle]
+static guest_boot_ap_cr3: AtomicU64 = AtomicU64::new(0);
+
+// From the trampoline (long mode on the boot tables, at the kernel's
+// address): load the kernel's tables, then the first Rust code.
+global_asm!(
+    r#"
+    .text
+    .balign 16
+    .global guest_boot_ap_entry
+guest_boot_ap_entry:
+    mov guest_boot_ap_cr3(%rip), %rax
+    mov %rax, %cr3
+    jmp guest_boot_ap_main
+    "#,
+    options(att_syntax)
+);
+
 /// Wake the other CPUs from `hlt` (new work for their idle hook).
 pub fn wake_others() {
     if others_online() {
@@ -726,7 +776,11 @@ fn service(me: usize) {
 
 #[no_mangle]
 extern "C" fn guest_boot_shootdown_ipi() {
-    service(cpu::cpu_id());
+    // KMSAN: the handler runs untracked (its own interrupt context, entered
+    // by the stub, keeps the interrupted code's compiler state intact): a
+    // CPU that holds the runtime lock waits for this acknowledgement, so
+    // nothing here may wait for that lock.
+    untracked(|| service(cpu::cpu_id()));
     lapic_write(0xb0, 0); // EOI
 }
 
@@ -736,7 +790,26 @@ fn others_online() -> bool {
     ONLINE.load(SeqCst) & !(1 << cpu::cpu_id()) != 0
 }
 
+/// Run `f` without entering the KMSAN runtime on this CPU (its metadata
+/// calls answered by the dummy page): for code that holds, or is waited
+/// for by a CPU that holds, a lock the runtime's lock holder may need.
+/// The runtime remaps metadata under its lock and shoots down under it,
+/// so the shootdown code must never wait for the runtime's lock, or the
+/// shootdown lock's holder and the runtime lock's holder wait for each
+/// other. In the KASAN kernel (boot code not instrumented) a plain call.
+#[inline(always)]
+pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "kmsan")]
+    return hybrid_shadow::kmsan::abi::without_tracking(f);
+    #[cfg(not(feature = "kmsan"))]
+    f()
+}
+
 fn shootdown(req: u64, pages: u64) {
+    untracked(|| shootdown_untracked(req, pages));
+}
+
+fn shootdown_untracked(req: u64, pages: u64) {
     let me = cpu::cpu_id();
     while SHOOT_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
         relax();

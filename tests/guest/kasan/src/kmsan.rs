@@ -19,14 +19,15 @@
 //! hook runs) and gives frames back to it. An empty pool makes the page
 //! `Unchecked` (counted), never a false report.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+
+use guest_boot::cpu::MAX_CPUS;
 
 use guest_boot::println;
 use hybrid_shadow::kmsan::abi::{self, TaskContext};
 use hybrid_shadow::kmsan::{Kmsan, KmsanLayout, MetaRegion};
 use hybrid_shadow::{Backing, Config, Mode, Region, Size, StatsSnapshot};
-use hybrid_shadow_x86_64::{FrameSource, PhysAddr, X86ShadowMapper};
+use hybrid_shadow_x86_64::{FrameSource, OffsetPhysMem, PhysAddr, X86ShadowMapper};
 
 pub use hybrid_shadow::page_state::PageState;
 
@@ -45,15 +46,24 @@ struct Pool {
     nspill: usize,
 }
 
-struct PoolCell(UnsafeCell<Pool>);
-// SAFETY: one CPU; the pool is touched only by the mapper (under the
-// runtime lock) and by `refill` in hooks, which never run inside the mapper.
-unsafe impl Sync for PoolCell {}
-static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool { frames: [0; POOL_MAX], n: 0, spill: [0; POOL_MAX], nspill: 0 }));
-/// During init and inside hooks (the page allocator is consistent then)
-/// the mapper takes frames from, and gives them back to, the page
-/// allocator directly; elsewhere it uses the pool.
-static DIRECT: AtomicBool = AtomicBool::new(true);
+/// The pool. Lock order: the runtime's lock, then this one (the mapper
+/// takes frames under the runtime's lock); the page allocator is never
+/// entered with it held.
+static POOL: spin::Mutex<Pool> = spin::Mutex::new(Pool { frames: [0; POOL_MAX], n: 0, spill: [0; POOL_MAX], nspill: 0 });
+/// Per CPU: inside a hook, or at init (the page allocator is consistent
+/// then), the mapper takes frames from, and gives them back to, the page
+/// allocator directly; elsewhere it uses the pool. Only while one CPU is
+/// online: with several, another CPU inside the page allocator (its lock
+/// held) may be waiting for the runtime's lock to settle a store, so the
+/// runtime's lock is never held into the page allocator.
+static DIRECT: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Until init ends: the boot CPU alone, direct.
+static BOOTING: AtomicBool = AtomicBool::new(true);
+
+fn direct() -> bool {
+    BOOTING.load(Relaxed) || DIRECT.get(guest_boot::cpu::cpu_id()).is_some_and(|d| d.load(Relaxed))
+}
+
 /// Private metadata pages of RAM now, by page kind.
 pub fn census() -> Option<hybrid_shadow::kmsan::MetaCensus> {
     rt().map(|k| k.census())
@@ -61,11 +71,6 @@ pub fn census() -> Option<hybrid_shadow::kmsan::MetaCensus> {
 
 /// Frames the mapper wanted while the pool was empty.
 static POOL_MISSES: AtomicUsize = AtomicUsize::new(0);
-
-fn pool() -> &'static mut Pool {
-    // SAFETY: see `PoolCell`: no two users at once on one CPU.
-    unsafe { &mut *POOL.0.get() }
-}
 
 fn buddy_frame() -> Option<u64> {
     let pa = (ops().alloc_frames)(0, true)?;
@@ -80,24 +85,38 @@ fn buddy_free(pa: u64) {
 
 /// Bring the pool to `POOL_LOW` frames and return spilled ones (at a hook:
 /// the page allocator is consistent), so that between hooks the pool's
-/// size does not depend on what the mapper did.
+/// size does not depend on what the mapper did. The pool's lock is not
+/// held across the page allocator's calls.
 fn refill() {
-    let p = pool();
-    while p.nspill > 0 {
-        p.nspill -= 1;
-        buddy_free(p.spill[p.nspill]);
-    }
-    while p.n > POOL_LOW {
-        p.n -= 1;
-        buddy_free(p.frames[p.n]);
-    }
-    while p.n < POOL_LOW {
-        match buddy_frame() {
-            Some(pa) => {
-                p.frames[p.n] = pa;
-                p.n += 1;
+    loop {
+        let give = {
+            let mut p = POOL.lock();
+            if p.nspill > 0 {
+                p.nspill -= 1;
+                Some(p.spill[p.nspill])
+            } else if p.n > POOL_LOW {
+                p.n -= 1;
+                Some(p.frames[p.n])
+            } else {
+                None
             }
+        };
+        match give {
+            Some(pa) => buddy_free(pa),
             None => break,
+        }
+    }
+    while POOL.lock().n < POOL_LOW {
+        let Some(pa) = buddy_frame() else { break };
+        let mut p = POOL.lock();
+        if p.n < POOL_MAX {
+            let n = p.n;
+            p.frames[n] = pa;
+            p.n += 1;
+        } else {
+            drop(p);
+            buddy_free(pa);
+            break;
         }
     }
 }
@@ -110,12 +129,14 @@ pub struct PoolFrames;
 // back through the pool or `free_frame` exactly once.
 unsafe impl FrameSource for PoolFrames {
     fn alloc_frame(&mut self) -> Option<PhysAddr> {
-        let p = pool();
-        if p.n > 0 {
-            p.n -= 1;
-            return Some(PhysAddr::new(p.frames[p.n]));
+        {
+            let mut p = POOL.lock();
+            if p.n > 0 {
+                p.n -= 1;
+                return Some(PhysAddr::new(p.frames[p.n]));
+            }
         }
-        if DIRECT.load(Relaxed) {
+        if direct() {
             return buddy_frame().map(PhysAddr::new);
         }
         POOL_MISSES.fetch_add(1, Relaxed);
@@ -123,14 +144,18 @@ unsafe impl FrameSource for PoolFrames {
     }
 
     fn free_frame(&mut self, frame: PhysAddr) {
-        let p = pool();
-        if DIRECT.load(Relaxed) {
+        if direct() {
             buddy_free(frame.as_u64());
-        } else if p.n < POOL_MAX {
-            p.frames[p.n] = frame.as_u64();
+            return;
+        }
+        let mut p = POOL.lock();
+        if p.n < POOL_MAX {
+            let n = p.n;
+            p.frames[n] = frame.as_u64();
             p.n += 1;
         } else if p.nspill < POOL_MAX {
-            p.spill[p.nspill] = frame.as_u64();
+            let n = p.nspill;
+            p.spill[n] = frame.as_u64();
             p.nspill += 1;
         } else {
             // Both full: keep the frame out of use (counted as held) rather
@@ -141,7 +166,7 @@ unsafe impl FrameSource for PoolFrames {
 }
 
 /// The mapper type of the guest.
-pub type Mapper = X86ShadowMapper<PoolFrames>;
+pub type Mapper = X86ShadowMapper<PoolFrames, OffsetPhysMem, crate::SmpTlb>;
 /// The runtime type of the guest.
 pub type Rt = Kmsan<Mapper, GuestPlatform>;
 
@@ -184,6 +209,45 @@ pub fn task_context_reset(slot: usize) {
     }
 }
 
+/// This CPU leaves its task for its idle loop: its own context becomes
+/// current (the task may run on another CPU next).
+pub fn idle_context_switch() {
+    // SAFETY: null selects this CPU's own context.
+    unsafe { abi::set_current(core::ptr::null_mut()) };
+}
+
+/// Why [`cpu_online`] left a CPU untracked.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuOnlineError {
+    /// No frames for its contexts.
+    NoMemory,
+    /// The ABI refused the CPU.
+    Abi(abi::CpuError),
+}
+
+/// CPU `cpu` is about to start (called on the CPU that starts it): it gets
+/// KMSAN contexts of its own from the page allocator (outside the image,
+/// which would need metadata for them otherwise), counted as metadata.
+pub fn cpu_online(cpu: usize) -> Result<(), CpuOnlineError> {
+    let Some(k) = rt() else { return Ok(()) };
+    if k.config().mode == Mode::Off {
+        return Ok(());
+    }
+    let bytes = core::mem::size_of::<abi::CpuContexts>();
+    let order = (bytes.div_ceil(4096)).next_power_of_two().trailing_zeros() as usize;
+    let pa = (ops().alloc_frames)(order, false).ok_or(CpuOnlineError::NoMemory)?;
+    let p = (hybrid_shadow_x86_64::DIRECT_MAP_BASE + pa as usize) as *mut abi::CpuContexts;
+    // SAFETY: 2^order fresh frames in the direct map hold a CpuContexts
+    // (page aligned); never freed, so the reference lives forever.
+    let c = unsafe {
+        p.write(abi::CpuContexts::new());
+        &*p
+    };
+    abi::register_cpu(cpu, c).map_err(CpuOnlineError::Abi)?;
+    k.add_context_bytes(4096 << order);
+    Ok(())
+}
+
 const TIB: usize = 1 << 40;
 const META_BASE: usize = hybrid_shadow_x86_64::SHADOW_START;
 const fn up(x: usize, a: usize) -> usize {
@@ -223,9 +287,13 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     layout.validate().map_err(|_| "bad KMSAN layout")?;
     // SAFETY: the PML4 is the live one; its slots over KASAN's shadow
     // region (unused in a KMSAN kernel) are left to the mapper; all RAM is
-    // mapped at DIRECT_MAP_BASE; one CPU at CPL 0; EFER.NXE set at boot.
-    let mapper = unsafe { Mapper::kernel(PhysAddr::new(p.pml4), PoolFrames) }
-        .map_err(|_| "metadata mapper init failed")?;
+    // mapped at DIRECT_MAP_BASE (OffsetPhysMem::direct_map); SmpTlb flushes
+    // every CPU that uses the PML4 (CPL 0); EFER.NXE was set at boot (every
+    // CPU).
+    let mapper = unsafe {
+        Mapper::new(PhysAddr::new(p.pml4), OffsetPhysMem::direct_map(), PoolFrames, crate::SmpTlb, hybrid_shadow_x86_64::Config::linux())
+    }
+    .map_err(|_| "metadata mapper init failed")?;
     let arena = crate::alloc_arena(Rt::arena_bytes(&layout, &cfg), guest)?;
     let k = Rt::new(cfg, layout, mapper, GuestPlatform, arena).map_err(|_| "runtime init failed")?;
     let ctx = crate::alloc_arena(MAX_CONTEXTS * core::mem::size_of::<TaskContext>(), guest)?;
@@ -241,7 +309,7 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
         let n = full_back_free_pages(k, guest);
         println!("kmsan: full: metadata for {} free pages at boot ({} MiB of data left)", n, n >> 8);
     }
-    DIRECT.store(false, Relaxed);
+    BOOTING.store(false, Relaxed);
     refill();
     Ok(())
 }
@@ -302,9 +370,11 @@ fn hook<R>(f: impl FnOnce(&'static Rt) -> R) -> Option<R> {
     let k = rt()?;
     abi::settle_current();
     refill();
-    DIRECT.store(true, Relaxed);
+    let direct = &DIRECT[guest_boot::cpu::cpu_id().min(MAX_CPUS - 1)];
+    let alone = guest_boot::smp::cpus_online() <= 1;
+    direct.store(alone, Relaxed);
     let r = abi::without_tracking(|| f(k));
-    DIRECT.store(false, Relaxed);
+    direct.store(false, Relaxed);
     Some(r)
 }
 

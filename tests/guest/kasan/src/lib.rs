@@ -204,6 +204,12 @@ impl Platform for GuestPlatform {
         guest_boot::cpu::cpu_id()
     }
 
+    fn lock_wait(&self) -> fn() {
+        // A CPU waiting for the runtime's lock, maybe with interrupts off,
+        // serves the holder's shootdowns.
+        guest_boot::smp::relax
+    }
+
     fn write_task_name(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         out.write_str((ops().current_task)().0)
     }
