@@ -193,7 +193,7 @@ pub const MAX_CPUS: usize = 64;
 
 /// One CPU's KMSAN state: the context current on it, whether it is inside
 /// the runtime, its interrupt levels, and the context of code that runs
-/// there outside any task (boot, idle loop). About 23 KiB: a kernel
+/// there outside any task (boot, idle loop). About 25 KiB: a kernel
 /// allocates one per CPU beyond the first ([`register_cpu`]), outside
 /// memory the runtime tracks byte by byte.
 pub struct CpuContexts {

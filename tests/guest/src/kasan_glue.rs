@@ -236,7 +236,7 @@ pub fn context_idle() {
 /// which is said.
 pub fn cpu_prepare(cpu: usize) {
     #[cfg(feature = "kmsan")]
-    if let Err(e) = guest_kasan::cpu_online(cpu) {
+    if let Err(e) = guest_kasan::cpu_prepare(cpu) {
         println!("kmsan: cpu {} runs untracked: {:?}", cpu, e);
     }
     let _ = cpu;

@@ -216,9 +216,9 @@ pub fn idle_context_switch() {
     unsafe { abi::set_current(core::ptr::null_mut()) };
 }
 
-/// Why [`cpu_online`] left a CPU untracked.
+/// Why [`cpu_prepare`] left a CPU untracked.
 #[derive(Clone, Copy, Debug)]
-pub enum CpuOnlineError {
+pub enum CpuPrepareError {
     /// No frames for its contexts.
     NoMemory,
     /// The ABI refused the CPU.
@@ -228,14 +228,14 @@ pub enum CpuOnlineError {
 /// CPU `cpu` is about to start (called on the CPU that starts it): it gets
 /// KMSAN contexts of its own from the page allocator (outside the image,
 /// which would need metadata for them otherwise), counted as metadata.
-pub fn cpu_online(cpu: usize) -> Result<(), CpuOnlineError> {
+pub fn cpu_prepare(cpu: usize) -> Result<(), CpuPrepareError> {
     let Some(k) = rt() else { return Ok(()) };
     if k.config().mode == Mode::Off {
         return Ok(());
     }
     let bytes = core::mem::size_of::<abi::CpuContexts>();
     let order = (bytes.div_ceil(4096)).next_power_of_two().trailing_zeros() as usize;
-    let pa = (ops().alloc_frames)(order, false).ok_or(CpuOnlineError::NoMemory)?;
+    let pa = (ops().alloc_frames)(order, false).ok_or(CpuPrepareError::NoMemory)?;
     let p = (hybrid_shadow_x86_64::DIRECT_MAP_BASE + pa as usize) as *mut abi::CpuContexts;
     // SAFETY: 2^order fresh frames in the direct map hold a CpuContexts
     // (page aligned); never freed, so the reference lives forever.
@@ -243,7 +243,7 @@ pub fn cpu_online(cpu: usize) -> Result<(), CpuOnlineError> {
         p.write(abi::CpuContexts::new());
         &*p
     };
-    abi::register_cpu(cpu, c).map_err(CpuOnlineError::Abi)?;
+    abi::register_cpu(cpu, c).map_err(CpuPrepareError::Abi)?;
     k.add_context_bytes(4096 << order);
     Ok(())
 }
