@@ -131,6 +131,40 @@ impl Size {
 #[repr(transparent)]
 pub struct Ip(pub usize);
 
+/// The RAM frames `[pfn, pfn + count)` of a hook's `count` pages at
+/// `addr`, checked as every page hook (KASAN's and KMSAN's) checks them:
+/// `addr` page aligned ([`PageError::Unaligned`]), `pfn_of(addr)` its frame
+/// ([`PageError::NotRam`] when `None`), at least one page and all of them
+/// among the `frames` frames of RAM ([`PageError::BadOrder`]).
+pub(crate) fn frame_span(
+    addr: usize,
+    count: usize,
+    pfn_of: impl FnOnce(usize) -> Option<usize>,
+    frames: usize,
+) -> Result<core::ops::Range<usize>, PageError> {
+    if !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(PageError::Unaligned);
+    }
+    let pfn = pfn_of(addr).ok_or(PageError::NotRam)?;
+    if count == 0 || count > frames.saturating_sub(pfn) {
+        return Err(PageError::BadOrder);
+    }
+    Ok(pfn..pfn + count)
+}
+
+/// [`frame_span`] of `2^order` pages (order at most 20).
+pub(crate) fn frame_order(
+    addr: usize,
+    order: u32,
+    pfn_of: impl FnOnce(usize) -> Option<usize>,
+    frames: usize,
+) -> Result<core::ops::Range<usize>, PageError> {
+    if order > 20 {
+        return Err(PageError::BadOrder);
+    }
+    frame_span(addr, 1 << order, pfn_of, frames)
+}
+
 mod globals;
 mod large;
 mod mempool;
@@ -148,18 +182,8 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
 
     /// Frames of `[pfn, pfn + 2^order)` after checking they are RAM.
     fn page_range(&self, addr: usize, order: u32) -> Result<(usize, usize), PageError> {
-        if order > 20 {
-            return Err(PageError::BadOrder);
-        }
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(PageError::Unaligned);
-        }
-        let pfn = self.pages.pfn(addr).ok_or(PageError::NotRam)?;
-        let count = 1usize << order;
-        if pfn + count > self.pages.len() {
-            return Err(PageError::BadOrder);
-        }
-        Ok((pfn, count))
+        let r = frame_order(addr, order, |a| self.pages.pfn(a), self.pages.len())?;
+        Ok((r.start, r.len()))
     }
 
     /// Save the current stack in the depot, starting at the frame whose
@@ -190,17 +214,10 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.on() {
             return Ok(());
         }
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(PageError::Unaligned);
-        }
-        let pfn = self.pages.pfn(addr).ok_or(PageError::NotRam)?;
-        let count = len.div_ceil(PAGE_SIZE);
-        if count == 0 || pfn + count > self.pages.len() {
-            return Err(PageError::BadOrder);
-        }
+        let frames = frame_span(addr, len.div_ceil(PAGE_SIZE), |a| self.pages.pfn(a), self.pages.len())?;
         let mut inner = self.inner.lock();
         let info = PageInfo { state: PageState::Valid, kind: PageKind::Reserved, head: false };
-        self.set_states(&mut inner, pfn, count, |_| info);
+        self.set_states(&mut inner, frames.start, frames.len(), |_| info);
         Ok(())
     }
 }

@@ -42,18 +42,15 @@ use crate::platform::Platform;
 impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     /// Page frames of `[addr, addr + 2^order pages)` after checking they are RAM.
     pub(super) fn ram_pages(&self, addr: usize, order: u32) -> Result<core::ops::Range<usize>, PageError> {
-        if order > 20 {
-            return Err(PageError::BadOrder);
+        crate::hooks::frame_order(addr, order, |a| self.ram_pfn(a), self.ram.len())
+    }
+
+    /// The RAM frame of `addr`, if it is in RAM.
+    pub(super) fn ram_pfn(&self, addr: usize) -> Option<usize> {
+        match self.place(addr) {
+            Place::Ram(pfn) => Some(pfn),
+            _ => None,
         }
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(PageError::Unaligned);
-        }
-        let Place::Ram(pfn) = self.place(addr) else { return Err(PageError::NotRam) };
-        let count = 1usize << order;
-        if pfn + count > self.ram.len() {
-            return Err(PageError::BadOrder);
-        }
-        Ok(pfn..pfn + count)
     }
 
     /// Allocated pages become byte-tracked (`kind`: slab or stack).

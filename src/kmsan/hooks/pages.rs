@@ -17,16 +17,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         if !self.on() {
             return Ok(());
         }
-        if !addr.is_multiple_of(PAGE_SIZE) {
-            return Err(PageError::Unaligned);
-        }
-        let Place::Ram(pfn) = self.place(addr) else { return Err(PageError::NotRam) };
-        let count = len.div_ceil(PAGE_SIZE);
-        if count == 0 || pfn + count > self.ram.len() {
-            return Err(PageError::BadOrder);
-        }
+        let frames = crate::hooks::frame_span(addr, len.div_ceil(PAGE_SIZE), |a| self.ram_pfn(a), self.ram.len())?;
         let mut inner = self.inner.lock();
-        for i in pfn..pfn + count {
+        for i in frames {
             self.share(&mut inner, Place::Ram(i), None, PageKind::Reserved);
         }
         Ok(())
