@@ -159,10 +159,15 @@ impl Input<'_> {
 
     /// An access size: mostly what instrumented loads and stores use.
     fn access_size(&mut self) -> Option<usize> {
+        self.access_size_or(Self::size)
+    }
+
+    /// [`Self::access_size`] whose rare odd sizes come from `odd`.
+    fn access_size_or(&mut self, odd: fn(&mut Self) -> Option<usize>) -> Option<usize> {
         Some(match self.u8()? % 8 {
             k @ 0..=5 => [1, 2, 4, 8, 16, 3][k as usize],
             6 => 1 + self.u16()? as usize % 512,
-            _ => self.size()?,
+            _ => odd(self)?,
         })
     }
 
@@ -284,6 +289,21 @@ impl Input<'_> {
         })
     }
 
+    /// A KMSAN range's length (objects, copies, memsets, checks, odd
+    /// accesses): [`Self::size`]'s bytes and spread, except that a length
+    /// between three pages and the overflowing ones is folded into three
+    /// pages seven times out of eight (the class byte's high bits decide).
+    /// The runtime and the oracle walk ranges byte by byte in both modes,
+    /// so a 4 MiB range costs about 4M steps three times over; with
+    /// [`Self::size`] a quarter of the ranges were MiB-sized and a KMSAN
+    /// input ran about 10 times a second.
+    fn kspan(&mut self) -> Option<usize> {
+        let c = *self.data.get(self.pos)?;
+        let v = self.size()?;
+        const FOLD: usize = 3 * 4096;
+        Some(if v > FOLD && v < usize::MAX - 0xFFFF && (c >> 4) & 7 != 0 { 1 + v % FOLD } else { v })
+    }
+
     /// A page order: mostly small, sometimes past RAM or the hooks' limit.
     fn order(&mut self) -> Option<u32> {
         let b = self.u8()?;
@@ -299,21 +319,21 @@ impl Input<'_> {
                 let (at, order, b) = (self.kat(setup)?, self.order()?, self.u8()?);
                 KOp::Track { at, order, stack: b & 1 != 0, free: b & 2 != 0 }
             }
-            5 | 6 => KOp::SlabAlloc { at: self.kat(setup)?, size: self.size()?, zeroed: self.u8()? & 1 != 0 },
-            7 => KOp::SlabFree { at: self.kat(setup)?, size: self.size()? },
+            5 | 6 => KOp::SlabAlloc { at: self.kat(setup)?, size: self.kspan()?, zeroed: self.u8()? & 1 != 0 },
+            7 => KOp::SlabFree { at: self.kat(setup)?, size: self.kspan()? },
             8 => KOp::Vmalloc { pages: 1 + self.u8()? as usize % 8, zeroed: self.u8()? & 1 != 0 },
             9 => KOp::Vfree { pick: self.u16()? },
-            10 | 11 => KOp::Store { at: self.kat(setup)?, size: self.access_size()?, pattern: self.u8()?, from: self.kat(setup)? },
-            12 => KOp::Load { at: self.kat(setup)?, size: self.access_size()? },
-            13 => KOp::Copy { dst: self.kat(setup)?, src: self.kat(setup)?, size: self.size()? },
+            10 | 11 => KOp::Store { at: self.kat(setup)?, size: self.access_size_or(Self::kspan)?, pattern: self.u8()?, from: self.kat(setup)? },
+            12 => KOp::Load { at: self.kat(setup)?, size: self.access_size_or(Self::kspan)? },
+            13 => KOp::Copy { dst: self.kat(setup)?, src: self.kat(setup)?, size: self.kspan()? },
             14 => {
-                let (at, size, b) = (self.kat(setup)?, self.size()?, self.u8()?);
+                let (at, size, b) = (self.kat(setup)?, self.kspan()?, self.u8()?);
                 let how = [KSet::Unpoison, KSet::Poison, KSet::Memset, KSet::PoisonAlloca, KSet::UnpoisonAlloca, KSet::AsmStore][b as usize % 6];
                 KOp::Set { at, size, how }
             }
             _ => match self.u8()? % 3 {
                 0 => KOp::Warning { at: self.kat(setup)? },
-                _ => KOp::Check { at: self.kat(setup)?, size: self.size()? },
+                _ => KOp::Check { at: self.kat(setup)?, size: self.kspan()? },
             },
         })
     }

@@ -87,6 +87,10 @@ enum Pending {
     SinkIntoInit,
     /// The shadow was written in place; only origins wait in the sink.
     OriginOnly,
+    /// A store larger than the sink was written in place, and it touches
+    /// one origin slot more than the `ceil(size / 4)` the compiler paints
+    /// (an unaligned start): that last slot takes the first one's origin.
+    TailOrigin,
 }
 
 /// The runtime's part of a task's (or interrupt level's) KMSAN state.
@@ -263,6 +267,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             drop(inner);
             if self.writable(addr, last) == Writable::Both {
                 let r = self.layout.region_of(addr).expect("writable pages have a region");
+                if (addr & 3) + size > 4 * size.div_ceil(4) {
+                    self.defer(ctx, addr, size, Pending::TailOrigin);
+                }
                 return MetaPtrs { shadow: r.shadow_of(addr) as *mut u8, origin: r.origin_of(addr) as *mut u32 };
             }
             // No metadata to write to (no frame): dropped.
@@ -344,6 +351,18 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     fn settle_pending(&self, ctx: &mut Context) {
         let (addr, size) = (ctx.pending_addr, ctx.pending_size);
         ctx.pending_size = 0;
+        if ctx.pending == Pending::TailOrigin {
+            // Canonical `addr`, both origin slots private (mapped so before
+            // the store was handed out, and no hook ran since); the origin
+            // of initialized bytes is never read, so copying it whatever
+            // the value was is harmless.
+            if let Some(r) = self.layout.region_of(addr) {
+                let (first, last) = (r.origin_of(addr) as *mut u32, r.origin_of(addr + size - 1) as *mut u32);
+                // SAFETY: see above: both slots are in private origin pages.
+                unsafe { last.write(first.read()) };
+            }
+            return;
+        }
         let origin_only = ctx.pending == Pending::OriginOnly;
         let dirty = if origin_only {
             // Shadow was written in place (canonical `addr`, private pages

@@ -414,3 +414,26 @@ fn access_past_the_end_of_ram_is_gathered() {
         assert_eq!(h.load(last + PAGE_SIZE - 4, 4).0, [0xFF, 0xFF, 0, 0], "{mode:?}");
     }
 }
+
+/// A store larger than the sink goes to the real metadata, and the
+/// compiler paints `ceil(size / 4)` origin slots from the first: started
+/// unaligned it touches one slot more, which takes the value's origin too,
+/// in both modes alike (found by the fuzz target: `hybrid` kept the slot's
+/// page-wide fill, `full` its zero).
+#[test]
+fn an_unaligned_store_larger_than_the_sink_paints_its_last_slot() {
+    for mode in MODES {
+        let h = &mut host(mode);
+        let page = h.ram() + 7 * PAGE_SIZE;
+        h.kmsan.page_alloc(page, 0, true).unwrap();
+        // A first origin on the page, so hybrid's origin page is filled
+        // with something else than the store's.
+        h.store(page + 3000, &[0xFF; 4], origin::make(5, 0, false));
+        let o = origin::make(77, 0, false);
+        let (at, n) = (page + 0x7ff, 2048);
+        h.store(at, &std::vec![0xFF; n], o);
+        h.settle();
+        assert_eq!(h.load(at + n - 1, 1), (std::vec![0xFF], o), "{mode:?}: the store's last byte");
+        assert_eq!(h.load(at, 1), (std::vec![0xFF], o), "{mode:?}: the store's first byte");
+    }
+}
