@@ -76,6 +76,12 @@ static ACKED: [Acked; MAX_CPUS] = [const { Acked(AtomicU64::new(0)) }; MAX_CPUS]
 static SHOOT_PAGE: AtomicU64 = AtomicU64::new(0);
 static SHOOT_FULL: AtomicU64 = AtomicU64::new(0);
 static SERVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// TSC cycles the shooting CPUs spent in [`shootdown`] (taking its lock,
+/// sending, waiting for every acknowledgement), and the cycles CPUs spent
+/// serving requests (flushing and acknowledging). Under `-icount` the TSC
+/// counts guest instructions (of every CPU: they run round-robin).
+static SHOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static SERVE_TSC: AtomicU64 = AtomicU64::new(0);
 
 #[repr(C, align(16))]
 struct Stack([u8; AP_STACK]);
@@ -755,6 +761,7 @@ fn service(me: usize) {
     unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags, options(nomem)) };
     let gen = SHOOT_GEN.load(Acquire);
     if ACKED[me].0.load(Relaxed) < gen {
+        let t0 = crate::time::rdtsc();
         // Published before SHOOT_GEN (SeqCst); stays until every online
         // CPU acknowledged `gen`, so this is the request of `gen`.
         let (va, pages) = (SHOOT_VA.load(Relaxed), SHOOT_PAGES.load(Relaxed));
@@ -767,6 +774,7 @@ fn service(me: usize) {
         }
         SERVED[me].fetch_add(1, Relaxed);
         ACKED[me].0.store(gen, Release);
+        SERVE_TSC.fetch_add(crate::time::rdtsc().wrapping_sub(t0), Relaxed);
     }
     if flags & (1 << 9) != 0 {
         // SAFETY: interrupts were on when this was called: back on.
@@ -810,6 +818,7 @@ fn shootdown(req: u64, pages: u64) {
 }
 
 fn shootdown_untracked(req: u64, pages: u64) {
+    let t0 = crate::time::rdtsc();
     let me = cpu::cpu_id();
     while SHOOT_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
         relax();
@@ -840,6 +849,7 @@ fn shootdown_untracked(req: u64, pages: u64) {
         SHOOT_PAGE.fetch_add(1, Relaxed);
     }
     SHOOT_LOCK.store(false, Release);
+    SHOOT_TSC.fetch_add(crate::time::rdtsc().wrapping_sub(t0), Relaxed);
 }
 
 /// Drop the translation of the page at `va` on every CPU: `invlpg` here,
@@ -892,6 +902,11 @@ pub struct Stats {
     pub full: u64,
     /// Requests the other CPUs served (in the handler or while waiting).
     pub served: u64,
+    /// TSC cycles the shooting CPUs spent shooting (lock, IPI, waiting for
+    /// every acknowledgement), summed over shootdowns.
+    pub shoot_tsc: u64,
+    /// TSC cycles the other CPUs spent serving requests, summed.
+    pub serve_tsc: u64,
 }
 
 pub fn stats() -> Stats {
@@ -900,5 +915,7 @@ pub fn stats() -> Stats {
         page: SHOOT_PAGE.load(Relaxed),
         full: SHOOT_FULL.load(Relaxed),
         served: SERVED.iter().map(|s| s.load(Relaxed)).sum(),
+        shoot_tsc: SHOOT_TSC.load(Relaxed),
+        serve_tsc: SERVE_TSC.load(Relaxed),
     }
 }

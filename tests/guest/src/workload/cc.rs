@@ -13,8 +13,9 @@ use super::mem;
 use super::pagecache::{self, disk_word};
 use super::rng::{hash3, mix, Rng};
 use super::mem::Kc;
-use super::vfs::{self, Inode, KIND_HEADER, KIND_OUTPUT, KIND_SOURCE, KIND_TREE};
-use super::{params, state};
+use super::vfs::{self, File, KIND_HEADER, KIND_OUTPUT, KIND_SOURCE, KIND_TREE};
+use super::{params, setup, shared};
+use core::sync::atomic::Ordering::Relaxed;
 use crate::mm::PAGE_SIZE;
 use crate::task;
 
@@ -419,7 +420,7 @@ fn type_check(n: *mut u64, depth: u32) -> u64 {
     h
 }
 
-fn open_read(seed: u64, kind: u32, id: u32, npages: u32, content: u64) -> *mut vfs::File {
+fn open_read(seed: u64, kind: u32, id: u32, npages: u32, content: u64) -> *mut File {
     match vfs::open(seed, kind, id, Some((kind, npages, content))) {
         Some(f) => f,
         None => super::fail("open failed"),
@@ -428,7 +429,7 @@ fn open_read(seed: u64, kind: u32, id: u32, npages: u32, content: u64) -> *mut v
 
 /// Compile unit `u` (runs in a job task).
 pub fn compile(u: u32) {
-    let st = state();
+    let st = setup();
     let seed = st.seed;
     let (src_pages, nhdr, anon_cap) = unit_shape(seed, u);
     let mut rng = Rng::new(hash3(seed, 0xcc, u as u64));
@@ -473,10 +474,10 @@ pub fn compile(u: u32) {
     // Preprocess: read the source once (checksum only), then the headers.
     let src_content = source_content(seed, u);
     let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
-    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
-    let ino: &mut Inode = unsafe { &mut *(*f).inode };
+    // SAFETY: open_read / vfs::open returned an open file (this task's until it closes it).
+    let file: &File = unsafe { &*f };
     for i in 0..src_pages as usize {
-        let p = pagecache::get(ino, i);
+        let p = pagecache::get(file, i);
         let w = p as *const u64;
         let mut s = 0u64;
         for k in (0..512).step_by(8) {
@@ -493,10 +494,10 @@ pub fn compile(u: u32) {
         let hp = header_pages(seed, h);
         let hc = header_content(seed, h);
         let f = open_read(seed, KIND_HEADER, h, hp, hc);
-        // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
-        let ino: &mut Inode = unsafe { &mut *(*f).inode };
+        // SAFETY: open_read / vfs::open returned an open file (this task's until it closes it).
+        let file: &File = unsafe { &*f };
         for i in 0..hp as usize {
-            let p = pagecache::get(ino, i);
+            let p = pagecache::get(file, i);
             cc.compile_page(p, HDR_TOKEN_STRIDE, hc, i);
             pagecache::put(p);
         }
@@ -507,10 +508,10 @@ pub fn compile(u: u32) {
     }
     // Compile: the source again (page-cache hits unless reclaimed).
     let f = open_read(seed, KIND_SOURCE, u, src_pages, src_content);
-    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
-    let ino: &mut Inode = unsafe { &mut *(*f).inode };
+    // SAFETY: open_read / vfs::open returned an open file (this task's until it closes it).
+    let file: &File = unsafe { &*f };
     for i in 0..src_pages as usize {
-        let p = pagecache::get(ino, i);
+        let p = pagecache::get(file, i);
         cc.compile_page(p, SRC_TOKEN_STRIDE, src_content, i);
         pagecache::put(p);
         if i % 4 == 3 {
@@ -535,11 +536,11 @@ pub fn compile(u: u32) {
         Some(f) => f,
         None => super::fail("cannot create the output"),
     };
-    // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
-    let ino: &mut Inode = unsafe { &mut *(*f).inode };
-    ino.content = out_content;
+    // SAFETY: vfs::open returned an open file (this task's until it closes
+    // it); created just now with `out_content` (a unit's output is written once).
+    let file: &File = unsafe { &*f };
     for i in 0..out_pages as usize {
-        let p = pagecache::write_begin(ino, i);
+        let p = pagecache::write_begin(file, i);
         pagecache::fill(p, out_content, i);
         pagecache::put(p);
     }
@@ -563,12 +564,12 @@ pub fn compile(u: u32) {
     mem::kfree(cc.anon as *mut u8, anon_cap.max(1) * 8);
     mem::vfree(cc.pending as *mut u8, cap * 8);
     let refs = cc.syms.free();
-    let stm = super::state();
-    stm.units_done += 1;
-    stm.nodes += cc.nodes as u64;
-    stm.folded += cc.folded as u64;
-    stm.unit_sum = stm.unit_sum.wrapping_add(result ^ refs);
-    stm.anon_sum = stm.anon_sum.wrapping_add(anon_sum);
+    let stm = shared();
+    stm.units_done.fetch_add(1, Relaxed);
+    stm.nodes.fetch_add(cc.nodes as u64, Relaxed);
+    stm.folded.fetch_add(cc.folded as u64, Relaxed);
+    stm.unit_sum.fetch_add(result ^ refs, Relaxed);
+    stm.anon_sum.fetch_add(anon_sum, Relaxed);
     let _ = cc.seed;
 }
 
@@ -576,7 +577,7 @@ pub fn compile(u: u32) {
 /// (hits, or misses that come back from "disk" after reclaim), verify it,
 /// and fold it into the image checksum.
 pub fn link(units: u32) -> u64 {
-    let seed = state().seed;
+    let seed = setup().seed;
     let symtab = mem::vmalloc(units as usize * 16) as *mut u64;
     let mut sum = 0u64;
     for u in 0..units {
@@ -584,14 +585,14 @@ pub fn link(units: u32) -> u64 {
             Some(f) => f,
             None => super::fail("link: an object file is missing"),
         };
-        // SAFETY: open_read / vfs::open returned a live file whose inode lives until teardown.
-        let ino: &mut Inode = unsafe { &mut *(*f).inode };
+        // SAFETY: vfs::open returned an open file (this task's until it closes it).
+        let file: &File = unsafe { &*f };
         let mut s = 0u64;
-        for i in 0..ino.npages as usize {
-            let p = pagecache::get(ino, i);
-            if !pagecache::verify(p, ino.content, i) {
+        for i in 0..file.npages() as usize {
+            let p = pagecache::get(file, i);
+            if !pagecache::verify(p, file.content(), i) {
                 crate::println!("wl-error link: page {} of unit {} is corrupt", i, u);
-                state().errors += 1;
+                shared().errors.fetch_add(1, Relaxed);
             }
             let w = p as *const u64;
             for k in (0..512).step_by(16) {
@@ -602,7 +603,7 @@ pub fn link(units: u32) -> u64 {
         }
         // SAFETY: `symtab` holds 2 * units words (vmalloc'd above); u < units.
         unsafe {
-            symtab.add(u as usize * 2).write(ino.content);
+            symtab.add(u as usize * 2).write(file.content());
             symtab.add(u as usize * 2 + 1).write(s);
         }
         // SAFETY: `f` was opened above and is closed once, here.

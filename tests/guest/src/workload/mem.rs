@@ -6,26 +6,65 @@ use super::pagecache;
 use crate::mm::{self, buddy, slab, CacheRef, PAGE_SIZE};
 use crate::mm::vmalloc as vm;
 use crate::println;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-#[derive(Default, Clone, Copy)]
+/// What the workload allocated and freed, bumped by every CPU (atomics:
+/// no lock on the allocation path).
 pub struct Counters {
     /// Slab allocations made by the workload (kmalloc <= 8 KiB + named caches).
+    pub slab_allocs: AtomicU64,
+    pub slab_frees: AtomicU64,
+    pub krealloc_calls: AtomicU64,
+    pub vmallocs: AtomicU64,
+    pub vfrees: AtomicU64,
+    pub vmalloc_live_bytes: AtomicUsize,
+    /// Highest vmalloc address used (for page-table pages that stay).
+    pub vmalloc_hi: AtomicUsize,
+    /// Page-granular "anonymous" pages of the compilers.
+    pub anon_live: AtomicUsize,
+    pub anon_peak: AtomicUsize,
+    pub anon_allocs: AtomicU64,
+    /// Times an allocation failed and memory had to be relieved.
+    pub direct_reclaims: AtomicU64,
+    /// Kernel stacks of live job tasks.
+    pub stacks_live: AtomicUsize,
+}
+
+pub static C: Counters = Counters {
+    slab_allocs: AtomicU64::new(0),
+    slab_frees: AtomicU64::new(0),
+    krealloc_calls: AtomicU64::new(0),
+    vmallocs: AtomicU64::new(0),
+    vfrees: AtomicU64::new(0),
+    vmalloc_live_bytes: AtomicUsize::new(0),
+    vmalloc_hi: AtomicUsize::new(0),
+    anon_live: AtomicUsize::new(0),
+    anon_peak: AtomicUsize::new(0),
+    anon_allocs: AtomicU64::new(0),
+    direct_reclaims: AtomicU64::new(0),
+    stacks_live: AtomicUsize::new(0),
+};
+
+/// The counters.
+#[inline]
+pub fn c() -> &'static Counters {
+    &C
+}
+
+/// A copy of the counters and of the tracked peak, for the summary lines.
+#[derive(Default, Clone, Copy)]
+pub struct Snapshot {
     pub slab_allocs: u64,
     pub slab_frees: u64,
     pub krealloc_calls: u64,
     pub vmallocs: u64,
     pub vfrees: u64,
     pub vmalloc_live_bytes: usize,
-    /// Highest vmalloc address used (for page-table pages that stay).
     pub vmalloc_hi: usize,
-    /// Page-granular "anonymous" pages of the compilers.
     pub anon_live: usize,
     pub anon_peak: usize,
     pub anon_allocs: u64,
-    /// Times an allocation failed and memory had to be relieved.
     pub direct_reclaims: u64,
-    /// Kernel stacks of live job tasks.
     pub stacks_live: usize,
     /// Peak of slab + stacks + globals + vmalloc bytes (sampled).
     pub tracked_peak: usize,
@@ -34,30 +73,32 @@ pub struct Counters {
     pub tracked_peak_vmalloc: usize,
 }
 
-pub static mut C: Counters = Counters {
-    slab_allocs: 0,
-    slab_frees: 0,
-    krealloc_calls: 0,
-    vmallocs: 0,
-    vfrees: 0,
-    vmalloc_live_bytes: 0,
-    vmalloc_hi: 0,
-    anon_live: 0,
-    anon_peak: 0,
-    anon_allocs: 0,
-    direct_reclaims: 0,
-    stacks_live: 0,
-    tracked_peak: 0,
-    tracked_peak_slab: 0,
-    tracked_peak_stacks: 0,
-    tracked_peak_vmalloc: 0,
-};
+pub fn snapshot() -> Snapshot {
+    let c = c();
+    let p = PEAK.lock();
+    Snapshot {
+        slab_allocs: c.slab_allocs.load(Relaxed),
+        slab_frees: c.slab_frees.load(Relaxed),
+        krealloc_calls: c.krealloc_calls.load(Relaxed),
+        vmallocs: c.vmallocs.load(Relaxed),
+        vfrees: c.vfrees.load(Relaxed),
+        vmalloc_live_bytes: c.vmalloc_live_bytes.load(Relaxed),
+        vmalloc_hi: c.vmalloc_hi.load(Relaxed),
+        anon_live: c.anon_live.load(Relaxed),
+        anon_peak: c.anon_peak.load(Relaxed),
+        anon_allocs: c.anon_allocs.load(Relaxed),
+        direct_reclaims: c.direct_reclaims.load(Relaxed),
+        stacks_live: c.stacks_live.load(Relaxed),
+        tracked_peak: p.tracked,
+        tracked_peak_slab: p.slab,
+        tracked_peak_stacks: p.stacks,
+        tracked_peak_vmalloc: p.vmalloc,
+    }
+}
 
-pub fn c() -> &'static mut Counters {
-    // SAFETY: one CPU, cooperative tasks, no counter update from interrupt
-    // context; callers bump a field and drop the reference (none is held
-    // across a call that takes it again).
-    unsafe { &mut *core::ptr::addr_of_mut!(C) }
+/// A job's kernel stack is gone (its task exits).
+pub fn stack_gone() {
+    c().stacks_live.fetch_sub(crate::task::STACK_SIZE, Relaxed);
 }
 
 extern "C" {
@@ -83,26 +124,55 @@ static GLOBALS: AtomicUsize = AtomicUsize::new(0);
 pub fn tracked_now() -> (usize, usize, usize) {
     let (slab_pages, _, _) = slab::usage();
     let cc = c();
-    (slab_pages * PAGE_SIZE, cc.stacks_live, cc.vmalloc_live_bytes)
+    (slab_pages * PAGE_SIZE, cc.stacks_live.load(Relaxed), cc.vmalloc_live_bytes.load(Relaxed))
 }
+
+/// The tracked peak: its bytes by kind and the accounting slots' bytes
+/// then (the composition `wl-peak` prints). A leaf lock: nothing is called
+/// with it held.
+pub struct Peak {
+    pub tracked: usize,
+    pub slab: usize,
+    pub stacks: usize,
+    pub vmalloc: usize,
+    /// `bytes` of each slot when the tracked peak was last raised.
+    pub bytes: [usize; MAX_SLOTS],
+    /// Workload operation count at the tracked peak.
+    pub ops: u64,
+}
+
+const PEAK_ZERO: Peak = Peak { tracked: 0, slab: 0, stacks: 0, vmalloc: 0, bytes: [0; MAX_SLOTS], ops: 0 };
+static PEAK: spin::Mutex<Peak> = spin::Mutex::new(PEAK_ZERO);
+/// `PEAK.tracked`, readable without the lock (the common "not higher" case).
+static PEAK_TRACKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Sample the tracked bytes and keep the peak.
 pub fn note_tracked() {
     let (s, st, v) = tracked_now();
-    let g = GLOBALS.load(Relaxed);
-    let cc = c();
-    let t = s + st + v + g;
-    if t > cc.tracked_peak {
-        cc.tracked_peak = t;
-        cc.tracked_peak_slab = s;
-        cc.tracked_peak_stacks = st;
-        cc.tracked_peak_vmalloc = v;
-        let a = acct();
-        for i in 0..a.n {
-            a.peak[i] = a.slots[i].bytes;
-        }
-        a.peak_ops = super::state_ops();
+    let t = s + st + v + GLOBALS.load(Relaxed);
+    if t <= PEAK_TRACKED.load(Relaxed) {
+        return;
     }
+    let mut p = PEAK.lock();
+    if t <= p.tracked {
+        return;
+    }
+    PEAK_TRACKED.store(t, Relaxed);
+    p.tracked = t;
+    p.slab = s;
+    p.stacks = st;
+    p.vmalloc = v;
+    let n = SLOTS.lock().n;
+    for (pk, b) in p.bytes.iter_mut().zip(BYTES.iter()).take(n) {
+        *pk = b.load(Relaxed);
+    }
+    p.ops = super::state_ops();
+}
+
+/// A copy of the peak (slots' bytes, operation count).
+pub fn peak() -> ([usize; MAX_SLOTS], u64) {
+    let p = PEAK.lock();
+    (p.bytes, p.ops)
 }
 
 // Per-cache accounting: live object bytes of every kmalloc class and named
@@ -123,35 +193,32 @@ const KMALLOC_NAMES: [&str; 13] = [
 ];
 /// Accounting slot of kmalloc above the largest class (page-backed).
 const LARGE: usize = 13;
-const MAX_SLOTS: usize = 40;
+pub const MAX_SLOTS: usize = 40;
 
+/// What an accounting slot counts (its live bytes are in `BYTES`).
 #[derive(Clone, Copy)]
 pub struct Slot {
     pub name: &'static str,
     pub group: u8,
     /// Object size (kmalloc: the class size).
     pub size: usize,
-    /// Bytes of live objects.
-    pub bytes: usize,
 }
 
-pub struct Acct {
+/// The slots in use (set as caches are created, before the jobs start).
+#[derive(Clone, Copy)]
+pub struct Slots {
     pub slots: [Slot; MAX_SLOTS],
     pub n: usize,
-    /// `bytes` of each slot when the tracked peak was last raised.
-    pub peak: [usize; MAX_SLOTS],
-    /// Workload operation count at the tracked peak.
-    pub peak_ops: u64,
 }
 
-const SLOT_ZERO: Slot = Slot { name: "", group: 0, size: 0, bytes: 0 };
-const ACCT_ZERO: Acct = Acct { slots: [SLOT_ZERO; MAX_SLOTS], n: 0, peak: [0; MAX_SLOTS], peak_ops: 0 };
-static mut ACCT: Acct = ACCT_ZERO;
+const SLOT_ZERO: Slot = Slot { name: "", group: 0, size: 0 };
+static SLOTS: spin::Mutex<Slots> = spin::Mutex::new(Slots { slots: [SLOT_ZERO; MAX_SLOTS], n: 0 });
+/// Bytes of live objects per slot.
+static BYTES: [AtomicUsize; MAX_SLOTS] = [const { AtomicUsize::new(0) }; MAX_SLOTS];
 
-pub fn acct() -> &'static mut Acct {
-    // SAFETY: as `c()`: one CPU, cooperative tasks, never from interrupt
-    // context, no reference held across a call that takes it again.
-    unsafe { &mut *core::ptr::addr_of_mut!(ACCT) }
+/// A copy of the slot table.
+pub fn slots() -> Slots {
+    *SLOTS.lock()
 }
 
 /// A named cache of the workload with its accounting slot.
@@ -159,6 +226,8 @@ pub fn acct() -> &'static mut Acct {
 pub struct Kc {
     pub r: CacheRef,
     slot: u8,
+    /// Object size (what each object adds to its slot's bytes).
+    size: u32,
 }
 
 /// Accounting slot and charged bytes of a kmalloc of `size`.
@@ -172,17 +241,29 @@ fn kmalloc_slot(size: usize) -> (usize, usize) {
     (LARGE, (size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1))
 }
 
+/// Before the workload's first allocation (one CPU, no job yet).
 pub fn init() {
     GLOBALS.store(globals_bytes(), Relaxed);
-    *c() = Counters::default();
-    c().stacks_live = 0;
-    let a = acct();
-    *a = ACCT_ZERO;
-    for (i, &sz) in slab::KMALLOC_SIZES.iter().enumerate() {
-        a.slots[i] = Slot { name: KMALLOC_NAMES[i], group: G_KMALLOC, size: sz, bytes: 0 };
+    let c = c();
+    for a in [&c.slab_allocs, &c.slab_frees, &c.krealloc_calls, &c.vmallocs, &c.vfrees, &c.anon_allocs, &c.direct_reclaims] {
+        a.store(0, Relaxed);
     }
-    a.slots[LARGE] = Slot { name: "kmalloc-large", group: G_KMALLOC, size: PAGE_SIZE, bytes: 0 };
-    a.n = LARGE + 1;
+    for a in [&c.vmalloc_live_bytes, &c.vmalloc_hi, &c.anon_live, &c.anon_peak, &c.stacks_live] {
+        a.store(0, Relaxed);
+    }
+    *PEAK.lock() = PEAK_ZERO;
+    PEAK_TRACKED.store(0, Relaxed);
+    let mut t = SLOTS.lock();
+    *t = Slots { slots: [SLOT_ZERO; MAX_SLOTS], n: 0 };
+    for b in BYTES.iter() {
+        b.store(0, Relaxed);
+    }
+    for (i, &sz) in slab::KMALLOC_SIZES.iter().enumerate() {
+        t.slots[i] = Slot { name: KMALLOC_NAMES[i], group: G_KMALLOC, size: sz };
+    }
+    t.slots[LARGE] = Slot { name: "kmalloc-large", group: G_KMALLOC, size: PAGE_SIZE };
+    t.n = LARGE + 1;
+    drop(t);
     note_tracked();
 }
 
@@ -197,7 +278,7 @@ fn oom(what: &str, size: usize) -> ! {
         size,
         buddy::free_page_count() * PAGE_SIZE,
         pagecache::pages() * PAGE_SIZE,
-        c().anon_live * PAGE_SIZE
+        c().anon_live.load(Relaxed) * PAGE_SIZE
     );
     super::fail("out of memory");
 }
@@ -205,7 +286,7 @@ fn oom(what: &str, size: usize) -> ! {
 /// Free something so that a failed allocation can be retried. False if
 /// nothing could be freed.
 fn relieve() -> bool {
-    c().direct_reclaims += 1;
+    c().direct_reclaims.fetch_add(1, Relaxed);
     let before = buddy::free_page_count();
     slab::drain_all();
     let n = pagecache::reclaim(128);
@@ -217,9 +298,9 @@ pub fn kmalloc(size: usize) -> *mut u8 {
     loop {
         let p = mm::kmalloc(size);
         if !p.is_null() {
-            c().slab_allocs += 1;
+            c().slab_allocs.fetch_add(1, Relaxed);
             let (i, b) = kmalloc_slot(size);
-            acct().slots[i].bytes += b;
+            BYTES[i].fetch_add(b, Relaxed);
             super::tick();
             return p;
         }
@@ -240,9 +321,9 @@ pub fn kzalloc(size: usize) -> *mut u8 {
 /// kfree of an object kmalloc'd with `size` (the size is for the accounting).
 #[inline(never)]
 pub fn kfree(p: *mut u8, size: usize) {
-    c().slab_frees += 1;
+    c().slab_frees.fetch_add(1, Relaxed);
     let (i, b) = kmalloc_slot(size);
-    acct().slots[i].bytes -= b;
+    BYTES[i].fetch_sub(b, Relaxed);
     mm::kfree(p);
 }
 
@@ -254,16 +335,15 @@ pub fn krealloc(p: *mut u8, old: usize, size: usize) -> *mut u8 {
         let q = mm::krealloc(p, size);
         if !q.is_null() {
             let cc = c();
-            cc.krealloc_calls += 1;
+            cc.krealloc_calls.fetch_add(1, Relaxed);
             if q != p {
                 // A new object was allocated and the old one freed.
-                cc.slab_allocs += 1;
-                cc.slab_frees += 1;
+                cc.slab_allocs.fetch_add(1, Relaxed);
+                cc.slab_frees.fetch_add(1, Relaxed);
                 let (i, b) = kmalloc_slot(old);
                 let (j, nb) = kmalloc_slot(size);
-                let a = acct();
-                a.slots[i].bytes -= b;
-                a.slots[j].bytes += nb;
+                BYTES[i].fetch_sub(b, Relaxed);
+                BYTES[j].fetch_add(nb, Relaxed);
             }
             return q;
         }
@@ -278,9 +358,8 @@ pub fn cache_alloc(k: Kc) -> *mut u8 {
     loop {
         let p = mm::kmem_cache_alloc(k.r);
         if !p.is_null() {
-            c().slab_allocs += 1;
-            let sl = &mut acct().slots[k.slot as usize];
-            sl.bytes += sl.size;
+            c().slab_allocs.fetch_add(1, Relaxed);
+            BYTES[k.slot as usize].fetch_add(k.size as usize, Relaxed);
             super::tick();
             return p;
         }
@@ -291,9 +370,8 @@ pub fn cache_alloc(k: Kc) -> *mut u8 {
 }
 
 pub fn cache_free(k: Kc, p: *mut u8) {
-    c().slab_frees += 1;
-    let sl = &mut acct().slots[k.slot as usize];
-    sl.bytes -= sl.size;
+    c().slab_frees.fetch_add(1, Relaxed);
+    BYTES[k.slot as usize].fetch_sub(k.size as usize, Relaxed);
     mm::kmem_cache_free(k.r, p);
 }
 
@@ -303,20 +381,21 @@ pub fn create_cache(name: &'static str, size: usize, group: u8) -> Kc {
         Some(r) => r,
         None => super::fail("kmem_cache_create failed"),
     };
-    let a = acct();
+    let mut a = SLOTS.lock();
     // A cache created again (by name) keeps its slot.
     let slot = match (0..a.n).find(|&i| a.slots[i].name == name) {
         Some(i) => i,
         None => {
             if a.n == MAX_SLOTS {
+                drop(a);
                 super::fail("too many workload caches");
             }
             a.n += 1;
             a.n - 1
         }
     };
-    a.slots[slot] = Slot { name, group, size, bytes: a.slots[slot].bytes };
-    Kc { r, slot: slot as u8 }
+    a.slots[slot] = Slot { name, group, size };
+    Kc { r, slot: slot as u8, size: size as u32 }
 }
 
 /// Destroy a named cache of the workload (false if objects are left).
@@ -330,10 +409,10 @@ pub fn vmalloc(size: usize) -> *mut u8 {
         let p = vm::vmalloc(size);
         if !p.is_null() {
             let cc = c();
-            cc.vmallocs += 1;
+            cc.vmallocs.fetch_add(1, Relaxed);
             let bytes = (size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-            cc.vmalloc_live_bytes += bytes;
-            cc.vmalloc_hi = cc.vmalloc_hi.max(p as usize + bytes + PAGE_SIZE);
+            cc.vmalloc_live_bytes.fetch_add(bytes, Relaxed);
+            cc.vmalloc_hi.fetch_max(p as usize + bytes + PAGE_SIZE, Relaxed);
             note_tracked();
             super::tick();
             return p;
@@ -346,8 +425,8 @@ pub fn vmalloc(size: usize) -> *mut u8 {
 
 pub fn vfree(p: *mut u8, size: usize) {
     let cc = c();
-    cc.vfrees += 1;
-    cc.vmalloc_live_bytes -= (size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    cc.vfrees.fetch_add(1, Relaxed);
+    cc.vmalloc_live_bytes.fetch_sub((size + PAGE_SIZE - 1) & !(PAGE_SIZE - 1), Relaxed);
     vm::vfree(p);
 }
 
@@ -358,9 +437,9 @@ pub fn anon_page() -> usize {
         if let Some(p) = buddy::alloc_pages(0) {
             super::tick();
             let cc = c();
-            cc.anon_allocs += 1;
-            cc.anon_live += 1;
-            cc.anon_peak = cc.anon_peak.max(cc.anon_live);
+            cc.anon_allocs.fetch_add(1, Relaxed);
+            let live = cc.anon_live.fetch_add(1, Relaxed) + 1;
+            cc.anon_peak.fetch_max(live, Relaxed);
             return p;
         }
         if !relieve() {
@@ -370,19 +449,22 @@ pub fn anon_page() -> usize {
 }
 
 pub fn anon_free(p: usize) {
-    c().anon_live -= 1;
+    c().anon_live.fetch_sub(1, Relaxed);
     buddy::free_pages(p, 0);
 }
 
 /// A job's kernel stack: spawn, reclaiming memory if the 16 KiB block is not there.
 pub fn spawn(name: &'static str, f: fn(usize), arg: usize) -> u32 {
     loop {
+        // Counted first: on several CPUs the task may exit (`stack_gone`)
+        // before `spawn` returns here.
+        c().stacks_live.fetch_add(crate::task::STACK_SIZE, Relaxed);
         let pid = crate::task::spawn(name, f, arg);
         if pid != 0 {
-            c().stacks_live += crate::task::STACK_SIZE;
             note_tracked();
             return pid;
         }
+        stack_gone();
         if !relieve() {
             oom("kernel stack", crate::task::STACK_SIZE);
         }

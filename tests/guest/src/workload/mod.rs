@@ -49,6 +49,7 @@
 //! Bytes everywhere; times in ns from the TSC (see clock.rs).
 pub mod cc;
 pub mod clock;
+pub mod fslock;
 pub mod mem;
 pub mod pagecache;
 pub mod proc;
@@ -60,6 +61,7 @@ use hybrid_shadow::StatsSnapshot;
 use crate::mm::{buddy, slab, PAGE_SIZE};
 use mem::Kc;
 use crate::{println, task};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 #[derive(Clone, Copy)]
 pub struct Params {
@@ -84,48 +86,73 @@ pub struct Params {
 /// tree's ~77k files at 1 GiB; smaller guests get a smaller tree).
 pub const FILES_PER_MIB: u64 = 75;
 
-pub struct State {
+/// Set once by `run` before any job starts, read-only afterwards.
+pub struct Setup {
+    pub params: Params,
     pub seed: u64,
     pub nheaders: u32,
     pub node_cache: Kc,
-    pub next_unit: u32,
-    pub units_done: u32,
-    pub nodes: u64,
-    pub folded: u64,
-    pub unit_sum: u64,
-    pub anon_sum: u64,
-    pub errors: u64,
-    pub ops: u64,
     pub sample_every: u64,
-    pub next_sample: u64,
-    pub t0: u64,
-    pub min_free: usize,
-    pub samples: u64,
+}
+
+/// What the jobs update, on every CPU (atomics).
+pub struct Shared {
+    pub next_unit: AtomicU32,
+    pub units_done: AtomicU32,
+    pub nodes: AtomicU64,
+    pub folded: AtomicU64,
+    /// Sums of the units' results (wrapping, so the order does not matter).
+    pub unit_sum: AtomicU64,
+    pub anon_sum: AtomicU64,
+    pub errors: AtomicU64,
+    pub ops: AtomicU64,
+    pub next_sample: AtomicU64,
+    pub t0: AtomicU64,
+    pub min_free: AtomicUsize,
+    pub samples: AtomicU64,
     /// TSC cycles spent in `sample()` (the benchmark's own bookkeeping,
     /// left out of `workload_ns`).
-    pub sample_tsc: u64,
-    pub jobs_live: u32,
+    pub sample_tsc: AtomicU64,
+    pub jobs_live: AtomicU32,
 }
 
-static mut PARAMS: Params = Params { seed: 0, units: 0, jobs: 0, anon_per_page: 0, anon_base: 0, obj_per_node: 0, samples: 0, folio_order: 0, prof_us: 0, build: true, files: 0 };
-static mut STATE: Option<State> = None;
+static SETUP: spin::Once<Setup> = spin::Once::new();
+static SHARED: Shared = Shared {
+    next_unit: AtomicU32::new(0),
+    units_done: AtomicU32::new(0),
+    nodes: AtomicU64::new(0),
+    folded: AtomicU64::new(0),
+    unit_sum: AtomicU64::new(0),
+    anon_sum: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+    ops: AtomicU64::new(0),
+    next_sample: AtomicU64::new(0),
+    t0: AtomicU64::new(0),
+    min_free: AtomicUsize::new(0),
+    samples: AtomicU64::new(0),
+    sample_tsc: AtomicU64::new(0),
+    jobs_live: AtomicU32::new(0),
+};
+/// The parameters, set by `run` before anything reads them.
+static PARAMS: spin::Once<Params> = spin::Once::new();
 
 pub fn params() -> &'static Params {
-    // SAFETY: PARAMS is written once, by `run` before any task starts, on
-    // the one CPU; afterwards it is only read.
-    unsafe { &*core::ptr::addr_of!(PARAMS) }
+    PARAMS.get().expect("workload parameters")
 }
 
-pub fn state() -> &'static mut State {
-    // SAFETY: one CPU and cooperative tasks: the workload's tasks touch the
-    // state only between yields, so no two references are used at once.
-    unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut().expect("workload state") }
+/// The workload's set-once state (after `run` set it up).
+pub fn setup() -> &'static Setup {
+    SETUP.get().expect("workload state")
+}
+
+/// The workload's counters.
+pub fn shared() -> &'static Shared {
+    &SHARED
 }
 
 /// Operations so far (0 before the workload starts).
 pub fn state_ops() -> u64 {
-    // SAFETY: as in `state` (None before the workload starts).
-    unsafe { (*core::ptr::addr_of!(STATE)).as_ref().map_or(0, |s| s.ops) }
+    SHARED.ops.load(Relaxed)
 }
 
 fn parse_params(cmdline: &str, seed: u64, ram_mib: u64) -> Params {
@@ -179,28 +206,32 @@ pub fn fail(msg: &str) -> ! {
 /// Called on every counted operation (allocations, page-cache misses).
 #[inline(never)]
 pub fn tick() {
-    // SAFETY: as in `state` (None before the workload starts).
-    let Some(st) = (unsafe { (*core::ptr::addr_of_mut!(STATE)).as_mut() }) else { return };
-    st.ops += 1;
+    // Not counted before the workload starts (its own setup allocates).
+    if !SETUP.is_completed() {
+        return;
+    }
+    let st = shared();
+    st.ops.fetch_add(1, Relaxed);
     let free = buddy::free_page_count();
-    if free < st.min_free {
-        st.min_free = free;
+    if free < st.min_free.load(Relaxed) {
+        st.min_free.fetch_min(free, Relaxed);
     }
     // kswapd: keep free memory above the low watermark between the
     // page-cache allocations too (slab growth, anon pages, vmalloc).
-    if free < pagecache::stats().low {
+    if free < pagecache::low_watermark() {
         pagecache::balance();
     }
-    if st.ops & 63 == 0 {
+    if st.ops.load(Relaxed) & 63 == 0 {
         mem::note_tracked();
     }
 }
 
-/// Print a `wl-sample` line when due.
+/// Print a `wl-sample` line when due (on one CPU: the first to see it due).
 pub fn maybe_sample() {
-    let st = state();
-    if st.ops >= st.next_sample {
-        st.next_sample = st.ops + st.sample_every;
+    let st = shared();
+    let ops = st.ops.load(Relaxed);
+    let next = st.next_sample.load(Relaxed);
+    if ops >= next && st.next_sample.compare_exchange(next, ops + setup().sample_every, Relaxed, Relaxed).is_ok() {
         sample();
     }
 }
@@ -208,32 +239,33 @@ pub fn maybe_sample() {
 fn sample() {
     let s0 = clock::rdtsc();
     sample_now();
-    let st = state();
-    st.sample_tsc += clock::rdtsc().wrapping_sub(s0);
+    shared().sample_tsc.fetch_add(clock::rdtsc().wrapping_sub(s0), Relaxed);
 }
 
 fn sample_now() {
-    let st = state();
-    st.samples += 1;
-    let t = clock::ns_between(st.t0, clock::rdtsc());
+    let st = shared();
+    st.samples.fetch_add(1, Relaxed);
+    let t = clock::ns_between(st.t0.load(Relaxed), clock::rdtsc());
     let (slab_b, _, vm) = mem::tracked_now();
     let od = stats_snapshot().map(|s| s.ondemand_live_bytes()).unwrap_or(0);
     let pcs = pagecache::stats();
+    let (inodes, dentries) = vfs::live();
+    let cnt = mem::c();
     println!(
         "wl-sample t_ns={} ops={} free={} pagecache={} dirty={} anon={} slab={} vmalloc={} ondemand={} tracked={} units_done={} inodes={} dentries={}",
         t,
-        st.ops,
+        st.ops.load(Relaxed),
         buddy::free_page_count() * PAGE_SIZE,
         pcs.nr * PAGE_SIZE,
         pcs.dirty * PAGE_SIZE,
-        mem::c().anon_live * PAGE_SIZE,
+        cnt.anon_live.load(Relaxed) * PAGE_SIZE,
         slab_b,
         vm,
         od,
-        slab_b + mem::c().stacks_live + vm + mem::globals(),
-        st.units_done,
-        vfs::live().0,
-        vfs::live().1
+        slab_b + cnt.stacks_live.load(Relaxed) + vm + mem::globals(),
+        st.units_done.load(Relaxed),
+        inodes,
+        dentries
     );
     if let Some(c) = crate::kasan_glue::kmsan_census() {
         println!(
@@ -245,12 +277,10 @@ fn sample_now() {
 
 fn job(_: usize) {
     loop {
-        let st = state();
-        let u = st.next_unit;
+        let u = shared().next_unit.fetch_add(1, Relaxed);
         if u >= params().units {
             break;
         }
-        st.next_unit += 1;
         if params().build {
             build_unit(u);
         } else {
@@ -260,8 +290,8 @@ fn job(_: usize) {
         pagecache::balance();
         task::yield_now();
     }
-    mem::c().stacks_live -= task::STACK_SIZE;
-    state().jobs_live -= 1;
+    mem::stack_gone();
+    shared().jobs_live.fetch_sub(1, Relaxed);
 }
 
 /// Profile build: unit `u` as processes: the gcc driver (forked by make,
@@ -281,14 +311,14 @@ fn cc1_task(u: usize) {
     let p = proc::spawn_objects(u as u64, 36 + anon / 64);
     cc::compile(u as u32);
     proc::exit_objects(p);
-    mem::c().stacks_live -= task::STACK_SIZE;
+    mem::stack_gone();
 }
 
 fn as_task(u: usize) {
     let p = proc::spawn_objects(u as u64, 20);
     task::yield_now();
     proc::exit_objects(p);
-    mem::c().stacks_live -= task::STACK_SIZE;
+    mem::stack_gone();
 }
 
 /// Profile build: make reads the tree (every file looked up once).
@@ -305,12 +335,13 @@ fn populate_tree() {
 
 /// The composition of byte-tracked memory at its peak.
 fn print_peak() {
-    let c = *mem::c();
-    let a = mem::acct();
-    let objects: usize = a.peak[..a.n].iter().sum();
+    let c = mem::snapshot();
+    let (peak, peak_ops) = mem::peak();
+    let a = mem::slots();
+    let objects: usize = peak[..a.n].iter().sum();
     let mut groups = [0usize; 5];
-    for i in 0..a.n {
-        groups[a.slots[i].group as usize] += a.peak[i];
+    for (slot, &bytes) in a.slots.iter().zip(peak.iter()).take(a.n) {
+        groups[slot.group as usize] += bytes;
     }
     crate::print!(
         "wl-peak tracked={} slab={} stacks={} vmalloc={} globals={} objects={} at_ops={}",
@@ -320,14 +351,14 @@ fn print_peak() {
         c.tracked_peak_vmalloc,
         mem::globals(),
         objects,
-        a.peak_ops
+        peak_ops
     );
     for (g, name) in mem::GROUP_NAMES.iter().enumerate() {
         crate::print!(" {}={}", name, groups[g]);
     }
-    for i in 0..a.n {
-        if a.peak[i] > 0 {
-            crate::print!(" {}={}", a.slots[i].name, a.peak[i]);
+    for (slot, &bytes) in a.slots.iter().zip(peak.iter()).take(a.n) {
+        if bytes > 0 {
+            crate::print!(" {}={}", slot.name, bytes);
         }
     }
     println!();
@@ -338,7 +369,7 @@ fn link_task(arg: usize) {
     // SAFETY: `arg` is the address of `run`'s `image_sum`, which outlives
     // this task (`run` joins it before reading the value).
     unsafe { *(arg as *mut u64) = sum };
-    mem::c().stacks_live -= task::STACK_SIZE;
+    mem::stack_gone();
 }
 
 
@@ -373,8 +404,7 @@ fn profile_report((buf, order): (usize, usize)) {
 pub fn run() -> bool {
     let info = guest_boot::boot_info();
     let p = parse_params(info.cmdline(), info.config.seed, (info.ram_bytes + (1 << 20) - 1) >> 20);
-    // SAFETY: before any task starts, on the one CPU (see `params`).
-    unsafe { PARAMS = p };
+    let p = *PARAMS.call_once(|| p);
     // Before the free-page baseline: the APIC's page tables stay.
     let prof = (p.prof_us > 0).then(profile_start).flatten();
     // The runtime's mode (kasan.shadow= or kmsan.shadow=, as the kernel's sanitizer reads it).
@@ -402,31 +432,19 @@ pub fn run() -> bool {
     }
     let node_cache = mem::create_cache("ast_node", 64, mem::G_COMPILER);
     let est_ops = p.units as u64 * 6000;
-    // SAFETY: before any task starts, on the one CPU (see `state`).
-    unsafe {
-        STATE = Some(State {
-            seed: p.seed,
-            nheaders,
-            node_cache,
-            next_unit: 0,
-            units_done: 0,
-            nodes: 0,
-            folded: 0,
-            unit_sum: 0,
-            anon_sum: 0,
-            errors: 0,
-            ops: 0,
-            sample_every: (est_ops / p.samples).max(256),
-            next_sample: 0,
-            t0: 0,
-            min_free: free0,
-            samples: 0,
-            sample_tsc: 0,
-            jobs_live: 0,
-        })
-    };
+    let sh = shared();
+    for a in [&sh.nodes, &sh.folded, &sh.unit_sum, &sh.anon_sum, &sh.errors, &sh.ops, &sh.next_sample, &sh.t0, &sh.samples, &sh.sample_tsc] {
+        a.store(0, Relaxed);
+    }
+    for a in [&sh.next_unit, &sh.units_done, &sh.jobs_live] {
+        a.store(0, Relaxed);
+    }
+    sh.min_free.store(free0, Relaxed);
+    // From here on `tick` counts operations.
+    SETUP.call_once(|| Setup { params: p, seed: p.seed, nheaders, node_cache, sample_every: (est_ops / p.samples).max(256) });
+    let cpus = guest_boot::smp::cpus_online();
     println!(
-        "wl-start sanitizer={} profile={} files={} mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={}",
+        "wl-start sanitizer={} profile={} files={} mode={} ram_mib={} units={} jobs={} seed={} headers={} usable_bytes={} managed_bytes={} globals_bytes={} tsc_hz={} tsc_source={} watermark_low={} watermark_high={} runtime={} cpus={} jobs_on_cpus={}",
         crate::kasan_glue::SANITIZER,
         if p.build { "build" } else { "light" },
         p.files,
@@ -443,20 +461,23 @@ pub fn run() -> bool {
         tsc_src,
         pagecache::stats().low * PAGE_SIZE,
         pagecache::stats().high * PAGE_SIZE,
-        if s0.is_some() { "real" } else { "stub" }
+        if s0.is_some() { "real" } else { "stub" },
+        cpus,
+        if task::spread() { cpus } else { 1 }
     );
 
     // make -jN
+    let (smp0, shadow0) = (guest_boot::smp::stats(), crate::kasan_glue::shadow_shootdowns() as u64);
     let t0 = clock::rdtsc();
-    state().t0 = t0;
+    shared().t0.store(t0, Relaxed);
     sample();
     if p.build {
         populate_tree();
     }
     let mut pids = [0u32; 32];
     for pid in pids.iter_mut().take(p.jobs as usize) {
+        shared().jobs_live.fetch_add(1, Relaxed);
         *pid = mem::spawn(if p.build { "make" } else { "cc1" }, job, 0);
-        state().jobs_live += 1;
     }
     for &pid in pids.iter().take(p.jobs as usize) {
         task::join(pid);
@@ -467,7 +488,8 @@ pub fn run() -> bool {
     let ld = mem::spawn("ld", link_task, core::ptr::addr_of_mut!(image_sum) as usize);
     task::join(ld);
     let t1 = clock::rdtsc();
-    let sample_ns = clock::ns_between(0, state().sample_tsc);
+    let (smp1, shadow1) = (guest_boot::smp::stats(), crate::kasan_glue::shadow_shootdowns() as u64);
+    let sample_ns = clock::ns_between(0, shared().sample_tsc.load(Relaxed));
     sample();
     let workload_ns = clock::ns_between(t0, t1) - sample_ns;
     if let Some(buf) = prof {
@@ -489,14 +511,14 @@ pub fn run() -> bool {
     let (ndent, lookups, dhits, extnames, ninodes) = vfs::stats();
     vfs::teardown();
     pagecache::shutdown();
-    let st = state();
-    if !mem::destroy_cache(st.node_cache) {
+    let st = shared();
+    if !mem::destroy_cache(setup().node_cache) {
         println!("wl-error ast_node cache not empty");
-        st.errors += 1;
+        st.errors.fetch_add(1, Relaxed);
     }
     if !proc::destroy() {
         println!("wl-error a process cache not empty");
-        st.errors += 1;
+        st.errors.fetch_add(1, Relaxed);
     }
     slab::drain_all();
     // The workload is over: like a kernel's shrinker under pressure, hand
@@ -508,7 +530,7 @@ pub fn run() -> bool {
     let (slab_pages1, _, objs1) = slab::usage();
     let bad_buddy = buddy::check_invariants();
     let bad_slab = slab::check_invariants();
-    let cnt = *mem::c();
+    let cnt = mem::snapshot();
     let vm_pt_allow = if cnt.vmalloc_hi > 0 {
         (cnt.vmalloc_hi - guest_boot::paging::VMALLOC_START as usize).div_ceil(2 << 20) + 2
     } else {
@@ -537,9 +559,9 @@ pub fn run() -> bool {
     problem(pagecache::pages() == 0 && pagecache::stats().dirty == 0, "page cache empty");
     problem(pc_corrupt == 0, "page cache content intact");
     problem(leaked >= 0 && leaked as usize <= vm_pt_allow, "free pages back to the level before the workload (vmalloc page tables aside)");
-    problem(st.units_done == p.units, "every unit compiled");
+    problem(st.units_done.load(Relaxed) == p.units, "every unit compiled");
     problem(ndent >= 1 && ninodes >= 1, "vfs populated");
-    let invariants_ok = problems == 0 && st.errors == 0;
+    let invariants_ok = problems == 0 && st.errors.load(Relaxed) == 0;
     let runtime_real = s0.is_some();
     // The runtime counts every slab allocation (workload and kernel) when it
     // checks; in `off` (or without a runtime) the workload's own count.
@@ -554,7 +576,8 @@ tracked_peak_slab={} tracked_peak_stacks={} tracked_peak_vmalloc={} globals_byte
 pagecache_peak_bytes={} pagecache_hits={} pagecache_misses={} reclaimed_pages={} writebacks={} direct_reclaims={} \
 dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} krealloc={} vmallocs={} \
 unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} shadow_table_peak_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
-slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} samples={} tsc_hz={} tsc_source={}",
+slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} buddy_bad={} slab_bad={} samples={} tsc_hz={} tsc_source={} \
+cpus={} jobs_on_cpus={} shootdowns={} shootdowns_shadow={} shootdown_ipis={} shootdown_tsc={} shootdown_serve_tsc={}",
         crate::kasan_glue::SANITIZER,
         if p.build { "build" } else { "light" },
         p.files,
@@ -572,7 +595,7 @@ slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals=
         peak_before_teardown.ondemand_peak_bytes().max(s1.ondemand_peak_bytes()),
         s1.ondemand_live_bytes(),
         st0.ondemand_live_bytes(),
-        st.min_free * PAGE_SIZE,
+        st.min_free.load(Relaxed) * PAGE_SIZE,
         workload_ns,
         clock::ns_between(t0, t_build),
         sample_ns,
@@ -597,8 +620,8 @@ slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals=
         lookups,
         dhits,
         extnames,
-        st.nodes,
-        st.folded,
+        st.nodes.load(Relaxed),
+        st.folded.load(Relaxed),
         cnt.krealloc_calls,
         cnt.vmallocs,
         s1.unchecked_events,
@@ -613,11 +636,20 @@ slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals=
         pc_folios,
         pc_fallbacks,
         buddy::pool_steals(),
-        hash3_sum(image_sum, st.unit_sum, st.anon_sum),
+        hash3_sum(image_sum, st.unit_sum.load(Relaxed), st.anon_sum.load(Relaxed)),
         if invariants_ok { "ok" } else { "bad" },
-        st.samples,
+        bad_buddy,
+        bad_slab,
+        st.samples.load(Relaxed),
         tsc_hz,
-        tsc_src
+        tsc_src,
+        cpus,
+        if task::spread() { cpus } else { 1 },
+        (smp1.page + smp1.full) - (smp0.page + smp0.full),
+        shadow1 - shadow0,
+        smp1.served - smp0.served,
+        smp1.shoot_tsc - smp0.shoot_tsc,
+        smp1.serve_tsc - smp0.serve_tsc
     );
     invariants_ok && s1.reports == 0
 }

@@ -22,10 +22,16 @@
 //!  descriptor of a tail:  F_TAIL, prev = head frame
 //!  every page:            F_USED, F_UPTODATE, F_DIRTY, ino, index
 //! ```
+//!
+//! Several CPUs: the cache's state and the descriptors are guarded by the
+//! workload's fs lock (`fslock.rs`), which every public function takes; a
+//! caller reads or writes a page it got from `get` / `write_begin` outside
+//! the lock, pinned (reclaim and the flusher skip pinned folios).
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use super::fslock::{self, FsCell};
 use super::mem::{self, Kc};
 use super::rng::mix;
-use super::vfs::{self, Inode};
+use super::vfs::{self, File, Inode};
 use crate::mm::{buddy, PAGE_SIZE};
 use crate::println;
 use guest_boot::paging::virt_to_phys;
@@ -56,6 +62,7 @@ struct Desc {
     pins: u8,
 }
 
+#[derive(Clone, Copy)]
 pub struct Stats {
     pub nr: usize,
     pub peak: usize,
@@ -111,7 +118,7 @@ const STATS_ZERO: Stats = Stats {
 
 /// The pages holding the frame descriptors (`DESC_PER_CHUNK` each); 0: none.
 static CHUNKS: [AtomicUsize; MAX_CHUNKS] = [const { AtomicUsize::new(0) }; MAX_CHUNKS];
-static mut PC: Pc = Pc {
+static PC: FsCell<Pc> = FsCell::new(Pc {
     head: NONE,
     tail: NONE,
     nchunks: 0,
@@ -121,12 +128,16 @@ static mut PC: Pc = Pc {
     bh_table: core::ptr::null_mut(),
     bh_table_order: 0,
     bh_chunks: 0,
-};
+});
+/// The low watermark (`Stats::low`), read without the lock on every
+/// counted operation (`super::tick`).
+static LOW: AtomicUsize = AtomicUsize::new(0);
 
 fn pc() -> &'static mut Pc {
-    // SAFETY: one CPU, cooperative tasks, no page-cache use from interrupt
-    // context: one caller at a time, none holding it across another call.
-    unsafe { &mut *core::ptr::addr_of_mut!(PC) }
+    // SAFETY: every public function takes the fs lock before it gets here,
+    // and no page-cache use comes from interrupt context; callers do not
+    // keep the reference across a call that takes it again.
+    unsafe { PC.get() }
 }
 
 fn desc(pfn: u32) -> &'static mut Desc {
@@ -137,7 +148,7 @@ fn desc(pfn: u32) -> &'static mut Desc {
     }
     // SAFETY: `chunk` is a zeroed page `init` allocated for descriptors
     // (all-zero is a valid Desc) and p % DESC_PER_CHUNK indexes inside it;
-    // one CPU, cooperative tasks: callers use one descriptor at a time.
+    // callers hold the fs lock (as for `pc`) and use one descriptor at a time.
     unsafe { &mut *(chunk as *mut Desc).add(p % DESC_PER_CHUNK) }
 }
 
@@ -209,6 +220,7 @@ pub fn verify(addr: usize, content: u64, index: usize) -> bool {
 
 /// Linux's min_free_kbytes = sqrt(16 * lowmem KiB), low = 5/4, high = 3/2 of it.
 pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize, build: bool) {
+    let _g = fslock::lock();
     let p = pc();
     let max_pfn = (ram_bytes as usize).div_ceil(PAGE_SIZE) + 256;
     p.bh_cache = None;
@@ -248,6 +260,7 @@ pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize, build: boo
         dirty_limit: (managed_pages / 10).max(64),
         ..STATS_ZERO
     };
+    LOW.store(p.s.low, Relaxed);
 }
 
 fn isqrt(x: usize) -> usize {
@@ -258,11 +271,20 @@ fn isqrt(x: usize) -> usize {
     r
 }
 
-pub fn stats() -> &'static Stats {
-    &pc().s
+/// A copy of the statistics.
+pub fn stats() -> Stats {
+    let _g = fslock::lock();
+    pc().s
+}
+
+/// The low watermark in pages (no lock).
+#[inline]
+pub fn low_watermark() -> usize {
+    LOW.load(Relaxed)
 }
 
 pub fn pages() -> usize {
+    let _g = fslock::lock();
     pc().s.nr
 }
 
@@ -299,6 +321,7 @@ fn lru_push_head(pfn: u32) {
 
 /// Kswapd-like balance: below the low watermark, reclaim up to the high one.
 pub fn balance() {
+    let _g = fslock::lock();
     let s = &pc().s;
     if buddy::free_page_count() < s.low {
         let want = s.high;
@@ -429,8 +452,13 @@ fn pin_cached(ino: &Inode, index: usize, cur: usize) {
     }
 }
 
-/// Page `index` of `ino`, read through the cache and pinned (unpin with `put`).
-pub fn get(ino: &mut Inode, index: usize) -> usize {
+/// Page `index` of the open file `f`, read through the cache and pinned
+/// (unpin with `put`).
+pub fn get(f: &File, index: usize) -> usize {
+    let _g = fslock::lock();
+    // SAFETY: an open file holds its inode (the shrinker skips it, the
+    // teardown comes after the last close); fs lock held.
+    let ino = unsafe { &mut *f.inode };
     if index >= ino.npages as usize {
         super::broken("page cache: index past the inode:", index);
     }
@@ -447,9 +475,12 @@ pub fn get(ino: &mut Inode, index: usize) -> usize {
     add_folio(ino, index, false)
 }
 
-/// A new page of `ino` to be written (dirty, pinned); the caller writes
-/// all of it before `put`.
-pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
+/// A new page of the open file `f` to be written (dirty, pinned); the
+/// caller writes all of it before `put`.
+pub fn write_begin(f: &File, index: usize) -> usize {
+    let _g = fslock::lock();
+    // SAFETY: as in `get`.
+    let ino = unsafe { &mut *f.inode };
     if index >= ino.npages as usize {
         super::broken("page cache: index past the inode:", index);
     }
@@ -475,6 +506,7 @@ pub fn write_begin(ino: &mut Inode, index: usize) -> usize {
 }
 
 pub fn put(addr: usize) {
+    let _g = fslock::lock();
     let h = desc(head_of(pfn_of(addr)));
     h.pins = h.pins.checked_sub(1).expect("page cache: put of an unpinned page");
 }
@@ -529,6 +561,7 @@ fn evict(head: u32) -> usize {
 /// Reclaim at least `n` pages (whole folios) from the coldest unpinned
 /// folios, or what there is; returns how many pages.
 pub fn reclaim(n: usize) -> usize {
+    let _g = fslock::lock();
     let mut done = 0;
     let mut scanned = 0;
     let limit = pc().s.nr;
@@ -554,6 +587,7 @@ pub fn reclaim(n: usize) -> usize {
 
 /// Flusher: write back the oldest dirty folios while above the dirty limit.
 pub fn balance_dirty() {
+    let _g = fslock::lock();
     let s = &pc().s;
     if s.dirty <= s.dirty_limit {
         return;
@@ -572,6 +606,7 @@ pub fn balance_dirty() {
 
 /// Drop every cached page of an inode (writing back dirty ones).
 pub fn drop_inode(ino: &mut Inode) {
+    let _g = fslock::lock();
     for i in 0..ino.npages as usize {
         // i < npages.
         let a = ino.page(i);
@@ -583,6 +618,7 @@ pub fn drop_inode(ino: &mut Inode) {
 
 /// Write back and drop everything, then free the descriptor table.
 pub fn shutdown() {
+    let _g = fslock::lock();
     while pc().tail != NONE {
         let t = pc().tail;
         desc(t).pins = 0;
@@ -652,5 +688,6 @@ fn bh_slot(pfn: usize) -> *mut usize {
 
 /// Frame-descriptor table bytes (kept out of the "tracked" figures: whole pages).
 pub fn table_bytes() -> usize {
+    let _g = fslock::lock();
     pc().nchunks * PAGE_SIZE
 }

@@ -34,8 +34,9 @@ struct Caches {
 static mut CACHES_LIVE: Option<Caches> = None;
 
 fn caches() -> &'static Caches {
-    // SAFETY: set once by `init` before any process exists, cleared by
-    // `destroy` after the last; one CPU, only read in between.
+    // SAFETY: set once by `init` before any process exists (before the
+    // jobs start), cleared by `destroy` after the last has exited; the jobs
+    // (on every CPU) only read it in between.
     unsafe { (*core::ptr::addr_of!(CACHES_LIVE)).as_ref().expect("process caches") }
 }
 

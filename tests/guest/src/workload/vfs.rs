@@ -17,6 +17,13 @@
 //! again comes back from "disk" (sources, headers and the tree are
 //! deterministic; object files keep their size and content in `disk`).
 //! Profile `light` has none of this (today's workload, for comparison).
+//!
+//! Several CPUs: every public function takes the workload's fs lock
+//! (`fslock.rs`, shared with the page cache). An open file keeps its inode
+//! (the shrinker skips inodes with `refs`), so a task reads the fixed
+//! fields of its open files' inodes without the lock (`File::npages`,
+//! `File::content`).
+use super::fslock::{self, FsCell};
 use super::mem::{self, Kc};
 use super::pagecache;
 use super::rng::{hash3, mix, Rng};
@@ -153,6 +160,21 @@ pub struct File {
     pub flags: u32,
 }
 
+impl File {
+    /// Pages of the file (fixed when its inode was made).
+    pub fn npages(&self) -> u32 {
+        // SAFETY: an open file's inode is live (see the header); `npages`
+        // is written only by `new_inode`, before the inode is published.
+        unsafe { core::ptr::addr_of!((*self.inode).npages).read() }
+    }
+
+    /// Disk content seed of the file (fixed when its inode was made).
+    pub fn content(&self) -> u64 {
+        // SAFETY: as in `npages`.
+        unsafe { core::ptr::addr_of!((*self.inode).content).read() }
+    }
+}
+
 struct Vfs {
     dentry_cache: Kc,
     inode_cache: Kc,
@@ -205,17 +227,24 @@ pub struct ShrinkStats {
     pub refaults: u64,
 }
 
-static mut V: Option<Vfs> = None;
+static V: FsCell<Option<Vfs>> = FsCell::new(None);
 
 fn v() -> &'static mut Vfs {
-    // SAFETY: one CPU, cooperative tasks, no vfs use from interrupt
-    // context: one caller at a time, none holding it across another call.
-    unsafe { (*core::ptr::addr_of_mut!(V)).as_mut().expect("vfs not initialised") }
+    vfs_slot().as_mut().expect("vfs not initialised")
+}
+
+fn vfs_slot() -> &'static mut Option<Vfs> {
+    // SAFETY: every public function takes the fs lock before it gets here,
+    // and no vfs use comes from interrupt context; callers do not keep the
+    // reference across a call that takes it again (they call `v()` anew
+    // after an allocation, which may run the shrinker).
+    unsafe { V.get() }
 }
 
 /// `max_inodes`: live inodes at most; `build`: profile build with a tree
 /// of `files` files and `units` object files.
 pub fn init(max_inodes: usize, build: bool, files: usize, units: usize) {
+    let _g = fslock::lock();
     let (inode_size, nbuckets) = if build { (INODE_SIZE_BUILD, (files / 2).next_power_of_two().max(HASH_BUCKETS)) } else { (INODE_SIZE, HASH_BUCKETS) };
     let (disk, disk_order) = if build {
         let order = (units * 16).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize;
@@ -256,13 +285,12 @@ pub fn init(max_inodes: usize, build: bool, files: usize, units: usize) {
         shrink: ShrinkStats::default(),
     };
     // SAFETY: the workload's vmalloc returns the asked size or stops the
-    // guest: nbuckets and max_inodes pointers (null is all-zero);
-    // V is set once here, before any v().
+    // guest: nbuckets and max_inodes pointers (null is all-zero).
     unsafe {
         core::ptr::write_bytes(vs.buckets, 0, nbuckets);
         core::ptr::write_bytes(vs.inodes, 0, max_inodes);
-        V = Some(vs);
     }
+    *vfs_slot() = Some(vs);
     let root = new_dentry(core::ptr::null_mut(), b"/", 0);
     let ri = new_inode(KIND_DIR, 0, 0);
     // SAFETY: new_dentry returned a live dentry.
@@ -270,6 +298,7 @@ pub fn init(max_inodes: usize, build: bool, files: usize, units: usize) {
     v().root = root;
 }
 
+/// Inode number `ino` (fs lock held: the page cache's writeback and evict).
 pub fn inode(ino: u32) -> &'static mut Inode {
     if ino as usize >= v().ninodes {
         super::broken("vfs: no inode", ino as usize);
@@ -280,22 +309,25 @@ pub fn inode(ino: u32) -> &'static mut Inode {
         super::broken("vfs: freed inode", ino as usize);
     }
     // SAFETY: a used slot holds an inode new_inode made, alive until the
-    // shrinker or teardown frees it (which frees the slot); one CPU,
-    // cooperative tasks: one user of an inode at a time.
+    // shrinker or teardown frees it (which frees the slot); the caller
+    // holds the fs lock: one user of an inode at a time.
     unsafe { &mut *p }
 }
 
 pub fn stats() -> (usize, u64, u64, usize, usize) {
+    let _g = fslock::lock();
     let vs = v();
     (vs.ndentries, vs.lookups, vs.dcache_hits, vs.external_names, vs.ninodes)
 }
 
 pub fn shrink_stats() -> ShrinkStats {
+    let _g = fslock::lock();
     v().shrink
 }
 
 /// Live inodes and dentries now.
 pub fn live() -> (usize, usize) {
+    let _g = fslock::lock();
     (v().live_inodes, v().ndentries)
 }
 
@@ -310,6 +342,7 @@ fn root_bytes(npages: u32, xa: bool) -> usize {
 
 /// Record an object file's size and content on "disk" (profile build).
 pub fn disk_write(unit: u32, npages: u32, content: u64) {
+    let _g = fslock::lock();
     let vs = v();
     if vs.disk.is_null() {
         return;
@@ -324,6 +357,7 @@ pub fn disk_write(unit: u32, npages: u32, content: u64) {
 /// An object file as on "disk": `walk`'s `create` argument (None when not
 /// written, or in profile light, which never forgets a dentry).
 pub fn disk_read(unit: u32) -> Option<(u32, u32, u64)> {
+    let _g = fslock::lock();
     let vs = v();
     if vs.disk.is_null() {
         return None;
@@ -456,6 +490,7 @@ fn free_dentry(d: *mut Dentry) {
 /// second chance, busy ones (open, or with cached pages) go back to the
 /// head, the others are freed with their inode. Returns objects freed.
 pub fn shrink(n: usize) -> usize {
+    let _g = fslock::lock();
     let vs = v();
     if !vs.build || n == 0 || vs.nlru == 0 {
         return 0;
@@ -501,6 +536,7 @@ pub fn shrink(n: usize) -> usize {
 /// twice that fraction of the dentry LRU (`do_shrink_slab`'s
 /// `4 / DEFAULT_SEEKS`), carrying the remainder to the next call.
 pub fn shrink_for(reclaimed: usize, lru_pages: usize) -> usize {
+    let _g = fslock::lock();
     let vs = v();
     if !vs.build || reclaimed == 0 || lru_pages == 0 {
         return 0;
@@ -567,6 +603,7 @@ fn d_lookup(parent: *mut Dentry, name: &[u8], hash: u32) -> *mut Dentry {
 /// Walk `path` (absolute, '/'-separated), creating missing directories and,
 /// if `create` is given, the final file. Returns its inode (None if absent).
 pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> {
+    let _g = fslock::lock();
     let vs = v();
     vs.lookups += 1;
     let mut cur = vs.root;
@@ -615,13 +652,21 @@ pub fn walk(path: &[u8], create: Option<(u32, u32, u64)>) -> Option<*mut Inode> 
 /// getname(): a names_cache buffer holding the path of file `id` of `kind`.
 /// Returns (buffer, length); release with `putname`.
 pub fn getname(seed: u64, kind: u32, id: u32) -> (*mut u8, usize) {
-    let buf = mem::cache_alloc(v().names_cache);
+    let names = {
+        let _g = fslock::lock();
+        v().names_cache
+    };
+    let buf = mem::cache_alloc(names);
     let len = make_path(seed, kind, id, buf);
     (buf, len)
 }
 
 pub fn putname(buf: *mut u8) {
-    mem::cache_free(v().names_cache, buf);
+    let names = {
+        let _g = fslock::lock();
+        v().names_cache
+    };
+    mem::cache_free(names, buf);
 }
 
 const SYL: [&[u8]; 24] = [
@@ -710,16 +755,24 @@ pub fn open(seed: u64, kind: u32, id: u32, create: Option<(u32, u32, u64)>) -> O
     let (buf, len) = getname(seed, kind, id);
     // SAFETY: getname wrote `len` bytes into `buf`, released only below.
     let path = unsafe { core::slice::from_raw_parts(buf, len) };
-    let ino = walk(path, create);
+    let (ino, filp) = {
+        // The walk and the hold under one lock: the shrinker (another CPU's
+        // reclaim, or this one's allocations) cannot free the inode between.
+        let _g = fslock::lock();
+        let ino = walk(path, create);
+        if let Some(ino) = ino {
+            // Held before the next allocation (which may run the shrinker).
+            // SAFETY: a live inode from walk, fs lock held.
+            unsafe {
+                (*ino).refs += 1;
+                (*ino).opens += 1;
+            }
+        }
+        (ino, v().filp_cache)
+    };
     putname(buf);
     let ino = ino?;
-    // Held before the next allocation (which may run the shrinker).
-    // SAFETY: a live inode from walk.
-    unsafe {
-        (*ino).refs += 1;
-        (*ino).opens += 1;
-    }
-    let f = mem::cache_alloc(v().filp_cache) as *mut File;
+    let f = mem::cache_alloc(filp) as *mut File;
     // SAFETY: `f` is a fresh FILP_SIZE object (>= size_of::<File>()), `ino`
     // a live inode from walk (held).
     unsafe {
@@ -734,9 +787,14 @@ pub fn open(seed: u64, kind: u32, id: u32, create: Option<(u32, u32, u64)>) -> O
 /// # Safety
 /// `f` is a file `open` returned, not closed yet.
 pub unsafe fn close(f: *mut File) {
-    // SAFETY: `f` is an open file (the caller's contract), its inode held by it.
-    unsafe { (*(*f).inode).refs -= 1 };
-    mem::cache_free(v().filp_cache, f as *mut u8);
+    let filp = {
+        let _g = fslock::lock();
+        // SAFETY: `f` is an open file (the caller's contract), its inode
+        // held by it; fs lock held.
+        unsafe { (*(*f).inode).refs -= 1 };
+        v().filp_cache
+    };
+    mem::cache_free(filp, f as *mut u8);
 }
 
 /// stat(): look a file up (creating it from "disk" when not cached);
@@ -746,19 +804,25 @@ pub fn stat(seed: u64, kind: u32, id: u32, create: (u32, u32, u64)) -> bool {
     let (buf, len) = getname(seed, kind, id);
     // SAFETY: getname wrote `len` bytes into `buf`, released only below.
     let path = unsafe { core::slice::from_raw_parts(buf, len) };
-    let before = v().created_files;
-    walk(path, Some(create));
+    let created = {
+        let _g = fslock::lock();
+        let before = v().created_files;
+        walk(path, Some(create));
+        v().created_files != before
+    };
     putname(buf);
-    v().created_files != before
+    created
 }
 
 /// A tree file looked up again after the shrinker freed it.
 pub fn note_refault() {
+    let _g = fslock::lock();
     v().shrink.refaults += 1;
 }
 
 /// Free the whole tree (page cache pages of every inode first).
 pub fn teardown() {
+    let g = fslock::lock();
     let vs = v();
     for i in 0..vs.ninodes {
         // SAFETY: i < ninodes: a slot new_inode filled: a live inode (freed
@@ -795,8 +859,9 @@ pub fn teardown() {
         buddy::free_pages(vs.disk as usize, vs.disk_order);
     }
     let caches = [Some(vs.dentry_cache), Some(vs.inode_cache), Some(vs.filp_cache), Some(vs.names_cache), vs.xa_cache];
-    // SAFETY: the last use of the vfs: nothing holds a reference from v().
-    unsafe { V = None };
+    // The last use of the vfs: nothing holds a reference from v().
+    *vfs_slot() = None;
+    drop(g);
     crate::mm::slab::drain_all();
     for c in caches.into_iter().flatten() {
         if !mem::destroy_cache(c) {
