@@ -13,6 +13,9 @@
 #              GUEST_QEMU_ARGS="extra qemu arguments" (e.g. -icount shift=0,align=off,sleep=off),
 #              GUEST_SMP=N CPUs (default 1; above 1: -smp N with multi-threaded TCG,
 #              -accel tcg,thread=multi, and the log under target/guest-logs/smp<N>/),
+#              GUEST_ICOUNT=1 (-icount shift=0,align=off,sleep=off: guest time = instructions;
+#              with GUEST_SMP, or -icount in GUEST_QEMU_ARGS, single-threaded TCG runs the CPUs
+#              round-robin: deterministic, the TSC counts every CPU's instructions),
 #              GUEST_CHECKS=outline|inline (KASAN only; default outline: a call per access;
 #              inline: the compiler loads the shadow itself, Linux's default; cargo profile
 #              inline or inline-release, ELF under target/guest/x86_64-unknown-none/inline[-release]/,

@@ -62,6 +62,11 @@ fn main() {
             _ => fail(EXIT_USAGE, &format!("GUEST_SMP must be a CPU count 1..=8, got '{n}'")),
         },
     };
+    let icount = match env("GUEST_ICOUNT").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(v) => fail(EXIT_USAGE, &format!("GUEST_ICOUNT must be 0 or 1, got '{v}'")),
+    };
     let features = env("GUEST_FEATURES");
     let target_dir = root().join("target/guest");
     let b = Build { san, profile, features: features.as_deref(), target_dir: &target_dir };
@@ -88,7 +93,7 @@ fn main() {
         append: env("GUEST_APPEND").unwrap_or_default(),
         timeout: Duration::from_secs(timeout),
         log,
-        icount: false,
+        icount,
     };
     let out = boot_with(&boot, &qemu).unwrap_or_else(|e| fail(EXIT_TOOLS, &e));
     print!("{}", out.log);

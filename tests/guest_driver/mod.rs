@@ -328,8 +328,10 @@ pub struct Boot<'a> {
     pub append: String,
     pub timeout: Duration,
     pub log: PathBuf,
-    /// Run QEMU with `-icount shift=0`: guest time counts instructions
-    /// (1 ns each), independent of the host's load (and about 3x slower).
+    /// Run QEMU with `-icount shift=0,align=off,sleep=off`: guest time
+    /// counts instructions (1 ns each), independent of the host's load (and
+    /// about 3x slower). With several CPUs, single-threaded TCG runs them
+    /// round-robin, and the TSC counts the instructions of all of them.
     pub icount: bool,
 }
 
@@ -377,6 +379,8 @@ pub struct Qemu {
     /// CPUs (`-smp`; guest_run.sh's GUEST_SMP). Above 1, TCG runs one host
     /// thread per CPU (`-accel tcg,thread=multi`), so the CPUs really run
     /// at once; 1 (the default) keeps the single-threaded command line.
+    /// With `-icount` ([`Boot::icount`], guest_run.sh's GUEST_ICOUNT=1, or
+    /// `-icount` in `args`) the CPUs run round-robin in one thread instead.
     pub smp: u32,
 }
 
@@ -391,7 +395,11 @@ pub fn qemu_command(b: &Boot, q: &Qemu) -> Command {
     let append = format!("{}.shadow={} suite={} {}", b.san.name(), b.mode, b.suite, b.append);
     let mut cmd = Command::new("qemu-system-x86_64");
     let smp = q.smp.max(1);
-    cmd.args(["-M", &q.machine, "-accel", if smp > 1 { "tcg,thread=multi" } else { "tcg" }]);
+    // `-icount` (asked by `b.icount` or among the extra arguments) needs
+    // single-threaded TCG: QEMU then runs the CPUs round-robin in one
+    // thread (deterministic; a `pause` hands over to the next CPU).
+    let icount = b.icount || q.args.iter().any(|a| a == "-icount");
+    cmd.args(["-M", &q.machine, "-accel", if smp > 1 && !icount { "tcg,thread=multi" } else { "tcg" }]);
     if b.icount {
         cmd.args(["-icount", "shift=0,align=off,sleep=off"]);
     }

@@ -346,6 +346,11 @@ pub fn join(pid: u32) {
         if done {
             return;
         }
+        // A waiting CPU that only switches between waiting tasks must still
+        // hand over under `-icount` (QEMU runs the CPUs round-robin in one
+        // thread and moves on at a `pause`): without it a CPU whose IPI
+        // handler was entered was starved and its shootdown never acknowledged.
+        core::hint::spin_loop();
         yield_now();
     }
 }

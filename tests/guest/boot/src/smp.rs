@@ -82,6 +82,10 @@ static SERVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// counts guest instructions (of every CPU: they run round-robin).
 static SHOOT_TSC: AtomicU64 = AtomicU64::new(0);
 static SERVE_TSC: AtomicU64 = AtomicU64::new(0);
+/// Rounds of the shooting CPUs' wait for acknowledgements (a load and a
+/// `pause` each): under `-icount` their instructions, where `SHOOT_TSC`
+/// also counts what the other CPUs ran meanwhile.
+static SHOOT_SPINS: AtomicU64 = AtomicU64::new(0);
 
 #[repr(C, align(16))]
 struct Stack([u8; AP_STACK]);
@@ -834,15 +838,18 @@ fn shootdown_untracked(req: u64, pages: u64) {
     let others = ONLINE.load(SeqCst) & !(1 << me);
     // Fixed, edge, all excluding self.
     send_ipi(0, 0x000c_0000 | SHOOTDOWN_VECTOR as u32);
+    let mut spins = 0u64;
     for (i, acked) in ACKED.iter().enumerate() {
         if others & (1 << i) != 0 {
             let mut w = Watchdog::new();
             while acked.0.load(Acquire) < gen {
                 w.tick(|| println!("smp: cpu {me} waits for cpu {i} to acknowledge shootdown {gen}"));
+                spins += 1;
                 core::hint::spin_loop();
             }
         }
     }
+    SHOOT_SPINS.fetch_add(spins, Relaxed);
     if req == FLUSH_ALL {
         SHOOT_FULL.fetch_add(1, Relaxed);
     } else {
@@ -907,6 +914,8 @@ pub struct Stats {
     pub shoot_tsc: u64,
     /// TSC cycles the other CPUs spent serving requests, summed.
     pub serve_tsc: u64,
+    /// Rounds of the shooting CPUs' wait for acknowledgements.
+    pub shoot_spins: u64,
 }
 
 pub fn stats() -> Stats {
@@ -917,5 +926,6 @@ pub fn stats() -> Stats {
         served: SERVED.iter().map(|s| s.load(Relaxed)).sum(),
         shoot_tsc: SHOOT_TSC.load(Relaxed),
         serve_tsc: SERVE_TSC.load(Relaxed),
+        shoot_spins: SHOOT_SPINS.load(Relaxed),
     }
 }

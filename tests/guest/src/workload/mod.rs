@@ -45,8 +45,24 @@
 //!             build_ns=.. sample_ns=.. (workload_ns leaves out the sample_ns spent
 //!             printing wl-sample/wl-meta lines; build_ns includes it)
 //!             slowpath_checks=.. reports=.. slab_allocs=.. tracked_peak_bytes=.. invariants=ok|bad ...
+//!             buddy_bad=.. slab_bad=.. cpus=.. jobs_on_cpus=.. shootdowns=.. shootdowns_shadow=..
+//!             shootdown_ipis=.. shootdown_tsc=.. shootdown_serve_tsc=.. shootdown_spins=..
+//!             (TLB shootdowns between the start and the end of the build: IPI
+//!             rounds, those of the runtime's shadow remaps, IPIs served; TSC
+//!             cycles from entering a shootdown to the last acknowledgement,
+//!             summed over the shooting CPUs, and cycles the others spent
+//!             serving; rounds of the shooters' wait loops)
 //!   wl-oom / wl-error / wl-fail lines on failure (the suite then fails).
 //! Bytes everywhere; times in ns from the TSC (see clock.rs).
+//!
+//! Several CPUs: with `smp_sched=on` the jobs (make, gcc, cc1, as, ld) run
+//! as tasks on every CPU at once (`jobs_on_cpus=`); kmain stays on the boot
+//! CPU. The page cache and the vfs share one lock (`fslock.rs`); counters
+//! are atomics (`mem.rs`, `Shared` here); a unit's compiler state is its
+//! own. The units' results are summed (wrapping), so `checksum=` does not
+//! depend on the order in which the CPUs finish them. Under `-icount` the
+//! CPUs run round-robin and the TSC counts the instructions of all of them:
+//! `workload_ns` is then the build's total instruction count on every CPU.
 pub mod cc;
 pub mod clock;
 pub mod fslock;
@@ -577,7 +593,7 @@ pagecache_peak_bytes={} pagecache_hits={} pagecache_misses={} reclaimed_pages={}
 dentries={} lookups={} dcache_hits={} external_names={} nodes={} folded={} krealloc={} vmallocs={} \
 unchecked_events={} quarantine_end_bytes={} shadow_table_bytes={} shadow_table_peak_bytes={} managed_bytes={} leaked_pages={} vm_pt_allow={} \
 slab_pages_end={} folio_order={} large_folios={} folio_fallbacks={} pool_steals={} checksum={:016x} invariants={} buddy_bad={} slab_bad={} samples={} tsc_hz={} tsc_source={} \
-cpus={} jobs_on_cpus={} shootdowns={} shootdowns_shadow={} shootdown_ipis={} shootdown_tsc={} shootdown_serve_tsc={}",
+cpus={} jobs_on_cpus={} shootdowns={} shootdowns_shadow={} shootdown_ipis={} shootdown_tsc={} shootdown_serve_tsc={} shootdown_spins={}",
         crate::kasan_glue::SANITIZER,
         if p.build { "build" } else { "light" },
         p.files,
@@ -649,7 +665,8 @@ cpus={} jobs_on_cpus={} shootdowns={} shootdowns_shadow={} shootdown_ipis={} sho
         shadow1 - shadow0,
         smp1.served - smp0.served,
         smp1.shoot_tsc - smp0.shoot_tsc,
-        smp1.serve_tsc - smp0.serve_tsc
+        smp1.serve_tsc - smp0.serve_tsc,
+        smp1.shoot_spins - smp0.shoot_spins
     );
     invariants_ok && s1.reports == 0
 }
