@@ -21,6 +21,12 @@
 //! reported with their type and nothing else while the allocators flip
 //! hybrid's shadow pages on every CPU.
 //!
+//! And the kernel-build workload with its `make -j4` jobs on all 4 CPUs
+//! (`smp_sched=on`, [`check_workload`]), small enough for CI, at 64 MiB so
+//! that page reclaim and the vfs shrinker run from every CPU too: no
+//! sanitizer report, the guest's allocator invariants hold, and both modes
+//! build the same image. Log: target/guest-logs/smp4/<mode>/workload.log.
+//!
 //! Logs: target/guest-logs/smp4/<mode>/<suite>.log. The run is short
 //! (`smp_rounds=150` per CPU): on a 2-core host each shootdown waits for
 //! three vCPU threads to be scheduled.
@@ -219,4 +225,66 @@ fn guest_smp4_race_full() {
 #[test]
 fn guest_smp4_race_hybrid() {
     check_race("hybrid");
+}
+
+/// Units of the 4-CPU workload in `cargo test` (`GUEST_SMP_WL_UNITS` for more).
+const WL_UNITS: u64 = 6;
+
+/// The workload on 4 CPUs in `mode` (see the header); returns its checksum.
+fn check_workload(mode: &str) -> String {
+    let units = std::env::var("GUEST_SMP_WL_UNITS").ok().and_then(|v| v.parse().ok()).unwrap_or(WL_UNITS);
+    let append = format!("units={units} jobs=4 files=1000 samples=20 smp_sched=on");
+    let b = guest::boot_smp_mib(CPUS, mode, "workload", &append, 64);
+    let log = &b.log;
+    let ctx = || format!("guest {mode}/workload on {CPUS} cpus, {append} (log {})\n{}", b.path.display(), guest::excerpt(log));
+    assert!(b.path.ends_with(format!("smp{CPUS}/{mode}/workload.log")), "log at {}", b.path.display());
+    assert_eq!(b.code, 33, "exit code {} (want 33): {}", b.code, ctx());
+    assert!(log.contains(&format!("smp: tasks run on {CPUS} cpus")), "{}", ctx());
+    for bad in ["BUG: KASAN", "refused:", "PANIC", "EXCEPTION", "waits for", "wl-error", "wl-oom"] {
+        assert!(!log.contains(bad), "'{bad}' in the log: {}", ctx());
+    }
+    let r = log
+        .lines()
+        .find_map(|l| guest_driver::parse_tagged(l, "wl-result"))
+        .unwrap_or_else(|| panic!("no wl-result line: {}", ctx()));
+    assert_eq!(r.get("mode"), Some(mode));
+    assert_eq!(r.num("cpus"), u64::from(CPUS));
+    assert_eq!(r.num("jobs_on_cpus"), u64::from(CPUS), "the jobs must run on every CPU: {}", ctx());
+    assert_eq!(r.num("units"), units);
+    assert_eq!(r.get("invariants"), Some("ok"), "workload invariants (leaks, every unit built): {}", ctx());
+    assert_eq!(r.num("buddy_bad"), 0, "buddy invariants: {}", ctx());
+    assert_eq!(r.num("slab_bad"), 0, "slab invariants: {}", ctx());
+    assert_eq!(r.num("reports"), 0, "runtime report count: {}", ctx());
+    assert_eq!(r.num("unchecked_events"), 0, "pages that went without byte shadow: {}", ctx());
+    assert!(r.num("reclaimed_pages") > 0, "no page reclaim at 64 MiB: {}", ctx());
+    assert!(r.num("shrunk_dentries") > 0, "the vfs shrinker freed nothing: {}", ctx());
+    let per_cpu: Vec<u64> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("smp: task switches per cpu:"))
+        .unwrap_or_else(|| panic!("no task-switch line: {}", ctx()))
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(per_cpu.len(), CPUS as usize);
+    assert!(per_cpu[1..].iter().all(|&n| n > 0), "an AP ran no task: {per_cpu:?}: {}", ctx());
+    let (shootdowns, shadow, ipis) = (r.num("shootdowns"), r.num("shootdowns_shadow"), r.num("shootdown_ipis"));
+    assert!(shootdowns > 0, "vfree on one CPU must shoot the others down: {}", ctx());
+    if mode == "hybrid" {
+        assert!(shadow > 0, "hybrid's shadow remaps must shoot the other cpus down: {}", ctx());
+    }
+    eprintln!(
+        "guest {mode}/workload on {CPUS} cpus: {units} units, {} slab allocs, {} pages reclaimed, {shootdowns} shootdowns ({shadow} shadow, {ipis} IPIs served), task switches {per_cpu:?}, workload {:.1}s, {:.1}s boot",
+        r.num("slab_allocs"),
+        r.num("reclaimed_pages"),
+        r.num("workload_ns") as f64 / 1e9,
+        b.secs
+    );
+    r.get("checksum").unwrap_or_default().to_string()
+}
+
+#[test]
+fn guest_smp4_workload_full_and_hybrid() {
+    let full = check_workload("full");
+    let hybrid = check_workload("hybrid");
+    assert_eq!(full, hybrid, "full and hybrid built different images on {CPUS} cpus (checksums)");
 }
