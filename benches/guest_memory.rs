@@ -37,6 +37,11 @@
 //!   --timeout S     per boot (1800)
 //!   --icount        QEMU -icount shift=0: workload time = guest instructions
 //!                   (1 ns each), immune to host load, ~3x slower to run
+//!   --smp N         CPUs (1): N > 1 boots `-smp N` with `smp_sched=on`, so the
+//!                   workload's jobs run on every CPU (multi-threaded TCG; with
+//!                   --icount one thread runs them round-robin and the times
+//!                   are the instructions of all CPUs); logs get `-smpN`, and a
+//!                   "Several CPUs" table adds the TLB shootdowns per run
 //!   --checks C      KASAN's checks: outline (default, a call per access;
 //!                   profile release) or inline (Linux's default; profile
 //!                   inline-release, its own ELF beside the other)
@@ -74,6 +79,8 @@ struct Cfg {
     /// `--checks`: how the KASAN kernel checks accesses (KMSAN: always calls).
     checks: Checks,
     out: Option<String>,
+    /// `--smp`: CPUs (jobs on every CPU when above 1).
+    smp: u32,
 }
 
 fn parse_sanitizers(s: &str) -> Vec<San> {
@@ -106,6 +113,7 @@ fn parse_cfg() -> Cfg {
         icount: false,
         checks: Checks::Outline,
         out: None,
+        smp: 1,
     };
     let mut args: Vec<String> = Vec::new();
     for (k, v) in std::env::vars() {
@@ -143,6 +151,7 @@ fn parse_cfg() -> Cfg {
             "--icount" => c.icount = true,
             "--checks" => c.checks = Checks::from_name(&val()).expect("--checks outline|inline"),
             "--out" => c.out = Some(val()),
+            "--smp" => c.smp = val().parse::<u32>().expect("--smp N").clamp(1, 8),
             "--quick" => {
                 c.runs = 1;
                 c.sizes = vec![64, 128];
@@ -184,6 +193,9 @@ fn workload_append(cfg: &Cfg) -> String {
     if let Some(p) = &cfg.profile {
         a.push_str(" profile=");
         a.push_str(p);
+    }
+    if cfg.smp > 1 {
+        a.push_str(" smp_sched=on");
     }
     if !cfg.append.is_empty() {
         a.push(' ');
@@ -243,10 +255,14 @@ fn run_one(cfg: &Cfg, san: San, elf: &Path, dir: &Path, mode: &str, ram: u32, re
         ram_mib: ram,
         append: workload_append(cfg),
         timeout: Duration::from_secs(cfg.timeout),
-        log: dir.join("logs").join(format!("{}-{mode}-{ram}-{rep}.log", san.name())),
+        log: dir.join("logs").join(if cfg.smp > 1 {
+            format!("{}-{mode}-{ram}-smp{}-{rep}.log", san.name(), cfg.smp)
+        } else {
+            format!("{}-{mode}-{ram}-{rep}.log", san.name())
+        }),
         icount: cfg.icount,
     };
-    let out = boot(&b).unwrap_or_else(|e| panic!("{e}"));
+    let out = boot_with(&b, &Qemu { smp: cfg.smp, ..Qemu::default() }).unwrap_or_else(|e| panic!("{e}"));
     let failure = if out.succeeded() {
         String::new()
     } else {
@@ -361,6 +377,44 @@ impl Entry<'_> {
 
 fn mib(b: u64) -> f64 {
     b as f64 / MIB
+}
+
+/// `--smp N`: the workload's times and TLB shootdowns per configuration
+/// (the guest's `wl-result` fields: IPI rounds, those of shadow remaps,
+/// IPIs served, TSC cycles serving them and from entering a shootdown to
+/// its last acknowledgement; under --icount cycles are instructions, and
+/// the shooters' latency includes what the other CPUs ran meanwhile).
+fn smp_table(t: &mut String, cfg: &Cfg, entries: &[Entry]) {
+    let _ = writeln!(t, "\nSeveral CPUs ({} CPUs, jobs on every CPU{}): time of each run (median; min-max), TLB shootdowns during the build:\n", cfg.smp, if cfg.icount { ", -icount: CPUs round-robin, times = instructions of all CPUs" } else { ", multi-threaded TCG: wall clock" });
+    let _ = writeln!(t, "| RAM MiB | sanitizer | mode | workload s (median) | min-max s | shootdowns | shadow | per s | IPIs served | serving cycles | per IPI | share of time | shooter latency per shootdown |");
+    let _ = writeln!(t, "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for e in entries.iter().filter(|e| e.completed()) {
+        let r = e.rep();
+        let v = e.times();
+        let (lo, hi) = (v.iter().min().copied().unwrap_or(0), v.iter().max().copied().unwrap_or(0));
+        let (n, ipis, serve) = (r.r("shootdowns"), r.r("shootdown_ipis"), r.r("shootdown_serve_tsc"));
+        let secs = r.r("workload_ns") as f64 / 1e9;
+        // Cycles to ns: the guest's TSC rate (1 GHz under -icount).
+        let hz = r.r("tsc_hz").max(1) as f64;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.2} | {:.2}-{:.2} | {} | {} | {:.0} | {} | {} | {:.0} | {:.3}% | {:.0} |",
+            e.ram,
+            e.san.name(),
+            e.mode,
+            e.time_ns() as f64 / 1e9,
+            lo as f64 / 1e9,
+            hi as f64 / 1e9,
+            n,
+            r.r("shootdowns_shadow"),
+            if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            ipis,
+            serve,
+            if ipis > 0 { serve as f64 / ipis as f64 } else { 0.0 },
+            if secs > 0.0 { 100.0 * serve as f64 / hz / secs } else { 0.0 },
+            if n > 0 { r.r("shootdown_tsc") as f64 / n as f64 } else { 0.0 }
+        );
+    }
 }
 
 fn json_escape(s: &str) -> String {
@@ -898,6 +952,9 @@ fn main() {
                 find(san, "hybrid", ram).filter(|e| e.completed()).map(|e| e.rep().r("slowpath_checks").to_string()).unwrap_or_else(|| "-".into())
             );
         }
+    }
+    if cfg.smp > 1 {
+        smp_table(&mut t, &cfg, &entries);
     }
     let _ = writeln!(
         t,

@@ -22,8 +22,9 @@
 //! hybrid's shadow pages on every CPU.
 //!
 //! And the kernel-build workload with its `make -j4` jobs on all 4 CPUs
-//! (`smp_sched=on`, [`check_workload`]), small enough for CI, at 64 MiB so
-//! that page reclaim and the vfs shrinker run from every CPU too: no
+//! (`smp_sched=on`, [`check_workload`]), small enough for CI (4 units),
+//! at 64 MiB with large object files (`obj=60`) so that page reclaim and
+//! the vfs shrinker run from every CPU too: no
 //! sanitizer report, the guest's allocator invariants hold, and both modes
 //! build the same image. Log: target/guest-logs/smp4/<mode>/workload.log.
 //!
@@ -228,12 +229,12 @@ fn guest_smp4_race_hybrid() {
 }
 
 /// Units of the 4-CPU workload in `cargo test` (`GUEST_SMP_WL_UNITS` for more).
-const WL_UNITS: u64 = 6;
+const WL_UNITS: u64 = 4;
 
 /// The workload on 4 CPUs in `mode` (see the header); returns its checksum.
 fn check_workload(mode: &str) -> String {
     let units = std::env::var("GUEST_SMP_WL_UNITS").ok().and_then(|v| v.parse().ok()).unwrap_or(WL_UNITS);
-    let append = format!("units={units} jobs=4 files=1000 samples=20 smp_sched=on");
+    let append = format!("units={units} jobs=4 files=1000 obj=60 samples=20 smp_sched=on");
     let b = guest::boot_smp_mib(CPUS, mode, "workload", &append, 64);
     let log = &b.log;
     let ctx = || format!("guest {mode}/workload on {CPUS} cpus, {append} (log {})\n{}", b.path.display(), guest::excerpt(log));
