@@ -75,11 +75,12 @@ fn run_boot(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Result<gue
 /// [`run_boot`] on `smp` CPUs (tests/guest_run.sh's GUEST_SMP; the log
 /// under target/guest-logs/smp<N>/ for N > 1).
 fn run_boot_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Result<guest_driver::Outcome, String> {
-    run_boot_smp_mib(san, smp, mode, suite, append, 512)
+    run_boot_smp_mib(san, smp, mode, suite, append, 512, false)
 }
 
-/// [`run_boot_smp`] with `ram_mib` of RAM.
-fn run_boot_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32) -> Result<guest_driver::Outcome, String> {
+/// [`run_boot_smp`] with `ram_mib` of RAM, under `-icount` when `icount`
+/// (several CPUs then run round-robin in one thread).
+fn run_boot_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Result<guest_driver::Outcome, String> {
     let elf = san.build_spec(&target_dir()).elf();
     let qemu = guest_driver::Qemu { smp, ..Default::default() };
     guest_driver::boot_with(&guest_driver::Boot {
@@ -91,7 +92,7 @@ fn run_boot_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &
         append: append.to_string(),
         timeout: Duration::from_secs(300),
         log: guest_driver::log_path_smp(san.san(), smp, mode, suite),
-        icount: false,
+        icount,
     }, &qemu)
 }
 
@@ -158,20 +159,21 @@ pub fn boot_smp(smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
 
 /// Boot the `san` kernel's `suite` in `mode` on `smp` CPUs (builds first).
 pub fn boot_san_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
-    boot_san_smp_mib(san, smp, mode, suite, append, 512)
+    boot_san_smp_mib(san, smp, mode, suite, append, 512, false)
 }
 
-/// [`boot_smp`] with `ram_mib` of RAM instead of 512.
-pub fn boot_smp_mib(smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32) -> Boot {
-    boot_san_smp_mib(Sanitizer::Kasan, smp, mode, suite, append, ram_mib)
+/// [`boot_smp`] with `ram_mib` of RAM instead of 512, under `-icount`
+/// when `icount` (the CPUs round-robin in one thread: deterministic).
+pub fn boot_smp_mib(smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Boot {
+    boot_san_smp_mib(Sanitizer::Kasan, smp, mode, suite, append, ram_mib, icount)
 }
 
-/// [`boot_san_smp`] with `ram_mib` of RAM.
-fn boot_san_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32) -> Boot {
+/// [`boot_san_smp`] with `ram_mib` of RAM, `-icount` when `icount`.
+fn boot_san_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Boot {
     build_san(san);
     // One QEMU at a time per test binary: keeps timings comparable.
     let _g = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_boot_smp_mib(san, smp, mode, suite, append, ram_mib).unwrap_or_else(|e| panic!("{e}"));
+    let out = run_boot_smp_mib(san, smp, mode, suite, append, ram_mib, icount).unwrap_or_else(|e| panic!("{e}"));
     let (code, log, secs) = (out.exit, out.log, out.wall.as_secs_f64());
     let path = guest_driver::log_path_smp(san.san(), smp, mode, suite);
     let cpus = if smp > 1 { format!(" on {smp} cpus") } else { String::new() };
