@@ -82,7 +82,7 @@ fn text_start_phys() -> u64 {
 /// handed out so far as reserved, and route the compiler's checks to it.
 pub fn page_allocator_ready() {
     let bi = info();
-    let ram_end = bi.regions().iter().filter(|r| r.kind == guest_boot::E820_RAM).map(|r| r.addr + r.size).max().unwrap_or(0);
+    let ram_end = bi.ram_end();
     let (vs, ve) = crate::mm::vmalloc::window();
     let params = guest_kasan::Params {
         cmdline: bi.cmdline(),

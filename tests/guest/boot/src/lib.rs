@@ -86,6 +86,11 @@ impl BootInfo {
     pub fn regions(&self) -> &[MemRegion] {
         &self.regions[..self.nregions]
     }
+    /// End of the highest RAM range (physical): above 3 GiB QEMU puts RAM
+    /// past the PCI hole at 4 GiB, so frames go beyond `ram_bytes / 4096`.
+    pub fn ram_end(&self) -> u64 {
+        self.regions().iter().filter(|r| r.kind == E820_RAM).map(|r| r.addr + r.size).max().unwrap_or(0)
+    }
     /// RAM ranges (start, end) with the first MiB and the kernel image removed,
     /// page aligned: what the page allocator may use.
     pub fn free_ram(&self, out: &mut [(u64, u64)]) -> usize {

@@ -438,7 +438,7 @@ pub fn run() -> bool {
     let managed = buddy::managed_pages();
 
     mem::init();
-    pagecache::init(managed, info.ram_bytes, params().folio_order, p.build);
+    pagecache::init(managed, info.ram_end(), params().folio_order, p.build);
     let nheaders = 64 + p.units / 4;
     // Profile build: the tree's files and directories (~24 x 160) besides.
     let max_inodes = 2 * p.units as usize + nheaders as usize + 1024 + if p.build { p.units as usize + p.files as usize + 8192 } else { 0 };

@@ -219,10 +219,12 @@ pub fn verify(addr: usize, content: u64, index: usize) -> bool {
 }
 
 /// Linux's min_free_kbytes = sqrt(16 * lowmem KiB), low = 5/4, high = 3/2 of it.
-pub fn init(managed_pages: usize, ram_bytes: u64, folio_order: usize, build: bool) {
+/// `ram_end`: the end of the highest RAM range (physical), which bounds
+/// the frame numbers the descriptors are indexed by.
+pub fn init(managed_pages: usize, ram_end: u64, folio_order: usize, build: bool) {
     let _g = fslock::lock();
     let p = pc();
-    let max_pfn = (ram_bytes as usize).div_ceil(PAGE_SIZE) + 256;
+    let max_pfn = (ram_end as usize).div_ceil(PAGE_SIZE) + 256;
     p.bh_cache = None;
     if build {
         let per = PAGE_SIZE / 8;
