@@ -1,31 +1,46 @@
 //! Memory benchmark of the test guest: `cargo bench --bench guest_memory`.
 //!
-//! Boots the guest kernels (optimized builds, QEMU TCG): the KASAN kernel
-//! (profile `release`) and the KMSAN kernel (profile `kmsan-release`), each
-//! with the kernel-build-like workload (`suite=workload`) in `off`, `full`
-//! and `hybrid` at 64, 128, 256, 512 and 1024 MiB; below the smallest size
-//! at which a (sanitizer, mode) still completes, probes smaller sizes (56,
-//! 48, 40, 32, 24 MiB) to find its minimum (then bisects to 2 MiB). Several
-//! runs per configuration give median workload times. Under KMSAN the
-//! metadata is shadow (1:1) plus origins (1:1), and "on-demand" counts the
-//! private shadow and origin pages.
+//! Boots the guest kernels (optimized builds, QEMU TCG) with the
+//! kernel-build-like workload (`suite=workload`) in `off`, `full` and
+//! `hybrid` and compares their memory and time. Two presets:
+//!
+//! * the default (about 6 minutes on 2 cores, see README "Guest figures"):
+//!   the KASAN kernel at 1024 and 4096 MiB, one `-icount` run per mode and
+//!   size (deterministic: the figures do not depend on the host's load),
+//!   2 QEMU at once, no probing;
+//! * `--matrix`, the full matrix (hours): both kernels (KASAN, and KMSAN,
+//!   whose metadata is shadow 1:1 plus origins 1:1, "on-demand" counting
+//!   its private shadow and origin pages) at 64, 128, 256, 512, 1024 and
+//!   4096 MiB, 3 wall-clock runs per configuration for median times, one
+//!   QEMU at a time; below the smallest size at which a (sanitizer, mode)
+//!   still completes, probes smaller sizes (56, 48, 40, 32, 24 MiB) to find
+//!   its minimum (then bisects to 2 MiB).
+//!
+//! A progress line is printed when each boot starts and ends (mode, size,
+//! elapsed, estimated time left).
 //!
 //! Writes target/guest-bench/results.json (one object per sanitizer, mode
-//! and RAM size, with a `sanitizer` field), target/guest-bench/memory.svg
-//! (memory over time per sanitizer and mode), target/guest-bench/table.md
-//! (the tables below, both sanitizers side by side), the serial logs under
-//! target/guest-bench/logs/<sanitizer>-<mode>-<ram>-<run>.log, and prints
-//! the tables and which DESIGN targets (KASAN kernel) are met.
+//! and RAM size, with `sanitizer`, `profile` and `checks` fields),
+//! target/guest-bench/memory.svg (memory over time per sanitizer and mode),
+//! target/guest-bench/table.md (the tables below, both sanitizers side by
+//! side, and the 2017 per-page-shadow proposal's terms), the serial logs
+//! under target/guest-bench/logs/<sanitizer>-<mode>-<ram>-<run>.log, and
+//! prints the tables and which targets (KASAN kernel) are met.
 //!
-//! Options (after `--`), or environment variables GUEST_BENCH_<NAME>:
-//!   --sanitizers a,b  guest kernels to measure (kasan,kmsan)
-//!   --runs N        runs per mode and size for the time medians (3)
-//!   --sizes a,b,..  RAM sizes in MiB (64,128,256,512,1024)
+//! Options (after `--`; later ones override a preset given before them), or
+//! environment variables GUEST_BENCH_<NAME>:
+//!   --matrix        the full matrix (above): sanitizers kasan,kmsan, runs 3,
+//!                   sizes 64,128,256,512,1024,4096, wall clock, parallel 1,
+//!                   probing, plot-ram 128
+//!   --sanitizers a,b  guest kernels to measure (kasan)
+//!   --runs N        runs per mode and size for the time medians (1)
+//!   --sizes a,b,..  RAM sizes in MiB (1024,4096)
 //!   --modes a,b     (off,full,hybrid)
 //!   --units N --jobs N --seed N   workload size (240, 4, 1)
-//!   --parallel N    QEMU instances at once (1; more skews the times)
-//!   --no-probe      do not search below the smallest size
-//!   --plot-ram N    RAM size whose samples are plotted (128; the nearest
+//!   --parallel N    QEMU instances at once (2; more than 1 skews wall-clock
+//!                   times, not -icount ones)
+//!   --probe / --no-probe   search below the smallest size or not (no)
+//!   --plot-ram N    RAM size whose samples are plotted (1024; the nearest
 //!                   size run when N was not run)
 //!   --append "..."  extra guest command-line words (e.g. kasan.mixed=private),
 //!                   given to both kernels (each ignores the other's knobs)
@@ -33,10 +48,13 @@
 //!                   a kernel build's slab) or light (the workload before that);
 //!                   each results.json object says which (`profile`) and its
 //!                   byte-tracked peak (`tracked_peak_bytes`)
-//!   --quick         runs 1, sizes 64,128, no probe
+//!   --quick         runs 1, sizes 64,128, no probe, plot-ram 128
 //!   --timeout S     per boot (1800)
-//!   --icount        QEMU -icount shift=0: workload time = guest instructions
-//!                   (1 ns each), immune to host load, ~3x slower to run
+//!   --icount        QEMU -icount shift=0 (the default): workload time =
+//!                   guest instructions (1 ns each), immune to host load,
+//!                   ~1.3x slower to run
+//!   --wall          no -icount: workload time from the TSC, wall clock
+//!                   (affected by host load; use several --runs)
 //!   --smp N         CPUs (1): N > 1 boots `-smp N` with `smp_sched=on`, so the
 //!                   workload's jobs run on every CPU (multi-threaded TCG; with
 //!                   --icount one thread runs them round-robin and the times
@@ -44,7 +62,8 @@
 //!                   "Several CPUs" table adds the TLB shootdowns per run
 //!   --checks C      KASAN's checks: outline (default, a call per access;
 //!                   profile release) or inline (Linux's default; profile
-//!                   inline-release, its own ELF beside the other)
+//!                   inline-release, its own ELF beside the other); each
+//!                   results.json object says which (`checks`)
 //!   --out DIR       output directory (target/guest-bench); the guests are
 //!                   built under DIR/build and DIR/build-kmsan
 #[path = "../tests/guest_driver/mod.rs"]
@@ -95,22 +114,37 @@ fn parse_sanitizers(s: &str) -> Vec<San> {
     v
 }
 
+/// Options that take no value (also as GUEST_BENCH_<NAME> variables).
+const FLAGS: [&str; 6] = ["quick", "no-probe", "probe", "icount", "wall", "matrix"];
+
+/// `--matrix`: the full matrix, both kernels at every size, medians of
+/// wall-clock runs, one QEMU at a time, probing for the smallest RAM.
+fn matrix(c: &mut Cfg) {
+    c.sanitizers = vec![San::Kasan, San::Kmsan];
+    c.runs = 3;
+    c.sizes = vec![64, 128, 256, 512, 1024, 4096];
+    c.icount = false;
+    c.parallel = 1;
+    c.probe = true;
+    c.plot_ram = 128;
+}
+
 fn parse_cfg() -> Cfg {
     let mut c = Cfg {
-        sanitizers: vec![San::Kasan, San::Kmsan],
-        runs: 3,
-        sizes: vec![64, 128, 256, 512, 1024],
+        sanitizers: vec![San::Kasan],
+        runs: 1,
+        sizes: vec![1024, 4096],
         modes: vec!["off".into(), "full".into(), "hybrid".into()],
         units: 240,
         jobs: 4,
         seed: 1,
-        parallel: 1,
-        probe: true,
-        plot_ram: 128,
+        parallel: 2,
+        probe: false,
+        plot_ram: 1024,
         append: String::new(),
         profile: None,
         timeout: 1800,
-        icount: false,
+        icount: true,
         checks: Checks::Outline,
         out: None,
         smp: 1,
@@ -120,7 +154,7 @@ fn parse_cfg() -> Cfg {
         if let Some(name) = k.strip_prefix("GUEST_BENCH_") {
             let name = name.to_ascii_lowercase().replace('_', "-");
             args.push(format!("--{name}"));
-            if !v.is_empty() && name != "quick" && name != "no-probe" && name != "icount" {
+            if !v.is_empty() && !FLAGS.contains(&name.as_str()) {
                 args.push(v);
             }
         }
@@ -148,7 +182,10 @@ fn parse_cfg() -> Cfg {
             }
             "--timeout" => c.timeout = val().parse().expect("--timeout S"),
             "--no-probe" => c.probe = false,
+            "--probe" => c.probe = true,
             "--icount" => c.icount = true,
+            "--wall" => c.icount = false,
+            "--matrix" => matrix(&mut c),
             "--checks" => c.checks = Checks::from_name(&val()).expect("--checks outline|inline"),
             "--out" => c.out = Some(val()),
             "--smp" => c.smp = val().parse::<u32>().expect("--smp N").clamp(1, 8),
@@ -176,6 +213,12 @@ fn parse_cfg() -> Cfg {
 /// The cargo profile of `san`'s optimized kernel with `--checks`.
 fn bench_profile(cfg: &Cfg, san: San) -> &'static str {
     profile_with(san, "release", cfg.checks).unwrap_or(san.release_profile())
+}
+
+/// How `san`'s benchmarked kernel checks accesses: `--checks` for KASAN;
+/// KMSAN's instrumentation always calls the runtime (outlined).
+fn checks_of(cfg: &Cfg, san: San) -> Checks {
+    Checks::of_profile(bench_profile(cfg, san))
 }
 
 /// The target directory of a kernel's nested build (own per sanitizer, so
@@ -296,33 +339,133 @@ fn run_one(cfg: &Cfg, san: San, elf: &Path, dir: &Path, mode: &str, ram: u32, re
     }
 }
 
-fn log_line(t0: Instant, what: &str, r: &Run) {
-    eprintln!(
-        "[{:>4.0}s] {}{} {:>6} {:>5} MiB: exit {} {} wall {:.1}s workload {:.2}s{}",
-        t0.elapsed().as_secs_f64(),
-        what,
-        r.san.name(),
-        r.mode,
-        r.ram,
-        r.exit,
-        if r.completed() { "ok  " } else { "FAIL" },
-        r.wall.as_secs_f64(),
-        r.r("workload_ns") as f64 / 1e9,
-        if r.failure.is_empty() { String::new() } else { format!(" ({}; {})", r.failure, r.log.display()) }
-    );
+/// What a boot is: (sanitizer, mode, RAM MiB).
+type Key = (San, String, u32);
+
+/// Progress lines on stderr: one when a boot starts and one when it ends,
+/// with the elapsed time and an estimate of the time left (from the boots
+/// done so far: the mean wall time of the same sanitizer, mode and size,
+/// else of the same sanitizer and size, else of the sanitizer).
+struct Progress {
+    t0: Instant,
+    parallel: usize,
+    /// Boots still to start (`None`: not known, as when probing).
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    pending: Option<Vec<Key>>,
+    running: Vec<(Key, Instant)>,
+    done: Vec<(Key, f64)>,
+    started: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn new(t0: Instant, parallel: usize, jobs: Option<Vec<Key>>) -> Self {
+        let total = jobs.as_ref().map_or(0, Vec::len);
+        Progress { t0, parallel: parallel.max(1), state: Mutex::new(ProgressState { pending: jobs, total, ..Default::default() }) }
+    }
+
+    fn estimate(done: &[(Key, f64)], k: &Key) -> Option<f64> {
+        let mean = |f: &dyn Fn(&Key) -> bool| -> Option<f64> {
+            let v: Vec<f64> = done.iter().filter(|(d, _)| f(d)).map(|(_, w)| *w).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        mean(&|d| d == k).or_else(|| mean(&|d| d.0 == k.0 && d.2 == k.2)).or_else(|| mean(&|d| d.0 == k.0))
+    }
+
+    /// "about N s left", or why there is no estimate.
+    fn left(&self, st: &ProgressState) -> String {
+        let Some(pending) = &st.pending else { return "probing, time left unknown".into() };
+        let mut sum = 0.0;
+        for k in pending {
+            match Self::estimate(&st.done, k) {
+                Some(e) => sum += e,
+                None => return "time left: estimated after the first boot".into(),
+            }
+        }
+        for (k, t) in &st.running {
+            let Some(e) = Self::estimate(&st.done, k) else { return "time left: estimated after the first boot".into() };
+            sum += (e - t.elapsed().as_secs_f64()).max(0.0);
+        }
+        format!("about {:.0} s left", sum / self.parallel as f64)
+    }
+
+    fn start(&self, k: &Key, what: &str) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(p) = st.pending.as_mut() {
+            if let Some(i) = p.iter().position(|x| x == k) {
+                p.remove(i);
+            }
+        }
+        st.running.push((k.clone(), Instant::now()));
+        st.started += 1;
+        let n = if st.total > 0 { format!(" ({} of {})", st.started, st.total) } else { String::new() };
+        eprintln!(
+            "[{:>4.0}s] start {what}{} {:>6} {:>5} MiB{n}; {}",
+            self.t0.elapsed().as_secs_f64(),
+            k.0.name(),
+            k.1,
+            k.2,
+            self.left(&st)
+        );
+    }
+
+    fn end(&self, what: &str, r: &Run) {
+        let mut st = self.state.lock().unwrap();
+        let k: Key = (r.san, r.mode.clone(), r.ram);
+        if let Some(i) = st.running.iter().position(|(x, _)| *x == k) {
+            st.running.remove(i);
+        }
+        st.done.push((k, r.wall.as_secs_f64()));
+        eprintln!(
+            "[{:>4.0}s] end   {}{} {:>6} {:>5} MiB: exit {} {} wall {:.1}s workload {:.2}s{}; {}",
+            self.t0.elapsed().as_secs_f64(),
+            what,
+            r.san.name(),
+            r.mode,
+            r.ram,
+            r.exit,
+            if r.completed() { "ok  " } else { "FAIL" },
+            r.wall.as_secs_f64(),
+            r.r("workload_ns") as f64 / 1e9,
+            if r.failure.is_empty() { String::new() } else { format!(" ({}; {})", r.failure, r.log.display()) },
+            self.left(&st)
+        );
+    }
+}
+
+/// The order boots start in. Wall-clock runs interleave sanitizers and
+/// modes (as given), so that drift in the host's speed hits all alike;
+/// `-icount` figures do not depend on it, so the longest boots (largest
+/// RAM, sanitized modes) go first and the parallel QEMUs finish together.
+fn order_jobs(cfg: &Cfg, jobs: &mut [(San, String, u32, usize)]) {
+    if cfg.icount && cfg.parallel > 1 {
+        let weight = |m: &str| match m {
+            "off" => 0,
+            "full" => 1,
+            _ => 2,
+        };
+        jobs.sort_by_key(|(san, m, ram, rep)| (std::cmp::Reverse(*ram), std::cmp::Reverse(weight(m)), *san, *rep));
+    }
 }
 
 /// Run `jobs` (sanitizer, mode, ram, rep) with `parallel` QEMUs at once.
 fn run_all(cfg: &Cfg, elfs: &BTreeMap<San, PathBuf>, dir: &Path, jobs: Vec<(San, String, u32, usize)>, t0: Instant) -> Vec<Run> {
     let total = jobs.len();
+    let progress = Progress::new(t0, cfg.parallel.min(total.max(1)), Some(jobs.iter().map(|(s, m, r, _)| (*s, m.clone(), *r)).collect()));
     let queue = Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
     let out = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..cfg.parallel.min(total.max(1)) {
             s.spawn(|| loop {
                 let Some((i, (san, mode, ram, rep))) = queue.lock().unwrap().pop() else { break };
+                let what = format!("run {rep} ");
+                progress.start(&(san, mode.clone(), ram), &what);
                 let r = run_one(cfg, san, &elfs[&san], dir, &mode, ram, rep);
-                log_line(t0, &format!("run {rep} "), &r);
+                progress.end(&what, &r);
                 out.lock().unwrap().push((i, r));
             });
         }
@@ -432,7 +575,7 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
             "  {{\"sanitizer\": \"{}\", \"mode\": \"{}\", \"ram_mib\": {}, \"completed\": {}, \"probe\": {}, \"exit\": {}, \
 \"metadata_init_bytes\": {}, \"usable_bytes\": {}, \"ondemand_peak_bytes\": {}, \"ondemand_end_bytes\": {}, \
 \"ondemand_before_bytes\": {}, \"min_free_bytes\": {}, \"workload_ns\": {}, \"workload_ns_runs\": [{}], \
-\"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"profile\": \"{}\", \"tracked_peak_bytes\": {}, \
+\"slowpath_checks\": {}, \"reports\": {}, \"slab_allocs\": {}, \"profile\": \"{}\", \"checks\": \"{}\", \"tracked_peak_bytes\": {}, \
 \"files\": {}, \"shrunk_dentries\": {}, \"shrunk_inodes\": {}, \
 \"pagecache_peak_bytes\": {}, \"reclaimed_pages\": {}, \"managed_bytes\": {}, \"units\": {}, \"jobs\": {}, \"seed\": {}, \
 \"checksum\": \"{}\", \"failure\": \"{}\", \"log\": \"{}\"}}{}",
@@ -454,6 +597,7 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
             g("reports").max(r.reports_in_log as u64),
             g("slab_allocs"),
             json_escape(&r.profile(cfg)),
+            checks_of(cfg, e.san).name(),
             g("tracked_peak_bytes"),
             g("files"),
             g("shrunk_dentries"),
@@ -472,6 +616,64 @@ fn write_json(path: &Path, cfg: &Cfg, entries: &[Entry]) {
     }
     s.push_str("]\n");
     std::fs::write(path, s).expect("write results.json");
+}
+
+/// The on-demand peak in units of the metadata the tracked peak needs:
+/// KASAN 1 shadow byte per 8 (1.00 x tracked/8 = exactly the shadow of the
+/// tracked memory), KMSAN 1:1 shadow + 1:1 origins (2.00 x tracked).
+fn od_ratio(san: San, od: u64, tracked: u64) -> String {
+    if tracked == 0 {
+        return "-".into();
+    }
+    match san {
+        San::Kasan => format!("{:.2} x tracked/8", od as f64 / (tracked as f64 / 8.0)),
+        San::Kmsan => format!("{:.2} x tracked", od as f64 / tracked as f64),
+    }
+}
+
+/// Issue 11's targets (KASAN kernel, on the workload's profile as run):
+/// at 1 GiB on-demand <= 1.1 x tracked/8, net available >= 95% of RAM and
+/// time hybrid/full <= 1.00; at 4 GiB net available >= 98% of RAM.
+fn issue11_targets<'a>(t: &mut String, cfg: &Cfg, find: &dyn Fn(&str, u32) -> Option<&'a Entry<'a>>) {
+    let profile = cfg.profile.as_deref().unwrap_or("build");
+    let _ = writeln!(t, "\nIssue 11 targets, KASAN kernel, profile {profile}, checks {}:\n", checks_of(cfg, San::Kasan).name());
+    let mut target = |ok: Option<bool>, text: String| {
+        let _ = writeln!(t, "- [{}] {}", match ok { Some(true) => "met", Some(false) => "NOT met", None => "not measured" }, text);
+    };
+    let hybrid = |ram: u32| find("hybrid", ram).filter(|h| h.completed());
+    let net = |h: &Entry, ram: u32| {
+        let r = h.rep();
+        let n = r.r("usable_bytes").saturating_sub(r.r("ondemand_peak_bytes"));
+        (n as f64 / (ram as f64 * MIB), mib(n))
+    };
+    match hybrid(1024) {
+        Some(h) => {
+            let r = h.rep();
+            let (od, tracked) = (r.r("ondemand_peak_bytes") as f64, r.r("tracked_peak_bytes") as f64);
+            let x = if tracked > 0.0 { od / (tracked / 8.0) } else { f64::INFINITY };
+            target(Some(x <= 1.1), format!("1 GiB: on-demand peak <= 1.1 x tracked/8: {x:.2} ({:.1} MiB for a tracked peak of {:.1} MiB)", od / MIB, tracked / MIB));
+            let (frac, n) = net(h, 1024);
+            target(Some(frac >= 0.95), format!("1 GiB: net available >= 95% of RAM: {:.1}% ({n:.0} MiB)", 100.0 * frac));
+            match find("full", 1024).filter(|f| f.completed() && f.time_ns() > 0) {
+                Some(f) => {
+                    let q = h.time_ns() as f64 / f.time_ns() as f64;
+                    target(
+                        Some(q <= 1.0),
+                        format!("1 GiB: time hybrid/full <= 1.00: {q:.3} ({:.2} s / {:.2} s; hybrid slow-path checks {})", h.time_ns() as f64 / 1e9, f.time_ns() as f64 / 1e9, r.r("slowpath_checks")),
+                    );
+                }
+                None => target(None, "1 GiB: time hybrid/full <= 1.00 (no completed full run at 1024 MiB)".into()),
+            }
+        }
+        None => target(None, "1 GiB targets (no completed hybrid run at 1024 MiB)".into()),
+    }
+    match hybrid(4096) {
+        Some(h) => {
+            let (frac, n) = net(h, 4096);
+            target(Some(frac >= 0.98), format!("4 GiB: net available >= 98% of RAM: {:.1}% ({n:.0} MiB)", 100.0 * frac));
+        }
+        None => target(None, "4 GiB: net available >= 98% of RAM (no completed hybrid run at 4096 MiB)".into()),
+    }
 }
 
 /// The RAM size whose samples are plotted: `--plot-ram` when it was run,
@@ -632,11 +834,14 @@ fn plot(path: &Path, cfg: &Cfg, entries: &[Entry], ram: u32) -> Result<(), Strin
 /// (sanitizer, mode) pairs at once.
 fn probe_all(cfg: &Cfg, elfs: &BTreeMap<San, PathBuf>, dir: &Path, runs: &[Run], t0: Instant) -> Vec<Run> {
     let smallest = *cfg.sizes.iter().min().unwrap_or(&64);
+    let progress = Progress::new(t0, cfg.parallel, None);
+    let progress = &progress;
     let probe_one = |san: San, m: &str| -> Vec<Run> {
         let mut out = Vec::new();
         let try_size = |ram: u32, out: &mut Vec<Run>| -> bool {
+            progress.start(&(san, m.to_string(), ram), "probe ");
             let r = run_one(cfg, san, &elfs[&san], dir, m, ram, 0);
-            log_line(t0, "probe ", &r);
+            progress.end("probe ", &r);
             let ok = r.completed();
             out.push(r);
             ok
@@ -725,6 +930,7 @@ fn main() {
             }
         }
     }
+    order_jobs(&cfg, &mut jobs);
     let mut runs = run_all(&cfg, &elfs, &dir, jobs, t0);
 
     let mut probe_sizes: Vec<(San, String, u32)> = Vec::new();
@@ -817,14 +1023,7 @@ fn main() {
                     let od = hr.r("ondemand_peak_bytes");
                     let ok = h.completed();
                     // KASAN: 1 shadow byte per 8 (ideal 1.0 x tracked/8); KMSAN: 1:1 shadow + 1:1 origins (ideal 2.0 x tracked).
-                    let odratio = if !ok || tracked == 0 {
-                        "-".to_string()
-                    } else {
-                        match san {
-                            San::Kasan => format!("{:.2} x tracked/8", od as f64 / (tracked as f64 / 8.0)),
-                            San::Kmsan => format!("{:.2} x tracked", od as f64 / tracked as f64),
-                        }
-                    };
+                    let odratio = if ok { od_ratio(san, od, tracked) } else { "-".to_string() };
                     let net = hr.r("usable_bytes").saturating_sub(od);
                     (
                         format!("{:.2}", mib(hr.r("metadata_init_bytes"))),
@@ -892,38 +1091,53 @@ fn main() {
             r.r("slab_allocs")
         );
     }
-    let _ = writeln!(t, "\nIn the 2017 per-page-shadow proposal's terms (MemTotal = RAM the page allocator has after init; net available = MemTotal - on-demand shadow at peak; the proposal's figures are for KASAN):\n");
-    let _ = writeln!(t, "| RAM MiB | sanitizer | MemTotal full | MemTotal hybrid | on-demand at runtime (hybrid peak) | net available hybrid | net available / RAM | 2017 proposal (full / per-page / on-demand / net) |");
-    let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(t, "\nIn the 2017 per-page-shadow proposal's terms (MemTotal = RAM the page allocator has when the workload starts; on-demand = hybrid's shadow mapped at runtime, at its peak; net available = hybrid MemTotal - on-demand peak; time = workload time hybrid/full; the proposal's figures are for KASAN, its time a kernel build's):\n");
+    let _ = writeln!(t, "| RAM MiB | sanitizer | profile | MemTotal off / full / hybrid MiB | on-demand peak (hybrid) | tracked peak | on-demand / tracked | net available hybrid | net / RAM | time hybrid/full | 2017 proposal (MemTotal full / per-page, on-demand, net, time) |");
+    let _ = writeln!(t, "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for &ram in &cfg.sizes {
         for &san in &cfg.sanitizers {
-            let (Some(f), Some(h)) = (find(san, "full", ram), find(san, "hybrid", ram)) else { continue };
-            let (fr, hr) = (f.rep(), h.rep());
-            let net = hr.r("usable_bytes").saturating_sub(hr.r("ondemand_peak_bytes"));
+            let Some(h) = find(san, "hybrid", ram) else { continue };
+            let hr = h.rep();
+            let memtotal = ["off", "full", "hybrid"]
+                .iter()
+                .map(|m| match find(san, m, ram) {
+                    Some(e) => format!("{:.0}{}", mib(e.rep().r("usable_bytes")), if e.completed() { "" } else { " (**no**)" }),
+                    None => "-".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(" / ");
             let anchor = match (san, ram) {
-                (San::Kasan, 1024) => "858 / 987 / 30 / 957 MiB (kernel build)",
-                (San::Kasan, 4096) => "3477 / 4000 / 50 / 3950 MiB",
+                (San::Kasan, 1024) => "858 / 987 MiB, 30 MiB, 957 MiB (93.5%), 1.10",
+                (San::Kasan, 4096) => "3477 / 4000 MiB, 50 MiB, 3950 MiB (96.4%)",
                 _ => "",
             };
-            let mark = |e: &Entry| if e.completed() { "" } else { " (**no**: did not complete)" };
+            let (od, tracked) = (hr.r("ondemand_peak_bytes"), hr.r("tracked_peak_bytes"));
+            let net = hr.r("usable_bytes").saturating_sub(od);
             // A hybrid run that did not complete has no on-demand peak to subtract.
-            let (od, net, netpct) = if h.completed() {
-                (format!("{:.1} MiB", mib(hr.r("ondemand_peak_bytes"))), format!("{:.0} MiB", mib(net)), format!("{:.1}%", 100.0 * net as f64 / (ram as f64 * MIB)))
+            let (od_s, tr_s, ratio_s, net_s, netpct) = if h.completed() {
+                (
+                    format!("{:.1} MiB", mib(od)),
+                    format!("{:.1} MiB", mib(tracked)),
+                    od_ratio(san, od, tracked),
+                    format!("{:.0} MiB", mib(net)),
+                    format!("{:.1}%", 100.0 * net as f64 / (ram as f64 * MIB)),
+                )
             } else {
-                ("-".into(), "-".into(), "-".into())
+                ("-".into(), "-".into(), "-".into(), "-".into(), "-".into())
             };
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.0} MiB{} | {:.0} MiB{} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 ram,
                 san.name(),
-                mib(fr.r("usable_bytes")),
-                mark(f),
-                mib(hr.r("usable_bytes")),
-                mark(h),
-                od,
-                net,
+                hr.profile(&cfg),
+                memtotal,
+                od_s,
+                tr_s,
+                ratio_s,
+                net_s,
                 netpct,
+                ratio(h.time_ns(), find(san, "full", ram).map(|f| f.time_ns()).unwrap_or(0)),
                 anchor
             );
         }
@@ -1042,6 +1256,9 @@ fn main() {
             ),
             None => target(None, "64 MiB hybrid (not run)".into()),
         }
+    }
+    if cfg.sanitizers.contains(&San::Kasan) {
+        issue11_targets(&mut t, &cfg, &|m, ram| find(San::Kasan, m, ram));
     }
     // KMSAN has no DESIGN targets: the same figures, at the largest size run.
     if cfg.sanitizers.contains(&San::Kmsan) {
