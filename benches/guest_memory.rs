@@ -676,6 +676,22 @@ fn issue11_targets<'a>(t: &mut String, cfg: &Cfg, find: &dyn Fn(&str, u32) -> Op
     }
 }
 
+/// CPU seconds of this process's waited-for children (the nested cargo,
+/// QEMU): cutime + cstime of /proc/self/stat, in USER_HZ (100 on Linux).
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_ascii_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // cutime and cstime are fields 16 and 17 (1-based), 13 and 14 here.
+    (f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// The 1-minute load average (/proc/loadavg), "?" when unknown.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_ascii_whitespace().next().map(str::to_string)).unwrap_or_else(|| "?".into())
+}
+
 /// The RAM size whose samples are plotted: `--plot-ram` when it was run,
 /// else the nearest size that was.
 fn plot_size(cfg: &Cfg, entries: &[Entry]) -> Option<u32> {
@@ -899,6 +915,7 @@ fn main() {
     let dir = cfg.out.as_ref().map(|o| root().join(o)).unwrap_or_else(|| root().join("target/guest-bench"));
     std::fs::create_dir_all(dir.join("logs")).expect("create the output directory");
     let t0 = Instant::now();
+    let load0 = loadavg();
     let mut elfs: BTreeMap<San, PathBuf> = BTreeMap::new();
     for &san in &cfg.sanitizers {
         let elf = build_guest_san(san, bench_profile(&cfg, san), &build_dir(&dir, san)).unwrap_or_else(|e| {
@@ -907,6 +924,7 @@ fn main() {
         });
         elfs.insert(san, elf);
     }
+    let (build_s, build_cpu) = (t0.elapsed().as_secs_f64(), children_cpu_s());
     let san_names: Vec<&str> = cfg.sanitizers.iter().map(|s| s.name()).collect();
     eprintln!(
         "guest_memory: {} x {} modes x {:?} MiB x {} run(s), units={} jobs={} seed={}, {} QEMU at once",
@@ -1318,7 +1336,20 @@ fn main() {
             None => "no runs to plot".into(),
         }
     );
-    let _ = writeln!(t, "Total benchmark time: {:.0} s.", t0.elapsed().as_secs_f64());
+    // QEMU's CPU time does not depend on the host's load: divided by the
+    // QEMUs run at once, it is about what the boots take on idle cores.
+    let qemu_cpu = children_cpu_s() - build_cpu;
+    let _ = writeln!(
+        t,
+        "Total benchmark time: {:.0} s (guest builds {:.0} s; the boots took {:.0} s of QEMU CPU time, {:.0} s with {} at once on idle cores; load average {} at the start, {} at the end).",
+        t0.elapsed().as_secs_f64(),
+        build_s,
+        qemu_cpu,
+        qemu_cpu / cfg.parallel as f64,
+        cfg.parallel,
+        load0,
+        loadavg()
+    );
     print!("{t}");
     std::fs::write(dir.join("table.md"), &t).expect("write table.md");
 

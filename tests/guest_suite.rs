@@ -25,6 +25,7 @@ mod guest;
 mod guest_driver;
 
 use common::syzkaller;
+use guest_driver::Checks;
 
 /// The case table the guest runs (one row per case, its bug types in
 /// order): the same file, not a copy.
@@ -76,7 +77,7 @@ type Verdict = (String, Vec<String>);
 /// Boot the bug suite in `mode` on `smp` CPUs, check its log against the
 /// table (see the file's header) and return every case's verdict.
 fn check_kasan_suite_on(mode: &str, smp: u32) -> (guest::Boot, Vec<Verdict>) {
-    check_kasan_suite_with(mode, smp, "")
+    check_kasan_suite_with(mode, smp, Checks::Outline, "")
 }
 
 /// The verdicts of one CPU in `mode`, booted once per test binary.
@@ -90,9 +91,11 @@ fn one_cpu_verdicts(mode: &str) -> Vec<Verdict> {
     v
 }
 
-/// [`check_kasan_suite_on`] with extra command-line words.
-fn check_kasan_suite_with(mode: &str, smp: u32, extra: &str) -> (guest::Boot, Vec<Verdict>) {
-    let b = guest::boot_smp(smp, mode, "kasan", &format!("kasan_multi_shot {extra}"));
+/// [`check_kasan_suite_on`] on the kernel built with `checks` (inline:
+/// cargo profile `inline`, log under target/guest-logs/inline/), with
+/// extra command-line words.
+fn check_kasan_suite_with(mode: &str, smp: u32, checks: Checks, extra: &str) -> (guest::Boot, Vec<Verdict>) {
+    let b = guest::boot_checks(checks, smp, mode, "kasan", &format!("kasan_multi_shot {extra}"));
     let verdicts = check_kasan_log(mode, &b);
     (b, verdicts)
 }
@@ -223,7 +226,7 @@ fn check_kasan_suite_smp(mode: &str, cpus: u32) {
 /// verdicts of one CPU.
 fn check_kasan_suite_sched(mode: &str) {
     let one = one_cpu_verdicts(mode);
-    let (b, many) = check_kasan_suite_with(mode, 4, "smp_sched=on");
+    let (b, many) = check_kasan_suite_with(mode, 4, Checks::Outline, "smp_sched=on");
     assert!(b.log.contains("smp: tasks run on 4 cpus"), "tasks not spread:\n{}", guest::excerpt(&b.log));
     assert_eq!(many, one, "{mode}: verdicts on 4 cpus with smp_sched=on differ from one cpu's");
 }

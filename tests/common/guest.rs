@@ -7,7 +7,7 @@
 //! fails naming the command to run. Never skips.
 #![allow(dead_code)]
 
-use crate::guest_driver::{self, San};
+use crate::guest_driver::{self, Checks, San};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ pub fn root() -> PathBuf {
 
 /// The bootable guest ELF with its symbol table (what QEMU boots).
 pub fn elf() -> PathBuf {
-    Sanitizer::Kasan.build_spec(&target_dir()).elf()
+    Sanitizer::Kasan.build_spec(Checks::Outline, &target_dir()).elf()
 }
 
 /// The guest's build directory (tests/guest_run.sh's).
@@ -53,10 +53,11 @@ impl Sanitizer {
         self.san().name()
     }
 
-    /// The dev build tests/guest_run.sh makes for this kernel.
-    fn build_spec(self, target_dir: &Path) -> guest_driver::Build<'_> {
+    /// The dev build tests/guest_run.sh makes for this kernel with
+    /// `checks` (GUEST_CHECKS; inline: KASAN only).
+    fn build_spec(self, checks: Checks, target_dir: &Path) -> guest_driver::Build<'_> {
         let san = self.san();
-        let profile = guest_driver::profile_for(san, "dev").expect("dev is a profile word");
+        let profile = guest_driver::profile_with(san, "dev", checks).expect("a dev profile (inline checks: KASAN only)");
         guest_driver::Build { san, profile, features: None, target_dir }
     }
 
@@ -75,13 +76,15 @@ fn run_boot(san: Sanitizer, mode: &str, suite: &str, append: &str) -> Result<gue
 /// [`run_boot`] on `smp` CPUs (tests/guest_run.sh's GUEST_SMP; the log
 /// under target/guest-logs/smp<N>/ for N > 1).
 fn run_boot_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Result<guest_driver::Outcome, String> {
-    run_boot_smp_mib(san, smp, mode, suite, append, 512, false)
+    run_boot_smp_mib(san, smp, Checks::Outline, mode, suite, append, 512, false)
 }
 
-/// [`run_boot_smp`] with `ram_mib` of RAM, under `-icount` when `icount`
-/// (several CPUs then run round-robin in one thread).
-fn run_boot_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Result<guest_driver::Outcome, String> {
-    let elf = san.build_spec(&target_dir()).elf();
+/// [`run_boot_smp`] of the kernel built with `checks` (inline: the log
+/// under target/guest-logs/inline/), with `ram_mib` of RAM, under `-icount`
+/// when `icount` (several CPUs then run round-robin in one thread).
+#[allow(clippy::too_many_arguments)]
+fn run_boot_smp_mib(san: Sanitizer, smp: u32, checks: Checks, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Result<guest_driver::Outcome, String> {
+    let elf = san.build_spec(checks, &target_dir()).elf();
     let qemu = guest_driver::Qemu { smp, ..Default::default() };
     guest_driver::boot_with(&guest_driver::Boot {
         elf: &elf,
@@ -91,13 +94,14 @@ fn run_boot_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &
         ram_mib,
         append: append.to_string(),
         timeout: Duration::from_secs(300),
-        log: guest_driver::log_path_smp(san.san(), smp, mode, suite),
+        log: guest_driver::log_path_checks(san.san(), smp, checks, mode, suite),
         icount,
     }, &qemu)
 }
 
 static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
 static BUILT_KMSAN: OnceLock<Result<(), String>> = OnceLock::new();
+static BUILT_INLINE: OnceLock<Result<(), String>> = OnceLock::new();
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Build the KASAN guest once per test binary (rustup installs the nightly
@@ -115,7 +119,7 @@ pub fn build_san(san: Sanitizer) {
     let r = cell.get_or_init(|| {
         let t = Instant::now();
         let dir = target_dir();
-        guest_driver::build(&san.build_spec(&dir))?;
+        guest_driver::build(&san.build_spec(Checks::Outline, &dir))?;
         // Then boot the smoke suite in `off` mode as a sanity check.
         let out = run_boot(san, "off", "smoke", "")?;
         eprintln!("{} guest build + smoke boot: {:.1}s, exit {}", san.name(), t.elapsed().as_secs_f64(), out.exit);
@@ -159,23 +163,38 @@ pub fn boot_smp(smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
 
 /// Boot the `san` kernel's `suite` in `mode` on `smp` CPUs (builds first).
 pub fn boot_san_smp(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
-    boot_san_smp_mib(san, smp, mode, suite, append, 512, false)
+    boot_san_smp_mib(san, smp, Checks::Outline, mode, suite, append, 512, false)
 }
 
 /// [`boot_smp`] with `ram_mib` of RAM instead of 512, under `-icount`
 /// when `icount` (the CPUs round-robin in one thread: deterministic).
 pub fn boot_smp_mib(smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Boot {
-    boot_san_smp_mib(Sanitizer::Kasan, smp, mode, suite, append, ram_mib, icount)
+    boot_san_smp_mib(Sanitizer::Kasan, smp, Checks::Outline, mode, suite, append, ram_mib, icount)
 }
 
-/// [`boot_san_smp`] with `ram_mib` of RAM, `-icount` when `icount`.
-fn boot_san_smp_mib(san: Sanitizer, smp: u32, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Boot {
-    build_san(san);
+/// Boot the KASAN kernel built with `checks` (the dev profile `dev` or
+/// `inline`): `suite` in `mode` on `smp` CPUs (builds first).
+pub fn boot_checks(checks: Checks, smp: u32, mode: &str, suite: &str, append: &str) -> Boot {
+    boot_san_smp_mib(Sanitizer::Kasan, smp, checks, mode, suite, append, 512, false)
+}
+
+/// [`boot_san_smp`] of the kernel built with `checks`, with `ram_mib` of
+/// RAM, `-icount` when `icount`.
+#[allow(clippy::too_many_arguments)]
+fn boot_san_smp_mib(san: Sanitizer, smp: u32, checks: Checks, mode: &str, suite: &str, append: &str, ram_mib: u32, icount: bool) -> Boot {
+    if checks == Checks::Outline {
+        build_san(san);
+    } else {
+        let r = BUILT_INLINE.get_or_init(|| guest_driver::build(&san.build_spec(checks, &target_dir())).map(|_| ()));
+        if let Err(e) = r {
+            panic!("{e}");
+        }
+    }
     // One QEMU at a time per test binary: keeps timings comparable.
     let _g = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_boot_smp_mib(san, smp, mode, suite, append, ram_mib, icount).unwrap_or_else(|e| panic!("{e}"));
+    let out = run_boot_smp_mib(san, smp, checks, mode, suite, append, ram_mib, icount).unwrap_or_else(|e| panic!("{e}"));
     let (code, log, secs) = (out.exit, out.log, out.wall.as_secs_f64());
-    let path = guest_driver::log_path_smp(san.san(), smp, mode, suite);
+    let path = guest_driver::log_path_checks(san.san(), smp, checks, mode, suite);
     let cpus = if smp > 1 { format!(" on {smp} cpus") } else { String::new() };
     eprintln!("guest {mode}/{suite}{cpus}: exit {code} in {secs:.1}s (log {})", path.display());
     Boot { code, log, secs, path }
