@@ -345,7 +345,9 @@ type Key = (San, String, u32);
 /// Progress lines on stderr: one when a boot starts and one when it ends,
 /// with the elapsed time and an estimate of the time left (from the boots
 /// done so far: the mean wall time of the same sanitizer, mode and size,
-/// else of the same sanitizer and size, else of the sanitizer).
+/// else of the same sanitizer and mode (the mode weighs more than the size:
+/// `off` takes a third of `full`), else of the same sanitizer and size,
+/// else of the sanitizer).
 struct Progress {
     t0: Instant,
     parallel: usize,
@@ -373,7 +375,7 @@ impl Progress {
             let v: Vec<f64> = done.iter().filter(|(d, _)| f(d)).map(|(_, w)| *w).collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
-        mean(&|d| d == k).or_else(|| mean(&|d| d.0 == k.0 && d.2 == k.2)).or_else(|| mean(&|d| d.0 == k.0))
+        mean(&|d| d == k).or_else(|| mean(&|d| d.0 == k.0 && d.1 == k.1)).or_else(|| mean(&|d| d.0 == k.0 && d.2 == k.2)).or_else(|| mean(&|d| d.0 == k.0))
     }
 
     /// "about N s left", or why there is no estimate.
