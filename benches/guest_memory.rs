@@ -4,7 +4,8 @@
 //! kernel-build-like workload (`suite=workload`) in `off`, `full` and
 //! `hybrid` and compares their memory and time. Two presets:
 //!
-//! * the default (about 6 minutes on 2 cores, see README "Guest figures"):
+//! * the default (about 5 minutes of boots on 2 idle cores, 19 minutes at a
+//!   load average of 7.5; see README "Guest figures"):
 //!   the KASAN kernel at 1024 and 4096 MiB, one `-icount` run per mode and
 //!   size (deterministic: the figures do not depend on the host's load),
 //!   2 QEMU at once, no probing;
