@@ -382,6 +382,11 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// `align`, the object at their start, a redzone after it and its
     /// metadata at the end.
     fn heap_alloc_pages(&self, inner: &mut Inner<M>, v: &HeapView, size: usize, align: usize, from: usize) -> Option<usize> {
+        // Larger than the heap: none (and `large_span` would overflow near
+        // usize::MAX).
+        if size > v.range.len() {
+            return None;
+        }
         let span = if self.on() { large_span(size) } else { size };
         let count = span.div_ceil(PAGE_SIZE);
         if count > v.pages.len() || count > VALUE_MASK as usize {

@@ -289,3 +289,20 @@ fn a_stack_region_reports_stack_out_of_bounds() {
         assert_eq!(k.read_bug(frame + 8, 1), Some(BugType::StackOutOfBounds));
     }
 }
+
+#[test]
+fn sizes_near_usize_max_are_null_not_an_overflow() {
+    for mode in [Mode::Off, Mode::Full, Mode::Hybrid] {
+        let k = &mut kernel(mode);
+        for size in [usize::MAX, usize::MAX - 7, usize::MAX - 4095, usize::MAX / 2 + 1, HEAP * 2] {
+            for align in [1, 8, 32, 4096] {
+                assert!(k.kasan.heap_alloc(Size(size), align, Ip(0)).is_null(), "{mode:?}: {size:#x} at {align}");
+            }
+        }
+        // the heap still works and reports nothing
+        let p = alloc(k, 100, 8);
+        assert_eq!(k.write(p, 100), Ok(()));
+        assert_eq!(k.kasan.heap_free(p, Ip(0)), Ok(()));
+        assert!(!k.take_log().contains("BUG: KASAN"), "{mode:?}: false report");
+    }
+}
