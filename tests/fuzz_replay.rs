@@ -7,9 +7,10 @@
 //! input is shrunk by proptest and printed: save its bytes in
 //! `fuzz/regressions/` once fixed. Inputs whose first byte has its top two
 //! bits set drive KMSAN; the `kmsan-*` regression inputs together must
-//! execute every kind of KMSAN operation.
+//! execute every kind of KMSAN operation, and the `heap-*` ones every kind
+//! of operation on the runtime's heap (init, alloc, free, access).
 
-use hybrid_shadow::host::fuzz;
+use hybrid_shadow::host::fuzz::{self, HEAP_OP_KINDS};
 use hybrid_shadow::host::lockstep::kmsan::KOP_KINDS;
 use proptest::prelude::*;
 use std::path::Path;
@@ -20,6 +21,7 @@ fn regression_inputs_replay() {
     let mut files: Vec<_> = std::fs::read_dir(&dir).expect("fuzz/regressions").map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut kmsan = [0usize; KOP_KINDS];
+    let mut heap = [0usize; HEAP_OP_KINDS];
     for f in &files {
         let data = std::fs::read(f).unwrap();
         let r = std::panic::catch_unwind(|| fuzz::run(&data));
@@ -31,8 +33,15 @@ fn regression_inputs_replay() {
                 kmsan[k] += n;
             }
         }
+        if f.file_name().unwrap().to_string_lossy().starts_with("heap-") {
+            assert!(ran.kasan_ops > 0, "{} drives KASAN", f.display());
+            for (k, n) in ran.heap_ops.iter().enumerate() {
+                heap[k] += n;
+            }
+        }
     }
     assert!(kmsan.iter().all(|&n| n > 0), "the kmsan-* inputs execute every kind of KMSAN operation: {kmsan:?}");
+    assert!(heap.iter().all(|&n| n > 0), "the heap-* inputs execute every kind of heap operation: {heap:?}");
     assert!(files.len() >= 8, "the regression inputs are there ({})", files.len());
 }
 

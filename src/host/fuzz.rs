@@ -11,6 +11,9 @@
 //!  then per operation: opcode byte, operands (sizes skewed to 0, small,
 //!  page-sized, page-backed, huge, near usize::MAX; targets: a live or freed
 //!  object and an offset, a region and an offset, an absolute address)
+//!  KASAN opcode bytes 0xE0..=0xFF: the runtime's heap (init, alloc of any
+//!  size and alignment, free of any pointer, accesses in and around it);
+//!  below 0xE0 the opcode is the byte modulo 32, as before the heap
 //! ```
 //!
 //! KASAN operations run in [`Lockstep`], KMSAN ones ([`KOp`]: page, slab,
@@ -36,6 +39,23 @@ pub struct Ran {
     pub kasan_ops: usize,
     /// KMSAN operations, by [`KOp::kind`].
     pub kmsan_ops: [usize; KOP_KINDS],
+    /// Heap operations among the KASAN ones, by [`heap_op_kind`].
+    pub heap_ops: [usize; HEAP_OP_KINDS],
+}
+
+/// Kinds of heap operation [`Ran::heap_ops`] counts.
+pub const HEAP_OP_KINDS: usize = 4;
+
+/// The kind of a heap operation (init, alloc, free, access), if `op` is one.
+#[must_use]
+pub fn heap_op_kind(op: &Op) -> Option<usize> {
+    match op {
+        Op::HeapInit { .. } => Some(0),
+        Op::HeapAlloc { .. } => Some(1),
+        Op::HeapFree { .. } => Some(2),
+        Op::HeapAccess { .. } => Some(3),
+        _ => None,
+    }
 }
 
 /// The sanitizer and operations an input encodes.
@@ -54,6 +74,9 @@ pub fn run(data: &[u8]) -> Ran {
         Decoded::Kasan(setup, ops) => {
             let mut l = Lockstep::new(setup);
             for (i, op) in ops.into_iter().enumerate() {
+                if let Some(k) = heap_op_kind(&op) {
+                    ran.heap_ops[k] += 1;
+                }
                 l.apply(op);
                 if i % 64 == 63 {
                     l.check_live();
@@ -202,7 +225,11 @@ impl Input<'_> {
     }
 
     fn op(&mut self, setup: &Setup) -> Option<Op> {
-        Some(match self.u8()? % 32 {
+        let code = self.u8()?;
+        if code >= 0xE0 {
+            return self.heap_op(code, setup);
+        }
+        Some(match code % 32 {
             0..=3 => Op::Kmalloc { size: self.size()? },
             4 => Op::CacheCreate { size: self.size()? },
             5 => Op::CacheAlloc { cache: self.u8()?, size: self.size()? },
@@ -260,6 +287,55 @@ impl Input<'_> {
                 0 => Op::Drain,
                 _ => Op::Misuse { hook: self.u8()?, at: self.target()?, arg: self.u64()? as usize },
             },
+        })
+    }
+
+    /// An alignment: mostly small powers of two, sometimes up to past
+    /// the heap, or not a power of two.
+    fn align(&mut self) -> Option<usize> {
+        Some(match self.u8()? % 16 {
+            k @ 0..=5 => [1, 2, 4, 8, 16, 8][k as usize],
+            6..=10 => 1usize << (self.u8()? % 23),
+            11 => 1usize << (self.u8()? % 64),
+            12 => self.u16()? as usize,
+            13 => 0,
+            _ => [32, 64, 4096][self.u8()? as usize % 3],
+        })
+    }
+
+    /// A heap object's size: any ([`Self::size`]), a size class's, a
+    /// few pages.
+    fn heap_size(&mut self) -> Option<usize> {
+        Some(match self.u8()? % 4 {
+            0 => self.size()?,
+            1 | 2 => self.u16()? as usize % 2100,
+            _ => self.u16()? as usize * 4 % (64 << 10),
+        })
+    }
+
+    /// A target in or around the heap's range, or any ([`Self::target`]).
+    fn heap_target(&mut self, setup: &Setup) -> Option<Target> {
+        Some(match self.u8()? % 4 {
+            0 => Target::Heap { off: self.u32()? as usize % (setup.heap + 2 * 4096) },
+            1 => Target::Heap { off: (self.u16()? as usize % (setup.heap / 4096 + 1)) * 4096 + self.u8()? as usize % 64 },
+            _ => self.target()?,
+        })
+    }
+
+    /// The heap operation opcode byte `code` (0xE0..=0xFF) names.
+    fn heap_op(&mut self, code: u8, setup: &Setup) -> Option<Op> {
+        Some(match code % 32 {
+            0..=3 => {
+                let at = self.u8()?;
+                let len = match self.u8()? % 4 {
+                    0 => self.size()?,
+                    _ => (2 + self.u8()? as usize % (setup.heap / crate::layout::BLOCK_SIZE - 1)) * crate::layout::BLOCK_SIZE,
+                };
+                Op::HeapInit { at, len }
+            }
+            4..=15 => Op::HeapAlloc { size: self.heap_size()?, align: self.align()? },
+            16..=23 => Op::HeapFree { at: self.heap_target(setup)? },
+            _ => Op::HeapAccess { at: self.heap_target(setup)?, size: self.access_size()?, write: self.u8()? & 1 != 0 },
         })
     }
 

@@ -145,6 +145,7 @@ impl Lockstep {
             }
             Kind::Pages(order) => (self.full.free_pages(o.f, order), self.hybrid.free_pages(o.h, order)),
             Kind::Stack => (self.full.stack_free(o.f), self.hybrid.stack_free(o.h)),
+            Kind::Heap | Kind::HeapPages => self.heap_free_both(o.f, o.h),
             Kind::Vmalloc => {
                 backing = self.full.vmalloc_pages(o.f).unwrap_or_default().to_vec();
                 self.full.vfree(o.f);

@@ -1,8 +1,8 @@
 //! Two model kernels, `full` and `hybrid`, driven in lockstep by one
 //! sequence of operations on the public API (allocators, frees of any
 //! pointer, ksize/krealloc, caches, pages, stacks, vmalloc, globals,
-//! alloca poisoning, raw slab hooks, hooks given bad input, accesses of
-//! any range), each checked against an [`oracle::Oracle`] of what must
+//! alloca poisoning, raw slab hooks, hooks given bad input, the runtime's
+//! own heap, accesses of any range), each checked against an [`oracle::Oracle`] of what must
 //! pass and what must be reported:
 //!
 //! ```text
@@ -19,6 +19,7 @@
 
 mod compiler;
 mod heap;
+mod kheap;
 pub mod kmsan;
 mod misuse;
 pub mod oracle;
@@ -51,13 +52,16 @@ pub struct Setup {
     pub quarantine: Option<usize>,
     /// Object size and alignment of the raw cache.
     pub raw: (usize, usize),
+    /// Bytes after the image for the runtime's heap (a multiple of 32
+    /// KiB): `Op::HeapInit` hands all or part of it over.
+    pub heap: usize,
 }
 
 impl Setup {
     /// 16 MiB of RAM and vmalloc, 256 KiB of image, default quarantine.
     #[must_use]
     pub fn small(mixed: MixedBlocks) -> Self {
-        Setup { ram: 16 << 20, vmalloc: 16 << 20, image: 256 << 10, mixed, quarantine: None, raw: (64, 8) }
+        Setup { ram: 16 << 20, vmalloc: 16 << 20, image: 256 << 10, mixed, quarantine: None, raw: (64, 8), heap: 2 << 20 }
     }
 
     /// 4 MiB of RAM and vmalloc, 64 KiB of image: quick to start (fuzzing).
@@ -71,6 +75,7 @@ impl Setup {
         (cfg.ram, cfg.vmalloc, cfg.image) = (self.ram, self.vmalloc, self.image);
         cfg.kasan.mixed = self.mixed;
         cfg.kasan.quarantine_bytes = self.quarantine;
+        cfg.extra = self.heap;
         cfg
     }
 }
@@ -92,6 +97,10 @@ pub enum Kind {
     Stack,
     /// A vmalloc area.
     Vmalloc,
+    /// An object of one of the runtime heap's size classes.
+    Heap,
+    /// A page-backed object of the runtime's heap.
+    HeapPages,
 }
 
 impl Kind {
@@ -153,6 +162,11 @@ pub enum Target {
     /// The same address in both kernels: the null page, user space, the
     /// top of the address space.
     Abs(usize),
+    /// The start of the range after the image (the heap's) plus `off`.
+    Heap {
+        /// Offset from its start.
+        off: usize,
+    },
 }
 
 /// One call (or a few, as a kernel makes them) on both kernels.
@@ -306,6 +320,34 @@ pub enum Op {
     },
     /// Empty the quarantine.
     Drain,
+    /// `heap_init`: hand the runtime a heap (see `kheap`).
+    HeapInit {
+        /// Where: the range after the image (mostly), a page into it, the image.
+        at: u8,
+        /// Bytes.
+        len: usize,
+    },
+    /// `heap_alloc` of any size and alignment.
+    HeapAlloc {
+        /// Bytes.
+        size: usize,
+        /// Alignment (not always a power of two).
+        align: usize,
+    },
+    /// `heap_free` of any pointer.
+    HeapFree {
+        /// The pointer.
+        at: Target,
+    },
+    /// A checked access whose report texts both kernels must print alike.
+    HeapAccess {
+        /// Its first byte.
+        at: Target,
+        /// Bytes.
+        size: usize,
+        /// A write (else a read).
+        write: bool,
+    },
     /// A hook given input it must refuse (see `misuse`).
     Misuse {
         /// Which hook.
@@ -342,6 +384,7 @@ pub struct Lockstep {
     freed: Vec<Object>,
     caches: Vec<Named>,
     raw: raw::Raw,
+    kheap: kheap::KHeap,
     /// Image slots (32 bytes each) claimed by registered globals.
     claimed: Vec<bool>,
     /// The quarantine keeps every freed object until a drain.
@@ -370,8 +413,11 @@ impl Lockstep {
         }
         let raw = raw::Raw::new(&mut full, &mut hybrid, setup.raw);
         let layout = *full.kasan.layout();
+        let mut oracle = Oracle::new(layout);
+        // Covered bytes no region holds (yet): never reported.
+        oracle.set(full.extra().start, full.extra().end, Byte::Valid);
         Lockstep {
-            oracle: Oracle::new(layout),
+            oracle,
             claimed: std::vec![false; layout.image.len() / crate::hooks::GLOBAL_ALIGN],
             certain: setup.quarantine.is_some_and(|q| q >= setup.ram),
             full,
@@ -380,6 +426,7 @@ impl Lockstep {
             freed: Vec::new(),
             caches: Vec::new(),
             raw,
+            kheap: kheap::KHeap::default(),
             quarantined: Vec::new(),
             reports: 0,
             probe_next: 0,
@@ -422,6 +469,10 @@ impl Lockstep {
             Op::RawFree { slot, delta } => self.raw_free(slot, delta, &op),
             Op::Drain => self.drain(),
             Op::Misuse { hook, at, arg } => self.misuse(hook, at, arg, &op),
+            Op::HeapInit { at, len } => self.heap_init(at, len, &op),
+            Op::HeapAlloc { size, align } => self.heap_alloc(size, align, &op),
+            Op::HeapFree { at } => self.heap_free(at, &op),
+            Op::HeapAccess { at, size, write } => self.heap_access(at, size, write, &op),
         }
         let got = (self.full.kasan.stats().reports, self.hybrid.kasan.stats().reports);
         assert_eq!(got, (self.reports, self.reports), "{op:?}: reports printed (full, hybrid) vs expected");
@@ -457,6 +508,9 @@ impl Lockstep {
                 Some((start(&self.full).wrapping_add(off), start(&self.hybrid).wrapping_add(off)))
             }
             Target::Abs(a) => Some((a, a)),
+            Target::Heap { off } => {
+                Some((self.full.extra().start.wrapping_add(off), self.hybrid.extra().start.wrapping_add(off)))
+            }
         }
     }
 
@@ -545,6 +599,8 @@ impl Lockstep {
             self.oracle.set(o.f, o.f + body, Byte::Bad(Some(BugType::SlabUseAfterFree)));
             self.oracle.set(o.f + body, end, Byte::Bad(Some(BugType::SlabOutOfBounds)));
             self.quarantined.push((o.f, o.span));
+        } else if Self::is_heap(&o) && self.certain {
+            self.heap_quarantined(&o);
         } else if o.kind == Kind::Vmalloc {
             self.oracle.set(o.f, end, Byte::Bad(Some(BugType::VmallocOutOfBounds)));
             for &p in backing {
@@ -568,6 +624,7 @@ impl Lockstep {
         for (f, span) in std::mem::take(&mut self.quarantined) {
             self.oracle.set(f, f + span, Byte::Bad(None));
         }
+        self.kheap.released();
     }
 
     /// Empty both quarantines.
@@ -651,12 +708,12 @@ impl Lockstep {
             }
         }
         self.raw.teardown(&mut self.full, &mut self.hybrid);
+        self.heap_teardown();
         for k in [&self.full, &self.hybrid] {
             let mode = k.kasan.config().mode;
             k.check_invariants().unwrap_or_else(|e| panic!("{mode:?}: {e}"));
             assert_eq!(k.pages_used, 0, "{mode:?}: pages still allocated");
             let s = k.kasan.stats();
-            assert_eq!(s.ondemand_live_pages, 0, "{mode:?}: private shadow pages left");
             assert_eq!(s.quarantine_bytes, 0, "{mode:?}: quarantine not empty");
             assert_eq!(s.reports, self.reports, "{mode:?}: reports");
         }

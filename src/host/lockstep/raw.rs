@@ -85,6 +85,16 @@ impl Raw {
         }
     }
 
+    /// The quarantine may have let some objects go (a heap reclaim): a
+    /// slot certainly in quarantine may be available again.
+    pub(super) fn uncertain(&mut self) {
+        for s in &mut self.slots {
+            if *s == Slot::Quarantined {
+                *s = Slot::Freed;
+            }
+        }
+    }
+
     /// Give the slab page back and destroy the cache (every slot freed and drained).
     pub(super) fn teardown(&self, full: &mut SimKernel, hybrid: &mut SimKernel) {
         assert!(self.slots.iter().all(|&s| s == Slot::Available), "raw slots left: {:?}", self.slots);
