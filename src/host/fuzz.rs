@@ -11,9 +11,9 @@
 //!  then per operation: opcode byte, operands (sizes skewed to 0, small,
 //!  page-sized, page-backed, huge, near usize::MAX; targets: a live or freed
 //!  object and an offset, a region and an offset, an absolute address)
-//!  KASAN opcode bytes 0xE0..=0xFF: the runtime's heap (init, alloc of any
+//!  KASAN opcode bytes 0xE0..=0xEF: the runtime's heap (init, alloc of any
 //!  size and alignment, free of any pointer, accesses in and around it);
-//!  below 0xE0 the opcode is the byte modulo 32, as before the heap
+//!  any other opcode byte means its value modulo 32, as before the heap
 //! ```
 //!
 //! KASAN operations run in [`Lockstep`], KMSAN ones ([`KOp`]: page, slab,
@@ -226,7 +226,7 @@ impl Input<'_> {
 
     fn op(&mut self, setup: &Setup) -> Option<Op> {
         let code = self.u8()?;
-        if code >= 0xE0 {
+        if (0xE0..=0xEF).contains(&code) {
             return self.heap_op(code, setup);
         }
         Some(match code % 32 {
@@ -322,10 +322,10 @@ impl Input<'_> {
         })
     }
 
-    /// The heap operation opcode byte `code` (0xE0..=0xFF) names.
+    /// The heap operation opcode byte `code` (0xE0..=0xEF) names.
     fn heap_op(&mut self, code: u8, setup: &Setup) -> Option<Op> {
-        Some(match code % 32 {
-            0..=3 => {
+        Some(match code % 16 {
+            0 | 1 => {
                 let at = self.u8()?;
                 let len = match self.u8()? % 4 {
                     0 => self.size()?,
@@ -333,8 +333,8 @@ impl Input<'_> {
                 };
                 Op::HeapInit { at, len }
             }
-            4..=15 => Op::HeapAlloc { size: self.heap_size()?, align: self.align()? },
-            16..=23 => Op::HeapFree { at: self.heap_target(setup)? },
+            2..=7 => Op::HeapAlloc { size: self.heap_size()?, align: self.align()? },
+            8..=11 => Op::HeapFree { at: self.heap_target(setup)? },
             _ => Op::HeapAccess { at: self.heap_target(setup)?, size: self.access_size()?, write: self.u8()? & 1 != 0 },
         })
     }
