@@ -209,8 +209,9 @@ impl Lockstep {
     /// the driver knows: invalid-free outside the heap or inside an object
     /// it knows, double-free of an object certainly in quarantine.
     fn heap_free_bug(&self, fa: usize) -> Option<BugType> {
-        let Some(range) = self.kheap.range.filter(|r| r.contains(fa)) else { return Some(BugType::InvalidFree) };
-        let _ = range;
+        if !self.kheap.range.is_some_and(|r| r.contains(fa)) {
+            return Some(BugType::InvalidFree);
+        }
         if self.kheap.quarantined.iter().any(|&(s, _)| s == fa) {
             return Some(BugType::DoubleFree);
         }
