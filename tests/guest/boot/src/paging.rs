@@ -170,7 +170,9 @@ pub fn pml4_idx(va: u64) -> usize {
 ///
 /// After `init`; `va` is not mapped by anyone who relies on its old
 /// translation, `pa` is a frame the caller owns, and `alloc` returns unused
-/// RAM pages.
+/// RAM pages. No other CPU maps pages under the same PML4 slot at the same
+/// time (callers serialize per range: vmalloc and the user range each hold
+/// a lock), or both could install the same missing table.
 pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), ()> {
     if SHADOW_PML4_SLOTS.contains(&pml4_idx(va)) {
         return Err(());

@@ -22,6 +22,9 @@ pub const USER_END: usize = 0x0000_8000_0000_0000;
 const PTE_U: u64 = 1 << 2;
 
 static NEXT: AtomicUsize = AtomicUsize::new(USER_BASE);
+/// Serializes the user range's page-table edits: two CPUs mapping user
+/// pages at once could both find a table missing and both install one.
+static MAP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 fn table_page() -> Option<u64> {
     let p = buddy::alloc_pages_flags(0, buddy::PG_META)?;
@@ -32,6 +35,7 @@ fn table_page() -> Option<u64> {
 /// (Linux's `vm_mmap` of anonymous memory); `None` if out of memory.
 pub fn vm_mmap(pages: usize) -> Option<usize> {
     let addr = NEXT.fetch_add((pages + 1) * PAGE_SIZE, Relaxed);
+    let _g = MAP_LOCK.lock();
     for i in 0..pages {
         let pg = buddy::alloc_pages(0)?;
         // SAFETY: a page just allocated, PAGE_SIZE bytes of the direct map.
@@ -40,7 +44,8 @@ pub fn vm_mmap(pages: usize) -> Option<usize> {
         let mut alloc = table_page;
         // SAFETY: `addr + i pages` is a fresh user address (NEXT only
         // grows), mapped by nobody; `pa` is the page just allocated;
-        // table_page hands out fresh pages for the tables.
+        // table_page hands out fresh pages for the tables; MAP_LOCK keeps
+        // other CPUs out of the user range's tables.
         unsafe { paging::map_4k((addr + i * PAGE_SIZE) as u64, pa, PTE_W | PTE_U | PTE_NX, &mut alloc).ok()? };
     }
     Some(addr)
@@ -48,6 +53,7 @@ pub fn vm_mmap(pages: usize) -> Option<usize> {
 
 /// Unmap `pages` user pages at `addr` (from [`vm_mmap`]) and free them.
 pub fn vm_munmap(addr: usize, pages: usize) {
+    let _g = MAP_LOCK.lock();
     for i in 0..pages {
         // SAFETY: the caller's mapping from vm_mmap; nothing uses it any more.
         if let Some(pa) = unsafe { paging::unmap_4k((addr + i * PAGE_SIZE) as u64) } {
