@@ -25,6 +25,7 @@
 //! * `store slab uninit`: an uninitialized value (same origin each time)
 
 use hybrid_shadow::{Ip, Size};
+use hybrid_shadow::kmsan::AllocInit;
 use hybrid_shadow::host::kmsan::KmsanHost;
 use hybrid_shadow::host::sim::{SimConfig, SimKernel};
 use hybrid_shadow::{MixedBlocks, Mode};
@@ -40,10 +41,10 @@ const KMSAN_MODES: [(&str, Mode); 2] = [("full", Mode::Full), ("hybrid", Mode::H
 fn kmsan_setup(mode: Mode) -> (KmsanHost, [usize; 2]) {
     let mut h = KmsanHost::new(mode, 16 << 20, 4 << 20, 64 << 10).unwrap();
     let (page, slab) = (h.ram() + 64 * 4096, h.ram() + 65 * 4096);
-    h.kmsan.page_alloc(page, 0, true).unwrap();
-    h.kmsan.page_alloc(slab, 0, true).unwrap();
+    h.kmsan.page_alloc(page, 0, AllocInit::Zeroed).unwrap();
+    h.kmsan.page_alloc(slab, 0, AllocInit::Zeroed).unwrap();
     h.kmsan.slab_page_alloc(slab, 0).unwrap();
-    h.call("kmalloc_site", |h| h.kmsan.slab_alloc(slab, Size(64), false)).unwrap();
+    h.call("kmalloc_site", |h| h.kmsan.slab_alloc(slab, Size(64), AllocInit::Uninit)).unwrap();
     h.store(slab, &[0; 64], 0);
     (h, [page, slab])
 }

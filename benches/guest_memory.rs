@@ -286,7 +286,7 @@ impl Run {
         if let Some(p) = [&self.result, &self.start].into_iter().find_map(|f| f.as_ref()?.get("profile").map(str::to_string)) {
             return p;
         }
-        workload_append(cfg).split_ascii_whitespace().filter_map(|w| w.strip_prefix("profile=")).last().unwrap_or("build").to_string()
+        workload_append(cfg).split_ascii_whitespace().filter_map(|w| w.strip_prefix("profile=")).next_back().unwrap_or("build").to_string()
     }
 }
 

@@ -3,6 +3,7 @@
 //! interrupt that arrives between a store's metadata call and its write.
 //! One process, one installed runtime (the ABI is global): one test.
 
+use hybrid_shadow::kmsan::AllocInit;
 use hybrid_shadow::host::kmsan::KmsanHost;
 use hybrid_shadow::kmsan::abi::{self, IRQ_LEVELS};
 use hybrid_shadow::kmsan::origin;
@@ -37,8 +38,8 @@ fn load8(addr: usize) -> ([u8; 8], u32) {
 fn an_interrupt_between_a_store_and_its_write_loses_nothing() {
     let h: &'static mut KmsanHost = Box::leak(Box::new(KmsanHost::new(Mode::Hybrid, 4 << 20, 4 << 20, 64 << 10).unwrap()));
     let (task_page, irq_page) = (h.ram() + 8 * 4096, h.ram() + 9 * 4096);
-    h.kmsan.page_alloc(task_page, 0, true).unwrap();
-    h.kmsan.page_alloc(irq_page, 0, true).unwrap();
+    h.kmsan.page_alloc(task_page, 0, AllocInit::Zeroed).unwrap();
+    h.kmsan.page_alloc(irq_page, 0, AllocInit::Zeroed).unwrap();
     abi::install(&h.kmsan);
     let (to, io) = (origin::make(7, 0, false), origin::make(9, 0, false));
 

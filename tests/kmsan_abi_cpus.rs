@@ -8,6 +8,7 @@
 
 use std::sync::{mpsc, Arc, Barrier};
 
+use hybrid_shadow::kmsan::AllocInit;
 use hybrid_shadow::host::kmsan::KmsanHost;
 use hybrid_shadow::kmsan::abi::{self, CpuContexts, CpuError, TaskContext, MAX_CPUS};
 use hybrid_shadow::kmsan::origin::{self, Origin, NO_ORIGIN};
@@ -125,10 +126,10 @@ fn cpus_keep_their_own_contexts() {
     assert_eq!(k.platform().cpu(), 0, "the test thread asks first: cpu 0");
     let base = h.ram() + 16 * PAGE;
     for p in 0..PAGES {
-        k.page_alloc(base + p * PAGE, 0, true).unwrap();
+        k.page_alloc(base + p * PAGE, 0, AllocInit::Zeroed).unwrap();
     }
     let moved = h.ram() + 40 * PAGE;
-    k.page_alloc(moved, 0, true).unwrap();
+    k.page_alloc(moved, 0, AllocInit::Zeroed).unwrap();
     abi::install(k);
 
     assert_eq!(abi::register_cpu(0, Box::leak(Box::new(CpuContexts::new()))), Err(CpuError::BootCpu));

@@ -30,6 +30,7 @@ pub mod report;
 pub mod runtime;
 pub mod state;
 
+pub use hooks::AllocInit;
 pub use layout::{KmsanLayout, KmsanLayoutError, MetaRegion};
 pub use meta::{Context, MetaPtrs};
 pub use origin::Origin;

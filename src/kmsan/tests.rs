@@ -1,6 +1,7 @@
 //! Host tests of the KMSAN runtime: states, transitions and reports, each
 //! in `full` and `hybrid`.
 
+use crate::kmsan::AllocInit;
 use crate::config::Mode;
 use crate::error::{PageError, SlabError};
 use crate::hooks::Size;
@@ -17,11 +18,11 @@ fn host(mode: Mode) -> KmsanHost {
 const MODES: [Mode; 2] = [Mode::Full, Mode::Hybrid];
 
 /// A slab page with one object at its start.
-fn slab_object(h: &mut KmsanHost, pfn: usize, size: usize, zeroed: bool) -> usize {
+fn slab_object(h: &mut KmsanHost, pfn: usize, size: usize, init: AllocInit) -> usize {
     let page = h.ram() + pfn * PAGE_SIZE;
-    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.page_alloc(page, 0, AllocInit::Uninit).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(size), zeroed)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(size), init)).unwrap();
     page
 }
 
@@ -29,7 +30,7 @@ fn slab_object(h: &mut KmsanHost, pfn: usize, size: usize, zeroed: bool) -> usiz
 fn uninit_slab_object_has_its_allocation_as_origin() {
     for mode in MODES {
         let h = &mut host(mode);
-        let p = slab_object(h, 3, 64, false);
+        let p = slab_object(h, 3, 64, AllocInit::Uninit);
         let (sh, o) = h.load(p, 4);
         assert_eq!(sh, [0xFF; 4], "{mode:?}");
         assert_ne!(o, NO_ORIGIN);
@@ -37,7 +38,7 @@ fn uninit_slab_object_has_its_allocation_as_origin() {
         h.store(p, &[0; 4], NO_ORIGIN);
         assert_eq!(h.load(p, 4).0, [0; 4], "{mode:?}: a store initializes");
         assert_eq!(h.load(p + 4, 4).0, [0xFF; 4]);
-        let z = slab_object(h, 5, 16, true);
+        let z = slab_object(h, 5, 16, AllocInit::Zeroed);
         assert_eq!(h.load(z, 8).0, [0; 8], "{mode:?}: kzalloc");
         assert_eq!(h.kmsan.page_meta(p).unwrap().backing, Backing::Private);
     }
@@ -49,7 +50,7 @@ fn hybrid_pages_stay_shared_until_partly_written() {
     let page = h.ram() + 7 * PAGE_SIZE;
     let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
     let before = live(h);
-    h.call("alloc_pages_caller", |h| h.kmsan.page_alloc(page, 0, false)).unwrap();
+    h.call("alloc_pages_caller", |h| h.kmsan.page_alloc(page, 0, AllocInit::Uninit)).unwrap();
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::UNINIT);
     let (sh, o) = h.load(page + 100, 8);
     assert_eq!((sh, live(h)), (std::vec![0xFF; 8], before));
@@ -87,21 +88,21 @@ fn an_origin_page_is_mapped_only_for_a_second_origin() {
     let h = &mut host(Mode::Hybrid);
     // A fresh slab page whose free part is uninitialized has the page
     // allocation's origin there: a first object already needs a second.
-    let fresh = slab_object(h, 6, 64, false);
+    let fresh = slab_object(h, 6, 64, AllocInit::Uninit);
     assert!(h.kmsan.page_meta(fresh).unwrap().origin_private);
     assert_ne!(h.load(fresh, 4).1, h.load(fresh + 64, 4).1);
     // On a zeroed slab page the object's allocation is the only origin.
     let page = h.ram() + 4 * PAGE_SIZE;
-    h.kmsan.page_alloc(page, 0, true).unwrap();
+    h.kmsan.page_alloc(page, 0, AllocInit::Zeroed).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(64), false)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(page, Size(64), AllocInit::Uninit)).unwrap();
     let live = |h: &KmsanHost| h.kmsan.stats().ondemand_live_pages;
     let a = h.load(page, 4).1;
     let p = |h: &KmsanHost| h.kmsan.page_meta(page).unwrap();
     assert!(!p(h).origin_private, "one uninitialized object: its allocation is the page's origin");
     let before = live(h);
     // A second object, allocated elsewhere, while the first is uninit.
-    h.call("other_caller", |h| h.kmsan.slab_alloc(page + 64, Size(64), false)).unwrap();
+    h.call("other_caller", |h| h.kmsan.slab_alloc(page + 64, Size(64), AllocInit::Uninit)).unwrap();
     let b = h.load(page + 64, 4).1;
     assert_ne!(a, b);
     assert!(p(h).origin_private, "two origins need the origin page");
@@ -109,14 +110,14 @@ fn an_origin_page_is_mapped_only_for_a_second_origin() {
     assert_eq!((h.load(page, 8).1, h.load(page + 120, 8).1), (a, b));
     // Once no uninitialized byte is left, a new origin is page-wide again.
     let q = h.ram() + 5 * PAGE_SIZE;
-    h.kmsan.page_alloc(q, 0, true).unwrap();
+    h.kmsan.page_alloc(q, 0, AllocInit::Zeroed).unwrap();
     h.kmsan.slab_page_alloc(q, 0).unwrap();
-    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(q, Size(64), false)).unwrap();
+    h.call("kmalloc_caller", |h| h.kmsan.slab_alloc(q, Size(64), AllocInit::Uninit)).unwrap();
     h.store(q, &[0; 16], NO_ORIGIN);
     h.store(q + 16, &[0; 16], NO_ORIGIN);
     h.store(q + 32, &[0; 16], NO_ORIGIN);
     h.store(q + 48, &[0; 16], NO_ORIGIN);
-    h.call("third_caller", |h| h.kmsan.slab_alloc(q + 64, Size(32), false)).unwrap();
+    h.call("third_caller", |h| h.kmsan.slab_alloc(q + 64, Size(32), AllocInit::Uninit)).unwrap();
     let c = h.load(q + 64, 4).1;
     assert!(!h.kmsan.page_meta(q).unwrap().origin_private, "the first object is initialized");
     assert_ne!(c, NO_ORIGIN);
@@ -148,10 +149,10 @@ fn uninit_copied_from_slab_into_a_page_is_reported_in_both_modes() {
     let mut logs = std::vec::Vec::new();
     for mode in MODES {
         let h = &mut host(mode);
-        let obj = slab_object(h, 1, 32, false);
+        let obj = slab_object(h, 1, 32, AllocInit::Uninit);
         h.store(obj, &[0; 16], NO_ORIGIN); // first half initialized
         let page = h.ram() + 9 * PAGE_SIZE;
-        h.kmsan.page_alloc(page, 0, true).unwrap();
+        h.kmsan.page_alloc(page, 0, AllocInit::Zeroed).unwrap();
         h.call("copy_to_page_cache", |h| h.kmsan.copy_meta(page + 64, obj, 32));
         h.settle();
         assert!(h.kmsan.check_memory(page + 64, 16, h.plat.func("reader")).is_ok(), "{mode:?}");
@@ -171,7 +172,7 @@ fn uninit_copied_from_slab_into_a_page_is_reported_in_both_modes() {
 fn freed_object_use_is_use_after_free() {
     for mode in MODES {
         let h = &mut host(mode);
-        let obj = slab_object(h, 2, 80, false);
+        let obj = slab_object(h, 2, 80, AllocInit::Uninit);
         h.store(obj, &[0; 8], NO_ORIGIN);
         h.call("kfree_caller", |h| h.kmsan.slab_free(obj, Size(80))).unwrap();
         let (sh, o) = h.load(obj, 8);
@@ -188,7 +189,7 @@ fn freed_object_use_is_use_after_free() {
 fn origin_chain_is_cut_at_the_maximum_depth() {
     for mode in MODES {
         let h = &mut host(mode);
-        let obj = slab_object(h, 4, 64, false);
+        let obj = slab_object(h, 4, 64, AllocInit::Uninit);
         let mut o = h.load(obj, 4).1;
         for d in 0..2 * origin::MAX_DEPTH {
             o = h.call(&std::format!("store_level_{d}"), |h| h.kmsan.chain_origin(o));
@@ -208,7 +209,7 @@ fn local_variable_origin_names_the_variable() {
     for mode in MODES {
         let h = &mut host(mode);
         let stack = h.ram() + 16 * PAGE_SIZE;
-        h.kmsan.page_alloc(stack, 2, false).unwrap();
+        h.kmsan.page_alloc(stack, 2, AllocInit::Uninit).unwrap();
         h.kmsan.stack_alloc(stack, 2).unwrap();
         let pc = h.plat.func("do_uninit_local");
         h.kmsan.poison_alloca(stack + 100, 4, b"----uninit.sroa.0@do_uninit_local", pc, h.plat.func("its_caller"));
@@ -227,13 +228,13 @@ fn memcpy_keeps_origins_across_initialized_gaps() {
     // test_memcpy_initialized_gap: src bytes 2,3,8,9 uninit; copy src[2..10] to dst.
     for mode in MODES {
         let h = &mut host(mode);
-        let src = slab_object(h, 6, 16, true);
+        let src = slab_object(h, 6, 16, AllocInit::Zeroed);
         let a = origin::make(11, 0, false);
         let b = origin::make(12, 0, false);
         h.store(src, &[0, 0, 0xFF, 0xFF], a);
         h.store(src + 8, &[0xFF, 0xFF, 0, 0], b);
         let dst = src + 64;
-        h.kmsan.slab_alloc(dst, Size(16), true).unwrap();
+        h.kmsan.slab_alloc(dst, Size(16), AllocInit::Zeroed).unwrap();
         h.kmsan.copy_meta(dst, src + 2, 8);
         let read = |h: &mut KmsanHost, at| h.load(at, 4);
         let (s0, o0) = read(h, dst);
@@ -256,8 +257,8 @@ fn vmalloc_uses_the_metadata_of_the_frames_mapped_there() {
         // Two non-adjacent frames, allocated uninitialized, mapped together.
         let (a, b) = (h.ram() + 20 * PAGE_SIZE, h.ram() + 40 * PAGE_SIZE);
         h.call("alloc_pages_caller", |h| {
-            h.kmsan.page_alloc(a, 0, false).unwrap();
-            h.kmsan.page_alloc(b, 0, false).unwrap();
+            h.kmsan.page_alloc(a, 0, AllocInit::Uninit).unwrap();
+            h.kmsan.page_alloc(b, 0, AllocInit::Uninit).unwrap();
         });
         let v = h.vmalloc() + 2 * PAGE_SIZE;
         h.vmap(v, &[20, 40]);
@@ -278,11 +279,11 @@ fn vmalloc_uses_the_metadata_of_the_frames_mapped_there() {
         h.kmsan.page_free(a, 0).unwrap();
         h.kmsan.page_free(b, 0).unwrap();
         // A slab page returned to the page allocator and reused.
-        let page = slab_object(h, 12, 128, false);
+        let page = slab_object(h, 12, 128, AllocInit::Uninit);
         h.kmsan.slab_free(page, Size(128)).unwrap();
         h.kmsan.slab_page_free(page, 0).unwrap();
         h.kmsan.page_free(page, 0).unwrap();
-        h.kmsan.page_alloc(page, 0, true).unwrap();
+        h.kmsan.page_alloc(page, 0, AllocInit::Zeroed).unwrap();
         assert!(h.kmsan.check_memory(page, PAGE_SIZE, 0).is_ok(), "{mode:?}");
         assert_eq!(h.kmsan.stats().ondemand_live_pages, live0, "{mode:?}");
     }
@@ -293,8 +294,8 @@ fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
     for mode in MODES {
         let h = &mut host(mode);
         let p = h.ram() + 32 * PAGE_SIZE;
-        h.kmsan.page_alloc(p, 2, true).unwrap();
-        h.call("kmalloc_large_caller", |h| h.kmsan.kmalloc_large(p, 2, false)).unwrap();
+        h.kmsan.page_alloc(p, 2, AllocInit::Zeroed).unwrap();
+        h.call("kmalloc_large_caller", |h| h.kmsan.kmalloc_large(p, 2, AllocInit::Uninit)).unwrap();
         assert_eq!(h.kmsan.stats().slab_allocs, 1);
         let (sh, o) = h.load(p + 9000, 4);
         assert_eq!(sh, [0xFF; 4], "{mode:?}");
@@ -303,7 +304,7 @@ fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
         if mode == Mode::Hybrid {
             assert_eq!(h.kmsan.page_meta(p + 8192).unwrap().backing, Backing::UNINIT, "stays page-granular");
         }
-        assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, false), Err(PageError::WrongPageState));
+        assert_eq!(h.kmsan.kmalloc_large(h.ram() + 100 * PAGE_SIZE, 0, AllocInit::Uninit), Err(PageError::WrongPageState));
     }
 }
 
@@ -311,17 +312,17 @@ fn large_kmalloc_is_uninitialized_and_created_by_kmalloc() {
 fn hooks_refuse_bad_input() {
     let h = &mut host(Mode::Hybrid);
     let p = h.ram() + PAGE_SIZE;
-    assert_eq!(h.kmsan.page_alloc(p + 1, 0, false), Err(PageError::Unaligned));
-    assert_eq!(h.kmsan.page_alloc(h.vmalloc(), 0, false), Err(PageError::NotRam));
-    assert_eq!(h.kmsan.page_alloc(p, 21, false), Err(PageError::BadOrder));
+    assert_eq!(h.kmsan.page_alloc(p + 1, 0, AllocInit::Uninit), Err(PageError::Unaligned));
+    assert_eq!(h.kmsan.page_alloc(h.vmalloc(), 0, AllocInit::Uninit), Err(PageError::NotRam));
+    assert_eq!(h.kmsan.page_alloc(p, 21, AllocInit::Uninit), Err(PageError::BadOrder));
     assert_eq!(h.kmsan.page_free(p, 0), Err(PageError::WrongPageState));
     assert_eq!(h.kmsan.mark_reserved(p, Size(0)), Err(PageError::BadOrder), "an empty range");
-    h.kmsan.page_alloc(p, 0, false).unwrap();
-    assert_eq!(h.kmsan.page_alloc(p, 0, false), Err(PageError::PageInUse));
-    assert_eq!(h.kmsan.slab_alloc(p, Size(8), false), Err(SlabError::WrongPageState));
+    h.kmsan.page_alloc(p, 0, AllocInit::Uninit).unwrap();
+    assert_eq!(h.kmsan.page_alloc(p, 0, AllocInit::Uninit), Err(PageError::PageInUse));
+    assert_eq!(h.kmsan.slab_alloc(p, Size(8), AllocInit::Uninit), Err(SlabError::WrongPageState));
     assert_eq!(h.kmsan.slab_free(p, Size(8)), Err(SlabError::WrongPageState));
-    assert_eq!(h.kmsan.slab_alloc(h.vmalloc(), Size(8), false), Err(SlabError::NotRam));
-    assert_eq!(h.kmsan.slab_alloc(p, Size(usize::MAX), false), Err(SlabError::BadSize), "wraps around");
+    assert_eq!(h.kmsan.slab_alloc(h.vmalloc(), Size(8), AllocInit::Uninit), Err(SlabError::NotRam));
+    assert_eq!(h.kmsan.slab_alloc(p, Size(usize::MAX), AllocInit::Uninit), Err(SlabError::BadSize), "wraps around");
     assert_eq!(h.kmsan.stack_alloc(h.vmalloc(), 0), Err(PageError::NotRam));
 }
 
@@ -334,8 +335,8 @@ fn large_accesses_without_metadata_stay_in_bounds() {
         assert_eq!(h.load(0x10_0000, 2000).0, std::vec![0; 2000]);
         // A large store across two vmalloc pages mapped to non-adjacent frames.
         let (a, b) = (h.ram() + 50 * PAGE_SIZE, h.ram() + 70 * PAGE_SIZE);
-        h.kmsan.page_alloc(a, 0, true).unwrap();
-        h.kmsan.page_alloc(b, 0, true).unwrap();
+        h.kmsan.page_alloc(a, 0, AllocInit::Zeroed).unwrap();
+        h.kmsan.page_alloc(b, 0, AllocInit::Zeroed).unwrap();
         let v = h.vmalloc() + 8 * PAGE_SIZE;
         h.vmap(v, &[50, 70]);
         h.store(v + PAGE_SIZE - 1000, &[0xFF; 2000], origin::make(3, 0, false));
@@ -361,12 +362,12 @@ fn hybrid_page_without_a_frame_goes_unchecked_and_comes_back() {
         inner.mapper.set_frame_limit(Some(n));
     }
     let live = h.kmsan.stats().ondemand_live_pages;
-    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.page_alloc(page, 0, AllocInit::Uninit).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
     let s = h.kmsan.stats();
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Unchecked);
     assert_eq!((s.unchecked_pages, s.unchecked_events, s.ondemand_live_pages), (1, 1, live));
-    h.kmsan.slab_alloc(page, Size(64), false).unwrap();
+    h.kmsan.slab_alloc(page, Size(64), AllocInit::Uninit).unwrap();
     assert_eq!(h.load(page, 8).0, [0; 8], "an unchecked page reads initialized");
     assert!(h.kmsan.check_memory(page, 64, 0).is_ok(), "and never reports");
     h.kmsan.slab_free(page, Size(64)).unwrap();
@@ -375,7 +376,7 @@ fn hybrid_page_without_a_frame_goes_unchecked_and_comes_back() {
     let s = h.kmsan.stats();
     assert_eq!((h.kmsan.page_meta(page).unwrap().backing, s.unchecked_pages), (Backing::UNINIT, 0));
     h.kmsan.inner.lock().mapper.set_frame_limit(None);
-    h.kmsan.page_alloc(page, 0, false).unwrap();
+    h.kmsan.page_alloc(page, 0, AllocInit::Uninit).unwrap();
     h.kmsan.slab_page_alloc(page, 0).unwrap();
     assert_eq!(h.kmsan.page_meta(page).unwrap().backing, Backing::Private, "frames again: private");
     assert_eq!(h.kmsan.stats().ondemand_live_pages, live + 1);
@@ -390,7 +391,7 @@ fn refused_stack_free_keeps_the_metadata() {
     for mode in [Mode::Full, Mode::Hybrid] {
         let h = &mut host(mode);
         let page = h.ram() + 3 * PAGE_SIZE;
-        h.kmsan.page_alloc(page, 0, false).unwrap();
+        h.kmsan.page_alloc(page, 0, AllocInit::Uninit).unwrap();
         h.kmsan.page_free(page, 0).unwrap();
         assert_eq!(h.kmsan.stack_free(page, 0), Err(PageError::WrongPageState), "{mode:?}");
         assert_eq!(h.load(page, 4).0, [0xFF; 4], "{mode:?}: freed memory stays uninitialized");
@@ -406,7 +407,7 @@ fn access_past_the_end_of_ram_is_gathered() {
     for mode in [Mode::Full, Mode::Hybrid] {
         let h = &mut host(mode);
         let last = h.ram() + h.kmsan.layout().direct_map.data.len() - PAGE_SIZE;
-        h.kmsan.page_alloc(last, 0, false).unwrap();
+        h.kmsan.page_alloc(last, 0, AllocInit::Uninit).unwrap();
         let (sh, _) = h.load(last + PAGE_SIZE - 4, 16);
         assert_eq!(sh, [[0xFF; 4].as_slice(), &[0; 12]].concat(), "{mode:?}");
         h.store(last + PAGE_SIZE - 2, &[0; 16], 0);
@@ -425,7 +426,7 @@ fn an_unaligned_store_larger_than_the_sink_paints_its_last_slot() {
     for mode in MODES {
         let h = &mut host(mode);
         let page = h.ram() + 7 * PAGE_SIZE;
-        h.kmsan.page_alloc(page, 0, true).unwrap();
+        h.kmsan.page_alloc(page, 0, AllocInit::Zeroed).unwrap();
         // A first origin on the page, so hybrid's origin page is filled
         // with something else than the store's.
         h.store(page + 3000, &[0xFF; 4], origin::make(5, 0, false));

@@ -27,6 +27,7 @@ use crate::config::Mode;
 use crate::error::{PageError, SlabError};
 use crate::hooks::Size;
 use crate::host::kmsan::KmsanHost;
+use crate::kmsan::AllocInit;
 use crate::kmsan::meta::{DROP_BYTES, SINK_BYTES};
 use crate::mapper::PAGE_SIZE;
 use std::format;
@@ -543,7 +544,7 @@ impl KLockstep {
                     }
                     Ok(p)
                 });
-                let got = self.both("alloc_pages_site", at, |h, x| h.kmsan.page_alloc(x, order, zeroed));
+                let got = self.both("alloc_pages_site", at, |h, x| h.kmsan.page_alloc(x, order, init(zeroed)));
                 assert_eq!(got, want.clone().map(|_| ()), "page_alloc({at:?}, {order})");
                 if let Ok(p) = want {
                     self.o.kinds[p.clone()].fill(PKind::Page);
@@ -574,7 +575,7 @@ impl KLockstep {
                     }
                     Ok(p)
                 });
-                let got = self.both("kmalloc_large_site", at, |h, x| h.kmsan.kmalloc_large(x, order, zeroed));
+                let got = self.both("kmalloc_large_site", at, |h, x| h.kmsan.kmalloc_large(x, order, init(zeroed)));
                 assert_eq!(got, want.clone().map(|_| ()), "kmalloc_large({at:?}, {order})");
                 if let Ok(p) = want {
                     self.o.set(a, p.len() * PAGE_SIZE, if zeroed { 0 } else { 0xFF });
@@ -608,7 +609,7 @@ impl KLockstep {
             KOp::SlabAlloc { at, size, zeroed } => {
                 let a = self.at(at);
                 let want = if size == 0 { Ok(()) } else { self.o.tracked(a, size, PKind::Slab) };
-                let got = self.both("kmalloc_site", at, |h, x| h.kmsan.slab_alloc(x, Size(size), zeroed));
+                let got = self.both("kmalloc_site", at, |h, x| h.kmsan.slab_alloc(x, Size(size), init(zeroed)));
                 assert_eq!(got, want, "slab_alloc({at:?}, {size})");
                 if want.is_ok() && size > 0 {
                     self.o.set(a, size, if zeroed { 0 } else { 0xFF });
@@ -861,5 +862,14 @@ impl KLockstep {
         let census = self.hybrid.kmsan.census();
         assert_eq!(census, crate::kmsan::state::MetaCensus::default(), "hybrid holds private metadata pages with all RAM free");
         assert_eq!(h.ondemand_live_pages, self.live0, "hybrid's on-demand metadata pages leak");
+    }
+}
+
+/// The allocation hooks' [`AllocInit`] for a decoded `zeroed` flag.
+fn init(zeroed: bool) -> AllocInit {
+    if zeroed {
+        AllocInit::Zeroed
+    } else {
+        AllocInit::Uninit
     }
 }

@@ -31,6 +31,17 @@ mod slab;
 mod stacks;
 
 use crate::error::{PageError, SlabError};
+
+/// What an allocation holds when the allocator hands it out
+/// ([`Kmsan::page_alloc`], [`Kmsan::kmalloc_large`], [`Kmsan::slab_alloc`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocInit {
+    /// The allocator cleared it (`__GFP_ZERO`, `kzalloc`): initialized.
+    Zeroed,
+    /// Whatever the memory held before: uninitialized, with a new origin
+    /// at the allocation.
+    Uninit,
+}
 use crate::kmsan::propagate::chunks;
 use crate::kmsan::runtime::{Kmsan, Place};
 use crate::backing::Backing;

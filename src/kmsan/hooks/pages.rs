@@ -1,6 +1,7 @@
 //! Page allocator hooks: pages handed out (zeroed or not) and freed,
 //! reserved RAM, and page-backed (large) kmalloc.
 
+use super::AllocInit;
 use crate::error::PageError;
 use crate::hooks::Size;
 use crate::kmsan::runtime::{Kmsan, Place};
@@ -25,9 +26,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         Ok(())
     }
 
-    /// The page allocator handed out `2^order` pages at `addr`; `zeroed`
-    /// when it cleared them (`__GFP_ZERO`).
-    pub fn page_alloc(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), PageError> {
+    /// The page allocator handed out `2^order` pages at `addr`, cleared
+    /// or not as `init` says.
+    pub fn page_alloc(&self, addr: usize, order: u32, init: AllocInit) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
@@ -36,7 +37,10 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             return Err(PageError::PageInUse);
         }
         let mut inner = self.inner.lock();
-        let o = if zeroed { None } else { Some(self.new_origin(&mut inner, false)) };
+        let o = match init {
+            AllocInit::Zeroed => None,
+            AllocInit::Uninit => Some(self.new_origin(&mut inner, false)),
+        };
         for i in pages {
             self.share(&mut inner, Place::Ram(i), o, PageKind::Page);
         }
@@ -61,10 +65,11 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
     }
 
     /// A page-backed (large) kmalloc of `2^order` pages at `addr` (after
-    /// `page_alloc`): uninitialized, created here (`zeroed` for `kzalloc`).
+    /// `page_alloc`): created here, uninitialized or cleared (`kzalloc`) as
+    /// `init` says.
     /// The whole block is set, so its pages stay page-granular (the bytes
     /// past the requested size are as uninitialized as Linux leaves them).
-    pub fn kmalloc_large(&self, addr: usize, order: u32, zeroed: bool) -> Result<(), PageError> {
+    pub fn kmalloc_large(&self, addr: usize, order: u32, init: AllocInit) -> Result<(), PageError> {
         if !self.on() {
             return Ok(());
         }
@@ -74,7 +79,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         }
         Stats::bump(&self.stats.slab_allocs);
         let mut inner = self.inner.lock();
-        if zeroed {
+        if init == AllocInit::Zeroed {
             self.set_range(&mut inner, addr, PAGE_SIZE << order, false, crate::kmsan::origin::NO_ORIGIN);
         } else {
             let o = self.new_origin(&mut inner, false);

@@ -2,6 +2,7 @@
 //! uninitialized (or zeroed) and die uninitialized with a use-after-free
 //! origin.
 
+use super::AllocInit;
 use crate::error::{PageError, SlabError};
 use crate::hooks::Size;
 use crate::kmsan::runtime::Kmsan;
@@ -28,9 +29,9 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.untrack(addr, order, PageKind::Slab)
     }
 
-    /// A slab object of `size` bytes at `ptr` was handed out; `zeroed`
-    /// when the allocator cleared it (`kzalloc`, `__GFP_ZERO`).
-    pub fn slab_alloc(&self, ptr: usize, size: Size, zeroed: bool) -> Result<(), SlabError> {
+    /// A slab object of `size` bytes at `ptr` was handed out, cleared or
+    /// not as `init` says.
+    pub fn slab_alloc(&self, ptr: usize, size: Size, init: AllocInit) -> Result<(), SlabError> {
         let size = size.bytes();
         if !self.on() || size == 0 {
             return Ok(());
@@ -38,7 +39,7 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
         self.check_tracked(ptr, size, PageKind::Slab)?;
         Stats::bump(&self.stats.slab_allocs);
         let mut inner = self.inner.lock();
-        if zeroed {
+        if init == AllocInit::Zeroed {
             self.set_range(&mut inner, ptr, size, false, crate::kmsan::origin::NO_ORIGIN);
         } else {
             let o = self.new_origin(&mut inner, false);

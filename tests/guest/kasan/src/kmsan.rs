@@ -25,7 +25,7 @@ use guest_boot::cpu::MAX_CPUS;
 
 use guest_boot::println;
 use hybrid_shadow::kmsan::abi::{self, TaskContext};
-use hybrid_shadow::kmsan::{Kmsan, KmsanLayout, MetaRegion};
+use hybrid_shadow::kmsan::{AllocInit, Kmsan, KmsanLayout, MetaRegion};
 use hybrid_shadow::{Backing, Config, Mode, Region, Size, StatsSnapshot};
 use hybrid_shadow_x86_64::{FrameSource, OffsetPhysMem, PhysAddr, X86ShadowMapper};
 
@@ -420,7 +420,7 @@ pub fn mark_reserved(addr: usize, len: usize) {
 
 /// 2^order pages were allocated (uninitialized, created here).
 pub fn page_alloc(addr: usize, order: u32) {
-    if let Some(Err(e)) = hook(|k| k.page_alloc(addr, order, false)) {
+    if let Some(Err(e)) = hook(|k| k.page_alloc(addr, order, AllocInit::Uninit)) {
         refused("page_alloc", addr, e);
     }
 }
@@ -473,7 +473,7 @@ pub fn slab_page_free(base: usize, order: u32) {
 /// memset initializes it right after).
 pub fn slab_alloc(id: u16, ptr: usize, _size: usize) {
     let n = object_size(id);
-    if let Some(Err(e)) = hook(|k| k.slab_alloc(ptr, Size(n), false)) {
+    if let Some(Err(e)) = hook(|k| k.slab_alloc(ptr, Size(n), AllocInit::Uninit)) {
         refused("slab_alloc", ptr, e);
     }
 }
@@ -522,7 +522,7 @@ pub fn slab_object_live(_id: u16, _ptr: usize) -> bool {
 
 /// Page-backed kmalloc: uninitialized, created here.
 pub fn kmalloc_large(addr: usize, order: u32, _size: usize) {
-    if let Some(Err(e)) = hook(|k| k.kmalloc_large(addr, order, false)) {
+    if let Some(Err(e)) = hook(|k| k.kmalloc_large(addr, order, AllocInit::Uninit)) {
         refused("kmalloc_large", addr, e);
     }
 }
