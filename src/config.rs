@@ -157,7 +157,10 @@ pub struct Config {
     pub fault: FaultAction,
     /// Report every bug (`true`) or only the first one (Linux's default).
     pub multi_shot: bool,
-    /// Quarantine size in bytes; `None` means 1/32 of RAM, as Linux.
+    /// Quarantine size in bytes; `None` means 1/32 of the direct map's
+    /// span (Linux: 1/32 of its RAM, `totalram_pages`; a kernel whose RAM
+    /// has holes below its end, as at 4 GiB under the PCI hole, gives its
+    /// RAM / 32 here).
     pub quarantine_bytes: Option<usize>,
     /// Backing of mixed blocks in `hybrid` (`kasan.mixed=consult|private|adaptive`).
     pub mixed: MixedBlocks,

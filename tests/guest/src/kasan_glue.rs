@@ -87,6 +87,7 @@ pub fn page_allocator_ready() {
     let params = guest_kasan::Params {
         cmdline: bi.cmdline(),
         ram_end,
+        ram_bytes: bi.ram_bytes,
         // The image's shadow starts at .text: the boot trampoline (below the
         // higher half) and the symbol table are never accessed by
         // instrumented code.

@@ -98,6 +98,12 @@ pub fn init(p: &Params, guest: &'static GuestOps) -> Result<(), &'static str> {
     build_ranges();
     let mut cfg = Config::default();
     cfg.parse_cmdline(p.cmdline, |e| println!("{}", e));
+    // Linux sizes the quarantine at 1/32 of its RAM (totalram_pages), not
+    // of the physical span the direct map covers (the runtime's default):
+    // at 4 GiB the span is 5 GiB, 1 GiB of it the PCI hole.
+    if cfg.quarantine_bytes.is_none() {
+        cfg.quarantine_bytes = Some(p.ram_bytes as usize / 32);
+    }
     let dm_start = hybrid_shadow_x86_64::DIRECT_MAP_BASE;
     let layout = Layout {
         offset: hybrid_shadow_x86_64::SHADOW_OFFSET,

@@ -56,6 +56,9 @@ pub struct Params<'a> {
     pub cmdline: &'a str,
     /// End of the highest RAM range (physical).
     pub ram_end: u64,
+    /// Bytes of RAM in the memory map (below `ram_end` there may be holes:
+    /// at 4 GiB QEMU leaves 1 GiB for PCI below 4 GiB).
+    pub ram_bytes: u64,
     /// Physical range of the kernel image.
     pub kernel_phys: (u64, u64),
     /// Virtual base of the kernel image (phys + base).
