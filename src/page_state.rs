@@ -166,6 +166,14 @@ impl PageArray {
         PageInfo::decode(self.bytes[pfn].load(Ordering::Relaxed))
     }
 
+    /// Whether frame `pfn` is [`PageState::Tracked`]: one load and a mask,
+    /// for hot paths where [`PageArray::get`]'s full decode is too much.
+    #[inline(always)]
+    #[must_use]
+    pub fn is_tracked(&self, pfn: usize) -> bool {
+        self.bytes[pfn].load(Ordering::Relaxed) & 3 == PageState::Tracked as u8
+    }
+
     /// Write frame `pfn`. Only the runtime changes page states (through
     /// its hooks, which remap the block's shadow to match): a state
     /// written from outside would disagree with the shadow's backing.
@@ -203,6 +211,11 @@ mod tests {
         let mem: &'static mut [u8] = std::boxed::Box::leak(std::vec![9u8; 4].into_boxed_slice());
         let a = PageArray::new(mem, 0x10000);
         assert_eq!(a.get(3), PageInfo::FREE);
+        assert!(!a.is_tracked(3));
+        for state in [PageState::Free, PageState::Valid, PageState::Tracked, PageState::Unchecked] {
+            a.set(2, PageInfo { state, kind: PageKind::Stack, head: true });
+            assert_eq!(a.is_tracked(2), state == PageState::Tracked);
+        }
         assert_eq!(a.pfn(0x10000), Some(0));
         assert_eq!(a.pfn(0x13fff), Some(3));
         assert_eq!(a.pfn(0x14000), None);

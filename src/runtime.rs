@@ -404,6 +404,18 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         }
     }
 
+    /// Write `value` to the shadow of the granules in `[start, end)`
+    /// (`start` granule aligned, `end > start`), whose shadow the caller
+    /// knows to be private (see `shadow_stays_private` in the poison hooks).
+    #[inline(always)]
+    pub(crate) fn write_shadow(&self, start: usize, end: usize, value: u8) {
+        let s = self.layout.mem_to_shadow(start);
+        let n = (end - start).div_ceil(GRANULE);
+        // SAFETY: the caller checked that the shadow of [start, end) lies in
+        // one private, mapped shadow page; [s, s + n) is that shadow.
+        unsafe { core::ptr::write_bytes(s as *mut u8, value, n) };
+    }
+
     /// Make `[addr, addr + size)` accessible (`addr` granule aligned): full
     /// granules 0, a partial last granule its byte count.
     pub(crate) fn unpoison(&self, addr: usize, size: usize) {

@@ -17,8 +17,37 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         if !self.layout.covered.contains_range(addr, size) {
             return;
         }
+        if self.shadow_stays_private(addr, end) {
+            self.write_shadow(addr, end, value);
+            return;
+        }
         let _guard = self.lock_if_remappable(addr, end);
         self.fill_shadow(addr, end, value);
+    }
+
+    /// Whether the shadow of `[start, end)` (not empty) is private and
+    /// stays so while the caller owns that memory, decided with one load:
+    /// the range lies in one data page and that page is in the image
+    /// (private from init), or in the direct map in `full` mode (all of it
+    /// private from init), or in `hybrid` is tracked (its block stays
+    /// private while one of its pages is; a page that got no frame is
+    /// `Unchecked`, not tracked). This is the case of the compiler's frame
+    /// poisoning on a kernel stack, the most frequent shadow write;
+    /// anything else goes through [`Kasan::fill_shadow`]'s per-block test
+    /// (and in `hybrid` the lock, [`Kasan::lock_if_remappable`]).
+    #[inline(always)]
+    fn shadow_stays_private(&self, start: usize, end: usize) -> bool {
+        if end <= start || (start ^ (end - 1)) >> 12 != 0 {
+            return false;
+        }
+        if let Some(pfn) = self.pages.pfn(start) {
+            return match self.cfg.mode {
+                Mode::Full => true,
+                Mode::Hybrid => self.pages.is_tracked(pfn),
+                Mode::Off => false,
+            };
+        }
+        self.layout.image.contains(start) && self.layout.image.contains(end - 1)
     }
 
     /// The runtime lock when the shadow of `[start, end)` may be remapped
