@@ -80,7 +80,7 @@ static OFFSET: AtomicUsize = AtomicUsize::new(0);
 static COVER_START: AtomicUsize = AtomicUsize::new(0);
 static COVER_END: AtomicUsize = AtomicUsize::new(0);
 static RUNTIME: spin::Once<&'static dyn AbiRuntime> = spin::Once::new();
-static CONSULT: spin::Once<crate::runtime::ConsultView> = spin::Once::new();
+static CONSULT: spin::Once<crate::runtime::ConsultView<'static>> = spin::Once::new();
 
 /// Route the compiler's calls to `rt`. Only the first call has effect.
 pub fn install<M: ShadowMapper + Send, P: Platform + Sync>(rt: &'static Kasan<M, P>) {

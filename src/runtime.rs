@@ -44,68 +44,51 @@ use crate::stats::{Stats, StatsSnapshot};
 
 /// What the compiler ABI's fast path needs to decide a CONSULT byte
 /// without leaving it: the per-page array, the adaptive hit counters and
-/// the slow-path counters. See [`Kasan::consult_view`].
-pub struct ConsultView {
-    pages: &'static [AtomicU8],
-    hits: &'static [AtomicU8],
+/// the slow-path counters. See [`Kasan::consult_view`]; the runtime's own
+/// range check borrows one for the same rule ([`Kasan::consult_ok`]).
+pub struct ConsultView<'a> {
+    pages: &'a [AtomicU8],
+    hits: &'a [AtomicU8],
     dm_base: usize,
     adaptive: bool,
-    slow: &'static AtomicUsize,
-    clean: &'static AtomicUsize,
+    slow: &'a AtomicUsize,
+    clean: &'a AtomicUsize,
 }
 
-impl ConsultView {
+impl ConsultView<'_> {
     /// The granule at `addr` read CONSULT: `Some(true)` when its page is
-    /// allocated (counted as a clean slow-path check), `None` when the full
-    /// slow path must decide (free page, or a block due for promotion).
+    /// allocated (counted as a clean slow-path check), so every granule of
+    /// that page is accessible (the block's shadow page is the shared
+    /// CONSULT page, one value for all of them); `None` when the full slow
+    /// path must decide (free page, an address outside the array, or a
+    /// block due for promotion).
     #[inline(always)]
     pub fn valid(&self, addr: usize) -> Option<bool> {
-        settle_consult(self.pages, self.hits, self.dm_base, self.adaptive, self.slow, self.clean, addr).then_some(true)
-    }
-}
-
-/// Settle a CONSULT shadow byte read for direct-map address `addr` from
-/// the per-page array: true when its page is allocated, so every granule
-/// of that page is accessible (the block's shadow page is the shared
-/// CONSULT page: one value for all of them), counted as a clean slow-path
-/// check; false when the full slow path must decide (free page, an address
-/// outside the array, or under `kasan.mixed=adaptive` a block due to be
-/// queued for promotion). The one rule for the compiler ABI's fast path
-/// ([`ConsultView::valid`]) and the runtime's range check.
-#[inline(always)]
-pub(crate) fn settle_consult(
-    pages: &[AtomicU8],
-    hits: &[AtomicU8],
-    dm_base: usize,
-    adaptive: bool,
-    slow: &AtomicUsize,
-    clean: &AtomicUsize,
-    addr: usize,
-) -> bool {
-    let pfn = addr.wrapping_sub(dm_base) >> 12;
-    let Some(page) = pages.get(pfn) else { return false };
-    if page.load(Relaxed) & 3 == PageState::Free as u8 {
-        return false;
-    }
-    if adaptive {
-        let h = &hits[pfn / PAGES_PER_BLOCK];
-        let v = h.load(Relaxed);
-        if v < PROMOTE_AFTER {
-            // Not a plain store: between the load and it, another CPU's
-            // hook may mark the block HOT (promoted) or cool it to 0,
-            // and a stale count written over HOT loses the promotion
-            // (promoted_live never comes down, the shrinker skips the
-            // page). A lost race only loses this one count.
-            let _ = h.compare_exchange(v, v + 1, Relaxed, Relaxed);
-        } else if v == PROMOTE_AFTER {
-            return false;
+        let pfn = addr.wrapping_sub(self.dm_base) >> 12;
+        let page = self.pages.get(pfn)?.load(Relaxed);
+        if page & 3 == PageState::Free as u8 {
+            return None;
         }
+        if self.adaptive {
+            let h = &self.hits[pfn / PAGES_PER_BLOCK];
+            let v = h.load(Relaxed);
+            if v < PROMOTE_AFTER {
+                // Not a plain store: between the load and it, another CPU's
+                // hook may mark the block HOT (promoted) or cool it to 0,
+                // and a stale count written over HOT loses the promotion
+                // (promoted_live never comes down, the shrinker skips the
+                // page). A lost race only loses this one count.
+                let _ = h.compare_exchange(v, v + 1, Relaxed, Relaxed);
+            } else if v == PROMOTE_AFTER {
+                return None;
+            }
+        }
+        // Plain load/store, not an atomic add: this is the hot path of mixed
+        // blocks; on SMP a racing increment may be lost (statistics only).
+        self.slow.store(self.slow.load(Relaxed) + 1, Relaxed);
+        self.clean.store(self.clean.load(Relaxed) + 1, Relaxed);
+        Some(true)
     }
-    // Plain load/store, not an atomic add: this is the hot path of mixed
-    // blocks; on SMP a racing increment may be lost (statistics only).
-    slow.store(slow.load(Relaxed) + 1, Relaxed);
-    clean.store(clean.load(Relaxed) + 1, Relaxed);
-    true
 }
 
 /// A vmalloc block's reference count has this bit when its shadow could
@@ -293,24 +276,25 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         (self.layout.mem_to_shadow(r.end - 1) | (PAGE_SIZE - 1)) + 1
     }
 
-    /// [`settle_consult`] with this runtime's tables: a CONSULT byte at
-    /// `addr` read as accessible (its page is allocated).
+    /// [`ConsultView::valid`] with this runtime's tables: a CONSULT byte
+    /// at `addr` reads as accessible (its page is allocated).
     #[inline(always)]
     pub(crate) fn consult_ok(&self, addr: usize) -> bool {
-        settle_consult(
-            self.pages.atomics(),
-            self.hits,
-            self.layout.direct_map.start,
-            self.cfg.mixed == MixedBlocks::Adaptive,
-            &self.stats.slow_path_checks,
-            &self.stats.checks_slow_clean,
-            addr,
-        )
+        ConsultView {
+            pages: self.pages.atomics(),
+            hits: self.hits,
+            dm_base: self.layout.direct_map.start,
+            adaptive: self.cfg.mixed == MixedBlocks::Adaptive,
+            slow: &self.stats.slow_path_checks,
+            clean: &self.stats.checks_slow_clean,
+        }
+        .valid(addr)
+            == Some(true)
     }
 
     /// The view the ABI's fast path uses to settle CONSULT bytes inline.
     #[must_use]
-    pub fn consult_view(&'static self) -> ConsultView {
+    pub fn consult_view(&'static self) -> ConsultView<'static> {
         ConsultView {
             pages: self.pages.atomics(),
             hits: self.hits,
