@@ -128,7 +128,7 @@ fn fast(addr: usize, size: usize) -> bool {
     while g <= last {
         // SAFETY: covered addresses have mapped shadow (install's contract).
         let v = unsafe { core::ptr::read_volatile((g.wrapping_add(off)) as *const u8) };
-        if v != 0 && !(g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
+        if v != 0 && !(g == last && crate::shadow::last_granule_ok(v, end)) {
             // A CONSULT byte (hybrid, mixed block) is settled here from the
             // per-page shadow when the page is allocated: one more load.
             if v != crate::shadow::CONSULT_PER_PAGE || consult_valid(g << 3) != Some(true) {

@@ -74,7 +74,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let mut g = first;
         while g <= last {
             let v = self.shadow_byte(g << 3);
-            if v != 0 && !(g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
+            if v != 0 && !(g == last && shadow::last_granule_ok(v, end)) {
                 return false;
             }
             g += 1;
@@ -105,8 +105,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
             }
             g += 1;
         }
-        let v = self.shadow_byte(last << 3);
-        v == 0 || ((v as i8) > 0 && ((end - 1) & 7) < v as usize)
+        shadow::last_granule_ok(self.shadow_byte(last << 3), end)
     }
 
     #[cold]
@@ -160,7 +159,7 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
         let mut g = addr >> 3;
         while g <= last {
             let v = self.shadow_byte(g << 3);
-            if v == 0 || (g == last && (v as i8) > 0 && ((end - 1) & 7) < v as usize) {
+            if v == 0 || (g == last && shadow::last_granule_ok(v, end)) {
                 g += 1;
                 continue;
             }

@@ -280,21 +280,19 @@ impl<M: ShadowMapper, P: Platform> Kasan<M, P> {
     /// at `addr` reads as accessible (its page is allocated).
     #[inline(always)]
     pub(crate) fn consult_ok(&self, addr: usize) -> bool {
-        ConsultView {
-            pages: self.pages.atomics(),
-            hits: self.hits,
-            dm_base: self.layout.direct_map.start,
-            adaptive: self.cfg.mixed == MixedBlocks::Adaptive,
-            slow: &self.stats.slow_path_checks,
-            clean: &self.stats.checks_slow_clean,
-        }
-        .valid(addr)
-            == Some(true)
+        self.view().valid(addr) == Some(true)
     }
 
     /// The view the ABI's fast path uses to settle CONSULT bytes inline.
     #[must_use]
     pub fn consult_view(&'static self) -> ConsultView<'static> {
+        self.view()
+    }
+
+    /// This runtime's tables as a [`ConsultView`], for as long as it is
+    /// borrowed.
+    #[inline(always)]
+    fn view(&self) -> ConsultView<'_> {
         ConsultView {
             pages: self.pages.atomics(),
             hits: self.hits,

@@ -44,3 +44,13 @@ pub const ALLOCA_RIGHT: u8 = 0xCB;
 /// hybrid-shadow's own marker: the block mixes page states, so the slow
 /// path consults the per-page shadow. Never a Linux code.
 pub const CONSULT_PER_PAGE: u8 = 0xE0;
+
+/// Whether a range ending at `end` may touch the granule (its last) whose
+/// shadow byte is `v`: the whole granule is accessible, or its first `v`
+/// bytes are and the range stops inside them. One rule for the fast paths
+/// (`crate::abi`, `Kasan::range_ok`) and the CONSULT range settling.
+#[inline(always)]
+#[must_use]
+pub(crate) fn last_granule_ok(v: u8, end: usize) -> bool {
+    v == 0 || ((v as i8) > 0 && ((end - 1) & (GRANULE - 1)) < v as usize)
+}
