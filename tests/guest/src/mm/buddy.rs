@@ -38,7 +38,7 @@ pub const PG_SLAB: u16 = 1 << 3; // allocated block is a slab (private = SlabMet
 pub const PG_LARGE: u16 = 1 << 4; // allocated block is a large kmalloc (private = size)
 pub const PG_STACK: u16 = 1 << 5; // kernel stack
 pub const PG_RESERVED: u16 = 1 << 6; // not managed (holes, kernel image, frame array)
-pub const PG_META: u16 = 1 << 7; // slab metadata / page tables
+pub const PG_META: u16 = 1 << 7; // slab descriptors / page tables
 pub const PG_KASAN: u16 = 1 << 8; // shadow page or shadow page table owned by the sanitizer runtime
 
 /// Pages per pageblock: the data pages one shadow page covers.
@@ -85,7 +85,8 @@ pub struct Page {
     prev: u32,
     /// Index of the head frame (tails of an allocated block; heads: own index).
     pub head: u32,
-    /// Owner data: SlabMeta pointer (PG_SLAB), requested size (PG_LARGE).
+    /// Owner data: SlabMeta pointer (PG_SLAB), requested size (PG_LARGE),
+    /// slots in use on the head of a chunk of slab descriptors (PG_META).
     pub private: usize,
 }
 

@@ -27,6 +27,11 @@ const KMALLOC_NAMES: [&str; 13] = [
 const MAX_CACHES: usize = 64;
 const MAX_OBJS: usize = 1024;
 const META_ORDER: usize = 1;
+/// Slab descriptors come in chunks of one pageblock (8 pages, the data one
+/// shadow page covers): see [`meta_alloc`].
+const CHUNK_ORDER: usize = buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize;
+const SLOTS_PER_CHUNK: usize = 1 << (CHUNK_ORDER - META_ORDER);
+const _: () = assert!(core::mem::size_of::<SlabMeta>() <= PAGE_SIZE << META_ORDER);
 
 /// Per-slab metadata, in its own pages (order META_ORDER).
 struct SlabMeta {
@@ -176,15 +181,9 @@ fn list_del(head: &mut *mut SlabMeta, m: *mut SlabMeta) {
 
 fn new_slab(ci: usize) -> Option<*mut SlabMeta> {
     let c = &mut caches()[ci];
-    let meta = alloc_pages_flags(META_ORDER, PG_META)? as *mut SlabMeta;
-    // The slab's descriptor starts zeroed, as Linux's (in the frame
-    // array, initialized at boot): otherwise under KMSAN the never-written
-    // rest of its pages would be partly initialized data needing private
-    // metadata, a cost a kernel does not have.
-    // SAFETY: `meta` is a block of 2^META_ORDER pages just allocated.
-    unsafe { core::ptr::write_bytes(meta as *mut u8, 0, PAGE_SIZE << META_ORDER) };
+    let meta = meta_alloc()?;
     let Some(base) = alloc_pages_flags(c.order, PG_SLAB) else {
-        free_pages(meta as usize, META_ORDER);
+        meta_free(meta);
         return None;
     };
     // SAFETY: `meta` is the block just allocated and zeroed (all-zero is a
@@ -212,6 +211,109 @@ fn new_slab(ci: usize) -> Option<*mut SlabMeta> {
     Some(meta)
 }
 
+/// A free descriptor slot of a chunk, on the doubly linked free list.
+struct FreeSlot {
+    next: *mut FreeSlot,
+    prev: *mut FreeSlot,
+}
+
+/// The descriptor chunks: their free slots and how many chunks are held.
+struct MetaPool {
+    free: *mut FreeSlot,
+    chunks: usize,
+}
+
+static mut META: MetaPool = MetaPool { free: core::ptr::null_mut(), chunks: 0 };
+
+fn meta_pool() -> &'static mut MetaPool {
+    // SAFETY: only `meta_alloc`, `meta_free` and `usage` use it, from
+    // `new_slab`, `release_slab` and `usage`, which run with LOCK held: one
+    // CPU at a time.
+    unsafe { &mut *core::ptr::addr_of_mut!(META) }
+}
+
+fn slot_push(pool: &mut MetaPool, f: *mut FreeSlot) {
+    // SAFETY: `f` is a free slot of a held chunk (ours, 8 KiB, not on the
+    // list); the list's head is one too.
+    unsafe {
+        (*f).prev = core::ptr::null_mut();
+        (*f).next = pool.free;
+        if !pool.free.is_null() {
+            (*pool.free).prev = f;
+        }
+    }
+    pool.free = f;
+}
+
+fn slot_unlink(pool: &mut MetaPool, f: *mut FreeSlot) {
+    // SAFETY: `f` is on the free list; it and its neighbours are free slots
+    // of held chunks.
+    unsafe {
+        if (*f).prev.is_null() {
+            pool.free = (*f).next;
+        } else {
+            (*(*f).prev).next = (*f).next;
+        }
+        if !(*f).next.is_null() {
+            (*(*f).next).prev = (*f).prev;
+        }
+    }
+}
+
+/// A zeroed slab descriptor. Descriptors are carved from whole pageblocks
+/// (4 per 32 KiB chunk), not allocated one order-1 block at a time: a
+/// kernel keeps them in its frame array (Linux's `struct slab` is the
+/// slab's `struct page`s), memory that is allocated at boot and whole.
+/// Order-1 blocks among the page-granular pool's other pages would leave
+/// the pageblocks around them mixing free and allocated pages, where
+/// hybrid reads the per-page shadow for every descriptor access (28M of
+/// 34M such reads in the 1 GiB build workload). The chunk's head frame
+/// counts its slots in use (`private`); a chunk goes back to the buddy
+/// allocator when its last slot is freed.
+fn meta_alloc() -> Option<*mut SlabMeta> {
+    let pool = meta_pool();
+    if pool.free.is_null() {
+        let chunk = alloc_pages_flags(CHUNK_ORDER, PG_META)?;
+        // Zeroed whole, as Linux's frame array is: under KMSAN the chunk's
+        // pages are then initialized throughout (no private metadata for
+        // descriptors written in part).
+        // SAFETY: a block of 2^CHUNK_ORDER pages just allocated, ours.
+        unsafe { core::ptr::write_bytes(chunk as *mut u8, 0, PAGE_SIZE << CHUNK_ORDER) };
+        pool.chunks += 1;
+        for i in (0..SLOTS_PER_CHUNK).rev() {
+            slot_push(pool, (chunk + (i << (META_ORDER + 12))) as *mut FreeSlot);
+        }
+    }
+    let f = pool.free;
+    slot_unlink(pool, f);
+    let (head, _) = head_of(f as usize)?;
+    head.private += 1;
+    // SAFETY: `f` is a slot of 2^META_ORDER pages of a held chunk, taken
+    // off the free list: ours.
+    unsafe { core::ptr::write_bytes(f as *mut u8, 0, PAGE_SIZE << META_ORDER) };
+    Some(f as *mut SlabMeta)
+}
+
+/// Give back a descriptor from [`meta_alloc`]; its chunk goes back to the
+/// buddy allocator once none of its slots is in use.
+fn meta_free(m: *mut SlabMeta) {
+    let pool = meta_pool();
+    let Some((head, chunk)) = head_of(m as usize) else { return };
+    head.private -= 1;
+    if head.private == 0 {
+        for i in 0..SLOTS_PER_CHUNK {
+            let f = (chunk + (i << (META_ORDER + 12))) as *mut FreeSlot;
+            if f as usize != m as usize {
+                slot_unlink(pool, f);
+            }
+        }
+        pool.chunks -= 1;
+        free_pages(chunk, CHUNK_ORDER);
+    } else {
+        slot_push(pool, m as *mut FreeSlot);
+    }
+}
+
 fn release_slab(m: *mut SlabMeta) {
     // SAFETY: `m` is a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab) (its last object just went).
     let mr = unsafe { &mut *m };
@@ -224,7 +326,7 @@ fn release_slab(m: *mut SlabMeta) {
     c.nslabs -= 1;
     kasan_glue::slab_page_free(c.id, mr.base, mr.order as u32);
     free_pages(mr.base, mr.order as usize);
-    free_pages(m as usize, META_ORDER);
+    meta_free(m);
 }
 
 fn cache_alloc(ci: usize, size: usize) -> *mut u8 {
@@ -891,11 +993,11 @@ pub fn check_invariants() -> usize {
 /// metadata, objects in use), over every live cache.
 pub fn usage() -> (usize, usize, usize) {
     let _g = LOCK.lock();
-    let (mut pages, mut meta, mut objs) = (0, 0, 0);
+    let (mut pages, mut objs) = (0, 0);
     for c in caches().iter().filter(|c| c.live) {
         pages += c.nslabs << c.order;
-        meta += c.nslabs << META_ORDER;
         objs += c.inuse;
     }
+    let meta = meta_pool().chunks << CHUNK_ORDER;
     (pages, meta, objs)
 }
