@@ -172,9 +172,12 @@ pub fn kmsan_on() -> bool {
 
 /// Data arriving from outside the kernel's instrumented code, `write`
 /// filling `[addr, addr + len)`: a device's DMA (a disk read), a copy from
-/// user space, user space writing its own pages. KMSAN cannot see those
-/// writes; as Linux does at DMA completion and in `copy_from_user`, the
-/// range is marked initialized afterwards. (KASAN checks them as usual.)
+/// user space, user space writing its own pages. `write` stores with
+/// [`user_write`], which the compiler does not instrument (user code and
+/// devices are not built with a sanitizer); the kernel checks the range
+/// once, as Linux's `instrument_copy_from_user` does: KASAN checks it
+/// before the writes (`kasan_check_write`), and, as Linux does at DMA
+/// completion and in `copy_from_user`, KMSAN marks it initialized after.
 pub fn outside_write(addr: usize, len: usize, write: impl FnOnce()) {
     #[cfg(feature = "kmsan")]
     {
@@ -183,9 +186,51 @@ pub fn outside_write(addr: usize, len: usize, write: impl FnOnce()) {
     }
     #[cfg(not(feature = "kmsan"))]
     {
-        let _ = (addr, len);
+        check_access(addr, len, true, crate::mm::caller_ip());
         write();
     }
+}
+
+/// `[addr, addr + len)` is about to be read from outside the kernel's
+/// instrumented code, with [`user_read`]: copied to user space, read by a
+/// device, or read by user space from its own pages. The kernel checks
+/// the range once, as Linux's `instrument_copy_to_user` does: KASAN for a
+/// bad access (`kasan_check_read`), KMSAN for uninitialized bytes
+/// (`kmsan_copy_to_user`).
+#[inline(never)]
+pub fn outside_read(addr: usize, len: usize) {
+    #[cfg(feature = "kmsan")]
+    hybrid_shadow::kmsan::abi::kmsan_check_memory(addr, len);
+    #[cfg(not(feature = "kmsan"))]
+    check_access(addr, len, false, crate::mm::caller_ip());
+}
+
+/// Load a word as user space or a device does: an assembly load, which
+/// no sanitizer instruments. The range is checked once by [`outside_read`].
+///
+/// # Safety
+///
+/// `p` is mapped, readable and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn user_read(p: *const u64) -> u64 {
+    let v: u64;
+    // SAFETY: the caller's contract: `p` is a mapped, readable word.
+    unsafe { core::arch::asm!("mov {}, [{}]", out(reg) v, in(reg) p, options(nostack, readonly, preserves_flags)) };
+    v
+}
+
+/// Store a word as user space or a device does: an assembly store, which
+/// no sanitizer instruments, inside [`outside_write`].
+///
+/// # Safety
+///
+/// `p` is mapped, writable, 8-byte aligned, and no Rust reference to it
+/// is live.
+#[inline(always)]
+pub unsafe fn user_write(p: *mut u64, v: u64) {
+    // SAFETY: the caller's contract: `p` is a mapped, writable word nothing
+    // else refers to.
+    unsafe { core::arch::asm!("mov [{}], {}", in(reg) p, in(reg) v, options(nostack, preserves_flags)) };
 }
 
 /// KMSAN: report uninitialized bytes of `[addr, addr + len)` (titled with

@@ -302,9 +302,9 @@ fn meta_free(m: *mut SlabMeta) {
     head.private -= 1;
     if head.private == 0 {
         for i in 0..SLOTS_PER_CHUNK {
-            let f = (chunk + (i << (META_ORDER + 12))) as *mut FreeSlot;
-            if f as usize != m as usize {
-                slot_unlink(pool, f);
+            let f = chunk + (i << (META_ORDER + 12));
+            if f != m as usize {
+                slot_unlink(pool, f as *mut FreeSlot);
             }
         }
         pool.chunks -= 1;

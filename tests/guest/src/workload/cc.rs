@@ -200,7 +200,7 @@ impl Cc {
             crate::kasan_glue::outside_write(p, crate::mm::PAGE_SIZE, || unsafe {
                 let w = p as *mut u64;
                 for i in 0..8 {
-                    w.add(i * 64).write(v ^ i as u64);
+                    crate::kasan_glue::user_write(w.add(i * 64), v ^ i as u64);
                 }
             });
             // SAFETY: `nanon < anon_cap`, the capacity of `anon`.
@@ -276,10 +276,13 @@ impl Cc {
 
     /// Lex one page into a token list, then parse the tokens.
     fn compile_page(&mut self, page: usize, stride: usize, content: u64, index: usize) {
+        // The compiler reads its source as user space does (`read`: the
+        // kernel checks the copied range once, the reads are not checked).
+        crate::kasan_glue::outside_read(page, PAGE_SIZE);
         let w = page as *const u64;
         // Cheap corruption check of the page-cache page.
         // SAFETY: `page` is a pinned page-cache page (4 KiB = 512 words).
-        let (first, last) = unsafe { (w.read(), w.add(511).read()) };
+        let (first, last) = unsafe { (crate::kasan_glue::user_read(w), crate::kasan_glue::user_read(w.add(511))) };
         if first != disk_word(content, index, 0) || last != disk_word(content, index, 511) {
             super::fail("page cache page does not hold its file's content");
         }
@@ -288,7 +291,7 @@ impl Cc {
         let mut i = 0;
         while i < PAGE_SIZE / 8 {
             // SAFETY: i < 512 words of the pinned page.
-            let v = unsafe { w.add(i).read() };
+            let v = unsafe { crate::kasan_glue::user_read(w.add(i)) };
             let sz = 24 + (v % 3) as usize * 8;
             let t = mem::kmalloc(sz) as *mut Token;
             // SAFETY: `t` is a fresh object of sz >= 24 = size_of::<Token>()
@@ -557,8 +560,10 @@ pub fn compile(u: u32) {
     for i in 0..cc.nanon {
         // SAFETY: i < nanon <= anon_cap, the capacity of `anon`.
         let p = unsafe { *cc.anon.add(i) };
+        // User space reads its own page (not instrumented, the range checked).
+        crate::kasan_glue::outside_read(p, 8);
         // SAFETY: an anonymous page anon_touch allocated (freed just below).
-        anon_sum = anon_sum.wrapping_add(unsafe { (p as *const u64).read() });
+        anon_sum = anon_sum.wrapping_add(unsafe { crate::kasan_glue::user_read(p as *const u64) });
         mem::anon_free(p);
     }
     mem::kfree(cc.anon as *mut u8, anon_cap.max(1) * 8);
@@ -596,8 +601,9 @@ pub fn link(units: u32) -> u64 {
             }
             let w = p as *const u64;
             for k in (0..512).step_by(16) {
-                // SAFETY: k < 512 words of the pinned page.
-                s = s.wrapping_add(unsafe { w.add(k).read() });
+                // SAFETY: k < 512 words of the pinned page (its range
+                // checked by `verify`, as a read of the file).
+                s = s.wrapping_add(unsafe { crate::kasan_glue::user_read(w.add(k)) });
             }
             pagecache::put(p);
         }

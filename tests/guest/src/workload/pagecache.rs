@@ -204,18 +204,20 @@ pub fn fill(addr: usize, content: u64, index: usize) {
         let base = page_base(content, index);
         for i in 0..PAGE_SIZE / 8 {
             // SAFETY: `addr` is a page-cache page: PAGE_SIZE / 8 words.
-            unsafe { w.add(i).write(word_of(base, i)) };
+            unsafe { crate::kasan_glue::user_write(w.add(i), word_of(base, i)) };
         }
     });
 }
 
-/// Whether a page holds its disk content.
+/// Whether a page holds its disk content, read as user space reads a
+/// file (`read`'s copy to user space: the range checked once).
 pub fn verify(addr: usize, content: u64, index: usize) -> bool {
+    crate::kasan_glue::outside_read(addr, PAGE_SIZE);
     let w = addr as *const u64;
     let base = page_base(content, index);
     // SAFETY: `addr` is a pinned page-cache page (the caller holds it): 4 KiB
     // mapped; i < PAGE_SIZE / 8 words.
-    (0..PAGE_SIZE / 8).all(|i| unsafe { w.add(i).read() } == word_of(base, i))
+    (0..PAGE_SIZE / 8).all(|i| unsafe { crate::kasan_glue::user_read(w.add(i)) } == word_of(base, i))
 }
 
 /// Linux's min_free_kbytes = sqrt(16 * lowmem KiB), low = 5/4, high = 3/2 of it.
@@ -229,12 +231,16 @@ pub fn init(managed_pages: usize, ram_end: u64, folio_order: usize, build: bool)
     if build {
         let per = PAGE_SIZE / 8;
         let chunks = max_pfn.div_ceil(per);
-        let order = (chunks * 8).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize;
+        // At least a whole pageblock, as `TablePages` (an order-1 table
+        // at 1 GiB sat among other pages: 2 per-page reads per buffer_head).
+        let order = ((chunks * 8).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as usize)
+            .max(buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize);
         let Some(t) = buddy::alloc_pages(order) else { super::fail("page cache: no memory for the buffer_head table") };
         p.bh_table = t as *mut usize;
         p.bh_table_order = order;
+        let mut pages = TablePages::default();
         for i in 0..chunks {
-            let Some(c) = buddy::alloc_page_zeroed() else { super::fail("page cache: no memory for the buffer_head table") };
+            let Some(c) = pages.next() else { super::fail("page cache: no memory for the buffer_head table") };
             // SAFETY: the table block holds >= chunks entries (its order was chosen so).
             unsafe { *p.bh_table.add(i) = c };
         }
@@ -242,8 +248,9 @@ pub fn init(managed_pages: usize, ram_end: u64, folio_order: usize, build: bool)
         p.bh_cache = Some(mem::create_cache("buffer_head", BH_SIZE, mem::G_PAGECACHE));
     }
     let n = max_pfn.div_ceil(DESC_PER_CHUNK).min(MAX_CHUNKS);
+    let mut pages = TablePages::default();
     for chunk in &CHUNKS[..n] {
-        let c = match buddy::alloc_page_zeroed() {
+        let c = match pages.next() {
             Some(c) => c,
             None => super::fail("page cache: no memory for the frame descriptors"),
         };
@@ -263,6 +270,46 @@ pub fn init(managed_pages: usize, ram_end: u64, folio_order: usize, build: bool)
         ..STATS_ZERO
     };
     LOW.store(p.s.low, Relaxed);
+}
+
+/// Zeroed pages for the per-frame tables, carved from whole pageblocks
+/// (blocks from the buddy allocator are aligned to their size)
+/// (the 8 pages one shadow page covers), as a kernel's frame array is
+/// allocated at boot in large runs: single pages taken from the
+/// page-granular pool would share pageblocks with pages allocated and
+/// freed later, and hybrid reads the per-page shadow for every access to
+/// a pageblock mixing free and allocated pages (0.5-1M reads a table in
+/// the 1 GiB build workload). At most 7 pages of the last block go unused.
+#[derive(Default)]
+struct TablePages {
+    next: usize,
+    left: usize,
+}
+
+impl TablePages {
+    fn next(&mut self) -> Option<usize> {
+        if self.left == 0 {
+            let order = buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize;
+            let b = buddy::alloc_pages(order)?;
+            // SAFETY: a block of PAGEBLOCK_PAGES pages just allocated, ours.
+            unsafe { core::ptr::write_bytes(b as *mut u8, 0, PAGE_SIZE << order) };
+            self.next = b;
+            self.left = 1 << order;
+        }
+        let p = self.next;
+        self.next += PAGE_SIZE;
+        self.left -= 1;
+        Some(p)
+    }
+
+    /// Give back a page from [`TablePages::next`]; call it for every page
+    /// handed out: a block goes back with its first page.
+    fn free(page: usize) {
+        let order = buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize;
+        if page.is_multiple_of(PAGE_SIZE << order) {
+            buddy::free_pages(page, order);
+        }
+    }
 }
 
 fn isqrt(x: usize) -> usize {
@@ -628,13 +675,13 @@ pub fn shutdown() {
     }
     let p = pc();
     for c in &CHUNKS[..p.nchunks] {
-        buddy::free_pages(c.swap(0, Relaxed), 0);
+        TablePages::free(c.swap(0, Relaxed));
     }
     p.nchunks = 0;
     if let Some(k) = p.bh_cache.take() {
         for i in 0..p.bh_chunks {
             // SAFETY: the chunk table holds bh_chunks page addresses (init).
-            buddy::free_pages(unsafe { *p.bh_table.add(i) }, 0);
+            TablePages::free(unsafe { *p.bh_table.add(i) });
         }
         buddy::free_pages(p.bh_table as usize, p.bh_table_order);
         crate::mm::slab::drain_all();
