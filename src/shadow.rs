@@ -48,7 +48,7 @@ pub const CONSULT_PER_PAGE: u8 = 0xE0;
 /// Whether a range ending at `end` may touch the granule (its last) whose
 /// shadow byte is `v`: the whole granule is accessible, or its first `v`
 /// bytes are and the range stops inside them. One rule for the fast paths
-/// (`crate::abi`, `Kasan::range_ok`) and the CONSULT range settling.
+/// (`crate::abi`, `Kasan::scan_ok`) and the CONSULT range settling.
 #[inline(always)]
 #[must_use]
 pub(crate) fn last_granule_ok(v: u8, end: usize) -> bool {
