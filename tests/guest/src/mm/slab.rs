@@ -31,6 +31,8 @@ const META_ORDER: usize = 1;
 /// shadow page covers): see [`meta_alloc`].
 const CHUNK_ORDER: usize = buddy::PAGEBLOCK_PAGES.trailing_zeros() as usize;
 const SLOTS_PER_CHUNK: usize = 1 << (CHUNK_ORDER - META_ORDER);
+/// Bytes of one descriptor slot.
+const SLOT_BYTES: usize = PAGE_SIZE << META_ORDER;
 const _: () = assert!(core::mem::size_of::<SlabMeta>() <= PAGE_SIZE << META_ORDER);
 
 /// Per-slab metadata, in its own pages (order META_ORDER).
@@ -281,16 +283,16 @@ fn meta_alloc() -> Option<*mut SlabMeta> {
         unsafe { core::ptr::write_bytes(chunk as *mut u8, 0, PAGE_SIZE << CHUNK_ORDER) };
         pool.chunks += 1;
         for i in (0..SLOTS_PER_CHUNK).rev() {
-            slot_push(pool, (chunk + (i << (META_ORDER + 12))) as *mut FreeSlot);
+            slot_push(pool, (chunk + i * SLOT_BYTES) as *mut FreeSlot);
         }
     }
     let f = pool.free;
-    slot_unlink(pool, f);
     let (head, _) = head_of(f as usize)?;
+    slot_unlink(pool, f);
     head.private += 1;
-    // SAFETY: `f` is a slot of 2^META_ORDER pages of a held chunk, taken
-    // off the free list: ours.
-    unsafe { core::ptr::write_bytes(f as *mut u8, 0, PAGE_SIZE << META_ORDER) };
+    // SAFETY: `f` is a slot of SLOT_BYTES of a held chunk, taken off the
+    // free list: ours.
+    unsafe { core::ptr::write_bytes(f as *mut u8, 0, SLOT_BYTES) };
     Some(f as *mut SlabMeta)
 }
 
@@ -302,7 +304,7 @@ fn meta_free(m: *mut SlabMeta) {
     head.private -= 1;
     if head.private == 0 {
         for i in 0..SLOTS_PER_CHUNK {
-            let f = chunk + (i << (META_ORDER + 12));
+            let f = chunk + i * SLOT_BYTES;
             if f != m as usize {
                 slot_unlink(pool, f as *mut FreeSlot);
             }
