@@ -26,9 +26,9 @@ pub fn mm() -> bool {
     let free0 = avail();
     // Buddy: every order, then free in reverse; counts return.
     let mut blocks = [0usize; 11];
-    for o in 0..=10 {
-        blocks[o] = buddy::alloc_pages(o).unwrap_or(0);
-        check!(ok, blocks[o] != 0 && blocks[o] % (4096 << o) == 0);
+    for (o, b) in blocks.iter_mut().enumerate() {
+        *b = buddy::alloc_pages(o).unwrap_or(0);
+        check!(ok, *b != 0 && b.is_multiple_of(4096 << o));
     }
     check!(ok, buddy::check_invariants() == 0);
     for o in (0..=10).rev() {
@@ -67,7 +67,7 @@ pub fn mm() -> bool {
     for (i, &s) in slab::KMALLOC_SIZES.iter().enumerate() {
         for (j, sz) in [s, s - 1, s / 2 + 1].into_iter().enumerate() {
             let p = mm::kmalloc(sz);
-            check!(ok, !p.is_null() && p as usize % 8 == 0);
+            check!(ok, !p.is_null() && (p as usize).is_multiple_of(8));
             if !p.is_null() {
                 // SAFETY: kmalloc returned `p` (non-null) for `sz` bytes.
                 unsafe { core::ptr::write_bytes(p, 0xa5, sz) };

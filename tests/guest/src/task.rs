@@ -367,7 +367,10 @@ pub fn others_ready() -> usize {
 // ---- call_rcu -------------------------------------------------------------
 
 const RCU_MAX: usize = 256;
-static mut RCU: [(Option<fn(usize)>, usize); RCU_MAX] = [(None, 0); RCU_MAX];
+/// A deferred call: the function and its argument (`None`: an empty slot).
+type Deferred = (Option<fn(usize)>, usize);
+
+static mut RCU: [Deferred; RCU_MAX] = [(None, 0); RCU_MAX];
 static RCU_N: AtomicUsize = AtomicUsize::new(0);
 /// Guards RCU and RCU_N on several CPUs; never held while a callback runs.
 static RCU_LOCK: guest_boot::smp::RecLock = guest_boot::smp::RecLock::new();
@@ -464,7 +467,7 @@ pub fn rcu_barrier() {
 // ---- workqueue ----------------------------------------------------------------
 
 const WQ_MAX: usize = 256;
-static mut WQ: [(Option<fn(usize)>, usize); WQ_MAX] = [(None, 0); WQ_MAX];
+static mut WQ: [Deferred; WQ_MAX] = [(None, 0); WQ_MAX];
 static WQ_HEAD: AtomicUsize = AtomicUsize::new(0);
 static WQ_TAIL: AtomicUsize = AtomicUsize::new(0);
 /// Work items finished (the worker may run on another CPU: the head moves

@@ -163,6 +163,17 @@ pub fn pml4_idx(va: u64) -> usize {
     (va >> 39) as usize & 511
 }
 
+/// Why [`map_4k`] mapped nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The address lies in the sanitizer's shadow slots (the runtime's mapper owns them).
+    ShadowSlot,
+    /// A 2 MiB page already maps the address.
+    HugePage,
+    /// An intermediate table was missing and `alloc` gave no page for it.
+    NoTablePage,
+}
+
 /// Map one 4 KiB page. `alloc` returns the physical address of a fresh page
 /// for intermediate tables (it is zeroed here). Refuses the shadow slots.
 ///
@@ -173,17 +184,17 @@ pub fn pml4_idx(va: u64) -> usize {
 /// RAM pages. No other CPU maps pages under the same PML4 slot at the same
 /// time (callers serialize per range: vmalloc and the user range each hold
 /// a lock), or both could install the same missing table.
-pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), ()> {
+pub unsafe fn map_4k(va: u64, pa: u64, flags: u64, alloc: &mut dyn FnMut() -> Option<u64>) -> Result<(), MapError> {
     if SHADOW_PML4_SLOTS.contains(&pml4_idx(va)) {
-        return Err(());
+        return Err(MapError::ShadowSlot);
     }
-    let pdpt = next_table(pml4_phys(), pml4_idx(va), alloc).ok_or(())?;
-    let pd = next_table(pdpt, (va >> 30) as usize & 511, alloc).ok_or(())?;
+    let pdpt = next_table(pml4_phys(), pml4_idx(va), alloc).ok_or(MapError::NoTablePage)?;
+    let pd = next_table(pdpt, (va >> 30) as usize & 511, alloc).ok_or(MapError::NoTablePage)?;
     let pde = *table(pd).add((va >> 21) as usize & 511);
     if pde & PTE_PS != 0 {
-        return Err(());
+        return Err(MapError::HugePage);
     }
-    let pt = next_table(pd, (va >> 21) as usize & 511, alloc).ok_or(())?;
+    let pt = next_table(pd, (va >> 21) as usize & 511, alloc).ok_or(MapError::NoTablePage)?;
     *table(pt).add((va >> 12) as usize & 511) = (pa & ADDR_MASK) | flags | PTE_P;
     flush(va);
     Ok(())

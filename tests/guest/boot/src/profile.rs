@@ -117,7 +117,7 @@ pub unsafe fn start(buf: *mut u32, bytes: usize, period_us: u64, alloc: &mut dyn
     let len = ((e - s) >> BUCKET_SHIFT).min(bytes as u64 / 4);
     // SAFETY: uncached mapping of the APIC page at an address nothing else uses.
     unsafe { crate::paging::map_4k(LAPIC_VA, LAPIC_PHYS, crate::paging::PTE_W | crate::paging::PTE_NX | 0x18, alloc) }
-        .map_err(|()| ProfileError::ApicMap)?;
+        .map_err(|_| ProfileError::ApicMap)?;
     // SAFETY: the interrupt is not enabled yet; nothing else uses these.
     unsafe {
         guest_boot_prof_base = s;

@@ -550,7 +550,7 @@ fn kmalloc_index(size: usize) -> Option<usize> {
 }
 
 fn order_for(size: usize) -> usize {
-    let pages = (size + PAGE_SIZE - 1) / PAGE_SIZE;
+    let pages = size.div_ceil(PAGE_SIZE);
     pages.next_power_of_two().trailing_zeros() as usize
 }
 
@@ -653,8 +653,12 @@ pub fn kfree_sensitive(ptr: *const u8) {
     kfree_ip(ptr, ip)
 }
 
+/// A live allocation's requested size, usable capacity, and (for a slab
+/// object) its slab's runtime cache id and first slot.
+type ObjectInfo = (usize, usize, Option<(usize, usize)>);
+
 /// Requested size and usable capacity of a live allocation.
-fn object_info(p: usize) -> Option<(usize, usize, Option<(usize, usize)>)> {
+fn object_info(p: usize) -> Option<ObjectInfo> {
     if let Some((m, i, 0)) = locate(p) {
         // SAFETY: `m` comes from `locate`: a live slab descriptor (new_slab allocates it and records it in its slab pages' `private`; it stays until release_slab frees the slab).
         let mr = unsafe { &*m };

@@ -66,7 +66,7 @@ pub fn vmalloc(size: usize) -> *mut u8 {
     if size == 0 {
         return core::ptr::null_mut();
     }
-    let pages = (size + PAGE_SIZE - 1) / PAGE_SIZE;
+    let pages = size.div_ceil(PAGE_SIZE);
     let Some(slot) = areas().iter().position(|a| a.is_none()) else { return core::ptr::null_mut() };
     let Some(addr) = find_space((pages + 1) * PAGE_SIZE) else { return core::ptr::null_mut() };
     for i in 0..pages {
@@ -175,7 +175,7 @@ pub fn vfree(ptr: *const u8) {
     if p == 0 {
         return;
     }
-    let Some(slot) = areas().iter().position(|a| a.map_or(false, |a| a.addr == p && !a.mapped)) else {
+    let Some(slot) = areas().iter().position(|a| a.is_some_and(|a| a.addr == p && !a.mapped)) else {
         kasan_glue::bad_free(p, ip, "vfree: not the start of a vmalloc area");
         return;
     };
