@@ -19,8 +19,8 @@ use proptest::prelude::*;
 const OPS_PER_CASE: usize = 5000;
 
 /// One generated step as an operation of the driver: mostly allocations,
-/// frees and accesses around live objects, some bad frees, ksize and
-/// quarantine drains.
+/// frees and accesses around live objects (some of them page-long ranges),
+/// some bad frees, ksize and quarantine drains.
 fn op(op: u8, a: u16, b: u16, c: u8) -> Op {
     match op % 16 {
         0..=2 => Op::Kmalloc {
@@ -42,7 +42,16 @@ fn op(op: u8, a: u16, b: u16, c: u8) -> Op {
             size: [1, 2, 4, 8, 16, 3, 24, 64][c as usize % 8],
             write: c & 0x80 != 0,
         },
-        13 => Op::Access { at: Target::Freed { pick: a, off: (b % 64) as isize }, size: 1 + (c % 8) as usize, write: false },
+        13 if c & 0x40 == 0 => {
+            Op::Access { at: Target::Freed { pick: a, off: (b % 64) as isize }, size: 1 + (c % 8) as usize, write: false }
+        }
+        // long ranges (a page copy, a user copy): hybrid passes blocks of
+        // allocated pages with one load (`blocks_ok`), full scans them
+        13 => Op::Access {
+            at: Target::Live { pick: a, off: (b % 48) as isize - 16 },
+            size: [512, 4096, 4097, 3 * 4096 + 8, 16384, 32768, 700, 8192][c as usize % 8],
+            write: c & 0x80 != 0,
+        },
         14 if c.is_multiple_of(2) => Op::Kfree { at: Target::Live { pick: a, off: 1 + (a % 7) as isize } },
         14 => Op::Kfree { at: Target::Freed { pick: a, off: 0 } },
         _ if c.is_multiple_of(16) => Op::Drain,
