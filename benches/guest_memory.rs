@@ -4,8 +4,8 @@
 //! kernel-build-like workload (`suite=workload`) in `off`, `full` and
 //! `hybrid` and compares their memory and time. Two presets:
 //!
-//! * the default (about 5 minutes of boots on 2 idle cores, 19 minutes at a
-//!   load average of 7.5; see README "Guest figures"):
+//! * the default (about 3 minutes of boots on 2 idle cores, 3 min 24 s
+//!   for the whole command on 8da3872; see README "Guest figures"):
 //!   the KASAN kernel at 1024 and 4096 MiB, one `-icount` run per mode and
 //!   size (deterministic: the figures do not depend on the host's load),
 //!   2 QEMU at once, no probing;
