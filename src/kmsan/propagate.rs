@@ -263,7 +263,15 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
                 end_run(&mut run, a - addr, &mut first);
                 continue;
             }
-            for x in a..e {
+            // Initialized bytes at the chunk's start, eight shadow bytes a
+            // load: a page-sized check of initialized private metadata
+            // (`full`, or a private page in `hybrid`) costs 512 loads, not
+            // 4096 shadow lookups.
+            let start = a + self.initialized_prefix(a, e);
+            if start != a {
+                end_run(&mut run, a - addr, &mut first);
+            }
+            for x in start..e {
                 let i = x - addr;
                 let sh = self.shadow_at(x);
                 let o = if sh != 0 { self.origin_at(x) } else { NO_ORIGIN };
@@ -284,6 +292,28 @@ impl<M: ShadowMapper, P: Platform> Kmsan<M, P> {
             Some(b) => Err(b),
             None => Ok(()),
         }
+    }
+
+    /// How many bytes from `a` on, inside the page chunk `[a, e)`, have
+    /// zero shadow, counted in whole 8-byte words of shadow (a word with a
+    /// set byte, or the unaligned ends, stop the count: the caller looks
+    /// at those byte by byte).
+    fn initialized_prefix(&self, a: usize, e: usize) -> usize {
+        let Some(c) = self.canon(a) else { return 0 };
+        let Some(r) = self.layout.region_of(c) else { return 0 };
+        let sh = r.shadow_of(c);
+        let mut n = 0;
+        // The chunk lies in one page, so its shadow is `e - a` bytes from `sh`.
+        while sh.wrapping_add(n) % 8 == 0 && n + 8 <= e - a {
+            // SAFETY: every shadow page of a region is mapped from init on
+            // (shared or private); [sh + n, sh + n + 8) lies in the shadow
+            // of this chunk's page, and is 8-aligned.
+            if unsafe { core::ptr::read_volatile((sh + n) as *const u64) } != 0 {
+                break;
+            }
+            n += 8;
+        }
+        n
     }
 
     /// The compiler found a use of an uninitialized value whose origin is

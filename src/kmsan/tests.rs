@@ -438,3 +438,29 @@ fn an_unaligned_store_larger_than_the_sink_paints_its_last_slot() {
         assert_eq!(h.load(at, 1), (std::vec![0xFF], o), "{mode:?}: the store's first byte");
     }
 }
+
+#[test]
+fn page_sized_checks_find_the_uninitialized_run_in_both_modes() {
+    let mut logs = std::vec::Vec::new();
+    for mode in MODES {
+        let h = &mut host(mode);
+        let page = h.ram() + 16 * PAGE_SIZE;
+        h.kmsan.page_alloc(page, 1, AllocInit::Zeroed).unwrap();
+        // 40 uninitialized bytes across the two pages, unaligned at both ends
+        h.call("dma_done", |h| h.kmsan.poison_memory(page + PAGE_SIZE - 5, 40));
+        h.settle();
+        assert!(h.kmsan.check_memory(page, PAGE_SIZE - 5, 0).is_ok(), "{mode:?}");
+        assert!(h.kmsan.check_memory(page + PAGE_SIZE + 35, PAGE_SIZE - 35, 0).is_ok(), "{mode:?}");
+        let bug = h.kmsan.check_memory(page, 2 * PAGE_SIZE, h.plat.func("reader")).unwrap_err();
+        assert_eq!(bug.kind, BugType::UninitValue);
+        let log = h.take_log();
+        assert!(log.contains("Bytes 4091-4130 of 8192 are uninitialized"), "{mode:?}: {log}");
+        assert_eq!(log.matches("BUG: KMSAN").count(), 1, "one run, one report: {log}");
+        // a check starting inside the run reports from its first byte
+        h.kmsan.check_memory(page + PAGE_SIZE, 64, 0).unwrap_err();
+        let log2 = h.take_log();
+        assert!(log2.contains("Bytes 0-34 of 64 are uninitialized"), "{mode:?}: {log2}");
+        logs.push(log.replace(&std::format!("{:016x}", page), "ADDR"));
+    }
+    assert_eq!(logs[0], logs[1], "full and hybrid print the same report");
+}
