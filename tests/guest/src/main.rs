@@ -79,10 +79,18 @@ fn start_cpus(info: &BootInfo) {
     }
     guest_boot::smp::set_prepare_hook(kasan_glue::cpu_prepare);
     let mut tables = || mm::buddy::alloc_page_zeroed().map(|p| guest_boot::paging::virt_to_phys(p as u64).expect("direct map"));
+    // Each AP's stack from the page allocator, a kernel stack to the sanitizer.
+    let mut stacks = || {
+        let order = (guest_boot::smp::AP_STACK / mm::PAGE_SIZE).trailing_zeros();
+        let s = mm::buddy::alloc_pages_flags(order as usize, mm::buddy::PG_STACK)?;
+        kasan_glue::stack_alloc(s, order);
+        Some(s as u64)
+    };
     // SAFETY: once, on the boot CPU, interrupts off, after paging is up;
     // the trampoline page is RAM (checked above) below the first MiB, which
-    // neither the page allocator nor anything else uses after boot.
-    unsafe { guest_boot::smp::start_aps(&mut tables) };
+    // neither the page allocator nor anything else uses after boot; the
+    // stacks are fresh direct-map blocks, never freed.
+    unsafe { guest_boot::smp::start_aps(&mut tables, &mut stacks) };
 }
 
 fn run_suite(name: &str) -> bool {

@@ -47,7 +47,8 @@ const TRAMP_PHYS: u64 = 0x8000;
 const SHOOTDOWN_VECTOR: usize = 0xf0;
 const SPURIOUS_VECTOR: usize = 0xff;
 /// Per-AP stack (as the boot stack: the runtime's report path is deep).
-const AP_STACK: usize = 256 * 1024;
+/// Bytes of each AP's stack (as the boot CPU's).
+pub const AP_STACK: usize = 256 * 1024;
 
 /// Local APIC IDs of the enabled processors in the MADT (boot CPU included).
 static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
@@ -87,10 +88,11 @@ static SERVE_TSC: AtomicU64 = AtomicU64::new(0);
 /// also counts what the other CPUs ran meanwhile.
 static SHOOT_SPINS: AtomicU64 = AtomicU64::new(0);
 
-#[repr(C, align(16))]
-struct Stack([u8; AP_STACK]);
-/// AP stacks (index: CPU number - 1; the boot CPU has its own).
-static mut AP_STACKS: [Stack; MAX_CPUS - 1] = [const { Stack([0; AP_STACK]) }; MAX_CPUS - 1];
+/// Low end of each AP's stack ([`AP_STACK`] bytes from the caller of
+/// [`start_aps`]; index: CPU number, 0 for the boot CPU, which has its own).
+/// Not in the image: a kernel allocates its CPUs' stacks when it starts
+/// them, so their sanitizer metadata is not part of the image's.
+static AP_STACK_LO: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 // The real-mode trampoline, assembled here and copied to TRAMP_PHYS. Its
 // data fields (CR3 of the boot tables, CR0/CR4 of the boot CPU, stack,
@@ -150,7 +152,6 @@ tramp_lm64:
     mov guest_boot_tramp_cpu(%rip), %rdi
     mov guest_boot_tramp_entry(%rip), %rax
     xor %ebp, %ebp
-    push $0
     jmp *%rax
 
     .balign 8
@@ -382,14 +383,17 @@ pub fn cpus_online() -> usize {
 
 /// Start every processor [`discover`] found (up to [`cpu::MAX_CPUS`]);
 /// returns the number of CPUs online. `alloc` gives page-table pages
-/// (physical) for mapping the local APIC. Prints `smp: <n> cpus up`
-/// when there is more than one.
+/// (physical) for mapping the local APIC; `stack` the low end (virtual,
+/// 16-byte aligned) of a fresh stack of [`AP_STACK`] bytes for each AP,
+/// or `None` (no more APs are started). Prints `smp: <n> cpus up` when
+/// there is more than one.
 ///
 /// # Safety
 ///
 /// Once, on the boot CPU, after `paging::init` and with interrupts off; the
-/// page at 0x8000 (physical) is RAM nothing else uses from now on.
-pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
+/// page at 0x8000 (physical) is RAM nothing else uses from now on; the
+/// stacks `stack` gives are mapped, writable and the AP's for good.
+pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>, stack: &mut dyn FnMut() -> Option<u64>) -> usize {
     let n = NAPIC.load(Relaxed);
     if n <= 1 {
         return 1;
@@ -429,6 +433,15 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
         field(core::ptr::addr_of!(guest_boot_tramp_entry)).write_volatile(guest_boot_ap_entry as *const () as u64);
     }
     guest_boot_ap_cr3.store(paging::pml4_phys(), SeqCst);
+    // Every AP's stack before the first AP runs: what allocating one costs
+    // (the sanitizer may remap shadow and shoot other CPUs' TLBs down)
+    // happens while the boot CPU is alone.
+    for lo in &AP_STACK_LO[1..n.min(MAX_CPUS)] {
+        match stack() {
+            Some(s) => lo.store(s, Relaxed),
+            None => break,
+        }
+    }
     let t0 = crate::time::rdtsc();
     let mut next = 1;
     for id in &APIC_IDS[..n] {
@@ -437,9 +450,12 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
             continue;
         }
         let cpu = next;
-        // SAFETY: only the address of CPU `cpu`'s stack (in bounds:
-        // 1 <= cpu < n <= MAX_CPUS) is taken.
-        let top = unsafe { core::ptr::addr_of!(AP_STACKS[cpu - 1]) } as u64 + AP_STACK as u64;
+        let lo = AP_STACK_LO[cpu].load(Relaxed);
+        if lo == 0 {
+            println!("smp: no memory for cpu {cpu}'s stack: no more cpus");
+            break;
+        }
+        let top = lo + AP_STACK as u64;
         cpu::percpu(cpu).set_apic_id(apic);
         let gs = cpu::prepare_percpu(cpu);
         let hook = PREPARE_HOOK.load(Acquire);
@@ -470,6 +486,10 @@ pub unsafe fn start_aps(alloc: &mut dyn FnMut() -> Option<u64>) -> usize {
             if crate::time::rdtsc().wrapping_sub(t) > 10_000_000_000 {
                 break;
             }
+            // A starting AP may shoot the online CPUs' TLBs down (its first
+            // stores can make sanitizer metadata private) and wait for this
+            // CPU, whose interrupts are off here: serve it.
+            service(0);
             core::hint::spin_loop();
         }
         if ONLINE.load(Acquire) & (1 << cpu) == 0 {
@@ -692,6 +712,8 @@ global_asm!(
 guest_boot_ap_entry:
     mov guest_boot_ap_cr3(%rip), %rax
     mov %rax, %cr3
+    /* the stack may be in the direct map, which only the kernel's tables map */
+    push $0
     jmp guest_boot_ap_main
     "#,
     options(att_syntax)
@@ -707,11 +729,10 @@ pub fn wake_others() {
 /// Bounds (low, high) of CPU `cpu`'s boot stack (an AP's, or the boot
 /// CPU's for 0).
 pub fn stack_of(cpu: usize) -> (u64, u64) {
-    if cpu == 0 || cpu >= MAX_CPUS {
+    let lo = AP_STACK_LO.get(cpu).map_or(0, |l| l.load(Relaxed));
+    if cpu == 0 || lo == 0 {
         return crate::boot_stack();
     }
-    // SAFETY: only the address of the stack is taken (in bounds: checked).
-    let lo = unsafe { core::ptr::addr_of!(AP_STACKS[cpu - 1]) } as u64;
     (lo, lo + AP_STACK as u64)
 }
 
