@@ -199,8 +199,7 @@ pub fn outside_write(addr: usize, len: usize, write: impl FnOnce()) {
 /// (`kmsan_copy_to_user`).
 #[inline(never)]
 pub fn outside_read(addr: usize, len: usize) {
-    #[cfg(feature = "kmsan")]
-    hybrid_shadow::kmsan::abi::kmsan_check_memory(addr, len);
+    check_initialized(addr, len);
     #[cfg(not(feature = "kmsan"))]
     check_access(addr, len, false, crate::mm::caller_ip());
 }
